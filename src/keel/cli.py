@@ -1,0 +1,130 @@
+"""The `keel` command: serve, migrate, openapi (SPEC §1)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import click
+import msgspec
+import uvicorn
+
+from keel import db
+from keel.logs import configure_logging
+from keel.main import create_app
+from keel.settings import ConfigError, Settings, load_settings
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"keel: {message}", err=True)
+    sys.exit(code)
+
+
+def settings_or_exit(**overrides: object) -> Settings:
+    """Settings, or exit 2 with one line naming the bad variable: keel never starts half-configured."""
+    try:
+        return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ConfigError as exc:
+        fail(f"invalid configuration: {exc}", code=2)
+
+
+@click.group()
+@click.version_option(package_name="keel")
+def main() -> None:
+    """keel: accounts, JWT auth, rate limiting and realtime channels over HTTP."""
+
+
+async def _schema_problem(url: str) -> str | None:
+    engine = db.create_engine(url, pool_size=1)
+    try:
+        database, code = await db.schema_revisions(engine)
+    except Exception as exc:  # any failure to read the schema version means we cannot serve; say why
+        return f"cannot reach the database ({type(exc).__name__}: {exc})"
+    finally:
+        await engine.dispose()
+    if database == code:
+        return None
+    if not database:
+        return "the database has no schema yet; run `keel migrate` first"
+    if database - code:
+        return f"the database is at revision {', '.join(sorted(database))}, which this keel does not know; upgrade keel"
+    behind = f"{', '.join(sorted(database))} < {', '.join(sorted(code))}"
+    return f"the database schema is behind ({behind}); run `keel migrate` first"
+
+
+@main.command()
+@click.option("--host", help="Interface to bind [KEEL_HOST, 127.0.0.1].")
+@click.option("--port", help="Port to bind [KEEL_PORT, 3000].")
+@click.option("--workers", help="Worker processes [KEEL_WORKERS, 1]; more than one needs REDIS_URL.")
+def serve(host: str | None, port: str | None, workers: str | None) -> None:
+    """Serve the API (the schema must be current: see `keel migrate`)."""
+    settings = settings_or_exit(KEEL_HOST=host, KEEL_PORT=port, KEEL_WORKERS=workers)
+    if settings.workers > 1 and settings.redis_url is None:
+        fail(
+            f"--workers {settings.workers} needs REDIS_URL: the in-process broker, cache and limiter are per "
+            "process, so workers would not share them",
+            code=2,
+        )
+    if problem := asyncio.run(_schema_problem(settings.database_url)):
+        fail(problem)
+    configure_logging(settings.log_format, settings.log_level)
+    base = f"http://{settings.host}:{settings.port}"
+    click.echo(f"keel: serving on {base} (docs: {base}/swagger-ui)", err=True)
+    uvicorn.run(
+        "keel.asgi:app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        loop="uvloop",
+        http="httptools",
+        # wsproto: the smallest per-socket memory measured here (SPIKES.md); deflate off, it costs 7x memory per
+        # socket and doubles fan-out time
+        ws="wsproto",
+        ws_per_message_deflate=False,
+        ws_max_size=64 * 1024,
+        ws_ping_interval=20,
+        ws_ping_timeout=20,
+        # keel's trusted-proxy rule is the only one that may rewrite the client address (SPEC §5)
+        proxy_headers=False,
+        server_header=False,
+        access_log=False,
+        log_config=None,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
+
+
+@main.command()
+def migrate() -> None:
+    """Bring the database schema up to date (idempotent)."""
+    settings = settings_or_exit()
+
+    async def run() -> str:
+        engine = db.create_engine(settings.database_url, pool_size=1)
+        try:
+            await db.upgrade(engine)
+            database, _ = await db.schema_revisions(engine)
+        finally:
+            await engine.dispose()
+        return ", ".join(sorted(database))
+
+    try:
+        revision = asyncio.run(run())
+    except Exception as exc:  # one line for the operator; the traceback adds nothing they can act on
+        fail(f"migration failed ({type(exc).__name__}: {exc})")
+    click.echo(f"keel: database schema at {revision}", err=True)
+
+
+@main.command()
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here, not stdout.")
+def openapi(output: Path | None) -> None:
+    """Print the OpenAPI 3.1 document."""
+    app = create_app(settings_or_exit())
+    document = msgspec.json.format(msgspec.json.encode(app.openapi_schema.to_schema()), indent=2) + b"\n"
+    if output is None:
+        sys.stdout.buffer.write(document)
+    else:
+        output.write_bytes(document)

@@ -1,0 +1,60 @@
+"""Liveness and readiness (SPEC §3): never rate limited, no auth."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Literal
+
+import msgspec
+from litestar import Controller, Response, get
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from keel.http.deps import DbEngine, SharedBackends
+from keel.http.errors import problem, problem_response
+from keel.shared import Health as Check
+
+CHECK_TIMEOUT = 2.0
+
+
+class Liveness(msgspec.Struct):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(msgspec.Struct):
+    status: Literal["ready"]
+    checks: dict[str, Check]
+
+
+async def database_check(engine: AsyncEngine) -> Check:
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT), engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+    except Exception:  # any failure to answer means not ready; the cause is in the database log
+        return "error"
+    return "ok"
+
+
+class HealthController(Controller):
+    path = "/"
+    tags = ["ops"]
+
+    @get("/healthz", sync_to_thread=False)
+    def healthz(self) -> Liveness:
+        """Liveness: 200 while the process can serve."""
+        return Liveness()
+
+    @get("/readyz", responses={503: problem_response("A dependency is not answering; `checks` says which")})
+    async def readyz(self, db_engine: DbEngine, backends: SharedBackends) -> Response[Any]:
+        """Readiness: 200 when the database and Redis (if configured) answer, else 503 problem+json."""
+        database, redis = await asyncio.gather(database_check(db_engine), backends.ping())
+        checks: dict[str, Check] = {"database": database, "redis": redis}
+        if "error" in checks.values():
+            return problem(
+                503,
+                code="ops.not_ready",
+                detail="A dependency is not answering.",
+                checks=checks,
+                headers={"Retry-After": "5"},
+            )
+        return Response(Readiness(status="ready", checks=checks))

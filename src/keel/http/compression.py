@@ -1,0 +1,172 @@
+"""Response compression: zstd, br or gzip as the client prefers, for bodies over 1 KiB, never event streams.
+
+Ours rather than Litestar's CompressionMiddleware, which offers one backend plus a gzip fallback, matches
+`Accept-Encoding` by substring (ignoring q-values) and would buffer a `text/event-stream` (SPEC §2).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from typing import Final, Protocol
+
+import brotli
+import zstandard
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, HTTPResponseBodyEvent, HTTPResponseStartEvent, Message, Receive, Scope, Send
+
+MINIMUM_SIZE: Final = 1024
+# preferred first when the client weighs them equally: zstd and br compress JSON better than gzip, and faster
+ENCODINGS: Final = ("zstd", "br", "gzip")
+_NEVER: Final = (
+    b"text/event-stream",
+    b"image/",
+    b"video/",
+    b"audio/",
+    b"application/zip",
+    b"application/gzip",
+    b"font/woff",
+)
+
+
+class Compressor(Protocol):
+    def compress(self, data: bytes) -> bytes: ...
+    def flush(self) -> bytes: ...
+    def finish(self) -> bytes: ...
+
+
+class _Gzip:
+    def __init__(self) -> None:
+        self._z = zlib.compressobj(6, zlib.DEFLATED, 31)
+
+    def compress(self, data: bytes) -> bytes:
+        return self._z.compress(data)
+
+    def flush(self) -> bytes:
+        return self._z.flush(zlib.Z_SYNC_FLUSH)
+
+    def finish(self) -> bytes:
+        return self._z.flush(zlib.Z_FINISH)
+
+
+class _Brotli:
+    def __init__(self) -> None:
+        self._b = brotli.Compressor(quality=4)
+
+    def compress(self, data: bytes) -> bytes:
+        return bytes(self._b.process(data))
+
+    def flush(self) -> bytes:
+        return bytes(self._b.flush())
+
+    def finish(self) -> bytes:
+        return bytes(self._b.finish())
+
+
+class _Zstd:
+    def __init__(self) -> None:
+        self._z = zstandard.ZstdCompressor(level=3).compressobj()
+
+    def compress(self, data: bytes) -> bytes:
+        return bytes(self._z.compress(data))
+
+    def flush(self) -> bytes:
+        return bytes(self._z.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK))
+
+    def finish(self) -> bytes:
+        return bytes(self._z.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH))
+
+
+COMPRESSORS: Final[dict[str, Callable[[], Compressor]]] = {"zstd": _Zstd, "br": _Brotli, "gzip": _Gzip}
+
+
+def choose_encoding(accept_encoding: str) -> str | None:
+    """The best of ENCODINGS by the client's q-values (RFC 9110 §12.5.3), or None."""
+    weights: dict[str, float] = {}
+    for item in accept_encoding.split(","):
+        name, _, params = item.strip().partition(";")
+        q = 1.0
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        weights[name.strip().lower()] = q
+    best, best_q = None, 0.0
+    for encoding in ENCODINGS:
+        q = weights.get(encoding, weights.get("*", 0.0))
+        if q > best_q:
+            best, best_q = encoding, q
+    return best
+
+
+class CompressionMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await self.app(scope, receive, send)
+            return
+        accept = next((value for name, value in scope["headers"] if name == b"accept-encoding"), None)
+        encoding = choose_encoding(accept.decode("latin-1")) if accept else None
+        if encoding is None:
+            await self.app(scope, receive, send)
+            return
+
+        start: HTTPResponseStartEvent | None = None
+        compressor: Compressor | None = None
+        passthrough = False
+
+        async def compressing_send(message: Message) -> None:
+            nonlocal start, compressor, passthrough
+            if passthrough:
+                await send(message)
+                return
+            if message["type"] == "http.response.start":
+                if not _compressible(message):
+                    passthrough = True
+                    await send(message)
+                    return
+                start = message  # held until the first body tells whether it is worth compressing
+                return
+            if message["type"] != "http.response.body" or start is None:
+                await send(message)
+                return
+            body, more = message.get("body", b""), message.get("more_body", False)
+            if compressor is None:
+                if not more and len(body) < MINIMUM_SIZE:
+                    passthrough = True
+                    await send(start)
+                    await send(message)
+                    return
+                compressor = COMPRESSORS[encoding]()
+                headers = [(k, v) for k, v in start.get("headers", ()) if k != b"content-length"]
+                headers += [(b"content-encoding", encoding.encode()), (b"vary", b"Accept-Encoding")]
+                start["headers"] = headers
+                if not more:
+                    # a whole body: compress it in one go and say how long it is
+                    data = compressor.compress(body) + compressor.finish()
+                    headers.append((b"content-length", str(len(data)).encode()))
+                    await send(start)
+                    await send(HTTPResponseBodyEvent(type="http.response.body", body=data, more_body=False))
+                    return
+                await send(start)
+            # a streamed body stays streamed: every chunk is flushed as it goes
+            data = compressor.compress(body) + (compressor.flush() if more else compressor.finish())
+            await send(HTTPResponseBodyEvent(type="http.response.body", body=data, more_body=more))
+
+        await self.app(scope, receive, compressing_send)
+
+
+def _compressible(start: HTTPResponseStartEvent) -> bool:
+    if start["status"] < 200 or start["status"] in (204, 304):
+        return False
+    for name, value in start.get("headers", ()):
+        if name == b"content-encoding":
+            return False
+        if name == b"content-type" and value.lower().startswith(_NEVER):
+            return False
+    return True

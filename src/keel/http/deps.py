@@ -1,0 +1,31 @@
+"""Providers for what handlers need: the engine and the shared backends, opened by the lifespan."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from keel.shared import Backends
+
+
+def provide_engine(state: State) -> AsyncEngine:
+    engine: AsyncEngine = state.engine
+    return engine
+
+
+def provide_backends(state: State) -> Backends:
+    backends: Backends = state.backends
+    return backends
+
+
+# what handlers annotate their parameters with; the parameter names are the keys of DEPENDENCIES
+DbEngine = NamedDependency[AsyncEngine]
+SharedBackends = NamedDependency[Backends]
+
+DEPENDENCIES: Final = {
+    "db_engine": Provide(provide_engine, sync_to_thread=False),
+    "backends": Provide(provide_backends, sync_to_thread=False),
+}

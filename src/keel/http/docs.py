@@ -1,0 +1,63 @@
+"""OpenAPI 3.1 at /api-docs/openapi.json and Swagger UI at /swagger-ui, every asset served by keel (no CDN)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Final
+
+from litestar import Router, get
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme, Tag
+from litestar.response import Response
+from litestar.static_files import create_static_files_router
+
+ASSETS: Final = Path(__file__).parent / "static" / "swagger-ui"
+SWAGGER_PAGE: Final = b"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>keel API</title>
+<link rel="icon" type="image/png" href="/swagger-ui/assets/favicon-32x32.png">
+<link rel="stylesheet" href="/swagger-ui/assets/swagger-ui.css">
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="/swagger-ui/assets/swagger-ui-bundle.js"></script>
+<script src="/swagger-ui/assets/keel-init.js"></script>
+</body>
+</html>
+"""
+
+
+def openapi_config(version: str) -> OpenAPIConfig:
+    return OpenAPIConfig(
+        title="keel",
+        version=version,
+        description="Accounts, JWT auth, rate limiting and realtime channels. Errors are RFC 9457 problem+json.",
+        path="/api-docs",
+        render_plugins=[JsonRenderPlugin(path="/openapi.json")],
+        components=Components(
+            security_schemes={
+                "BearerAuth": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT"),
+            }
+        ),
+        tags=[Tag(name="ops", description="Liveness, readiness and documentation")],
+        use_handler_docstrings=True,
+    )
+
+
+@get("/swagger-ui", include_in_schema=False, media_type="text/html", sync_to_thread=False)
+def swagger_ui() -> Response[bytes]:
+    return Response(SWAGGER_PAGE, media_type="text/html", headers={"Cache-Control": "no-cache"})
+
+
+def docs_router() -> Router:
+    assets = create_static_files_router(
+        path="/swagger-ui/assets",
+        directories=[ASSETS],
+        include_in_schema=False,
+        cache_control=None,
+        name="swagger-ui-assets",
+    )
+    return Router(path="/", route_handlers=[swagger_ui, assets])

@@ -1,0 +1,175 @@
+"""Every error becomes RFC 9457 problem+json here; the only table of status codes (SPEC §2)."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any, Final
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, SerializationException, ValidationException
+from litestar.openapi import ResponseSpec
+
+from keel.errors import (
+    Conflict,
+    Forbidden,
+    Invalid,
+    KeelError,
+    NotFound,
+    RateLimited,
+    RetryLater,
+    Unauthorized,
+    Unavailable,
+)
+
+log = logging.getLogger("keel.http")
+
+
+class ProblemDetails(msgspec.Struct):
+    """RFC 9457 problem details, as every error response carries them (documentation only)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+
+
+def problem_response(description: str) -> ResponseSpec:
+    """An OpenAPI response entry for a problem+json answer."""
+    return ResponseSpec(
+        data_container=ProblemDetails, description=description, media_type=PROBLEM_JSON, generate_examples=False
+    )
+
+
+PROBLEM_JSON: Final = "application/problem+json"
+STATUS_BY_KIND: Final[dict[type[KeelError], int]] = {
+    NotFound: 404,
+    Conflict: 409,
+    Unauthorized: 401,
+    Forbidden: 403,
+    Invalid: 422,
+    RateLimited: 429,
+    Unavailable: 503,
+}
+# codes for the statuses the framework raises by itself (unknown route, wrong method, body too large ...)
+CODE_BY_STATUS: Final = {
+    400: "http.bad_request",
+    401: "http.unauthorized",
+    403: "http.forbidden",
+    404: "http.not_found",
+    405: "http.method_not_allowed",
+    413: "http.payload_too_large",
+    415: "http.unsupported_media_type",
+    422: "http.validation_error",
+    429: "http.rate_limited",
+    500: "http.internal_error",
+    503: "http.unavailable",
+}
+
+
+def problem(
+    status: int,
+    *,
+    code: str | None = None,
+    detail: str | None = None,
+    title: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extensions: Any,
+) -> Response[dict[str, Any]]:
+    """A problem+json response; `extensions` become extra members (RFC 9457 §3.2)."""
+    phrase = HTTPStatus(status).phrase
+    code = code or CODE_BY_STATUS.get(status, f"http.{status}")
+    body = {
+        "type": f"urn:keel:problem:{code}",
+        "title": title or phrase,
+        "status": status,
+        "detail": detail or phrase,
+        "code": code,
+        **extensions,
+    }
+    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def status_of(exc: KeelError) -> int:
+    for kind in type(exc).__mro__:
+        if kind in STATUS_BY_KIND:
+            return STATUS_BY_KIND[kind]
+    return 500
+
+
+def keel_error(_: Request[Any, Any, Any], exc: KeelError) -> Response[dict[str, Any]]:
+    status = status_of(exc)
+    headers: dict[str, str] = {}
+    if isinstance(exc, RetryLater):
+        headers["Retry-After"] = str(exc.retry_after)
+    if isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = exc.www_authenticate
+    return problem(status, code=exc.code, title=exc.title, detail=exc.detail, headers=headers)
+
+
+def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+    status = exc.status_code
+    if status >= 500:
+        return internal_error(request, exc)
+    if isinstance(exc.__cause__, SerializationException):  # Litestar reports an undecodable body as a 400
+        return unparseable_body(request, exc.__cause__)
+    detail = exc.detail if exc.detail and exc.detail != HTTPStatus(status).phrase else None
+    return problem(status, detail=detail, headers=exc.headers)
+
+
+def validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
+    errors = [_location(item) for item in exc.extra] if isinstance(exc.extra, list) else []
+    return problem(422, detail="The request is not valid.", errors=errors)
+
+
+def _location(item: Any) -> dict[str, Any]:
+    # Litestar reports {"key", "message", "source"}: key is the body's top-level field ("data" for the body as a
+    # whole) and deeper fields arrive as a "- at `$.a[0].b`" suffix of msgspec's message
+    if not isinstance(item, dict):
+        return {"loc": [], "msg": str(item)}
+    message, _, path = str(item.get("message", "invalid")).partition(" - at `$")
+    source, key = item.get("source"), item.get("key")
+    loc: list[str | int] = ["body" if source == "body" else str(source)] if source else []
+    if key and key != "data":
+        loc.append(str(key))
+    if path:
+        loc.extend(_json_path(path.rstrip("`")))
+    return {"loc": loc, "msg": message}
+
+
+def _json_path(path: str) -> list[str | int]:
+    # msgspec paths look like ".items[2].name"
+    parts: list[str | int] = []
+    for segment in path.replace("[", ".[").split("."):
+        if segment.startswith("[") and segment.endswith("]") and segment[1:-1].isdigit():
+            parts.append(int(segment[1:-1]))
+        elif segment:
+            parts.append(segment)
+    return parts
+
+
+def unparseable_body(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    return problem(422, detail="The body is not valid JSON.", errors=[{"loc": ["body"], "msg": "invalid JSON"}])
+
+
+def internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    # the traceback stays in the log; the client learns only that it was our fault, and the id to quote
+    log.error(
+        "unhandled exception on %s %s",
+        request.method,
+        request.scope.get("path"),
+        exc_info=exc,
+        extra={"request_id": request.scope.get("state", {}).get("request_id")},
+    )
+    return problem(500, detail="The server failed to handle this request.")
+
+
+EXCEPTION_HANDLERS: Final = {
+    KeelError: keel_error,
+    ValidationException: validation_error,
+    SerializationException: unparseable_body,
+    HTTPException: http_error,
+    Exception: internal_error,
+}

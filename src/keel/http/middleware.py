@@ -1,0 +1,148 @@
+"""The edge middleware: request id, security headers and CORS in one pure-ASGI layer with one send wrapper.
+
+One layer, not three: each pure-ASGI layer costs a closure and an await per message (SPIKES.md). CORS is ours
+rather than Litestar's CORSConfig because a refused preflight must be problem+json like every other error
+(SPEC §2), and a request with an `Origin` header should cost a header lookup, not a middleware pass.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterable
+from typing import Final
+
+import msgspec
+from litestar.enums import ScopeType
+from litestar.types import (
+    ASGIApp,
+    HTTPResponseBodyEvent,
+    HTTPResponseStartEvent,
+    Message,
+    Receive,
+    Scope,
+    Send,
+)
+
+REQUEST_ID_HEADER: Final = b"x-request-id"
+_SANE_REQUEST_ID: Final = re.compile(rb"^[A-Za-z0-9._-]{1,128}$")
+SECURITY_HEADERS: Final = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"frame-ancestors 'none'"),
+)
+CORS_ALLOWED_METHODS: Final = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE"})
+CORS_ALLOWED_HEADERS: Final = frozenset(
+    {
+        "authorization",
+        "content-type",
+        "x-request-id",
+        "last-event-id",
+        "if-none-match",
+        "accept",
+        "accept-language",
+        "content-language",
+    }
+)
+CORS_EXPOSED_HEADERS: Final = b"X-Request-ID, RateLimit, RateLimit-Policy, Retry-After, ETag, Location"
+CORS_MAX_AGE: Final = b"600"
+
+
+def request_id_of(headers: Iterable[tuple[bytes, bytes]]) -> str:
+    """The client's X-Request-ID when it is sane (SPEC §2), else a fresh one."""
+    for name, value in headers:
+        if name == REQUEST_ID_HEADER:
+            if _SANE_REQUEST_ID.match(value):
+                return value.decode("ascii")
+            break
+    return uuid.uuid4().hex
+
+
+class EdgeMiddleware:
+    """Adds X-Request-ID and security headers to every response, and answers CORS for configured origins."""
+
+    def __init__(self, app: ASGIApp, cors_origins: Iterable[str] = ()) -> None:
+        self.app = app
+        origins = tuple(cors_origins)
+        self.any_origin = "*" in origins
+        self.origins = frozenset(origin.encode("latin-1") for origin in origins if origin != "*")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = scope["headers"]
+        request_id = request_id_of(headers)
+        scope.setdefault("state", {})["request_id"] = request_id
+        if scope["type"] != ScopeType.HTTP:
+            await self.app(scope, receive, send)
+            return
+
+        origin = next((value for name, value in headers if name == b"origin"), None)
+        allowed_origin = self._allowed(origin)
+        if origin is not None and scope["method"] == "OPTIONS" and _header(headers, b"access-control-request-method"):
+            await self._preflight(scope, send, request_id, origin, allowed_origin)
+            return
+
+        extra = [(REQUEST_ID_HEADER, request_id.encode("ascii")), *SECURITY_HEADERS]
+        if allowed_origin is not None:
+            extra += [
+                (b"access-control-allow-origin", allowed_origin),
+                (b"access-control-expose-headers", CORS_EXPOSED_HEADERS),
+            ]
+        if self.origins:
+            extra.append((b"vary", b"Origin"))
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), *extra]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+    def _allowed(self, origin: bytes | None) -> bytes | None:
+        if origin is None:
+            return None
+        if self.any_origin:
+            return b"*"
+        return origin if origin in self.origins else None
+
+    async def _preflight(
+        self, scope: Scope, send: Send, request_id: str, origin: bytes, allowed_origin: bytes | None
+    ) -> None:
+        requested = _header(scope["headers"], b"access-control-request-headers") or b""
+        names = {name.strip().lower() for name in requested.decode("latin-1").split(",") if name.strip()}
+        method = (_header(scope["headers"], b"access-control-request-method") or b"").upper()
+        headers = [(REQUEST_ID_HEADER, request_id.encode("ascii")), *SECURITY_HEADERS, (b"vary", b"Origin")]
+        if allowed_origin is None or method not in CORS_ALLOWED_METHODS or not names <= CORS_ALLOWED_HEADERS:
+            reason = (
+                "origin not allowed"
+                if allowed_origin is None
+                else "method not allowed"
+                if method not in CORS_ALLOWED_METHODS
+                else "header not allowed"
+            )
+            body = msgspec.json.encode(
+                {
+                    "type": "urn:keel:problem:http.cors_rejected",
+                    "title": "Forbidden",
+                    "status": 403,
+                    "detail": f"CORS preflight refused: {reason}.",
+                    "code": "http.cors_rejected",
+                }
+            )
+            headers += [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode())]
+            await send(HTTPResponseStartEvent(type="http.response.start", status=403, headers=headers))
+            await send(HTTPResponseBodyEvent(type="http.response.body", body=body, more_body=False))
+            return
+        headers += [
+            (b"access-control-allow-origin", allowed_origin),
+            (b"access-control-allow-methods", b", ".join(sorted(CORS_ALLOWED_METHODS))),
+            (b"access-control-allow-headers", ", ".join(sorted(CORS_ALLOWED_HEADERS)).encode()),
+            (b"access-control-max-age", CORS_MAX_AGE),
+            (b"content-length", b"0"),
+        ]
+        await send(HTTPResponseStartEvent(type="http.response.start", status=204, headers=headers))
+        await send(HTTPResponseBodyEvent(type="http.response.body", body=b"", more_body=False))
+
+
+def _header(headers: Iterable[tuple[bytes, bytes]], wanted: bytes) -> bytes | None:
+    return next((value for name, value in headers if name == wanted), None)

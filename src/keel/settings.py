@@ -1,0 +1,231 @@
+"""Settings: the only module that reads the environment (SPEC §1)."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|min|h|d)?\s*$")
+_DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+_POLICY = re.compile(r"^\s*(\d+)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*(?:burst\s+(\d+))?\s*$")
+_PERIODS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(:\d{1,5})?$|^\*$")
+
+
+def parse_duration(value: object) -> timedelta:
+    """`15m`, `30d`, `20s`, `500ms` or a bare number of seconds."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"expected a duration like 15m, 30d or 20s, got {value!r}")
+        seconds = int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError(f"duration must be positive, got {value!r}")
+    return timedelta(seconds=seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class RatePolicy:
+    """`limit` requests per `period` seconds, `burst` of them back to back (GCRA, SPEC §5)."""
+
+    limit: int
+    period: int
+    burst: int
+
+    @classmethod
+    def parse(cls, value: object) -> RatePolicy:
+        if isinstance(value, RatePolicy):
+            return value
+        match = _POLICY.match(str(value))
+        if not match:
+            raise ValueError(f"expected a policy like '10/s burst 20' or '5/min burst 10', got {value!r}")
+        limit, period, burst = int(match.group(1)), _PERIODS[match.group(2)], match.group(3)
+        policy = cls(limit=limit, period=period, burst=int(burst) if burst else limit)
+        if policy.limit < 1 or policy.burst < 1:
+            raise ValueError(f"rate and burst must be at least 1, got {value!r}")
+        return policy
+
+    @property
+    def emission_interval(self) -> float:
+        """Seconds between two requests at the sustained rate."""
+        return self.period / self.limit
+
+    def __str__(self) -> str:
+        unit = {1: "s", 60: "min", 3600: "h"}[self.period]
+        return f"{self.limit}/{unit} burst {self.burst}"
+
+
+def _comma_list(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    if isinstance(value, list | tuple):
+        return [str(item).strip() for item in value]
+    raise ValueError("expected a comma-separated list")
+
+
+class Settings(BaseSettings):
+    """Every variable of SPEC §1; field aliases are the variable names."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+        frozen=True,
+    )
+
+    database_url: str = Field("sqlite+aiosqlite:///./var/keel.db", validation_alias="DATABASE_URL")
+    redis_url: str | None = Field(None, validation_alias="REDIS_URL")
+    env: Literal["development", "production"] = Field("development", validation_alias="KEEL_ENV")
+    host: str = Field("127.0.0.1", validation_alias="KEEL_HOST", min_length=1)
+    port: int = Field(3000, validation_alias="KEEL_PORT", ge=1, le=65535)
+    workers: int = Field(1, validation_alias="KEEL_WORKERS", ge=1, le=256)
+
+    jwt_secret: SecretStr | None = Field(None, validation_alias="KEEL_JWT_SECRET")
+    jwt_private_key_file: Path | None = Field(None, validation_alias="KEEL_JWT_PRIVATE_KEY_FILE")
+    jwt_public_keys_dir: Path | None = Field(None, validation_alias="KEEL_JWT_PUBLIC_KEYS_DIR")
+    jwt_issuer: str = Field("keel", validation_alias="KEEL_JWT_ISSUER", min_length=1)
+    jwt_audience: str = Field("keel-api", validation_alias="KEEL_JWT_AUDIENCE", min_length=1)
+    access_token_ttl: timedelta = Field(timedelta(minutes=15), validation_alias="KEEL_ACCESS_TOKEN_TTL")
+    refresh_token_ttl: timedelta = Field(timedelta(days=30), validation_alias="KEEL_REFRESH_TOKEN_TTL")
+
+    rate_limit: Annotated[RatePolicy, NoDecode] = Field(RatePolicy(10, 1, 20), validation_alias="KEEL_RATE_LIMIT")
+    auth_rate_limit: Annotated[RatePolicy, NoDecode] = Field(
+        RatePolicy(5, 60, 10), validation_alias="KEEL_AUTH_RATE_LIMIT"
+    )
+    trusted_proxies: Annotated[tuple[IPNetwork, ...], NoDecode] = Field((), validation_alias="KEEL_TRUSTED_PROXIES")
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = Field((), validation_alias="KEEL_CORS_ORIGINS")
+    max_body_bytes: int = Field(1_048_576, validation_alias="KEEL_MAX_BODY_BYTES", ge=1)
+    ws_send_queue: int = Field(256, validation_alias="KEEL_WS_SEND_QUEUE", ge=1)
+
+    log_format: Literal["console", "json"] | None = Field(None, validation_alias="KEEL_LOG_FORMAT")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", validation_alias="KEEL_LOG_LEVEL")
+
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _database_url(cls, value: object) -> str:
+        url = str(value).strip()
+        # accept the spellings people paste from their provider and pick keel's async drivers
+        for prefix, driver in (
+            ("postgres://", "postgresql+asyncpg://"),
+            ("postgresql://", "postgresql+asyncpg://"),
+            ("sqlite://", "sqlite+aiosqlite://"),
+        ):
+            if url.startswith(prefix):
+                url = driver + url[len(prefix) :]
+        if not url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+            raise ValueError("expected postgresql+asyncpg://… or sqlite+aiosqlite:///…")
+        return url
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _redis_url(cls, value: object) -> str | None:
+        if value is None or str(value).strip() == "":
+            return None
+        url = str(value).strip()
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("expected redis://host:port/db, rediss://… or unix://…")
+        return url
+
+    @field_validator("env", "log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() or None if isinstance(value, str) else value
+
+    @field_validator("access_token_ttl", "refresh_token_ttl", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> timedelta:
+        return parse_duration(value)
+
+    @field_validator("rate_limit", "auth_rate_limit", mode="before")
+    @classmethod
+    def _policy(cls, value: object) -> RatePolicy:
+        return RatePolicy.parse(value)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _networks(cls, value: object) -> tuple[IPNetwork, ...]:
+        try:
+            return tuple(ipaddress.ip_network(item, strict=False) for item in _comma_list(value))
+        except ValueError as exc:
+            raise ValueError(f"expected comma-separated CIDRs like 10.0.0.0/8: {exc}") from None
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: object) -> tuple[str, ...]:
+        origins = tuple(origin.rstrip("/") for origin in _comma_list(value))
+        for origin in origins:
+            if not _ORIGIN.match(origin):
+                raise ValueError(f"expected origins like https://app.example.com, got {origin!r}")
+        return origins
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _secret_length(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < 32:
+            raise ValueError("must be at least 32 bytes")
+        return value
+
+    @model_validator(mode="after")
+    def _production_is_safe(self) -> Settings:
+        if self.env != "production":
+            return self
+        if self.is_sqlite:
+            raise ValueError("DATABASE_URL: KEEL_ENV=production refuses SQLite; use postgresql+asyncpg://…")
+        if self.jwt_secret is None and self.jwt_private_key_file is None:
+            raise ValueError(
+                "KEEL_JWT_SECRET: KEEL_ENV=production refuses a generated key; set KEEL_JWT_SECRET "
+                "(at least 32 bytes) or KEEL_JWT_PRIVATE_KEY_FILE"
+            )
+        if "*" in self.cors_origins:
+            raise ValueError("KEEL_CORS_ORIGINS: KEEL_ENV=production refuses '*'; list the allowed origins")
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+class ConfigError(Exception):
+    """Configuration that keel refuses to start with; the message is one line naming the variable."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment and `.env`, or ConfigError with one line naming the bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(describe(exc)) from None
+    except SettingsError as exc:  # a value the source itself could not parse; name the variable, not the field
+        field = str(exc).split('"')[1] if '"' in str(exc) else ""
+        info = Settings.model_fields.get(field)
+        name = info.validation_alias if info is not None and isinstance(info.validation_alias, str) else field
+        raise ConfigError(f"{name}: could not be parsed") from None
+
+
+def describe(exc: ValidationError) -> str:
+    """One line per ValidationError, each naming its environment variable."""
+    parts = []
+    for error in exc.errors(include_url=False):
+        names = [str(part) for part in error["loc"] if isinstance(part, str)]
+        message = error["msg"].removeprefix("Value error, ")
+        if names:
+            value = error.get("input")
+            shown = f" (got {value!r})" if isinstance(value, str | int) and "SECRET" not in names[0] else ""
+            parts.append(f"{names[0]}: {message}{shown}")
+        else:
+            parts.append(message)
+    return "; ".join(parts)

@@ -1,0 +1,135 @@
+"""Fixtures shared by the whole suite: the two backends, settings, app and client.
+
+Storage-touching tests take the `backend` fixture and run twice: `embedded` (SQLite in tmp_path, the
+in-process broker/store/limiter) and `scaled` (real PostgreSQL and Redis). Without CI=true the scaled half
+skips with one line when a service is unreachable; with CI=true that is a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+import redis
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from keel import db
+from keel.main import create_app
+from keel.settings import Settings
+
+TEST_DATABASE_URL = os.environ.get("KEEL_TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/keel_test")
+TEST_REDIS_URL = os.environ.get("KEEL_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def unavailable(what: str, error: Exception) -> None:
+    """Fail under CI, skip elsewhere, with one line saying why."""
+    reason = f"{what} unreachable ({type(error).__name__}: {error})"
+    if IN_CI:
+        pytest.fail(f"{reason}; CI=true requires it", pytrace=False)
+    pytest.skip(f"{reason}; set CI=true to make this a failure")
+
+
+def pg_admin_dsn(url: str, database: str = "postgres") -> str:
+    """A plain asyncpg DSN for `url`'s server, pointed at another database."""
+    parts = urlsplit(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+async def recreate_pg_database(url: str) -> None:
+    name = urlsplit(url).path.lstrip("/")
+    conn = await asyncpg.connect(pg_admin_dsn(url), timeout=5)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+async def drop_pg_database(url: str) -> None:
+    name = urlsplit(url).path.lstrip("/")
+    conn = await asyncpg.connect(pg_admin_dsn(url), timeout=5)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def migrate(url: str) -> None:
+    engine = create_async_engine(url)
+    try:
+        await db.upgrade(engine)
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    """A fresh, migrated PostgreSQL database for this run."""
+    try:
+        asyncio.run(recreate_pg_database(TEST_DATABASE_URL))
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        unavailable(f"PostgreSQL at {TEST_DATABASE_URL}", exc)
+    asyncio.run(migrate(TEST_DATABASE_URL))
+    return TEST_DATABASE_URL
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """Redis at KEEL_TEST_REDIS_URL, flushed for this run."""
+    client = redis.Redis.from_url(TEST_REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.flushdb()
+    except redis.RedisError as exc:
+        unavailable(f"Redis at {TEST_REDIS_URL}", exc)
+    finally:
+        client.close()
+    return TEST_REDIS_URL
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    database_url: str
+    redis_url: str | None
+
+
+@pytest.fixture(params=["embedded", "scaled"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    """Both deployment shapes; the embedded database is a fresh, migrated SQLite file."""
+    if request.param == "scaled":
+        return Backend("scaled", request.getfixturevalue("pg_url"), request.getfixturevalue("redis_url"))
+    url = f"sqlite+aiosqlite:///{tmp_path / 'keel.db'}"
+    asyncio.run(migrate(url))
+    return Backend("embedded", url, None)
+
+
+@pytest.fixture
+def settings(backend: Backend) -> Settings:
+    # explicit values win over the developer's environment and .env
+    return Settings(
+        _env_file=None,
+        DATABASE_URL=backend.database_url,
+        REDIS_URL=backend.redis_url,
+        KEEL_LOG_FORMAT="json",
+        KEEL_LOG_LEVEL="warning",
+    )
+
+
+@pytest.fixture
+def app(settings: Settings) -> Litestar:
+    return create_app(settings)
+
+
+@pytest.fixture
+async def client(app: Litestar) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    async with AsyncTestClient(app=app, base_url="http://127.0.0.1") as client:
+        yield client

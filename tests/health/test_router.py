@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from keel.main import create_app
+from keel.settings import Settings
+from tests.conftest import Backend
+
+Client = AsyncTestClient[Litestar]
+DEAD_POSTGRES = "postgresql+asyncpg://postgres@127.0.0.1:1/keel"
+DEAD_REDIS = "redis://127.0.0.1:1/0"
+
+
+async def test_healthz(client: Client) -> None:
+    response = await client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+async def test_readyz_when_everything_answers(client: Client, backend: Backend) -> None:
+    response = await client.get("/readyz")
+    assert response.status_code == 200
+    redis = "ok" if backend.redis_url else "disabled"
+    assert response.json() == {"status": "ready", "checks": {"database": "ok", "redis": redis}}
+
+
+async def readyz(settings: Settings) -> tuple[int, dict[str, object], str | None]:
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        response = await client.get("/readyz")
+    return response.status_code, response.json(), response.headers.get("content-type")
+
+
+async def test_readyz_is_503_when_the_database_is_down(backend: Backend) -> None:
+    status, body, content_type = await readyz(
+        Settings(_env_file=None, DATABASE_URL=DEAD_POSTGRES, REDIS_URL=backend.redis_url)
+    )
+    assert status == 503
+    assert content_type == "application/problem+json"
+    assert body["code"] == "ops.not_ready"
+    assert body["checks"] == {"database": "error", "redis": "ok" if backend.redis_url else "disabled"}
+
+
+async def test_readyz_is_503_when_redis_is_down(backend: Backend) -> None:
+    status, body, _ = await readyz(Settings(_env_file=None, DATABASE_URL=backend.database_url, REDIS_URL=DEAD_REDIS))
+    assert status == 503
+    assert body["checks"] == {"database": "ok", "redis": "error"}

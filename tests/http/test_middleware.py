@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import re
+
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from keel.http.middleware import request_id_of
+
+Client = AsyncTestClient[Litestar]
+ALLOWED = "https://app.example"
+
+
+async def test_sane_request_id_is_echoed(client: Client) -> None:
+    response = await client.get("/healthz", headers={"x-request-id": "abc.DEF_123-xyz"})
+    assert response.headers["x-request-id"] == "abc.DEF_123-xyz"
+
+
+@pytest.mark.parametrize("sent", ["has space", "x" * 129, "semi;colon", "<script>", ""])
+async def test_insane_request_id_is_replaced(client: Client, sent: str) -> None:
+    response = await client.get("/healthz", headers={"x-request-id": sent})
+    assert re.fullmatch(r"[0-9a-f]{32}", response.headers["x-request-id"])
+
+
+async def test_request_id_is_generated_when_absent(client: Client) -> None:
+    first = (await client.get("/healthz")).headers["x-request-id"]
+    second = (await client.get("/healthz")).headers["x-request-id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", first)
+    assert first != second
+
+
+def test_request_id_boundary() -> None:
+    assert request_id_of([(b"x-request-id", b"a" * 128)]) == "a" * 128
+
+
+async def test_security_headers_on_every_response(client: Client) -> None:
+    for path in ("/healthz", "/api/v1/public", "/missing"):
+        headers = (await client.get(path)).headers
+        assert headers["x-content-type-options"] == "nosniff"
+        assert headers["referrer-policy"] == "no-referrer"
+        assert headers["x-frame-options"] == "DENY"
+        assert "frame-ancestors 'none'" in headers["content-security-policy"]
+
+
+async def test_cors_preflight_from_an_allowed_origin(client: Client) -> None:
+    response = await client.options(
+        "/api/v1/public",
+        headers={
+            "origin": ALLOWED,
+            "access-control-request-method": "POST",
+            "access-control-request-headers": "Authorization, Content-Type",
+        },
+    )
+    assert response.status_code == 204
+    assert response.headers["access-control-allow-origin"] == ALLOWED
+    assert "POST" in response.headers["access-control-allow-methods"]
+    assert "authorization" in response.headers["access-control-allow-headers"]
+    assert "Origin" in response.headers["vary"]
+
+
+@pytest.mark.parametrize(
+    ("origin", "method", "headers"),
+    [
+        ("https://evil.example", "GET", ""),
+        (ALLOWED, "TRACE", ""),
+        (ALLOWED, "GET", "X-Custom-Thing"),
+    ],
+)
+async def test_cors_preflight_refused(client: Client, origin: str, method: str, headers: str) -> None:
+    response = await client.options(
+        "/api/v1/public",
+        headers={"origin": origin, "access-control-request-method": method, "access-control-request-headers": headers},
+    )
+    assert response.status_code == 403
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "http.cors_rejected"
+    assert "access-control-allow-origin" not in response.headers
+
+
+async def test_cors_headers_on_requests_from_an_allowed_origin_only(client: Client) -> None:
+    allowed = await client.get("/api/v1/public", headers={"origin": ALLOWED})
+    assert allowed.headers["access-control-allow-origin"] == ALLOWED
+    assert "X-Request-ID" in allowed.headers["access-control-expose-headers"]
+    denied = await client.get("/api/v1/public", headers={"origin": "https://evil.example"})
+    assert denied.status_code == 200
+    assert "access-control-allow-origin" not in denied.headers

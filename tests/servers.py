@@ -1,0 +1,101 @@
+"""Real `keel` processes for tests: the CLI, and `keel serve` on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+# the developer's own configuration must not leak into a test's server
+_OWN_VARIABLES = ("DATABASE_URL", "REDIS_URL")
+
+
+def clean_env(extra: Mapping[str, str | None]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _OWN_VARIABLES and not k.startswith("KEEL_")}
+    env.update({"KEEL_LOG_FORMAT": "json", "KEEL_LOG_LEVEL": "info", "PYTHONUNBUFFERED": "1"})
+    for key, value in extra.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+def run_keel(
+    *args: str, env: Mapping[str, str | None], cwd: Path, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "keel", *args],
+        env=clean_env(env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[str]
+    url: str
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+@contextmanager
+def keel_serve(env: Mapping[str, str | None], cwd: Path, *args: str, ready_timeout: float = 20) -> Iterator[Server]:
+    """`keel serve` on a free port, ready when /healthz answers; stopped with SIGTERM afterwards."""
+    port = free_port()
+    log = cwd / f"server-{port}.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "keel", "serve", "--port", str(port), *args],
+            env=clean_env(env),
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+    server = Server(process, f"http://127.0.0.1:{port}", log)
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"keel serve exited with {process.returncode}:\n{server.output()}")
+            try:
+                if httpx.get(f"{server.url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"keel serve did not become ready:\n{server.output()}")
+            time.sleep(0.1)
+        yield server
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()

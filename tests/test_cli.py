@@ -1,0 +1,116 @@
+"""The `keel` command as users run it: real processes, real databases."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from keel import db
+from tests.conftest import Backend, drop_pg_database, recreate_pg_database
+from tests.servers import keel_serve, run_keel
+
+
+@pytest.fixture(params=["embedded", "scaled"])
+def empty_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """A database with no schema at all: a SQLite path that does not exist yet, or a new PostgreSQL database."""
+    if request.param == "embedded":
+        yield Backend("embedded", f"sqlite+aiosqlite:///{tmp_path / 'var' / 'empty.db'}", None)
+        return
+    base: str = request.getfixturevalue("pg_url")
+    url = base.rsplit("/", 1)[0] + f"/keel_cli_{uuid.uuid4().hex[:8]}"
+    asyncio.run(recreate_pg_database(url))
+    try:
+        yield Backend("scaled", url, request.getfixturevalue("redis_url"))
+    finally:
+        asyncio.run(drop_pg_database(url))
+
+
+def env_of(backend: Backend) -> dict[str, str | None]:
+    return {"DATABASE_URL": backend.database_url, "REDIS_URL": backend.redis_url}
+
+
+def revisions(url: str) -> tuple[set[str], set[str]]:
+    async def read() -> tuple[set[str], set[str]]:
+        engine = create_async_engine(url)
+        try:
+            return await db.schema_revisions(engine)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(read())
+
+
+def test_serve_refuses_an_unmigrated_database_with_one_line(empty_backend: Backend, tmp_path: Path) -> None:
+    result = run_keel("serve", "--port", "1", env=env_of(empty_backend), cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0
+    assert "keel migrate" in result.stderr
+
+
+def test_migrate_from_empty_then_serve(empty_backend: Backend, tmp_path: Path) -> None:
+    first = run_keel("migrate", env=env_of(empty_backend), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    database, code = revisions(empty_backend.database_url)
+    assert database == code
+    assert code
+    again = run_keel("migrate", env=env_of(empty_backend), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr  # idempotent
+    with keel_serve(env_of(empty_backend), tmp_path) as server:
+        assert httpx.get(f"{server.url}/readyz").json()["checks"]["database"] == "ok"
+
+
+def test_default_database_lives_in_var_of_the_working_directory(tmp_path: Path) -> None:
+    result = run_keel("migrate", env={}, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "var" / "keel.db").is_file()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"), [("KEEL_PORT", "eighty"), ("DATABASE_URL", "mysql://db/keel"), ("KEEL_ENV", "production")]
+)
+def test_invalid_configuration_exits_2_with_one_line(tmp_path: Path, variable: str, value: str) -> None:
+    result = run_keel("serve", env={variable: value}, cwd=tmp_path)
+    assert result.returncode == 2
+    line = result.stderr.strip()
+    assert "\n" not in line
+    assert line.startswith("keel: invalid configuration:")
+    assert variable in line or "DATABASE_URL" in line
+
+
+def test_dotenv_errors_are_reported_the_same_way(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("KEEL_WORKERS=many\n")
+    result = run_keel("migrate", env={}, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "KEEL_WORKERS" in result.stderr
+
+
+def test_workers_without_redis_are_refused(tmp_path: Path) -> None:
+    result = run_keel("serve", "--workers", "2", env={}, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "REDIS_URL" in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+
+
+@pytest.mark.parametrize("empty_backend", ["scaled"], indirect=True)
+def test_two_workers_with_redis_serve(empty_backend: Backend, tmp_path: Path) -> None:
+    assert run_keel("migrate", env=env_of(empty_backend), cwd=tmp_path).returncode == 0
+    with keel_serve(env_of(empty_backend), tmp_path, "--workers", "2") as server:
+        for _ in range(20):
+            assert httpx.get(f"{server.url}/api/v1/public").status_code == 200
+        assert httpx.get(f"{server.url}/readyz").json()["checks"] == {"database": "ok", "redis": "ok"}
+
+
+def test_openapi_command_writes_the_document(tmp_path: Path) -> None:
+    target = tmp_path / "openapi.json"
+    result = run_keel("openapi", "-o", str(target), env={}, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    document = json.loads(target.read_text())
+    assert document["openapi"].startswith("3.1")
+    assert {"/api/v1/public", "/api/v2/public", "/healthz", "/readyz"} <= document["paths"].keys()
