@@ -28,6 +28,7 @@ from keel.settings import Settings
 TEST_DATABASE_URL = os.environ.get("KEEL_TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/keel_test")
 TEST_REDIS_URL = os.environ.get("KEEL_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 IN_CI = os.environ.get("CI", "").lower() == "true"
+TEST_JWT_SECRET = "test-secret-that-is-at-least-32-bytes-long"
 
 
 def unavailable(what: str, error: Exception) -> None:
@@ -82,16 +83,21 @@ def pg_url() -> str:
     return TEST_DATABASE_URL
 
 
+def flush(url: str) -> None:
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     """Redis at KEEL_TEST_REDIS_URL, flushed for this run."""
-    client = redis.Redis.from_url(TEST_REDIS_URL, socket_connect_timeout=2)
     try:
-        client.flushdb()
+        flush(TEST_REDIS_URL)
     except redis.RedisError as exc:
         unavailable(f"Redis at {TEST_REDIS_URL}", exc)
-    finally:
-        client.close()
     return TEST_REDIS_URL
 
 
@@ -102,11 +108,25 @@ class Backend:
     redis_url: str | None
 
 
+async def empty_tables(url: str) -> None:
+    conn = await asyncpg.connect(pg_admin_dsn(url, urlsplit(url).path.lstrip("/")), timeout=5)
+    try:
+        tables = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        names = ", ".join(f'"{t["tablename"]}"' for t in tables if t["tablename"] != "alembic_version")
+        if names:
+            await conn.execute(f"TRUNCATE {names} CASCADE")
+    finally:
+        await conn.close()
+
+
 @pytest.fixture(params=["embedded", "scaled"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    """Both deployment shapes; the embedded database is a fresh, migrated SQLite file."""
+    """Both deployment shapes, each empty: a fresh migrated SQLite file, or emptied PostgreSQL and Redis."""
     if request.param == "scaled":
-        return Backend("scaled", request.getfixturevalue("pg_url"), request.getfixturevalue("redis_url"))
+        pg, redis_test_url = request.getfixturevalue("pg_url"), request.getfixturevalue("redis_url")
+        asyncio.run(empty_tables(pg))
+        flush(redis_test_url)
+        return Backend("scaled", pg, redis_test_url)
     url = f"sqlite+aiosqlite:///{tmp_path / 'keel.db'}"
     asyncio.run(migrate(url))
     return Backend("embedded", url, None)
@@ -119,6 +139,7 @@ def settings(backend: Backend) -> Settings:
         _env_file=None,
         DATABASE_URL=backend.database_url,
         REDIS_URL=backend.redis_url,
+        KEEL_JWT_SECRET=TEST_JWT_SECRET,
         KEEL_LOG_FORMAT="json",
         KEEL_LOG_LEVEL="warning",
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -10,10 +11,17 @@ from typing import NoReturn
 import click
 import msgspec
 import uvicorn
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keel import db
+from keel.accounts import service as accounts
+from keel.accounts.keys import generate_ed25519_keypair, load_keyring
+from keel.accounts.models import User
+from keel.accounts.passwords import PasswordHasher
+from keel.accounts.schemas import UserCreate
+from keel.errors import KeelError
 from keel.logs import configure_logging
-from keel.main import create_app
+from keel.main import create_app, keyring_options
 from keel.settings import ConfigError, Settings, load_settings
 
 
@@ -36,14 +44,11 @@ def main() -> None:
     """keel: accounts, JWT auth, rate limiting and realtime channels over HTTP."""
 
 
-async def _schema_problem(url: str) -> str | None:
-    engine = db.create_engine(url, pool_size=1)
+async def _schema_problem(engine: AsyncEngine) -> str | None:
     try:
         database, code = await db.schema_revisions(engine)
     except Exception as exc:  # any failure to read the schema version means we cannot serve; say why
         return f"cannot reach the database ({type(exc).__name__}: {exc})"
-    finally:
-        await engine.dispose()
     if database == code:
         return None
     if not database:
@@ -52,6 +57,14 @@ async def _schema_problem(url: str) -> str | None:
         return f"the database is at revision {', '.join(sorted(database))}, which this keel does not know; upgrade keel"
     behind = f"{', '.join(sorted(database))} < {', '.join(sorted(code))}"
     return f"the database schema is behind ({behind}); run `keel migrate` first"
+
+
+async def _check_database(url: str) -> str | None:
+    engine = db.create_engine(url, pool_size=1)
+    try:
+        return await _schema_problem(engine)
+    finally:
+        await engine.dispose()
 
 
 @main.command()
@@ -67,8 +80,12 @@ def serve(host: str | None, port: str | None, workers: str | None) -> None:
             "process, so workers would not share them",
             code=2,
         )
-    if problem := asyncio.run(_schema_problem(settings.database_url)):
+    if problem := asyncio.run(_check_database(settings.database_url)):
         fail(problem)
+    try:
+        load_keyring(**keyring_options(settings))
+    except ValueError as exc:
+        fail(str(exc), code=2)
     configure_logging(settings.log_format, settings.log_level)
     base = f"http://{settings.host}:{settings.port}"
     click.echo(f"keel: serving on {base} (docs: {base}/swagger-ui)", err=True)
@@ -116,6 +133,62 @@ def migrate() -> None:
     except Exception as exc:  # one line for the operator; the traceback adds nothing they can act on
         fail(f"migration failed ({type(exc).__name__}: {exc})")
     click.echo(f"keel: database schema at {revision}", err=True)
+
+
+@main.command("create-admin")
+@click.option("--username", required=True, help="The admin's username (an existing user is promoted).")
+@click.option("--email", required=True, help="The admin's email.")
+def create_admin(username: str, email: str) -> None:
+    """Create an admin, or promote an existing user; the password comes from KEEL_ADMIN_PASSWORD or a prompt."""
+    settings = settings_or_exit()
+    password = os.environ.get("KEEL_ADMIN_PASSWORD") or click.prompt(
+        "Password", hide_input=True, confirmation_prompt=True
+    )
+    try:
+        data = msgspec.convert({"username": username, "email": email, "password": password}, UserCreate)
+    except msgspec.ValidationError as exc:
+        fail(f"invalid admin: {exc}", code=2)
+
+    async def run() -> tuple[User, bool]:
+        engine = db.create_engine(settings.database_url, pool_size=1)
+        hasher = PasswordHasher(workers=1)
+        try:
+            if problem := await _schema_problem(engine):
+                fail(problem)
+            async with db.create_sessionmaker(engine)() as session:
+                return await accounts.create_admin(
+                    session, hasher, username=data.username, email=data.email, password=data.password
+                )
+        finally:
+            hasher.close()
+            await engine.dispose()
+
+    try:
+        user, created = asyncio.run(run())
+    except KeelError as exc:
+        fail(exc.detail)
+    click.echo(f"keel: {'created' if created else 'promoted'} admin {user.username} ({user.id})", err=True)
+
+
+@main.group()
+def keys() -> None:
+    """Signing keys for EdDSA mode."""
+
+
+@keys.command("generate")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("var/keys"),
+    show_default=True,
+    help="Where to write <kid>.key (private) and <kid>.pem (public).",
+)
+def generate_keys(directory: Path) -> None:
+    """Write a new Ed25519 key pair and print the settings that use it."""
+    private, public = generate_ed25519_keypair(directory)
+    click.echo(f"KEEL_JWT_PRIVATE_KEY_FILE={private}")
+    click.echo(f"KEEL_JWT_PUBLIC_KEYS_DIR={public.parent}")
 
 
 @main.command()

@@ -5,14 +5,23 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from importlib.metadata import version as package_version
-from typing import Final
+from pathlib import Path
+from typing import Any, Final
 
 from litestar import Litestar, Router
 from litestar.handlers import HTTPRouteHandler
 from litestar.types import ControllerRouterHandler, Method
 
 from keel import db
-from keel.accounts.router import PublicController
+from keel.accounts.denylist import Denylist
+from keel.accounts.deps import DEPENDENCIES as ACCOUNTS_DEPENDENCIES
+from keel.accounts.deps import AuthMiddleware
+from keel.accounts.keys import load_keyring
+from keel.accounts.passwords import PasswordHasher
+from keel.accounts.router import CONTROLLERS as ACCOUNTS
+from keel.accounts.router import jwks
+from keel.accounts.service import Sessions
+from keel.accounts.verifier import TokenVerifier
 from keel.health.router import HealthController
 from keel.http.compression import CompressionMiddleware
 from keel.http.deps import DEPENDENCIES
@@ -25,11 +34,12 @@ from keel.shared import open_backends
 
 API_VERSIONS: Final = ("v1", "v2")
 VERSION: Final = package_version("keel")
+VAR_DIR: Final = Path("var")  # relative to the working directory (SPEC §1)
 
 
 def api_router(version: str) -> Router:
     """One API version: the same domain controllers under /api/<version>; versions differ only in list shapes."""
-    handlers: Sequence[ControllerRouterHandler] = [PublicController]
+    handlers: Sequence[ControllerRouterHandler] = [*ACCOUNTS]
     return Router(path=f"/api/{version}", route_handlers=list(handlers), tags=[version])
 
 
@@ -40,28 +50,60 @@ def operation_id(handler: HTTPRouteHandler, method: Method, path: list[object]) 
     return "-".join(part for part in (version, tag, handler.handler_name) if part)
 
 
+def keyring_options(settings: Settings) -> dict[str, Any]:
+    """load_keyring's arguments from the settings."""
+    return {
+        "secret": settings.jwt_secret.get_secret_value() if settings.jwt_secret else None,
+        "private_key_file": settings.jwt_private_key_file,
+        "public_keys_dir": settings.jwt_public_keys_dir,
+        "var_dir": VAR_DIR,
+        "issuer": settings.jwt_issuer,
+        "audience": settings.jwt_audience,
+    }
+
+
 def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterHandler] = ()) -> Litestar:
     """The keel application for `settings`; `extra_handlers` lets tests mount routes of their own."""
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         engine = db.create_engine(settings.database_url)
+        sessionmaker = db.create_sessionmaker(engine)
         backends = await open_backends(settings.redis_url)
-        app.state.engine = engine
-        app.state.sessionmaker = db.create_sessionmaker(engine)
-        app.state.backends = backends
+        keyring = load_keyring(**keyring_options(settings))
+        denylist = Denylist(backends.broker, sessionmaker)
+        hasher = PasswordHasher()
+        app.state.update(
+            engine=engine,
+            sessionmaker=sessionmaker,
+            backends=backends,
+            keyring=keyring,
+            hasher=hasher,
+            verifier=TokenVerifier(keyring, denylist),
+            sessions=Sessions(keyring, denylist, settings.access_token_ttl, settings.refresh_token_ttl),
+        )
+        await denylist.start()
         try:
             yield
         finally:
+            await denylist.stop()
+            hasher.close()
             await backends.close()
             await engine.dispose()
 
     config = openapi_config(VERSION)
     config.operation_id_creator = operation_id  # type: ignore[assignment]
     app = Litestar(
-        route_handlers=[HealthController, docs_router(), *(api_router(v) for v in API_VERSIONS), *extra_handlers],
+        route_handlers=[
+            HealthController,
+            jwks,
+            docs_router(),
+            *(api_router(v) for v in API_VERSIONS),
+            *extra_handlers,
+        ],
         lifespan=[lifespan],
-        dependencies=DEPENDENCIES,
+        dependencies={**DEPENDENCIES, **ACCOUNTS_DEPENDENCIES},
+        middleware=[AuthMiddleware],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         before_request=require_declared_media_type,
         request_max_body_size=settings.max_body_bytes,

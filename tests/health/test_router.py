@@ -5,7 +5,7 @@ from litestar.testing import AsyncTestClient
 
 from keel.main import create_app
 from keel.settings import Settings
-from tests.conftest import Backend
+from tests.conftest import TEST_JWT_SECRET, Backend
 
 Client = AsyncTestClient[Litestar]
 DEAD_POSTGRES = "postgresql+asyncpg://postgres@127.0.0.1:1/keel"
@@ -33,7 +33,9 @@ async def readyz(settings: Settings) -> tuple[int, dict[str, object], str | None
 
 async def test_readyz_is_503_when_the_database_is_down(backend: Backend) -> None:
     status, body, content_type = await readyz(
-        Settings(_env_file=None, DATABASE_URL=DEAD_POSTGRES, REDIS_URL=backend.redis_url)
+        Settings(
+            _env_file=None, DATABASE_URL=DEAD_POSTGRES, REDIS_URL=backend.redis_url, KEEL_JWT_SECRET=TEST_JWT_SECRET
+        )
     )
     assert status == 503
     assert content_type == "application/problem+json"
@@ -42,6 +44,10 @@ async def test_readyz_is_503_when_the_database_is_down(backend: Backend) -> None
 
 
 async def test_readyz_is_503_when_redis_is_down(backend: Backend) -> None:
-    status, body, _ = await readyz(Settings(_env_file=None, DATABASE_URL=backend.database_url, REDIS_URL=DEAD_REDIS))
+    status, body, _ = await readyz(
+        Settings(
+            _env_file=None, DATABASE_URL=backend.database_url, REDIS_URL=DEAD_REDIS, KEEL_JWT_SECRET=TEST_JWT_SECRET
+        )
+    )
     assert status == 503
     assert body["checks"] == {"database": "ok", "redis": "error"}

@@ -17,7 +17,7 @@ from msgspec import Meta
 from keel.errors import Conflict, Forbidden, Invalid, KeelError, NotFound, RateLimited, Unauthorized, Unavailable
 from keel.main import create_app
 from keel.settings import Settings
-from tests.conftest import Backend, migrate
+from tests.conftest import TEST_JWT_SECRET, Backend, migrate
 
 MAX_BODY = 4096
 
@@ -91,6 +91,7 @@ def settings(backend: Backend) -> Settings:
         _env_file=None,
         DATABASE_URL=backend.database_url,
         REDIS_URL=None,
+        KEEL_JWT_SECRET=TEST_JWT_SECRET,
         KEEL_MAX_BODY_BYTES=MAX_BODY,
         KEEL_CORS_ORIGINS="https://app.example",
     )

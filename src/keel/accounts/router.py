@@ -1,13 +1,40 @@
-"""Accounts endpoints (SPEC §4); versioned routers mount this controller under /api/v1 and /api/v2."""
+"""Accounts endpoints (SPEC §4); the versioned routers mount these controllers under /api/v1 and /api/v2."""
 
 from __future__ import annotations
 
+from typing import Annotated, Any
+
 import msgspec
-from litestar import Controller, get
+from litestar import Controller, Request, get, post
+from litestar.datastructures import CacheControlHeader, State
+from litestar.enums import RequestEncodingType
+from litestar.exceptions import ValidationException
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
+from litestar.params import JSONBody, Parameter
 
+from keel.accounts import service
+from keel.accounts.deps import ADMIN, SECURITY, USER, Hasher, SessionPolicy, current_claims
+from keel.accounts.schemas import (
+    PasswordChange,
+    ProtectedMessage,
+    PublicMessage,
+    RefreshRequest,
+    TokenPair,
+    TokenRequest,
+    UserCreate,
+    UserRead,
+)
+from keel.accounts.tokens import Keyring
+from keel.http.deps import DbSession
+from keel.http.errors import problem_response
+from keel.http.requests import ACCEPTS
 
-class PublicMessage(msgspec.Struct):
-    message: str
+FORM = RequestEncodingType.URL_ENCODED.value
+JSON = RequestEncodingType.JSON.value
+Limit = Annotated[int, Parameter(ge=1, le=100, description="1 to 100")]
+Offset = Annotated[int, Parameter(ge=0)]
+UNAUTHORIZED = {401: problem_response("No valid bearer token")}
+_token_request = msgspec.json.Decoder(TokenRequest)
 
 
 class PublicController(Controller):
@@ -18,3 +45,140 @@ class PublicController(Controller):
     def public(self) -> PublicMessage:
         """A greeting anyone may read: no auth."""
         return PublicMessage(message="Hello from keel. This endpoint needs no token.")
+
+
+class ProtectedController(Controller):
+    path = "/protected"
+    tags = ["public"]
+    opt = USER
+    security = SECURITY
+
+    @get(sync_to_thread=False, responses=UNAUTHORIZED)
+    def protected(self, request: Request[Any, Any, Any]) -> ProtectedMessage:
+        """A greeting for the bearer of a valid access token."""
+        claims = current_claims(request)
+        return ProtectedMessage(message=f"Hello, {claims.username}.", user_id=claims.user_id, username=claims.username)
+
+
+class UsersController(Controller):
+    path = "/users"
+    tags = ["users"]
+
+    @post(status_code=201, responses={409: problem_response("The username or email is taken")})
+    async def register(self, data: JSONBody[UserCreate], db_session: DbSession, hasher: Hasher) -> UserRead:
+        """Create an account."""
+        user = await service.register(
+            db_session, hasher, username=data.username, email=data.email, password=data.password
+        )
+        return UserRead.from_model(user)
+
+    @get("/me", opt=USER, security=SECURITY, responses=UNAUTHORIZED)
+    async def me(self, request: Request[Any, Any, Any], db_session: DbSession) -> UserRead:
+        """The account of the token's bearer."""
+        return UserRead.from_model(await service.get_user(db_session, current_claims(request).user_id))
+
+    @post(
+        "/me/password",
+        status_code=204,
+        opt=USER,
+        security=SECURITY,
+        responses={**UNAUTHORIZED, 403: problem_response("The current password is wrong")},
+    )
+    async def change_password(
+        self,
+        request: Request[Any, Any, Any],
+        data: JSONBody[PasswordChange],
+        db_session: DbSession,
+        hasher: Hasher,
+        sessions: SessionPolicy,
+    ) -> None:
+        """Change the password; every other session of this account ends."""
+        await service.change_password(
+            db_session,
+            hasher,
+            sessions,
+            claims=current_claims(request),
+            current_password=data.current_password,
+            new_password=data.new_password,
+        )
+
+    @get(opt=ADMIN, security=SECURITY, responses={**UNAUTHORIZED, 403: problem_response("Not an admin")})
+    async def list_users(self, db_session: DbSession, limit: Limit = 50, offset: Offset = 0) -> list[UserRead]:
+        """Every account, in sign-up order (admins only)."""
+        users = await service.list_users(db_session, limit=limit, offset=offset)
+        return [UserRead.from_model(user) for user in users]
+
+
+class TokenOperation(Operation):
+    """Documents the token endpoint's body as the OAuth2 form (what Swagger's Authorize dialog sends)."""
+
+    def __post_init__(self) -> None:
+        string = Schema(type=OpenAPIType.STRING)
+        form = Schema(
+            type=OpenAPIType.OBJECT,
+            required=["username", "password"],
+            properties={
+                "grant_type": Schema(type=OpenAPIType.STRING, enum=["password"]),
+                "username": Schema(type=OpenAPIType.STRING, description="username or email"),
+                "password": Schema(type=OpenAPIType.STRING, format="password"),  # type: ignore[arg-type]
+                "scope": string,
+            },
+        )
+        self.request_body = RequestBody(
+            content={FORM: OpenAPIMediaType(schema=form), JSON: OpenAPIMediaType(schema=form)}, required=True
+        )
+
+
+class AuthController(Controller):
+    path = "/auth"
+    tags = ["auth"]
+
+    @post(
+        "/token",
+        status_code=200,
+        opt={ACCEPTS: (FORM, JSON)},
+        operation_class=TokenOperation,
+        responses={401: problem_response("Wrong username or password")},
+    )
+    async def token(
+        self, request: Request[Any, Any, Any], db_session: DbSession, hasher: Hasher, sessions: SessionPolicy
+    ) -> TokenPair:
+        """Log in with the OAuth2 password grant (form or JSON); `username` may be the email."""
+        credentials = await _read_token_request(request)
+        return await service.log_in(
+            db_session, hasher, sessions, login=credentials.username, password=credentials.password
+        )
+
+    @post("/refresh", status_code=200, responses={401: problem_response("Invalid, expired or reused token")})
+    async def refresh(
+        self, data: JSONBody[RefreshRequest], db_session: DbSession, sessions: SessionPolicy
+    ) -> TokenPair:
+        """Trade a refresh token for a new pair; presenting a spent one ends the whole session."""
+        return await service.refresh(db_session, sessions, refresh_token=data.refresh_token)
+
+    @post("/logout", status_code=204, opt=USER, security=SECURITY, responses=UNAUTHORIZED)
+    async def logout(self, request: Request[Any, Any, Any], db_session: DbSession, sessions: SessionPolicy) -> None:
+        """End this session: its refresh tokens and access tokens stop working at once, on every instance."""
+        await service.log_out(db_session, sessions, claims=current_claims(request))
+
+
+async def _read_token_request(request: Request[Any, Any, Any]) -> TokenRequest:
+    try:
+        if request.headers.get("content-type", "").startswith(FORM):
+            form = await request.form()
+            return msgspec.convert({key: form.get(key) for key in form}, TokenRequest)
+        return _token_request.decode(await request.body())
+    except msgspec.DecodeError:
+        raise ValidationException(extra=[{"key": "data", "message": "invalid JSON", "source": "body"}]) from None
+    except msgspec.ValidationError as exc:
+        raise ValidationException(extra=[{"key": "data", "message": str(exc), "source": "body"}]) from None
+
+
+@get("/.well-known/jwks.json", tags=["auth"], sync_to_thread=False, cache_control=CacheControlHeader(max_age=300))
+def jwks(state: State) -> dict[str, list[dict[str, str]]]:
+    """The public keys that verify access tokens (RFC 7517); empty in HS256 mode."""
+    keyring: Keyring = state.keyring
+    return keyring.jwks()
+
+
+CONTROLLERS = [PublicController, ProtectedController, UsersController, AuthController]

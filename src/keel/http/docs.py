@@ -8,7 +8,7 @@ from typing import Final
 from litestar import Router, get
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
-from litestar.openapi.spec import Components, SecurityScheme, Tag
+from litestar.openapi.spec import Components, OAuthFlow, OAuthFlows, SecurityScheme, Tag
 from litestar.response import Response
 from litestar.static_files import create_static_files_router
 
@@ -40,6 +40,13 @@ def openapi_config(version: str) -> OpenAPIConfig:
         components=Components(
             security_schemes={
                 "BearerAuth": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT"),
+                # Swagger UI's Authorize dialog logs in with the password grant and then sends the bearer token
+                "OAuth2Password": SecurityScheme(
+                    type="oauth2",
+                    flows=OAuthFlows(
+                        password=OAuthFlow(token_url="/api/v1/auth/token", scopes={"admin": "Administer accounts"})  # noqa: S106
+                    ),
+                ),
             }
         ),
         tags=[Tag(name="ops", description="Liveness, readiness and documentation")],

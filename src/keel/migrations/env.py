@@ -7,6 +7,7 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
+import keel.accounts.models  # noqa: F401  (registers the tables for autogenerate)
 from keel.db import Base, create_engine
 from keel.settings import load_settings
 

@@ -1,0 +1,62 @@
+"""Accounts' domain errors: each a kind from keel.errors with a stable code clients may branch on."""
+
+from __future__ import annotations
+
+from keel.errors import Conflict, Forbidden, NotFound, Unauthorized, Unavailable
+
+
+class UsernameTaken(Conflict):
+    code = "accounts.username_taken"
+    title = "Username taken"
+
+
+class EmailTaken(Conflict):
+    code = "accounts.email_taken"
+    title = "Email taken"
+
+
+class InvalidCredentials(Unauthorized):
+    """Wrong password and unknown user alike: the same body, so it reveals nothing."""
+
+    code = "accounts.invalid_credentials"
+    title = "Invalid credentials"
+
+
+class InvalidToken(Unauthorized):
+    """A bearer token was given but cannot be accepted (bad signature, expired, revoked, wrong type ...)."""
+
+    code = "accounts.invalid_token"
+    title = "Invalid token"
+    www_authenticate = 'Bearer error="invalid_token"'
+
+
+class AuthenticationRequired(Unauthorized):
+    code = "accounts.authentication_required"
+    title = "Authentication required"
+
+
+class InvalidRefreshToken(Unauthorized):
+    code = "accounts.invalid_refresh_token"
+    title = "Invalid refresh token"
+
+
+class WrongPassword(Forbidden):
+    code = "accounts.wrong_password"
+    title = "Wrong password"
+
+
+class AdminRequired(Forbidden):
+    code = "accounts.admin_required"
+    title = "Admin required"
+
+
+class UserNotFound(NotFound):
+    code = "accounts.user_not_found"
+    title = "User not found"
+
+
+class PasswordPoolBusy(Unavailable):
+    """Too many passwords are being hashed already; the client should retry shortly."""
+
+    code = "accounts.busy"
+    title = "Busy hashing passwords"

@@ -1,0 +1,57 @@
+"""Accounts' tables: users, refresh tokens (rotated within a family), revocations (the durable denylist)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import Boolean, ForeignKey, Index, String, Uuid, false, func
+from sqlalchemy.orm import Mapped, mapped_column
+
+from keel.db import Base, UtcDateTime, utcnow
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    username: Mapped[str] = mapped_column(String(32))
+    email: Mapped[str] = mapped_column(String(320))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)
+
+
+# case-insensitive uniqueness that both PostgreSQL and SQLite enforce: unique indexes on lower(...)
+Index("uq_users_lower_username", func.lower(User.username), unique=True)
+Index("uq_users_lower_email", func.lower(User.email), unique=True)
+
+
+class RefreshToken(Base):
+    """One opaque refresh token, stored as its SHA-256; a family is one login session (`sid` in access tokens)."""
+
+    __tablename__ = "refresh_tokens"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    family_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
+    parent_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    spent_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class Revocation(Base):
+    """A revoked session (`sid:<uuid>`) or access token (`jti:<id>`), kept until no token it covers can be valid.
+
+    Every instance holds these in memory (kept current over the broker); this table is the copy that survives
+    a Redis outage or a restart (SPEC §10).
+    """
+
+    __tablename__ = "revocations"
+
+    key: Mapped[str] = mapped_column(String(80), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)

@@ -1,0 +1,236 @@
+"""Accounts use cases: register, log in, refresh, log out, change password. Framework-free; each owns its commit."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keel.accounts.denylist import Denylist, session_key
+from keel.accounts.errors import (
+    EmailTaken,
+    InvalidCredentials,
+    InvalidRefreshToken,
+    UsernameTaken,
+    UserNotFound,
+    WrongPassword,
+)
+from keel.accounts.models import RefreshToken, Revocation, User
+from keel.accounts.passwords import PasswordHasher
+from keel.accounts.schemas import TokenPair
+from keel.accounts.tokens import LEEWAY, Claims, Keyring
+from keel.db import utcnow
+
+
+@dataclass(frozen=True)
+class Sessions:
+    """What issuing and revoking sessions needs: keys, the denylist and the two lifetimes."""
+
+    keyring: Keyring
+    denylist: Denylist
+    access_ttl: timedelta
+    refresh_ttl: timedelta
+
+
+def _digest(refresh_token: str) -> str:
+    # refresh tokens are 256 random bits: a plain SHA-256 is enough to make a stolen table useless
+    return hashlib.sha256(refresh_token.encode()).hexdigest()
+
+
+async def _taken(session: AsyncSession, *, username: str, email: str) -> None:
+    rows = await session.execute(
+        select(func.lower(User.username) == username.lower(), func.lower(User.email) == email.lower()).where(
+            or_(func.lower(User.username) == username.lower(), func.lower(User.email) == email.lower())
+        )
+    )
+    for same_username, _ in rows:
+        raise (
+            UsernameTaken(f"The username {username!r} is taken.")
+            if same_username
+            else EmailTaken("That email is already registered.")
+        )
+
+
+async def register(
+    session: AsyncSession, hasher: PasswordHasher, *, username: str, email: str, password: str, is_admin: bool = False
+) -> User:
+    """Create a user, or raise UsernameTaken / EmailTaken (case-insensitive)."""
+    await _taken(session, username=username, email=email)  # before hashing: a duplicate costs no Argon2
+    user = User(username=username, email=email, password_hash=await hasher.hash(password), is_admin=is_admin)
+    session.add(user)
+    try:
+        await session.commit()
+    except IntegrityError:  # a concurrent sign-up won the race; the unique indexes settled it
+        await session.rollback()
+        await _taken(session, username=username, email=email)
+        raise
+    return user
+
+
+async def authenticate(session: AsyncSession, hasher: PasswordHasher, *, login: str, password: str) -> User:
+    """The user whose username or email is `login` and whose password matches, else InvalidCredentials."""
+    user = await session.scalar(
+        select(User).where(or_(func.lower(User.username) == login.lower(), func.lower(User.email) == login.lower()))
+    )
+    # an unknown user still costs one verify (against a dummy hash): timing does not reveal who exists
+    result = await hasher.verify(user.password_hash if user else None, password)
+    if user is None or not result.ok:
+        raise InvalidCredentials("The username or password is wrong.")
+    if result.new_hash is not None:  # the parameters changed since this hash was made
+        user.password_hash = result.new_hash
+        await session.commit()
+    return user
+
+
+async def _issue(
+    session: AsyncSession, sessions: Sessions, user: User, *, family_id: uuid.UUID, parent_id: uuid.UUID | None
+) -> TokenPair:
+    refresh_token = secrets.token_urlsafe(32)
+    session.add(
+        RefreshToken(
+            token_hash=_digest(refresh_token),
+            family_id=family_id,
+            parent_id=parent_id,
+            user_id=user.id,
+            expires_at=utcnow() + sessions.refresh_ttl,
+        )
+    )
+    access_token, _ = sessions.keyring.issue_access(
+        user_id=user.id,
+        username=user.username,
+        session_id=family_id,
+        scopes=("admin",) if user.is_admin else (),
+        ttl=sessions.access_ttl.total_seconds(),
+    )
+    return TokenPair(access_token, refresh_token, int(sessions.access_ttl.total_seconds()))
+
+
+async def log_in(
+    session: AsyncSession, hasher: PasswordHasher, sessions: Sessions, *, login: str, password: str
+) -> TokenPair:
+    """Check the credentials and start a session: a new refresh-token family and its first access token."""
+    user = await authenticate(session, hasher, login=login, password=password)
+    pair = await _issue(session, sessions, user, family_id=uuid.uuid4(), parent_id=None)
+    await session.commit()
+    return pair
+
+
+async def refresh(session: AsyncSession, sessions: Sessions, *, refresh_token: str) -> TokenPair:
+    """Rotate: spend `refresh_token` and return a new pair; a spent token's reuse revokes its whole family."""
+    now = utcnow()
+    digest = _digest(refresh_token)
+    # one atomic statement spends the token, so two concurrent refreshes cannot both succeed
+    spent = (
+        await session.execute(
+            update(RefreshToken)
+            .where(
+                RefreshToken.token_hash == digest,
+                RefreshToken.spent_at.is_(None),
+                RefreshToken.revoked_at.is_(None),
+                RefreshToken.expires_at > now,
+            )
+            .values(spent_at=now)
+            .returning(RefreshToken.id, RefreshToken.family_id, RefreshToken.user_id)
+        )
+    ).first()
+    if spent is None:
+        await session.rollback()
+        reused = await session.scalar(
+            select(RefreshToken).where(
+                RefreshToken.token_hash == digest, RefreshToken.spent_at.is_not(None), RefreshToken.revoked_at.is_(None)
+            )
+        )
+        if reused is not None:
+            # someone else holds a copy of this token (RFC 6819 §5.2.2.3): end the session for both
+            await revoke_sessions(session, sessions, [reused.family_id])
+        raise InvalidRefreshToken("The refresh token is invalid, expired or already used.")
+    token_id, family_id, user_id = spent
+    user = await session.get(User, user_id)
+    if user is None:
+        raise InvalidRefreshToken("The refresh token is invalid, expired or already used.")
+    pair = await _issue(session, sessions, user, family_id=family_id, parent_id=token_id)
+    await session.commit()
+    return pair
+
+
+async def revoke_sessions(session: AsyncSession, sessions: Sessions, family_ids: Sequence[uuid.UUID]) -> None:
+    """End these sessions: their refresh tokens stop working, and so do their access tokens, everywhere."""
+    if not family_ids:
+        return
+    now = utcnow()
+    await session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.family_id.in_(family_ids), RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+    # long enough that every access token of the session has expired, leeway included
+    until = now + sessions.access_ttl + timedelta(seconds=LEEWAY)
+    revocations = [await session.merge(Revocation(key=session_key(f), expires_at=until)) for f in family_ids]
+    await session.commit()
+    await sessions.denylist.publish(revocations)
+
+
+async def log_out(session: AsyncSession, sessions: Sessions, *, claims: Claims) -> None:
+    """End the session the access token belongs to."""
+    await revoke_sessions(session, sessions, [claims.session_id])
+
+
+async def change_password(
+    session: AsyncSession,
+    hasher: PasswordHasher,
+    sessions: Sessions,
+    *,
+    claims: Claims,
+    current_password: str,
+    new_password: str,
+) -> None:
+    """Replace the password (WrongPassword if `current_password` is wrong) and end every other session."""
+    user = await get_user(session, claims.user_id)
+    if not (await hasher.verify(user.password_hash, current_password)).ok:
+        raise WrongPassword("The current password is wrong.")
+    user.password_hash = await hasher.hash(new_password)
+    others = await session.scalars(
+        select(RefreshToken.family_id)
+        .where(
+            RefreshToken.user_id == user.id,
+            RefreshToken.family_id != claims.session_id,
+            RefreshToken.revoked_at.is_(None),
+        )
+        .distinct()
+    )
+    await revoke_sessions(session, sessions, list(others))
+    await session.commit()  # when there was no other session, revoke_sessions committed nothing
+
+
+async def get_user(session: AsyncSession, user_id: uuid.UUID) -> User:
+    user = await session.get(User, user_id)
+    if user is None:
+        raise UserNotFound()
+    return user
+
+
+async def list_users(session: AsyncSession, *, limit: int, offset: int) -> Sequence[User]:
+    """Users in sign-up order."""
+    rows = await session.scalars(select(User).order_by(User.created_at, User.id).limit(limit).offset(offset))
+    return rows.all()
+
+
+async def create_admin(
+    session: AsyncSession, hasher: PasswordHasher, *, username: str, email: str, password: str
+) -> tuple[User, bool]:
+    """Make `username` an admin with this email and password: (user, created) — promotes an existing user."""
+    user = await session.scalar(select(User).where(func.lower(User.username) == username.lower()))
+    if user is None:
+        return await register(session, hasher, username=username, email=email, password=password, is_admin=True), True
+    user.is_admin = True
+    user.email = email
+    user.password_hash = await hasher.hash(password)
+    await session.commit()
+    return user, False

@@ -1,0 +1,225 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from keel.settings import Settings
+from tests.factories import PASSWORD, bearer, log_in, make_admin, register
+
+Client = AsyncTestClient[Litestar]
+
+
+async def test_register_returns_the_user_without_secrets(client: Client) -> None:
+    user = await register(client, "ada", "Ada@Example.com")
+    assert set(user) == {"id", "username", "email", "is_admin", "created_at"}
+    assert (user["username"], user["email"], user["is_admin"]) == ("ada", "Ada@Example.com", False)
+    assert user["created_at"].endswith(("Z", "+00:00"))
+
+
+@pytest.mark.parametrize(
+    ("username", "email", "code"),
+    [
+        ("ADA", "other@example.com", "accounts.username_taken"),
+        ("other", "ADA@EXAMPLE.COM", "accounts.email_taken"),
+    ],
+)
+async def test_register_rejects_taken_names_whatever_the_case(
+    client: Client, username: str, email: str, code: str
+) -> None:
+    await register(client, "ada", "ada@example.com")
+    response = await client.post("/api/v1/users", json={"username": username, "email": email, "password": PASSWORD})
+    assert response.status_code == 409
+    assert response.json()["code"] == code
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("username", "ab"),
+        ("username", "a" * 33),
+        ("username", "has space"),
+        ("username", "émile"),
+        ("email", "not-an-email"),
+        ("email", "a@b"),
+        ("email", "two@@example.com"),
+        ("password", "x" * 7),
+        ("password", "x" * 129),
+    ],
+)
+async def test_register_validation(client: Client, field: str, value: str) -> None:
+    body = {"username": "valid_name", "email": "valid@example.com", "password": PASSWORD, field: value}
+    response = await client.post("/api/v1/users", json=body)
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["loc"] == ["body", field]
+
+
+async def test_passwords_at_the_bounds_are_accepted(client: Client) -> None:
+    await register(client, "eight", password="x" * 8)
+    await register(client, "long", password="y" * 128)
+    await log_in(client, "long", "y" * 128)
+
+
+@pytest.mark.parametrize("login", ["ada", "ADA", "ada@example.com"])
+async def test_log_in_by_username_or_email_with_a_form(client: Client, login: str) -> None:
+    await register(client, "ada")
+    tokens = await log_in(client, login)
+    assert tokens["token_type"] == "bearer"
+    assert tokens["expires_in"] == 900
+    assert len(tokens["refresh_token"]) >= 43  # 256 bits, base64url
+
+
+async def test_log_in_with_json(client: Client) -> None:
+    await register(client, "ada")
+    response = await client.post("/api/v1/auth/token", json={"username": "ada", "password": PASSWORD})
+    assert response.status_code == 200
+    me = await client.get("/api/v1/users/me", headers=bearer(response.json()))
+    assert me.json()["username"] == "ada"
+
+
+async def test_token_endpoint_wants_a_form_or_json(client: Client) -> None:
+    response = await client.post("/api/v1/auth/token", content=b"username=ada", headers={"content-type": "text/plain"})
+    assert response.status_code == 415
+    missing = await client.post("/api/v1/auth/token", data={"username": "ada"})
+    assert missing.status_code == 422
+
+
+async def test_wrong_password_and_unknown_user_look_the_same(client: Client) -> None:
+    await register(client, "ada")
+    wrong = await client.post("/api/v1/auth/token", data={"username": "ada", "password": "wrong password"})
+    unknown = await client.post("/api/v1/auth/token", data={"username": "nobody", "password": "wrong password"})
+    assert wrong.status_code == unknown.status_code == 401
+    assert wrong.json() == unknown.json()
+    assert wrong.json()["code"] == "accounts.invalid_credentials"
+
+
+async def test_me_needs_a_token(client: Client) -> None:
+    response = await client.get("/api/v1/users/me")
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert response.json()["code"] == "accounts.authentication_required"
+
+
+@pytest.mark.parametrize("header", ["Bearer garbage", "Bearer ", "Bearer a.b.c", "bearer x.y"])
+async def test_a_bad_token_is_invalid_token(client: Client, header: str) -> None:
+    response = await client.get("/api/v1/users/me", headers={"Authorization": header})
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+
+
+async def test_protected_and_v2(client: Client) -> None:
+    user = await register(client, "ada")
+    tokens = await log_in(client)
+    for version in ("v1", "v2"):
+        response = await client.get(f"/api/{version}/protected", headers=bearer(tokens))
+        assert response.status_code == 200
+        assert response.json() == {"message": "Hello, ada.", "user_id": user["id"], "username": "ada"}
+    assert (await client.get("/api/v2/users/me", headers=bearer(tokens))).json() == user
+
+
+async def test_a_refresh_token_is_not_an_access_token(client: Client) -> None:
+    await register(client)
+    tokens = await log_in(client)
+    response = await client.get("/api/v1/users/me", headers={"Authorization": f"Bearer {tokens['refresh_token']}"})
+    assert response.status_code == 401
+
+
+async def test_refresh_rotates_and_the_old_token_is_spent(client: Client) -> None:
+    await register(client)
+    first = await log_in(client)
+    second = (await client.post("/api/v1/auth/refresh", json={"refresh_token": first["refresh_token"]})).json()
+    assert second["refresh_token"] != first["refresh_token"]
+    assert second["access_token"] != first["access_token"]
+    assert (await client.get("/api/v1/users/me", headers=bearer(second))).status_code == 200
+
+
+async def test_reusing_a_spent_refresh_token_revokes_the_family(client: Client) -> None:
+    await register(client)
+    first = await log_in(client)
+    other_session = await log_in(client)
+    second = (await client.post("/api/v1/auth/refresh", json={"refresh_token": first["refresh_token"]})).json()
+    third = (await client.post("/api/v1/auth/refresh", json={"refresh_token": second["refresh_token"]})).json()
+    reuse = await client.post("/api/v1/auth/refresh", json={"refresh_token": first["refresh_token"]})
+    assert reuse.status_code == 401
+    assert reuse.json()["code"] == "accounts.invalid_refresh_token"
+    # every descendant is dead: the latest refresh token and the access tokens of the family
+    assert (
+        await client.post("/api/v1/auth/refresh", json={"refresh_token": third["refresh_token"]})
+    ).status_code == 401
+    assert (await client.get("/api/v1/users/me", headers=bearer(third))).status_code == 401
+    # another session of the same user is untouched
+    assert (await client.get("/api/v1/users/me", headers=bearer(other_session))).status_code == 200
+
+
+async def test_logout_revokes_the_access_token_at_once(client: Client) -> None:
+    await register(client)
+    tokens = await log_in(client)
+    assert (await client.get("/api/v1/users/me", headers=bearer(tokens))).status_code == 200  # now cached
+    assert (await client.post("/api/v1/auth/logout", headers=bearer(tokens))).status_code == 204
+    after = await client.get("/api/v1/users/me", headers=bearer(tokens))
+    assert after.status_code == 401
+    assert after.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+    refresh = await client.post("/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+    assert refresh.status_code == 401
+
+
+async def test_password_change_ends_every_other_session(client: Client) -> None:
+    await register(client)
+    this, other = await log_in(client), await log_in(client)
+    response = await client.post(
+        "/api/v1/users/me/password",
+        headers=bearer(this),
+        json={"current_password": PASSWORD, "new_password": "a brand new password"},
+    )
+    assert response.status_code == 204
+    assert (await client.get("/api/v1/users/me", headers=bearer(this))).status_code == 200
+    assert (await client.get("/api/v1/users/me", headers=bearer(other))).status_code == 401
+    assert (
+        await client.post("/api/v1/auth/refresh", json={"refresh_token": other["refresh_token"]})
+    ).status_code == 401
+    old = await client.post("/api/v1/auth/token", data={"username": "ada", "password": PASSWORD})
+    assert old.status_code == 401
+    await log_in(client, "ada", "a brand new password")
+
+
+async def test_password_change_needs_the_current_password(client: Client) -> None:
+    await register(client)
+    tokens = await log_in(client)
+    response = await client.post(
+        "/api/v1/users/me/password",
+        headers=bearer(tokens),
+        json={"current_password": "not it at all", "new_password": "a brand new password"},
+    )
+    assert response.status_code == 403
+    assert response.json()["code"] == "accounts.wrong_password"
+
+
+async def test_user_list_is_for_admins(client: Client, settings: Settings) -> None:
+    await register(client, "ada")
+    response = await client.get("/api/v1/users", headers=bearer(await log_in(client)))
+    assert response.status_code == 403
+    assert response.json()["code"] == "accounts.admin_required"
+
+    await make_admin(settings, "root")
+    admin = await log_in(client, "root")
+    listed = await client.get("/api/v1/users?limit=10", headers=bearer(admin))
+    assert listed.status_code == 200
+    assert [u["username"] for u in listed.json()] == ["ada", "root"]
+    assert (await client.get("/api/v1/users?limit=101", headers=bearer(admin))).status_code == 422
+
+
+async def test_jwks_is_empty_in_hs256_mode(client: Client) -> None:
+    response = await client.get("/.well-known/jwks.json")
+    assert response.status_code == 200
+    assert response.json() == {"keys": []}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=st.binary(max_size=300))
+async def test_arbitrary_authorization_headers_never_cause_a_500(client: Client, value: bytes) -> None:
+    headers = [(b"authorization", value.replace(b"\r", b"").replace(b"\n", b""))]
+    for path in ("/api/v1/protected", "/api/v1/public"):
+        response = await client.get(path, headers=headers)
+        assert response.status_code in (200, 401), response.text

@@ -1,0 +1,54 @@
+"""Small helpers that make test data through the public API, as a client would."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from keel import db
+from keel.accounts import service
+from keel.accounts.passwords import PasswordHasher
+from keel.settings import Settings
+
+Client = AsyncTestClient[Litestar]
+PASSWORD = "correct horse battery"
+
+
+async def register(
+    client: Client, username: str = "ada", email: str | None = None, password: str = PASSWORD
+) -> dict[str, Any]:
+    response = await client.post(
+        "/api/v1/users", json={"username": username, "email": email or f"{username}@example.com", "password": password}
+    )
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def log_in(client: Client, username: str = "ada", password: str = PASSWORD) -> dict[str, Any]:
+    response = await client.post(
+        "/api/v1/auth/token", data={"grant_type": "password", "username": username, "password": password}
+    )
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def bearer(tokens: dict[str, Any]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {tokens['access_token']}"}
+
+
+async def make_admin(settings: Settings, username: str = "root", password: str = PASSWORD) -> None:
+    """An admin written straight to the database (the app's own engine lives on the test client's loop)."""
+    engine = db.create_engine(settings.database_url)
+    hasher = PasswordHasher(workers=1)
+    try:
+        async with db.create_sessionmaker(engine)() as session:
+            await service.create_admin(
+                session, hasher, username=username, email=f"{username}@example.com", password=password
+            )
+    finally:
+        hasher.close()
+        await engine.dispose()
