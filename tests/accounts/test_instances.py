@@ -12,7 +12,7 @@ import httpx
 
 from tests.conftest import TEST_JWT_SECRET, empty_tables, flush
 from tests.factories import PASSWORD
-from tests.servers import keel_serve, run_keel
+from tests.servers import RedisProcess, keel_serve, run_keel
 
 
 def bearer(tokens: dict[str, str]) -> dict[str, str]:
@@ -87,3 +87,25 @@ def test_serve_refuses_a_bad_key_file(tmp_path: Path) -> None:
     result = run_keel("serve", env={"KEEL_JWT_PRIVATE_KEY_FILE": str(tmp_path / "bad.key")}, cwd=tmp_path)
     assert result.returncode == 2
     assert "bad.key" in result.stderr
+
+
+def test_a_logout_during_a_redis_outage_is_honoured_everywhere_after_recovery(pg_url: str, tmp_path: Path) -> None:
+    """SPEC §10: revocations go to the database too, and every instance reloads them when Redis returns."""
+    asyncio.run(empty_tables(pg_url))
+    with RedisProcess() as redis:
+        env = {"DATABASE_URL": pg_url, "REDIS_URL": redis.url, "KEEL_JWT_SECRET": TEST_JWT_SECRET}
+        with keel_serve(env, tmp_path) as a, keel_serve(env, tmp_path) as b:
+            body = {"username": "ada", "email": "ada@example.com", "password": PASSWORD}
+            assert httpx.post(f"{a.url}/api/v1/users", json=body).status_code == 201
+            tokens = log_in(a.url, "ada")
+            assert httpx.get(f"{a.url}/api/v1/users/me", headers=bearer(tokens)).status_code == 200
+
+            redis.stop()
+            assert httpx.post(f"{b.url}/api/v1/auth/logout", headers=bearer(tokens), timeout=10).status_code == 204
+            # B knows at once; A could not be told while Redis was down
+            assert httpx.get(f"{b.url}/api/v1/users/me", headers=bearer(tokens)).status_code == 401
+            redis.start()
+            deadline = time.monotonic() + 15
+            while httpx.get(f"{a.url}/api/v1/users/me", headers=bearer(tokens)).status_code != 401:
+                assert time.monotonic() < deadline, "instance A did not reload revocations after Redis returned"
+                time.sleep(0.2)

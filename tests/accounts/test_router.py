@@ -5,7 +5,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+from sqlalchemy import select
 
+from keel import db
+from keel.accounts.models import User
+from keel.accounts.passwords import Argon2Settings, PasswordHasher
 from keel.settings import Settings
 from tests.factories import PASSWORD, bearer, log_in, make_admin, register
 
@@ -223,3 +227,44 @@ async def test_arbitrary_authorization_headers_never_cause_a_500(client: Client,
     for path in ("/api/v1/protected", "/api/v1/public"):
         response = await client.get(path, headers=headers)
         assert response.status_code in (200, 401), response.text
+
+
+async def test_login_rehashes_a_password_made_with_older_parameters(client: Client, settings: Settings) -> None:
+    await register(client, "ada")
+    engine = db.create_engine(settings.database_url)
+    old = PasswordHasher(Argon2Settings(time_cost=3), workers=1)
+    try:
+        async with db.create_sessionmaker(engine)() as session:
+            user = await session.scalar(select(User).where(User.username == "ada"))
+            assert user is not None
+            user.password_hash = await old.hash(PASSWORD)
+            await session.commit()
+        await log_in(client, "ada")
+        async with db.create_sessionmaker(engine)() as session:
+            stored = await session.scalar(select(User.password_hash).where(User.username == "ada"))
+    finally:
+        old.close()
+        await engine.dispose()
+    assert stored is not None
+    assert "t=2" in stored
+    assert "m=19456" in stored
+
+
+async def test_the_form_swagger_ui_sends_logs_in(client: Client) -> None:
+    await register(client, "ada")
+    response = await client.post(
+        "/api/v1/auth/token",
+        content=f"grant_type=password&username=ada&password={PASSWORD.replace(' ', '+')}&scope=&client_id=",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["token_type"] == "bearer"
+
+
+async def test_openapi_documents_both_security_schemes(client: Client) -> None:
+    document = (await client.get("/api-docs/openapi.json")).json()
+    schemes = document["components"]["securitySchemes"]
+    assert schemes["OAuth2Password"]["flows"]["password"]["tokenUrl"] == "/api/v1/auth/token"
+    assert document["paths"]["/api/v1/users/me"]["get"]["security"] == [{"BearerAuth": []}, {"OAuth2Password": []}]
+    token = document["paths"]["/api/v1/auth/token"]["post"]["requestBody"]["content"]
+    assert {"application/x-www-form-urlencoded", "application/json"} <= token.keys()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import msgspec
@@ -109,6 +110,7 @@ class UsersController(Controller):
         return [UserRead.from_model(user) for user in users]
 
 
+@dataclass
 class TokenOperation(Operation):
     """Documents the token endpoint's body as the OAuth2 form (what Swagger's Authorize dialog sends)."""
 
