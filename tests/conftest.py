@@ -29,6 +29,7 @@ TEST_DATABASE_URL = os.environ.get("KEEL_TEST_DATABASE_URL", "postgresql+asyncpg
 TEST_REDIS_URL = os.environ.get("KEEL_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 TEST_JWT_SECRET = "test-secret-that-is-at-least-32-bytes-long"
+UNLIMITED = "100000/s burst 100000"  # tests of other features must never meet the limiter
 
 
 def unavailable(what: str, error: Exception) -> None:
@@ -140,6 +141,8 @@ def settings(backend: Backend) -> Settings:
         DATABASE_URL=backend.database_url,
         REDIS_URL=backend.redis_url,
         KEEL_JWT_SECRET=TEST_JWT_SECRET,
+        KEEL_RATE_LIMIT=UNLIMITED,
+        KEEL_AUTH_RATE_LIMIT=UNLIMITED,
         KEEL_LOG_FORMAT="json",
         KEEL_LOG_LEVEL="warning",
     )

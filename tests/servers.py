@@ -21,7 +21,16 @@ _OWN_VARIABLES = ("DATABASE_URL", "REDIS_URL")
 
 def clean_env(extra: Mapping[str, str | None]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _OWN_VARIABLES and not k.startswith("KEEL_")}
-    env.update({"KEEL_LOG_FORMAT": "json", "KEEL_LOG_LEVEL": "info", "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "KEEL_LOG_FORMAT": "json",
+            "KEEL_LOG_LEVEL": "info",
+            "PYTHONUNBUFFERED": "1",
+            # tests of other features must never meet the limiter; rate-limit tests set their own
+            "KEEL_RATE_LIMIT": "100000/s burst 100000",
+            "KEEL_AUTH_RATE_LIMIT": "100000/s burst 100000",
+        }
+    )
     for key, value in extra.items():
         if value is None:
             env.pop(key, None)

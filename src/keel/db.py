@@ -25,6 +25,9 @@ NAMING_CONVENTION = {
 }
 
 
+POOL_TIMEOUT = 5  # seconds a request may wait for a pooled connection before it gets 503
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
@@ -56,15 +59,15 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         database = make_url(url).database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 5})
+        # a request waiting this long for a connection gets 503 instead of queueing for SQLAlchemy's default 30 s
+        engine = create_async_engine(url, connect_args={"timeout": 5}, pool_timeout=POOL_TIMEOUT)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     return create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        # a request waiting this long for a connection gets 503 instead of queueing without bound
-        pool_timeout=5,
+        pool_timeout=POOL_TIMEOUT,
         pool_recycle=1800,
         connect_args={"timeout": 5, "command_timeout": 30, "server_settings": {"application_name": "keel"}},
     )

@@ -29,6 +29,9 @@ from keel.http.docs import docs_router, openapi_config
 from keel.http.errors import EXCEPTION_HANDLERS
 from keel.http.middleware import EdgeMiddleware
 from keel.http.requests import require_declared_media_type
+from keel.ratelimit.clients import ClientResolver
+from keel.ratelimit.deps import AUTH_POLICY, DEFAULT_POLICY, NamedPolicy, RateLimitMiddleware, RateLimits
+from keel.ratelimit.limiter import Limiter
 from keel.settings import Settings
 from keel.shared import open_backends
 
@@ -73,8 +76,15 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
         keyring = load_keyring(**keyring_options(settings))
         denylist = Denylist(backends.broker, sessionmaker)
         hasher = PasswordHasher()
+        rate_limits = RateLimits(
+            limiter=Limiter(backends.scripts, batch=backends.redis is not None),
+            clients=ClientResolver(settings.trusted_proxies),
+            default=NamedPolicy.of(DEFAULT_POLICY, settings.rate_limit),
+            auth=NamedPolicy.of(AUTH_POLICY, settings.auth_rate_limit),
+        )
         app.state.update(
             engine=engine,
+            rate_limits=rate_limits,
             sessionmaker=sessionmaker,
             backends=backends,
             keyring=keyring,
@@ -103,7 +113,8 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
         ],
         lifespan=[lifespan],
         dependencies={**DEPENDENCIES, **ACCOUNTS_DEPENDENCIES},
-        middleware=[AuthMiddleware],
+        # auth verifies first so the limiter can key by user; its guards refuse later, so refusals count too
+        middleware=[AuthMiddleware, RateLimitMiddleware],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         before_request=require_declared_media_type,
         request_max_body_size=settings.max_body_bytes,

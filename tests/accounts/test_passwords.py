@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import threading
 import time
@@ -13,7 +14,7 @@ import argon2
 import pytest
 
 from keel.accounts.errors import PasswordPoolBusy
-from keel.accounts.passwords import Argon2Settings, PasswordHasher
+from keel.accounts.passwords import HASH_THREAD_NICENESS, Argon2Settings, PasswordHasher
 
 # ~5x the default cost (about 120 ms here): long enough that timing assertions hold on a noisy VM
 SLOW = Argon2Settings(time_cost=10)
@@ -307,3 +308,16 @@ async def test_cancelled_callers_leak_neither_slots_nor_queue_places(make_hasher
     hasher.gate.set()
     assert len(set(await asyncio.gather(*after))) == 3
     assert hasher.peak == 2
+
+
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="thread priorities are a POSIX feature")
+async def test_hashing_threads_yield_the_cpu_to_the_event_loop() -> None:
+    hasher = PasswordHasher(workers=1)
+    try:
+        await hasher.hash("warm the pool up")  # starts the worker thread (its initializer lowers its priority)
+        niceness = await asyncio.get_running_loop().run_in_executor(
+            hasher._executor, lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        )
+    finally:
+        hasher.close()
+    assert niceness >= os.getpriority(os.PRIO_PROCESS, 0) + HASH_THREAD_NICENESS

@@ -51,3 +51,18 @@ async def test_readyz_is_503_when_redis_is_down(backend: Backend) -> None:
     )
     assert status == 503
     assert body["checks"] == {"database": "ok", "redis": "error"}
+
+
+async def test_a_request_that_needs_a_dead_database_is_503(backend: Backend) -> None:
+    settings = Settings(
+        _env_file=None, DATABASE_URL=DEAD_POSTGRES, REDIS_URL=backend.redis_url, KEEL_JWT_SECRET=TEST_JWT_SECRET
+    )
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        response = await client.post(
+            "/api/v1/users", json={"username": "ada", "email": "ada@example.com", "password": "long enough"}
+        )
+    assert response.status_code == 503
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "unavailable"
+    assert response.headers["retry-after"] == "2"
+    assert "127.0.0.1" not in response.text  # no connection details reach the client

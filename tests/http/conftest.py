@@ -17,7 +17,7 @@ from msgspec import Meta
 from keel.errors import Conflict, Forbidden, Invalid, KeelError, NotFound, RateLimited, Unauthorized, Unavailable
 from keel.main import create_app
 from keel.settings import Settings
-from tests.conftest import TEST_JWT_SECRET, Backend, migrate
+from tests.conftest import TEST_JWT_SECRET, UNLIMITED, Backend, migrate
 
 MAX_BODY = 4096
 
@@ -92,6 +92,7 @@ def settings(backend: Backend) -> Settings:
         DATABASE_URL=backend.database_url,
         REDIS_URL=None,
         KEEL_JWT_SECRET=TEST_JWT_SECRET,
+        KEEL_RATE_LIMIT=UNLIMITED,
         KEEL_MAX_BODY_BYTES=MAX_BODY,
         KEEL_CORS_ORIGINS="https://app.example",
     )

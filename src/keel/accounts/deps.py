@@ -1,17 +1,20 @@
-"""Auth for HTTP: a pure-ASGI middleware that verifies the bearer token once, and the providers accounts needs.
+"""Auth for HTTP: a pure-ASGI middleware that verifies the bearer token once, guards, and providers.
 
-Handlers declare what they need with `opt={"auth": "user"}` or `"admin"`; the middleware answers 401/403 for
-them. For every request that carries a valid token, the claims land in `scope["auth"]`, where handlers and the
-rate limiter read them without verifying again.
+The middleware only verifies: the claims of a valid token land in `scope["auth"]` (where handlers and the rate
+limiter read them without verifying again), and a bad token's error waits in the scope state. The guards
+(`USER`, `ADMIN`) then answer 401/403 for the handlers that need them. Splitting the two lets the rate limiter
+run in between, so refused requests are limited too (a token-guessing client included).
 """
 
 from __future__ import annotations
 
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from litestar import Request
+from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
+from litestar.handlers import BaseRouteHandler
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from keel.accounts.errors import AdminRequired, AuthenticationRequired, InvalidToken
@@ -20,12 +23,9 @@ from keel.accounts.service import Sessions
 from keel.accounts.tokens import Claims
 from keel.accounts.verifier import TokenVerifier
 
-AUTH: Final = "auth"
-Requirement = Literal["user", "admin"]
+AUTH_ERROR: Final = "auth_error"
 # what secured operations show in OpenAPI: a pasted bearer token, or Swagger's OAuth2 password dialog
 SECURITY: Final[list[dict[str, list[str]]]] = [{"BearerAuth": []}, {"OAuth2Password": []}]
-USER: Final[dict[str, Requirement]] = {AUTH: "user"}
-ADMIN: Final[dict[str, Requirement]] = {AUTH: "admin"}
 
 
 def bearer_token(headers: list[tuple[bytes, bytes]] | Any) -> str | None:
@@ -44,34 +44,45 @@ class AuthMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        handler = scope.get("route_handler")
-        need: Requirement | None = handler.opt.get(AUTH) if handler is not None else None
         token = bearer_token(scope["headers"])
         claims: Claims | None = None
         if token is not None:
             verifier: TokenVerifier = scope["litestar_app"].state.verifier
             try:
-                claims = verifier.verify(token) if token else None
-            except InvalidToken:
-                if need is not None:
-                    raise
-            if claims is None and need is not None:
-                raise InvalidToken("The bearer token is empty.")
-        if need is not None:
-            if claims is None:
-                raise AuthenticationRequired("This endpoint needs a bearer token.")
-            if need == "admin" and not claims.is_admin:
-                raise AdminRequired("This endpoint is for admins.")
+                if not token:
+                    raise InvalidToken("The bearer token is empty.")
+                claims = verifier.verify(token)
+            except InvalidToken as error:
+                scope["state"][AUTH_ERROR] = error
         scope["auth"] = claims
         scope["user"] = claims
         await self.app(scope, receive, send)
 
 
+def require_user(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Guard: a valid bearer token, else 401 (invalid_token when a bad one came)."""
+    if connection.scope.get("auth") is None:
+        error: InvalidToken | None = connection.scope["state"].get(AUTH_ERROR)
+        raise error or AuthenticationRequired("This endpoint needs a bearer token.")
+
+
+def require_admin(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    """Guard: a valid bearer token with the admin scope, else 401/403."""
+    require_user(connection, handler)
+    claims: Claims = connection.scope["auth"]
+    if not claims.is_admin:
+        raise AdminRequired("This endpoint is for admins.")
+
+
+USER: Final = [require_user]
+ADMIN: Final = [require_admin]
+
+
 def current_claims(request: Request[Any, Any, Any]) -> Claims:
-    """The verified claims of a handler marked USER or ADMIN (the middleware has already refused the others)."""
+    """The verified claims of a handler guarded by USER or ADMIN."""
     claims: Claims | None = request.scope.get("auth")
-    if claims is None:  # a handler read claims without declaring opt=USER: a programming error, not a client's
-        raise RuntimeError(f"{request.scope['path']}: handler reads claims but is not marked opt=USER")
+    if claims is None:  # a handler read claims without the USER guard: a programming error, not a client's
+        raise RuntimeError(f"{request.scope['path']}: handler reads claims but is not guarded by USER")
     return claims
 
 

@@ -24,6 +24,7 @@ _T = TypeVar("_T")
 OWASP_MIN_MEMORY_COST: Final = 19456
 OWASP_MIN_TIME_COST: Final = 2
 HASH_LEN: Final = 32
+HASH_THREAD_NICENESS: Final = 10
 SALT_LEN: Final = 16
 
 
@@ -64,6 +65,17 @@ def _encode(password: str) -> bytes:
     return password.encode("utf-8", "surrogatepass")
 
 
+def _yield_to_the_event_loop() -> None:
+    """Run this pool thread at a lower CPU priority than the event loop.
+
+    A hash keeps a core busy for tens of milliseconds; on a core it shares with the event loop, equal priority
+    would let a login flood slow every other request. Linux gives each thread its own nice value, so only the
+    hashing threads yield; elsewhere (or if refused) this is a no-op.
+    """
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASH_THREAD_NICENESS)
+
+
 class PasswordHasher:
     """Argon2id hashing and verification in a bounded pool with a bounded, time-limited queue in front of it.
 
@@ -95,7 +107,9 @@ class PasswordHasher:
         self._max_wait = max_wait
         # waiters give up after max_wait, so the queue has turned over by then and a retry may get in
         self._retry_after = max(1, math.ceil(max_wait))
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="keel-argon2")
+        self._executor = ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="keel-argon2", initializer=_yield_to_the_event_loop
+        )
         # Creating it here binds no loop (3.10+): it binds on the first acquire that has to wait.
         self._slots = asyncio.Semaphore(workers)
         self._waiting = 0

@@ -28,7 +28,7 @@ from keel.accounts.schemas import (
 from keel.accounts.tokens import Keyring
 from keel.http.deps import DbSession
 from keel.http.errors import problem_response
-from keel.http.requests import ACCEPTS
+from keel.http.requests import ACCEPTS, RATE_LIMIT
 
 FORM = RequestEncodingType.URL_ENCODED.value
 JSON = RequestEncodingType.JSON.value
@@ -51,7 +51,7 @@ class PublicController(Controller):
 class ProtectedController(Controller):
     path = "/protected"
     tags = ["public"]
-    opt = USER
+    guards = USER
     security = SECURITY
 
     @get(sync_to_thread=False, responses=UNAUTHORIZED)
@@ -73,7 +73,7 @@ class UsersController(Controller):
         )
         return UserRead.from_model(user)
 
-    @get("/me", opt=USER, security=SECURITY, responses=UNAUTHORIZED)
+    @get("/me", guards=USER, security=SECURITY, responses=UNAUTHORIZED)
     async def me(self, request: Request[Any, Any, Any], db_session: DbSession) -> UserRead:
         """The account of the token's bearer."""
         return UserRead.from_model(await service.get_user(db_session, current_claims(request).user_id))
@@ -81,7 +81,7 @@ class UsersController(Controller):
     @post(
         "/me/password",
         status_code=204,
-        opt=USER,
+        guards=USER,
         security=SECURITY,
         responses={**UNAUTHORIZED, 403: problem_response("The current password is wrong")},
     )
@@ -103,7 +103,7 @@ class UsersController(Controller):
             new_password=data.new_password,
         )
 
-    @get(opt=ADMIN, security=SECURITY, responses={**UNAUTHORIZED, 403: problem_response("Not an admin")})
+    @get(guards=ADMIN, security=SECURITY, responses={**UNAUTHORIZED, 403: problem_response("Not an admin")})
     async def list_users(self, db_session: DbSession, limit: Limit = 50, offset: Offset = 0) -> list[UserRead]:
         """Every account, in sign-up order (admins only)."""
         users = await service.list_users(db_session, limit=limit, offset=offset)
@@ -138,7 +138,7 @@ class AuthController(Controller):
     @post(
         "/token",
         status_code=200,
-        opt={ACCEPTS: (FORM, JSON)},
+        opt={ACCEPTS: (FORM, JSON), RATE_LIMIT: "auth"},
         operation_class=TokenOperation,
         responses={401: problem_response("Wrong username or password")},
     )
@@ -158,7 +158,7 @@ class AuthController(Controller):
         """Trade a refresh token for a new pair; presenting a spent one ends the whole session."""
         return await service.refresh(db_session, sessions, refresh_token=data.refresh_token)
 
-    @post("/logout", status_code=204, opt=USER, security=SECURITY, responses=UNAUTHORIZED)
+    @post("/logout", status_code=204, guards=USER, security=SECURITY, responses=UNAUTHORIZED)
     async def logout(self, request: Request[Any, Any, Any], db_session: DbSession, sessions: SessionPolicy) -> None:
         """End this session: its refresh tokens and access tokens stop working at once, on every instance."""
         await service.log_out(db_session, sessions, claims=current_claims(request))

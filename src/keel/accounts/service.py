@@ -63,6 +63,7 @@ async def register(
 ) -> User:
     """Create a user, or raise UsernameTaken / EmailTaken (case-insensitive)."""
     await _taken(session, username=username, email=email)  # before hashing: a duplicate costs no Argon2
+    await session.commit()  # end the read: no pooled connection is held while Argon2 runs (or waits its turn)
     user = User(username=username, email=email, password_hash=await hasher.hash(password), is_admin=is_admin)
     session.add(user)
     try:
@@ -79,6 +80,8 @@ async def authenticate(session: AsyncSession, hasher: PasswordHasher, *, login: 
     user = await session.scalar(
         select(User).where(or_(func.lower(User.username) == login.lower(), func.lower(User.email) == login.lower()))
     )
+    # end the read, so a login flood queues at the bounded hasher and not, unbounded, for a database connection
+    await session.commit()
     # an unknown user still costs one verify (against a dummy hash): timing does not reveal who exists
     result = await hasher.verify(user.password_hash if user else None, password)
     if user is None or not result.ok:
@@ -193,6 +196,7 @@ async def change_password(
 ) -> None:
     """Replace the password (WrongPassword if `current_password` is wrong) and end every other session."""
     user = await get_user(session, claims.user_id)
+    await session.commit()  # no connection held while Argon2 runs
     if not (await hasher.verify(user.password_hash, current_password)).ok:
         raise WrongPassword("The current password is wrong.")
     user.password_hash = await hasher.hash(new_password)

@@ -7,6 +7,7 @@ from http import HTTPStatus
 from typing import Any, Final
 
 import msgspec
+import sqlalchemy.exc
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from litestar.openapi import ResponseSpec
@@ -22,8 +23,10 @@ from keel.errors import (
     Unauthorized,
     Unavailable,
 )
+from keel.shared import BackendUnavailable
 
 log = logging.getLogger("keel.http")
+_encoder = msgspec.json.Encoder()
 
 
 class ProblemDetails(msgspec.Struct):
@@ -69,6 +72,27 @@ CODE_BY_STATUS: Final = {
 }
 
 
+def problem_document(
+    status: int, *, code: str | None = None, detail: str | None = None, title: str | None = None, **extensions: Any
+) -> dict[str, Any]:
+    """The RFC 9457 members of a problem: `type`, `title`, `status`, `detail`, `code` and any extensions."""
+    phrase = HTTPStatus(status).phrase
+    code = code or CODE_BY_STATUS.get(status, f"http.{status}")
+    return {
+        "type": f"urn:keel:problem:{code}",
+        "title": title or phrase,
+        "status": status,
+        "detail": detail or phrase,
+        "code": code,
+        **extensions,
+    }
+
+
+def problem_body(status: int, *, code: str, detail: str) -> bytes:
+    """A problem document as bytes, for pure-ASGI layers that answer without the framework."""
+    return _encoder.encode(problem_document(status, code=code, detail=detail))
+
+
 def problem(
     status: int,
     *,
@@ -79,16 +103,7 @@ def problem(
     **extensions: Any,
 ) -> Response[dict[str, Any]]:
     """A problem+json response; `extensions` become extra members (RFC 9457 §3.2)."""
-    phrase = HTTPStatus(status).phrase
-    code = code or CODE_BY_STATUS.get(status, f"http.{status}")
-    body = {
-        "type": f"urn:keel:problem:{code}",
-        "title": title or phrase,
-        "status": status,
-        "detail": detail or phrase,
-        "code": code,
-        **extensions,
-    }
+    body = problem_document(status, code=code, detail=detail, title=title, **extensions)
     return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
@@ -154,6 +169,25 @@ def unparseable_body(_: Request[Any, Any, Any], exc: Exception) -> Response[dict
     return problem(422, detail="The body is not valid JSON.", errors=[{"loc": ["body"], "msg": "invalid JSON"}])
 
 
+def dependency_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    # the database or Redis did not answer, or the connection pool stayed full past its timeout: nothing the
+    # client did wrong, and a retry shortly may succeed
+    log.warning(
+        "dependency unavailable on %s %s: %s: %s",
+        request.method,
+        request.scope.get("path"),
+        type(exc).__name__,
+        exc,
+        extra={"request_id": request.scope.get("state", {}).get("request_id")},
+    )
+    return problem(
+        503,
+        code="unavailable",
+        detail="A service keel depends on is not answering; retry shortly.",
+        headers={"Retry-After": "2"},
+    )
+
+
 def internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     # the traceback stays in the log; the client learns only that it was our fault, and the id to quote
     log.error(
@@ -168,6 +202,12 @@ def internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[
 
 EXCEPTION_HANDLERS: Final = {
     KeelError: keel_error,
+    sqlalchemy.exc.TimeoutError: dependency_unavailable,
+    sqlalchemy.exc.OperationalError: dependency_unavailable,
+    sqlalchemy.exc.InterfaceError: dependency_unavailable,
+    BackendUnavailable: dependency_unavailable,
+    ConnectionError: dependency_unavailable,
+    TimeoutError: dependency_unavailable,
     ValidationException: validation_error,
     SerializationException: unparseable_body,
     HTTPException: http_error,

@@ -12,7 +12,6 @@ import uuid
 from collections.abc import Iterable
 from typing import Final
 
-import msgspec
 from litestar.enums import ScopeType
 from litestar.types import (
     ASGIApp,
@@ -23,6 +22,8 @@ from litestar.types import (
     Scope,
     Send,
 )
+
+from keel.http.errors import problem_body
 
 REQUEST_ID_HEADER: Final = b"x-request-id"
 _SANE_REQUEST_ID: Final = re.compile(rb"^[A-Za-z0-9._-]{1,128}$")
@@ -120,15 +121,7 @@ class EdgeMiddleware:
                 if method not in CORS_ALLOWED_METHODS
                 else "header not allowed"
             )
-            body = msgspec.json.encode(
-                {
-                    "type": "urn:keel:problem:http.cors_rejected",
-                    "title": "Forbidden",
-                    "status": 403,
-                    "detail": f"CORS preflight refused: {reason}.",
-                    "code": "http.cors_rejected",
-                }
-            )
+            body = problem_body(403, code="http.cors_rejected", detail=f"CORS preflight refused: {reason}.")
             headers += [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode())]
             await send(HTTPResponseStartEvent(type="http.response.start", status=403, headers=headers))
             await send(HTTPResponseBodyEvent(type="http.response.body", body=body, more_body=False))

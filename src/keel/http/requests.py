@@ -12,6 +12,8 @@ from litestar.handlers import HTTPRouteHandler
 _JSON: Final = RequestEncodingType.JSON.value
 # a handler that reads the body itself (the token endpoint takes a form or JSON) declares it with opt
 ACCEPTS: Final = "accepts"
+# a handler limited by an extra policy besides the default one names it with opt (SPEC §5: "auth")
+RATE_LIMIT: Final = "rate_limit"
 
 
 def _accepted_media_types(handler: HTTPRouteHandler) -> tuple[str, ...]:

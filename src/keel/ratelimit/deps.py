@@ -1,0 +1,134 @@
+"""Rate limiting for HTTP: one pure-ASGI middleware after auth, and the headers of SPEC §5.
+
+Every request under /api/ is checked against the default policy, keyed by the authenticated user (the claims
+the auth middleware left in the scope: no second verification) or else the client address. The token endpoint
+(`opt={"rate_limit": "auth"}`) is checked against the auth policy too, always by address: a brute-force guard
+that holds whatever name the guesser tries. Operations and docs live outside /api/ and are never limited.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, HTTPResponseBodyEvent, HTTPResponseStartEvent, Message, Receive, Scope, Send
+
+from keel.http.errors import PROBLEM_JSON, problem_body
+from keel.http.requests import RATE_LIMIT
+from keel.ratelimit.clients import ClientResolver
+from keel.ratelimit.gcra import Decision
+from keel.ratelimit.limiter import Limiter
+from keel.settings import RatePolicy
+
+AUTH_POLICY: Final = "auth"
+DEFAULT_POLICY: Final = "default"
+API_PREFIX: Final = "/api/"
+
+
+@dataclass(frozen=True, slots=True)
+class NamedPolicy:
+    name: str
+    policy: RatePolicy
+    header: str  # its member of RateLimit-Policy, e.g. '"default";q=20;w=2'
+
+    @classmethod
+    def of(cls, name: str, policy: RatePolicy) -> NamedPolicy:
+        # draft-ietf-httpapi-ratelimit-headers-10: q is the quota (the burst), w its window in seconds
+        window = max(1, math.ceil(policy.burst * policy.emission_interval))
+        return cls(name, policy, f'"{name}";q={policy.burst};w={window}')
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    """The limiter with its policies and client rule; the realtime endpoints check through `check` too."""
+
+    limiter: Limiter
+    clients: ClientResolver
+    default: NamedPolicy
+    auth: NamedPolicy
+
+    def client_key(self, scope: Scope) -> str:
+        claims: Any = scope.get("auth")
+        if claims is not None:
+            return f"user:{claims.user_id}"
+        return self.address_key(scope)
+
+    def address_key(self, scope: Scope) -> str:
+        client = scope.get("client")
+        return self.clients.rate_key(client[0] if client else None, scope["headers"])
+
+    async def check(self, scope: Scope, *, auth_policy: bool = False) -> list[tuple[NamedPolicy, Decision]]:
+        """Decisions for this connection: the default policy, plus the auth policy by address when asked."""
+        results = [
+            (self.default, await self.limiter.check(self.client_key(scope), self.default.policy, self.default.name))
+        ]
+        if auth_policy:
+            results.append(
+                (self.auth, await self.limiter.check(self.address_key(scope), self.auth.policy, self.auth.name))
+            )
+        return results
+
+
+def rate_limit_headers(results: Sequence[tuple[NamedPolicy, Decision]]) -> list[tuple[bytes, bytes]]:
+    """`RateLimit-Policy` and `RateLimit` for these decisions (r = requests left, t = seconds until full)."""
+    policies = ", ".join(named.header for named, _ in results)
+    limits = ", ".join(
+        f'"{named.name}";r={decision.remaining if decision.allowed else 0};t={math.ceil(decision.reset_after)}'
+        for named, decision in results
+    )
+    return [(b"ratelimit-policy", policies.encode()), (b"ratelimit", limits.encode())]
+
+
+def retry_after(results: Iterable[tuple[NamedPolicy, Decision]]) -> int | None:
+    """Whole seconds until every refusing policy admits a request again (at least 1), or None if none refused."""
+    waits = [decision.retry_after for _, decision in results if not decision.allowed]
+    return max(1, math.ceil(max(waits))) if waits else None
+
+
+class RateLimitMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP or not scope["path"].startswith(API_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        limits: RateLimits = scope["litestar_app"].state.rate_limits
+        handler = scope.get("route_handler")
+        results = await limits.check(
+            scope, auth_policy=handler is not None and handler.opt.get(RATE_LIMIT) == AUTH_POLICY
+        )
+        headers = rate_limit_headers(results)
+        wait = retry_after(results)
+        if wait is not None:
+            await self._refuse(send, headers, wait, [named.name for named, d in results if not d.allowed])
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), *headers]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+    @staticmethod
+    async def _refuse(send: Send, headers: list[tuple[bytes, bytes]], wait: int, policies: list[str]) -> None:
+        body = problem_body(
+            429, code="rate_limited", detail=f"Too many requests ({', '.join(policies)} policy); retry in {wait} s."
+        )
+        await send(
+            HTTPResponseStartEvent(
+                type="http.response.start",
+                status=429,
+                headers=[
+                    *headers,
+                    (b"retry-after", str(wait).encode()),
+                    (b"content-type", PROBLEM_JSON.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            )
+        )
+        await send(HTTPResponseBodyEvent(type="http.response.body", body=body, more_body=False))

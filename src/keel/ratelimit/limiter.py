@@ -1,0 +1,147 @@
+"""The Limiter: GCRA checks on the shared script runner, batched per event-loop tick, failing open in an outage."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from typing import Final
+
+from prometheus_client import Counter
+
+from keel.ratelimit.gcra import GCRA, Decision, decisions
+from keel.settings import RatePolicy
+from keel.shared import BackendUnavailable
+from keel.shared.atomic import Arg, ScriptRunner
+
+__all__ = ["LIMITER_ERRORS", "RATE_LIMITED", "Decision", "Limiter"]
+
+log = logging.getLogger("keel.ratelimit")
+
+RATE_LIMITED: Final = Counter("keel_rate_limited", "Requests the rate limiter rejected.", ["policy"])
+LIMITER_ERRORS: Final = Counter(
+    "keel_rate_limiter_errors", "Rate-limit checks that failed open because the limiter's backend was unavailable."
+)
+
+# one EVALSHA holds the Redis event loop for its whole run; past this many keys a tick's checks go as several
+MAX_BATCH: Final = 256
+
+_Pending = tuple[str, int, int, asyncio.Future[Decision]]  # key, emission interval ms, burst, the caller's answer
+
+
+class Limiter:
+    """Counts requests against RatePolicies; allows everything, without waiting, while the backend is down."""
+
+    def __init__(
+        self, scripts: ScriptRunner, *, batch: bool, breaker_seconds: float = 1.0, log_interval: float = 60.0
+    ) -> None:
+        self._scripts = scripts
+        self._batch = batch
+        self._breaker_seconds = breaker_seconds
+        self._log_interval = log_interval
+        self._pending: list[_Pending] | None = None  # the batch this tick's checks join, until it is sent
+        self._tasks: set[asyncio.Task[None]] = set()  # the loop holds tasks weakly; keep running batches alive
+        self._is_failing = False  # the last call to the backend failed
+        self._is_probing = False  # one check is finding out whether the backend is back
+        self._probe_at = 0.0  # monotonic time after which a check may probe the backend again
+        self._warn_at = -math.inf  # monotonic time after which an outage may be logged again
+        self._is_outage_logged = False
+
+    async def check(self, key: str, policy: RatePolicy, policy_name: str) -> Decision:
+        """Count one request by `key` against `policy`; an unavailable backend allows it."""
+        if self._is_failing:
+            # the breaker: until the window ends, and while one probe is out, nobody waits on a dead backend
+            if self._is_probing or time.monotonic() < self._probe_at:
+                return self._fail_open(policy.burst)
+            self._is_probing = True
+        bucket = f"rl:{policy_name}:{key}"
+        interval = max(1, round(policy.period * 1000 / policy.limit))
+        if self._batch:
+            decision = await self._submit(bucket, interval, policy.burst)
+        else:
+            decision = await self._run_one(bucket, interval, policy.burst)
+        if not decision.allowed:
+            RATE_LIMITED.labels(policy_name).inc()
+        return decision
+
+    async def _run_one(self, bucket: str, interval: int, burst: int) -> Decision:
+        try:
+            flat = await self._scripts.run(GCRA, [bucket], [interval, burst])
+        except BackendUnavailable as exc:
+            self._on_outage(exc)
+            return self._fail_open(burst)
+        finally:
+            # also when the caller is cancelled mid-probe, or the breaker would stay open for good
+            self._is_probing = False
+        self._on_success()
+        allowed, remaining, retry_after_ms, reset_after_ms = flat  # `decisions(flat)[0]`, without its list
+        return Decision(allowed == 1, remaining, retry_after_ms / 1000, reset_after_ms / 1000)
+
+    def _submit(self, bucket: str, interval: int, burst: int) -> asyncio.Future[Decision]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Decision] = loop.create_future()
+        if self._pending is None or len(self._pending) >= MAX_BATCH:
+            self._pending = []
+            # a task's first step is scheduled with call_soon, so the batch leaves on the next loop iteration,
+            # carrying every check that the tasks running in this iteration make
+            task = loop.create_task(self._run_batch(self._pending))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        self._pending.append((bucket, interval, burst, future))
+        return future
+
+    async def _run_batch(self, batch: list[_Pending]) -> None:
+        if self._pending is batch:
+            self._pending = None  # from now on, checks start the next batch
+        args: list[Arg] = []
+        for _, interval, burst, _ in batch:
+            args += (interval, burst)
+        try:
+            flat = await self._scripts.run(GCRA, [bucket for bucket, *_ in batch], args)
+        except BackendUnavailable as exc:
+            self._on_outage(exc)
+            for _, _, burst, future in batch:
+                if not future.done():
+                    future.set_result(self._fail_open(burst))
+        except Exception as exc:
+            # not an outage but a fault (a script error, a bug): each caller raises it, as if it had run alone
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+        else:
+            self._on_success()
+            for (*_, future), decision in zip(batch, decisions(flat), strict=True):
+                if not future.done():  # a caller cancelled meanwhile has gone; its request still counted
+                    future.set_result(decision)
+        finally:
+            self._is_probing = False
+            for *_, future in batch:
+                if not future.done():  # this task was cancelled (the loop is closing): so are its callers
+                    future.cancel()
+
+    def _fail_open(self, burst: int) -> Decision:
+        LIMITER_ERRORS.inc()
+        return Decision(allowed=True, remaining=burst - 1, retry_after=0.0, reset_after=0.0)
+
+    def _on_outage(self, exc: BackendUnavailable) -> None:
+        now = time.monotonic()
+        self._is_failing = True
+        self._probe_at = now + self._breaker_seconds
+        if now >= self._warn_at:
+            # once per interval: during an outage every request would otherwise log
+            self._warn_at = now + self._log_interval
+            self._is_outage_logged = True
+            log.warning(
+                "rate limiter backend unavailable, failing open (logged at most every %gs): %s",
+                self._log_interval,
+                exc,
+            )
+
+    def _on_success(self) -> None:
+        if self._is_failing:
+            self._is_failing = False
+            # paired with the warning, so a flapping backend logs no more often than the warning does
+            if self._is_outage_logged:
+                self._is_outage_logged = False
+                log.info("rate limiter backend reachable again, limiting resumed")

@@ -1,0 +1,77 @@
+"""The limiter behind real `keel serve` processes: proxies, a budget shared across instances, Redis outages."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import empty_tables, flush
+from tests.servers import RedisProcess, keel_serve, run_keel
+
+STRICT = {"KEEL_RATE_LIMIT": "1/min burst 3"}  # three requests, then none for a long while
+
+
+def statuses(url: str, count: int, headers: dict[str, str] | None = None) -> list[int]:
+    return [httpx.get(f"{url}/api/v1/public", headers=headers).status_code for _ in range(count)]
+
+
+def migrated(tmp_path: Path) -> Path:
+    assert run_keel("migrate", env={}, cwd=tmp_path).returncode == 0
+    return tmp_path
+
+
+def test_forwarding_headers_from_an_untrusted_peer_are_ignored(tmp_path: Path) -> None:
+    with keel_serve(STRICT, migrated(tmp_path)) as server:
+        spoofed = [
+            httpx.get(
+                f"{server.url}/api/v1/public",
+                headers={"X-Forwarded-For": f"203.0.113.{i}", "Forwarded": f"for=198.51.100.{i}"},
+            ).status_code
+            for i in range(4)
+        ]
+        assert spoofed == [200, 200, 200, 429]
+
+
+def test_a_trusted_proxy_names_the_client(tmp_path: Path) -> None:
+    env = {**STRICT, "KEEL_TRUSTED_PROXIES": "127.0.0.1/32, 10.0.0.0/8"}
+    with keel_serve(env, migrated(tmp_path)) as server:
+        first = {"X-Forwarded-For": "203.0.113.7"}
+        assert statuses(server.url, 4, first) == [200, 200, 200, 429]
+        # another client behind the same proxy has its own budget
+        assert statuses(server.url, 1, {"X-Forwarded-For": "203.0.113.8"}) == [200]
+        # the right-most untrusted hop counts: a client cannot pick its key by prepending addresses
+        chained = {"X-Forwarded-For": "198.51.100.1, 203.0.113.7, 10.1.2.3"}
+        assert statuses(server.url, 1, chained) == [429]
+
+
+def test_instances_on_one_redis_share_one_budget(pg_url: str, redis_url: str, tmp_path: Path) -> None:
+    asyncio.run(empty_tables(pg_url))
+    flush(redis_url)
+    env = {**STRICT, "DATABASE_URL": pg_url, "REDIS_URL": redis_url}
+    with keel_serve(env, tmp_path) as a, keel_serve(env, tmp_path) as b:
+        assert statuses(a.url, 2) == [200, 200]
+        assert statuses(b.url, 1) == [200]
+        assert statuses(b.url, 1) == [429]
+        assert statuses(a.url, 1) == [429]
+
+
+def test_a_redis_outage_fails_open_and_limiting_resumes(pg_url: str, tmp_path: Path) -> None:
+    asyncio.run(empty_tables(pg_url))
+    with RedisProcess() as redis:
+        env = {**STRICT, "DATABASE_URL": pg_url, "REDIS_URL": redis.url}
+        with keel_serve(env, tmp_path) as server:
+            assert statuses(server.url, 4) == [200, 200, 200, 429]
+            redis.stop()
+            started = time.monotonic()
+            assert statuses(server.url, 10) == [200] * 10  # served, unlimited, while Redis is gone
+            assert time.monotonic() - started < 5  # and without waiting on the dead connection
+            redis.start()  # an empty Redis: the budget starts afresh once the limiter reconnects
+            deadline = time.monotonic() + 15
+            while statuses(server.url, 1) != [429]:
+                assert time.monotonic() < deadline, "limiting did not resume after Redis returned"
+                time.sleep(0.1)
+            log = server.output()
+    assert log.count("failing open") == 1, log  # logged once per outage, not per request

@@ -1,0 +1,117 @@
+"""The limiter as clients meet it: burst, refill, headers, keys, the auth policy, exemptions (both backends)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from keel.main import create_app
+from keel.settings import RatePolicy, Settings
+from tests.conftest import TEST_JWT_SECRET, UNLIMITED, Backend
+from tests.factories import PASSWORD, bearer
+
+Client = AsyncTestClient[Litestar]
+
+
+@pytest.fixture
+def settings(backend: Backend) -> Settings:
+    return Settings(
+        _env_file=None,
+        DATABASE_URL=backend.database_url,
+        REDIS_URL=backend.redis_url,
+        KEEL_JWT_SECRET=TEST_JWT_SECRET,
+        KEEL_RATE_LIMIT="2/s burst 5",
+        KEEL_AUTH_RATE_LIMIT="2/min burst 3",
+    )
+
+
+async def test_exactly_the_burst_passes_then_429(client: Client) -> None:
+    for left in (4, 3, 2, 1, 0):
+        response = await client.get("/api/v1/public")
+        assert response.status_code == 200
+        assert response.headers["ratelimit-policy"] == '"default";q=5;w=3'
+        assert response.headers["ratelimit"].startswith(f'"default";r={left};t=')
+    refused = await client.get("/api/v1/public")
+    assert refused.status_code == 429
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.json()["code"] == "rate_limited"
+    assert int(refused.headers["retry-after"]) >= 1
+    assert refused.headers["ratelimit"].startswith('"default";r=0;t=')
+    assert refused.headers["x-request-id"]  # the edge still stamps refusals
+
+
+async def test_the_bucket_refills_at_the_rate(client: Client) -> None:
+    for _ in range(5):
+        assert (await client.get("/api/v1/public")).status_code == 200
+    assert (await client.get("/api/v1/public")).status_code == 429
+    await asyncio.sleep(0.6)  # one emission interval (500 ms) and a little
+    assert (await client.get("/api/v1/public")).status_code == 200
+    assert (await client.get("/api/v1/public")).status_code == 429
+
+
+async def test_t_says_when_the_bucket_is_full_again(client: Client) -> None:
+    for _ in range(5):
+        last = await client.get("/api/v1/public")
+    t = int(last.headers["ratelimit"].rsplit("t=", 1)[1])
+    assert t in (2, 3)  # five requests at 500 ms each drain in 2.5 s, less what the requests took
+    await asyncio.sleep(t + 0.05)
+    for _ in range(5):
+        assert (await client.get("/api/v1/public")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "path", ["/healthz", "/readyz", "/api-docs/openapi.json", "/swagger-ui", "/.well-known/jwks.json"]
+)
+async def test_operations_and_docs_are_never_limited(client: Client, path: str) -> None:
+    for _ in range(12):
+        response = await client.get(path)
+        assert response.status_code == 200
+        assert "ratelimit" not in response.headers
+
+
+async def test_authenticated_clients_are_keyed_by_user(settings: Settings) -> None:
+    # generous limits while the users sign up, then a strict default policy for the check
+    roomy = settings.model_copy(update={"rate_limit": RatePolicy.parse(UNLIMITED)})
+    tokens = {}
+    async with AsyncTestClient(app=create_app(roomy)) as client:
+        for name in ("ada", "bob"):
+            body = {"username": name, "email": f"{name}@example.com", "password": PASSWORD}
+            assert (await client.post("/api/v1/users", json=body)).status_code == 201
+            login = await client.post("/api/v1/auth/token", data={"username": name, "password": PASSWORD})
+            tokens[name] = login.json()
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        for _ in range(5):
+            assert (await client.get("/api/v1/protected", headers=bearer(tokens["ada"]))).status_code == 200
+        assert (await client.get("/api/v1/protected", headers=bearer(tokens["ada"]))).status_code == 429
+        # same address, another user, and the anonymous address key: separate budgets
+        assert (await client.get("/api/v1/protected", headers=bearer(tokens["bob"]))).status_code == 200
+        assert (await client.get("/api/v1/public")).status_code == 200
+
+
+async def test_refusals_are_limited_too(client: Client) -> None:
+    for _ in range(5):
+        assert (await client.get("/api/v1/protected", headers={"Authorization": "Bearer guess"})).status_code == 401
+    assert (await client.get("/api/v1/protected", headers={"Authorization": "Bearer guess"})).status_code == 429
+
+
+async def test_the_token_endpoint_has_the_stricter_auth_policy(client: Client) -> None:
+    for _ in range(3):
+        response = await client.post("/api/v1/auth/token", data={"username": "nobody", "password": "wrong guess"})
+        assert response.status_code == 401
+        assert response.headers["ratelimit-policy"] == '"default";q=5;w=3, "auth";q=3;w=90'
+    refused = await client.post("/api/v1/auth/token", data={"username": "nobody", "password": "wrong guess"})
+    assert refused.status_code == 429
+    assert "auth policy" in refused.json()["detail"]
+    assert '"auth";r=0' in refused.headers["ratelimit"]
+    assert int(refused.headers["retry-after"]) >= 20  # 2/min: the next attempt in about 30 s
+    assert (await client.get("/api/v1/public")).status_code == 200  # the default budget is not spent
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[Client]:
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        yield client
