@@ -38,6 +38,7 @@ def test_values_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
     assert settings.cors_origins == ("https://a.example", "http://localhost:5173")
     assert settings.trusted_proxies == (ip_network("10.0.0.0/8"), ip_network("::1/128"))
     assert settings.access_token_ttl == timedelta(seconds=90)
+    assert settings.rate_limit is not None
     assert settings.rate_limit.emission_interval == pytest.approx(0.6)
     assert str(settings.rate_limit) == "100/min burst 5"
 

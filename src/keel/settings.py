@@ -51,7 +51,7 @@ class RatePolicy:
             return value
         match = _POLICY.match(str(value))
         if not match:
-            raise ValueError(f"expected a policy like '10/s burst 20' or '5/min burst 10', got {value!r}")
+            raise ValueError(f"expected a policy like '10/s burst 20' or '5/min burst 10', or off; got {value!r}")
         limit, period, burst = int(match.group(1)), _PERIODS[match.group(2)], match.group(3)
         policy = cls(limit=limit, period=period, burst=int(burst) if burst else limit)
         if policy.limit < 1 or policy.burst < 1:
@@ -102,8 +102,11 @@ class Settings(BaseSettings):
     access_token_ttl: timedelta = Field(timedelta(minutes=15), validation_alias="KEEL_ACCESS_TOKEN_TTL")
     refresh_token_ttl: timedelta = Field(timedelta(days=30), validation_alias="KEEL_REFRESH_TOKEN_TTL")
 
-    rate_limit: Annotated[RatePolicy, NoDecode] = Field(RatePolicy(10, 1, 20), validation_alias="KEEL_RATE_LIMIT")
-    auth_rate_limit: Annotated[RatePolicy, NoDecode] = Field(
+    # None ("off"): no limiting by keel, for deployments whose gateway already limits
+    rate_limit: Annotated[RatePolicy | None, NoDecode] = Field(
+        RatePolicy(10, 1, 20), validation_alias="KEEL_RATE_LIMIT"
+    )
+    auth_rate_limit: Annotated[RatePolicy | None, NoDecode] = Field(
         RatePolicy(5, 60, 10), validation_alias="KEEL_AUTH_RATE_LIMIT"
     )
     trusted_proxies: Annotated[tuple[IPNetwork, ...], NoDecode] = Field((), validation_alias="KEEL_TRUSTED_PROXIES")
@@ -152,7 +155,9 @@ class Settings(BaseSettings):
 
     @field_validator("rate_limit", "auth_rate_limit", mode="before")
     @classmethod
-    def _policy(cls, value: object) -> RatePolicy:
+    def _policy(cls, value: object) -> RatePolicy | None:
+        if value is None or (isinstance(value, str) and value.strip().lower() == "off"):
+            return None
         return RatePolicy.parse(value)
 
     @field_validator("trusted_proxies", mode="before")

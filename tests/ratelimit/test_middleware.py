@@ -115,3 +115,15 @@ async def test_the_token_endpoint_has_the_stricter_auth_policy(client: Client) -
 async def client(settings: Settings) -> AsyncIterator[Client]:
     async with AsyncTestClient(app=create_app(settings)) as client:
         yield client
+
+
+async def test_a_policy_can_be_turned_off(settings: Settings) -> None:
+    quiet = settings.model_copy(update={"rate_limit": None})
+    async with AsyncTestClient(app=create_app(quiet)) as client:
+        for _ in range(8):
+            response = await client.get("/api/v1/public")
+            assert response.status_code == 200
+            assert "ratelimit" not in response.headers
+        # the auth policy still guards the token endpoint, alone in the headers
+        login = await client.post("/api/v1/auth/token", data={"username": "nobody", "password": "wrong guess"})
+        assert login.headers["ratelimit-policy"] == '"auth";q=3;w=90'

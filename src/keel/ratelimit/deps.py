@@ -47,8 +47,8 @@ class RateLimits:
 
     limiter: Limiter
     clients: ClientResolver
-    default: NamedPolicy
-    auth: NamedPolicy
+    default: NamedPolicy | None  # None: that policy is off
+    auth: NamedPolicy | None
 
     def client_key(self, scope: Scope) -> str:
         claims: Any = scope.get("auth")
@@ -62,13 +62,13 @@ class RateLimits:
 
     async def check(self, scope: Scope, *, auth_policy: bool = False) -> list[tuple[NamedPolicy, Decision]]:
         """Decisions for this connection: the default policy, plus the auth policy by address when asked."""
-        results = [
-            (self.default, await self.limiter.check(self.client_key(scope), self.default.policy, self.default.name))
-        ]
-        if auth_policy:
-            results.append(
-                (self.auth, await self.limiter.check(self.address_key(scope), self.auth.policy, self.auth.name))
-            )
+        results = []
+        if self.default is not None:
+            decision = await self.limiter.check(self.client_key(scope), self.default.policy, self.default.name)
+            results.append((self.default, decision))
+        if auth_policy and self.auth is not None:
+            decision = await self.limiter.check(self.address_key(scope), self.auth.policy, self.auth.name)
+            results.append((self.auth, decision))
         return results
 
 
@@ -101,6 +101,9 @@ class RateLimitMiddleware:
         results = await limits.check(
             scope, auth_policy=handler is not None and handler.opt.get(RATE_LIMIT) == AUTH_POLICY
         )
+        if not results:  # every policy that applies is off
+            await self.app(scope, receive, send)
+            return
         headers = rate_limit_headers(results)
         wait = retry_after(results)
         if wait is not None:
