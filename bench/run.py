@@ -5,7 +5,11 @@ thrown away, then `taskset -c 1 wrk -t1 -c64 -d10s --latency --timeout=2s URL`. 
 and the peers share the machine's drift; with several rounds each figure is the median per case. Results are printed
 and appended to BENCHMARKS.md; raw wrk output and server logs go to bench/results/ (git-ignored).
 
-To add a scenario, add a Case to `keel_cases` or `peer_cases` (a bearer token goes in `headers`).
+To add a scenario, add a Case to `keel_cases` or `peer_cases`. A bearer token goes in `headers` as `{keel_token}`
+(an access token of the bench user, created once after migrating) or `{peer_token}` (peers/make_token.py).
+
+The login scenario (`--only login`) is separate and runs once: one keel server, login throughput through the Argon2
+pool, then `GET /api/v1/public` p99 and the server's RSS while 200 clients flood the token endpoint (`login_scenario`).
 """
 
 from __future__ import annotations
@@ -26,11 +30,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_BENCH = ROOT.parent / "shared" / "bench"
@@ -40,14 +48,39 @@ PEERS_REQUIREMENTS = ROOT / "bench" / "peers-requirements.txt"
 PEERS_STAMP = PEERS_VENV / ".bench-requirements.txt"  # the requirements the venv was last built from
 RESULTS = ROOT / "bench" / "results"
 BENCHMARKS = ROOT / "BENCHMARKS.md"
+LOGIN_LUA = ROOT / "bench" / "login.lua"
 
 HOST = "127.0.0.1"
 SERVER_CPU, CLIENT_CPU = "0", "1"
 WARMUP_S, DURATION_S, CONNECTIONS, TIMEOUT = 3, 10, 64, "2s"
 START_TIMEOUT_S, STOP_TIMEOUT_S = 30.0, 10.0
 
-# A limit that never trips: the limiter's cost is measured, not its 429s (one client IP sends everything).
-KEEL_ENV = {"KEEL_LOG_LEVEL": "warning", "KEEL_RATE_LIMIT": "1000000000/s burst 1000000000"}
+# A limit that never trips: the limiter's cost is measured, not its 429s (one client IP sends everything). The JWT
+# secret is fixed so the bench user's token is valid on every fresh server, and the access token outlives a long run.
+NEVER_TRIPS = "1000000000/s burst 1000000000"
+KEEL_ENV = {
+    "KEEL_LOG_LEVEL": "warning",
+    "KEEL_RATE_LIMIT": NEVER_TRIPS,
+    "KEEL_AUTH_RATE_LIMIT": NEVER_TRIPS,
+    "KEEL_JWT_SECRET": "keel-bench-only-hs256-secret-0123456789abcdef",
+    "KEEL_ACCESS_TOKEN_TTL": "24h",
+}
+KEEL_SERVE = (str(KEEL_BIN / "keel"), "serve", "--port", "{port}")
+BENCH_USER = {"username": "bench_user", "email": "bench_user@example.com", "password": "bench-password-0123456789"}
+FORM_TYPE = "application/x-www-form-urlencoded"
+KEEL_TOKEN, PEER_TOKEN = "{keel_token}", "{peer_token}"  # placeholders in Case.headers, filled in by run()
+
+# The login scenario (see login_scenario)
+LOGIN_ID = "login"
+LOGIN_CONNECTIONS, PROBE_CONNECTIONS, FLOOD_CONNECTIONS = 16, 8, 200
+FLOOD_S, PROBE_DELAY_S = 14, 2  # the public probe runs DURATION_S, starting PROBE_DELAY_S into the flood
+LOGIN_TIMEOUT = "30s"  # far above the pool's 3 s max wait: a request stuck longer shows up as a wrk timeout
+RSS_INTERVAL_S = 0.1
+ARGON2_MIB = 19  # keel's Argon2id memory cost (src/keel/accounts/passwords.py: OWASP's minimum, 19456 KiB)
+POOL_MAX_WAIT_S = 3.0  # keel's Argon2 pool: no caller waits longer for a slot; beyond that, 503 + Retry-After
+RSS_ALLOWANCE_MIB = 16  # beyond workers x Argon2 memory: 200 connections' buffers and the waiters' objects
+P99_FACTOR_GOAL = 3.0
+MAX_LATENCY_GOAL_S = POOL_MAX_WAIT_S + 1.0  # the longest wait for a slot, plus the hash and the loop's own delay
 # Inherited variables that would change what is measured; every case sets what it needs itself.
 SCRUBBED_PREFIXES = ("KEEL_", "GRANIAN_", "UVICORN_", "OTEL_")
 SCRUBBED_NAMES = {"DATABASE_URL", "REDIS_URL", "SLOWAPI", "HASH_IN_THREAD"}
@@ -70,6 +103,7 @@ class Case:
     env: Mapping[str, str] = field(default_factory=dict)
     headers: tuple[str, ...] = ()
     compare: tuple[tuple[str, str], ...] = ()
+    baseline: str = ""  # for a protected path: the case id of the same app's public path on the same server
 
     @property
     def is_keel(self) -> bool:
@@ -81,9 +115,12 @@ class Sample:
     rps: float
     p50_ms: float
     p99_ms: float
+    max_ms: float
     requests: int
+    seconds: float
     non_2xx: int
     socket_errors: str
+    statuses: dict[int, int] = field(default_factory=dict)  # only from bench/login.lua
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,10 +171,7 @@ def case_id(prefix: str, server: str, path: str) -> str:
 
 def keel_cases(workdir: Path) -> list[Case]:
     """keel as users run it (`keel serve`: uvicorn, uvloop, httptools) and under Granian for the comparison."""
-    servers = {
-        "uvicorn": (str(KEEL_BIN / "keel"), "serve", "--port", "{port}"),
-        "granian": granian_argv(ROOT / ".venv", "keel.asgi:app", "--factory"),
-    }
+    servers = {"uvicorn": KEEL_SERVE, "granian": granian_argv(ROOT / ".venv", "keel.asgi:app", "--factory")}
     cases = []
     for server, argv in servers.items():
         compare = (
@@ -149,6 +183,24 @@ def keel_cases(workdir: Path) -> list[Case]:
             cases.append(
                 Case(case_id("keel", server, path), "keel", server, path, argv, workdir, KEEL_ENV, (), compare)
             )
+        protected = "/api/v1/protected"
+        cases.append(
+            Case(
+                case_id("keel", server, protected),
+                "keel",
+                server,
+                protected,
+                argv,
+                workdir,
+                KEEL_ENV,
+                (f"Authorization: Bearer {KEEL_TOKEN}",),
+                (
+                    ("litestar", case_id("litestar", server, protected)),
+                    ("fastapi", case_id("fastapi", "uvicorn", protected)),
+                ),
+                baseline=case_id("keel", server, "/api/v1/public"),
+            )
+        )
     return cases
 
 
@@ -159,14 +211,43 @@ def peer_cases(workdir: Path) -> list[Case]:
         argv = SERVERS[server](PEERS_VENV, f"{module}:app")
         return Case(case_id(prefix, server, path), name, server, path, argv, SHARED_BENCH / "peers", env or {})
 
+    def protected(public: Case) -> Case:
+        """The same peer's /api/v1/protected with a token from peers/make_token.py (PyJWT on every request)."""
+        path = "/api/v1/protected"
+        return replace(
+            public,
+            id=case_id(public.id.split("-", 1)[0], public.server, path),
+            path=path,
+            headers=(f"Authorization: Bearer {PEER_TOKEN}",),
+            baseline=public.id,
+        )
+
     fastapi_env = {"DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'peers.db'}"}
+    litestar_uvicorn = peer("litestar", "plain Litestar", "uvicorn", "litestar_app", "/api/v1/public")
+    litestar_granian = peer("litestar", "plain Litestar", "granian", "litestar_app", "/api/v1/public")
+    fastapi = peer("fastapi", "naive FastAPI", "uvicorn", "naive_fastapi", "/api/v1/public", fastapi_env)
     return [
         peer("bare", "bare ASGI", "uvicorn", "bare", "/"),
         peer("bare", "bare ASGI", "granian", "bare", "/"),
-        peer("litestar", "plain Litestar", "uvicorn", "litestar_app", "/api/v1/public"),
-        peer("litestar", "plain Litestar", "granian", "litestar_app", "/api/v1/public"),
-        peer("fastapi", "naive FastAPI", "uvicorn", "naive_fastapi", "/api/v1/public", fastapi_env),
+        litestar_uvicorn,
+        protected(litestar_uvicorn),
+        litestar_granian,
+        protected(litestar_granian),
+        fastapi,
+        protected(fastapi),
     ]
+
+
+def with_tokens(case: Case, tokens: Mapping[str, str]) -> Case:
+    """The case with its token placeholders filled in."""
+    if not case.headers:
+        return case
+    headers = []
+    for header in case.headers:
+        for placeholder, token in tokens.items():
+            header = header.replace(placeholder, token)
+        headers.append(header)
+    return replace(case, headers=tuple(headers))
 
 
 def interleave(keel: Sequence[Case], peers: Sequence[Case]) -> list[Case]:
@@ -192,7 +273,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running(case: Case, port: int, log: Path) -> Iterator[None]:
+def running(case: Case, port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
     """The case's server pinned to the server CPU, answering 2xx on its path; its whole process group ends after."""
     argv = ["taskset", "-c", SERVER_CPU, *(a.replace("{port}", str(port)) for a in case.argv)]
     with log.open("w") as err:
@@ -209,7 +290,7 @@ def running(case: Case, port: int, log: Path) -> Iterator[None]:
         )
     try:
         wait_until_serving(case, port, proc, log)
-        yield
+        yield proc
     finally:
         stop(proc)
 
@@ -255,20 +336,27 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def wrk_argv(case: Case, port: int, seconds: int) -> list[str]:
-    argv = [
-        "taskset",
-        "-c",
-        CLIENT_CPU,
-        "wrk",
-        "-t1",
-        f"-c{CONNECTIONS}",
-        f"-d{seconds}s",
-        "--latency",
-        f"--timeout={TIMEOUT}",
-    ]
-    for header in case.headers:
+    return wrk_command(port, case.path, seconds, CONNECTIONS, TIMEOUT, case.headers)
+
+
+def wrk_command(
+    port: int,
+    path: str,
+    seconds: int,
+    connections: int,
+    timeout: str,
+    headers: Sequence[str] = (),
+    script: Path | None = None,
+    script_args: Sequence[str] = (),
+) -> list[str]:
+    argv = ["taskset", "-c", CLIENT_CPU, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    argv.append(f"--timeout={timeout}")
+    for header in headers:
         argv += ["-H", header]
-    return [*argv, f"http://{HOST}:{port}{case.path}"]
+    if script is not None:
+        argv += ["-s", str(script)]
+    argv.append(f"http://{HOST}:{port}{path}")
+    return [*argv, "--", *script_args] if script_args else argv
 
 
 def run_wrk(argv: list[str], seconds: int) -> str:
@@ -297,13 +385,18 @@ def parse_wrk(output: str) -> Sample:
 
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     errors = re.search(r"Socket errors: (.*)", output)
+    statuses = re.search(r"^statuses:(.*)$", output, re.MULTILINE)  # printed by bench/login.lua
+    counts = (pair.split("=") for pair in statuses.group(1).split()) if statuses else ()
     return Sample(
         rps=float(find(r"Requests/sec:\s+([\d.]+)")),
         p50_ms=to_ms(find(r"^\s+50%\s+(\S+)")),
         p99_ms=to_ms(find(r"^\s+99%\s+(\S+)")),
+        max_ms=to_ms(find(r"^[ \t]+Latency[ \t]+\S+[ \t]+\S+[ \t]+(\S+)")),
         requests=int(find(r"(\d+) requests in")),
+        seconds=to_ms(find(r"\d+ requests in ([\d.]+(?:us|ms|s|m)),")) / 1000,
         non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
         socket_errors=errors.group(1).strip() if errors else "",
+        statuses={int(status): int(n) for status, n in counts},
     )
 
 
@@ -367,6 +460,204 @@ def migrate_keel(workdir: Path) -> None:
         raise BenchError(f"`keel migrate` failed: {last[-1]}")
 
 
+def http_request(port: int, path: str, body: bytes, content_type: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(HOST, port, timeout=10)
+    try:
+        conn.request("POST", path, body=body, headers={"Content-Type": content_type})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def login_form() -> str:
+    """The bench user's OAuth2 password grant, url-encoded (what bench/login.lua posts)."""
+    fields = {"grant_type": "password", "username": BENCH_USER["username"], "password": BENCH_USER["password"]}
+    return urllib.parse.urlencode(fields)
+
+
+def keel_bench_token(workdir: Path, logs: Path) -> str:
+    """Register the bench user on a short-lived keel server and log in once; return the access token.
+
+    Every keel server of the run shares the SQLite file and KEEL_JWT_SECRET, so the token is valid on each of them.
+    """
+    setup = Case("keel-setup", "keel", "uvicorn", "/healthz", KEEL_SERVE, workdir, KEEL_ENV)
+    port = free_port()
+    with running(setup, port, logs / "keel-setup.server.log"):
+        status, body = http_request(port, "/api/v1/users", json.dumps(BENCH_USER).encode(), "application/json")
+        if status != 201:
+            raise BenchError(f"creating the bench user: POST /api/v1/users answered {status}: {body[:200]!r}")
+        status, body = http_request(port, "/api/v1/auth/token", login_form().encode(), FORM_TYPE)
+        if status != 200:
+            raise BenchError(f"logging the bench user in: POST /api/v1/auth/token answered {status}: {body[:200]!r}")
+    token: str = json.loads(body)["access_token"]
+    return token
+
+
+def peer_token() -> str:
+    """A token the peers accept, as ../shared/bench/run_matrix.sh makes it."""
+    argv = [str(PEERS_VENV / "bin" / "python"), str(SHARED_BENCH / "peers" / "make_token.py"), "alice"]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0 or not done.stdout.strip():
+        raise BenchError(f"peers/make_token.py failed ({done.returncode}): {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+def argon2_hash_ms() -> float:
+    """One Argon2id hash with keel's parameters on the idle server CPU (median of 20): the login cost per worker."""
+    script = (
+        "import statistics, time\n"
+        "from argon2.low_level import Type, hash_secret_raw\n"
+        "def once():\n"
+        "    t = time.perf_counter()\n"
+        f"    hash_secret_raw(b'password', b'0123456789abcdef', 2, {ARGON2_MIB * 1024}, 1, 32, Type.ID)\n"
+        "    return (time.perf_counter() - t) * 1000\n"
+        "once()\n"
+        "print(statistics.median(once() for _ in range(20)))\n"
+    )
+    argv = ["taskset", "-c", SERVER_CPU, str(KEEL_BIN / "python"), "-c", script]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise BenchError(f"timing one Argon2 hash failed: {done.stderr.strip()}")
+    return float(done.stdout)
+
+
+# --- the login scenario ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LoginResult:
+    workers: int  # the Argon2 pool's size: keel sizes it by the CPUs the server may run on
+    hash_ms: float  # one hash on the idle server CPU
+    throughput: Sample  # login alone, c=16
+    idle: Sample  # GET /api/v1/public alone, c=8
+    probe: Sample  # GET /api/v1/public during the flood, c=8
+    flood: Sample  # login, c=200
+    rss_start_mib: float  # the fresh server, before any login
+    rss_before_mib: float  # just before the flood
+    rss_peak_mib: float  # the highest sample during the flood
+    rss_samples: int
+
+    @property
+    def ceiling(self) -> float:
+        """Logins per second the pool can do at most: every worker hashing all the time on an idle core."""
+        return self.workers * 1000 / self.hash_ms
+
+    @property
+    def p99_factor(self) -> float:
+        return self.probe.p99_ms / self.idle.p99_ms
+
+    @property
+    def rss_growth_mib(self) -> float:
+        """Peak over the fresh server's RSS: whether malloc kept the throughput run's Argon2 buffer does not matter."""
+        return self.rss_peak_mib - self.rss_start_mib
+
+    @property
+    def rss_bound_mib(self) -> float:
+        return self.workers * ARGON2_MIB + RSS_ALLOWANCE_MIB
+
+
+def tree_rss(proc: psutil.Process) -> int:
+    """RSS in bytes of a process and all its descendants."""
+    total = 0
+    with contextlib.suppress(psutil.NoSuchProcess):
+        for p in (proc, *proc.children(recursive=True)):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += p.memory_info().rss
+    return total
+
+
+class RssSampler(threading.Thread):
+    """Samples a process tree's RSS every RSS_INTERVAL_S until stopped."""
+
+    def __init__(self, proc: psutil.Process) -> None:
+        super().__init__(daemon=True)
+        self.proc = proc
+        self.samples: list[int] = []
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            self.samples.append(tree_rss(self.proc))
+            if self._done.wait(RSS_INTERVAL_S):
+                return
+
+    def finish(self) -> list[int]:
+        self._done.set()
+        self.join()
+        return self.samples
+
+
+def login_scenario(workdir: Path, logs: Path) -> LoginResult:
+    """One keel server (uvicorn on CPU 0): login throughput; then /api/v1/public p99 idle and during a login flood.
+
+    The flood is wrk -c200 on the token endpoint for FLOOD_S; PROBE_DELAY_S in, a second wrk measures public c=8 for
+    DURATION_S. Both wrk processes run on CPU 1, and the server's RSS (its process tree) is sampled meanwhile.
+    """
+    hash_ms = argon2_hash_ms()
+    case = Case(LOGIN_ID, "keel", "uvicorn", "/api/v1/public", KEEL_SERVE, workdir, KEEL_ENV)
+    port = free_port()
+    token_path, script, form = "/api/v1/auth/token", LOGIN_LUA, (login_form(),)
+
+    def login(seconds: int, connections: int) -> list[str]:
+        return wrk_command(port, token_path, seconds, connections, LOGIN_TIMEOUT, script=script, script_args=form)
+
+    def public(seconds: int) -> list[str]:
+        return wrk_command(port, case.path, seconds, PROBE_CONNECTIONS, TIMEOUT)
+
+    def keep(name: str, argv: list[str], output: str) -> Sample:
+        (logs / f"login.{name}.wrk.txt").write_text(" ".join(argv) + "\n\n" + output)
+        return parse_wrk(output)
+
+    affinity = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {int(CLIENT_CPU)})  # the RSS sampler must not take the server's CPU
+    try:
+        with running(case, port, logs / "login.server.log") as proc:
+            server = psutil.Process(proc.pid)
+            workers = len(server.cpu_affinity() or ())  # what keel's pool counts (sched_getaffinity)
+            rss_start = tree_rss(server)
+            run_wrk(login(WARMUP_S, LOGIN_CONNECTIONS), WARMUP_S)
+            argv = login(DURATION_S, LOGIN_CONNECTIONS)
+            throughput = keep("throughput", argv, run_wrk(argv, DURATION_S))
+            run_wrk(public(WARMUP_S), WARMUP_S)
+            argv = public(DURATION_S)
+            idle = keep("public-idle", argv, run_wrk(argv, DURATION_S))
+            time.sleep(1)  # let the loop settle after the idle run
+            rss_before = tree_rss(server)
+            sampler = RssSampler(server)
+            sampler.start()
+            flood_argv = login(FLOOD_S, FLOOD_CONNECTIONS)
+            flood = subprocess.Popen(flood_argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                time.sleep(PROBE_DELAY_S)
+                probe_argv = public(DURATION_S)
+                probe = keep("public-during-flood", probe_argv, run_wrk(probe_argv, DURATION_S))
+                flood_out, flood_err = flood.communicate(timeout=FLOOD_S + 60)
+            finally:
+                if flood.poll() is None:
+                    flood.kill()
+                    flood.wait()
+                samples = sampler.finish()
+            if flood.returncode != 0:
+                raise BenchError(f"login flood wrk failed ({flood.returncode}): {flood_err.strip()}")
+            flood_sample = keep("flood", flood_argv, flood_out)
+    finally:
+        os.sched_setaffinity(0, affinity)
+    mib = 1024 * 1024
+    return LoginResult(
+        workers=workers,
+        hash_ms=hash_ms,
+        throughput=throughput,
+        idle=idle,
+        probe=probe,
+        flood=flood_sample,
+        rss_start_mib=rss_start / mib,
+        rss_before_mib=rss_before / mib,
+        rss_peak_mib=max(samples) / mib,
+        rss_samples=len(samples),
+    )
+
+
 # --- report ----------------------------------------------------------------------------------------------------
 
 
@@ -378,7 +669,13 @@ def git_commit() -> str:
     sha = git("rev-parse", "--short", "HEAD") or "(none yet)"
     # appending results to BENCHMARKS.md does not change what is measured, so it does not make the tree dirty
     dirty = git("status", "--porcelain", "--", ".", ":(exclude)BENCHMARKS.md")
-    return sha + ("+dirty" if dirty else "")
+    if not dirty:
+        return sha
+    # say where: a harness-only difference (bench/) measures the commit's code, a src/ one does not
+    files = [line[2:].strip() for line in dirty.splitlines()]  # "XY path"; git() stripped the first line's X
+    paths = sorted({f.split("/", 1)[0] + "/" if "/" in f else f for f in files})
+    shown = ", ".join(f"`{p}`" for p in paths[:5]) + (", …" if len(paths) > 5 else "")
+    return f"{sha}+dirty ({shown})"
 
 
 def venv_versions(python: Path, packages: Sequence[str]) -> str:
@@ -412,9 +709,20 @@ def ratios(result: Result, by_id: Mapping[str, Result]) -> str:
     return ", ".join(parts)
 
 
+def versus_public(result: Result, by_id: Mapping[str, Result]) -> str:
+    """A protected row against the same app's public row on the same server: rps ratio, then p99 ratio."""
+    public = by_id.get(result.case.baseline)
+    if public is None:
+        return ""
+    rps = f"{result.rps / public.rps:.2f}"
+    text = f"rps **{rps}**" if result.case.is_keel else f"rps {rps}"
+    return f"{text}, p99 {result.p99_ms / public.p99_ms:.2f}"
+
+
 def table(results: Sequence[Result], rounds: int) -> str:
     by_id = {r.case.id: r for r in results}
     per_round = rounds > 1
+    protected = any(r.case.baseline for r in results)
     head = [
         "case",
         "server",
@@ -424,6 +732,8 @@ def table(results: Sequence[Result], rounds: int) -> str:
         "p99 ms",
         "ratio (rps vs peers)",
     ]
+    if protected:
+        head.append("protected ÷ public")
     if per_round:
         head.insert(4, "rps per round")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -431,34 +741,128 @@ def table(results: Sequence[Result], rounds: int) -> str:
         name = f"**{r.case.name}**" if r.case.is_keel else r.case.name
         rps = f"**{r.rps:.0f}**" if r.case.is_keel else f"{r.rps:.0f}"
         row = [name, r.case.server, f"`{r.case.path}`", rps, f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", ratios(r, by_id)]
+        if protected:
+            row.append(versus_public(r, by_id))
         if per_round:
             row.insert(4, " / ".join(f"{s.rps:.0f}" for s in r.samples))
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
-def method_line(rounds: int) -> str:
+def method_line(results: Sequence[Result], rounds: int) -> str:
     rounds_text = f"{rounds} rounds, every case once per round, median per case" if rounds > 1 else "one round"
-    return (
+    text = (
         f"Method: each case a fresh server on CPU {SERVER_CPU} (`taskset -c {SERVER_CPU}`), a {WARMUP_S} s wrk "
         f"warm-up thrown away, then `taskset -c {CLIENT_CPU} wrk -t1 -c{CONNECTIONS} -d{DURATION_S}s --latency "
         f"--timeout={TIMEOUT}`; {rounds_text}; access logs off; keel on SQLite in a temporary directory with "
         "`KEEL_LOG_LEVEL=warning` and a rate limit that never trips. Ratios: keel rps / bare ASGI and plain Litestar "
-        "on the same server, and / naive FastAPI on uvicorn."
+        "on the same server, and / naive FastAPI on uvicorn (protected rows: / the peers' protected rows)."
+    )
+    if any(r.case.baseline for r in results):
+        text += (
+            " Protected rows send one `Authorization: Bearer` token for the whole run: keel's is an access token of a"
+            " user created once after migrating (a fixed `KEEL_JWT_SECRET`, so every fresh server accepts it; keel"
+            " caches the verified claims per token), the peers' comes from `peers/make_token.py` (PyJWT decodes it on"
+            " every request). protected ÷ public: rps ratio (the goal for keel is ≥ 0.85) and p99 ratio (protected"
+            " p99 / public p99, lower is better; the same goal reads ≤ 1.18), both from the medians of this run."
+        )
+    return text
+
+
+def login_method_line(result: LoginResult) -> str:
+    return (
+        f"Login scenario (once): one keel server (`keel serve`, uvicorn) on CPU {SERVER_CPU}, every wrk on CPU "
+        f"{CLIENT_CPU}. The bench user logs in with the OAuth2 password form (`bench/login.lua` posts it and counts "
+        f"responses by status; `--timeout={LOGIN_TIMEOUT}`, so a request waiting that long would show as a wrk "
+        f"timeout). A {WARMUP_S} s warm-up each, then: login alone, c={LOGIN_CONNECTIONS}, {DURATION_S} s; "
+        f"`GET /api/v1/public` alone, c={PROBE_CONNECTIONS}, {DURATION_S} s (idle); then a login flood, "
+        f"c={FLOOD_CONNECTIONS}, {FLOOD_S} s, with `GET /api/v1/public` c={PROBE_CONNECTIONS} measured for {DURATION_S}"
+        f" s from {PROBE_DELAY_S} s in. The server's RSS (process tree, psutil) is sampled every "
+        f"{RSS_INTERVAL_S * 1000:.0f} ms during the flood ({result.rss_samples} samples). The Argon2 pool has "
+        f"{result.workers} worker(s): keel sizes it by the CPUs the process may run on, and the server is pinned to "
+        f"one. One Argon2id hash (m={ARGON2_MIB} MiB, t=2, p=1) takes {result.hash_ms:.1f} ms on the idle CPU "
+        f"{SERVER_CPU} (median of 20), so the pool's ceiling is {result.ceiling:.0f} logins/s."
     )
 
 
-def section(results: Sequence[Result], rounds: int, started: datetime) -> str:
+def statuses_text(sample: Sample) -> str:
+    ok, busy = sample.statuses.get(200, 0), sample.statuses.get(503, 0)
+    other = sum(n for status, n in sample.statuses.items() if status not in (200, 503))
+    text = f"200: {ok}, 503: {busy}, other: {other}"
+    return text + (f"; socket errors: {sample.socket_errors}" if sample.socket_errors else "")
+
+
+def logins_per_s(sample: Sample) -> float:
+    return sample.statuses.get(200, 0) / sample.seconds if sample.seconds else 0.0
+
+
+def duration_text(ms: float) -> str:
+    return f"{ms / 1000:.2f} s" if ms >= 1000 else f"{ms:.0f} ms"
+
+
+def met(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def login_table(r: LoginResult) -> str:
+    t, f = r.throughput, r.flood
+    timeouts = re.search(r"timeout (\d+)", f.socket_errors + " " + t.socket_errors)
+    answered = not timeouts or int(timeouts.group(1)) == 0
+    max_s = max(t.max_ms, f.max_ms) / 1000
+    rows = [
+        (
+            f"login alone, c={LOGIN_CONNECTIONS}, {DURATION_S} s",
+            f"**{logins_per_s(t):.1f} logins/s**, p50 {duration_text(t.p50_ms)}, p99 {duration_text(t.p99_ms)}, "
+            f"max {duration_text(t.max_ms)}; {statuses_text(t)}",
+            f"bounded by Argon2 by design: ≤ {r.ceiling:.0f}/s ({r.workers} x 1000 / {r.hash_ms:.1f} ms)",
+            f"{logins_per_s(t) / r.ceiling:.2f} of the ceiling",
+        ),
+        (
+            f"`GET /api/v1/public` alone, c={PROBE_CONNECTIONS}, {DURATION_S} s",
+            f"p99 **{r.idle.p99_ms:.2f} ms**, p50 {r.idle.p50_ms:.2f} ms, {r.idle.rps:.0f} rps",
+            "the reference",
+            "",
+        ),
+        (
+            f"`GET /api/v1/public` during the flood, c={PROBE_CONNECTIONS}, {DURATION_S} s",
+            f"p99 **{r.probe.p99_ms:.2f} ms** (**{r.p99_factor:.2f}x** idle), p50 {r.probe.p50_ms:.2f} ms, "
+            f"{r.probe.rps:.0f} rps" + (f", {r.probe.non_2xx} non-2xx" if r.probe.non_2xx else ""),
+            f"p99 ≤ {P99_FACTOR_GOAL:.0f}x idle",
+            met(r.p99_factor <= P99_FACTOR_GOAL and not r.probe.non_2xx),
+        ),
+        (
+            f"login flood, c={FLOOD_CONNECTIONS}, {FLOOD_S} s",
+            f"{logins_per_s(f):.1f} logins/s, {f.rps:.0f} responses/s; {statuses_text(f)}; "
+            f"latency p50 {duration_text(f.p50_ms)}, p99 {duration_text(f.p99_ms)}, **max {duration_text(f.max_ms)}**",
+            f"503 + Retry-After beyond the queue; no wait unbounded: max ≤ {MAX_LATENCY_GOAL_S:.0f} s "
+            f"({POOL_MAX_WAIT_S:.0f} s max wait + a hash + loop delay), no wrk timeout",
+            met(max_s <= MAX_LATENCY_GOAL_S and answered),
+        ),
+        (
+            "server RSS (process tree)",
+            f"fresh {r.rss_start_mib:.1f} MiB, before the flood {r.rss_before_mib:.1f} MiB, peak during it "
+            f"{r.rss_peak_mib:.1f} MiB: **{r.rss_growth_mib:+.1f} MiB** over fresh "
+            f"({r.rss_peak_mib - r.rss_before_mib:+.1f} over before the flood)",
+            f"peak over fresh ≤ {r.workers} worker(s) x {ARGON2_MIB} MiB + {RSS_ALLOWANCE_MIB} MiB "
+            f"= {r.rss_bound_mib:.0f} MiB",
+            met(r.rss_growth_mib <= r.rss_bound_mib),
+        ),
+    ]
+    lines = ["| login scenario | result | target | met |", "|---|---|---|---|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def section(results: Sequence[Result], login: LoginResult | None, rounds: int, started: datetime) -> str:
     facts = "\n".join(f"- {fact}" for fact in machine_facts())
     notes = "\n".join(f"- {r.case.id}: {r.problems}" for r in results if r.problems)
-    parts = [
-        f"## {started:%Y-%m-%d %H:%M} UTC — commit {git_commit()}",
-        facts,
-        method_line(rounds),
-        table(results, rounds),
-    ]
+    parts = [f"## {started:%Y-%m-%d %H:%M} UTC — commit {git_commit()}", facts]
+    if results:
+        parts += [method_line(results, rounds), table(results, rounds)]
     if notes:
         parts.append("Errors reported by wrk:\n" + notes)
+    if login is not None:
+        parts += [login_method_line(login), login_table(login)]
     return "\n\n".join(parts) + "\n"
 
 
@@ -472,6 +876,9 @@ def append_benchmarks(text: str) -> None:
 # --- main ------------------------------------------------------------------------------------------------------
 
 
+LOGIN_SECONDS = WARMUP_S + DURATION_S + WARMUP_S + DURATION_S + 1 + FLOOD_S + 10  # warm-ups, runs, server start
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=1, help="run every case N times, interleaved; report medians")
@@ -480,7 +887,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="SUBSTRING",
-        help="run only cases whose id contains SUBSTRING (repeatable), e.g. keel, granian, public",
+        help="run only cases whose id contains SUBSTRING (repeatable), e.g. keel, granian, protected; "
+        f"`{LOGIN_ID}` selects the login scenario",
     )
     parser.add_argument("--no-write", action="store_true", help="print the table, do not append to BENCHMARKS.md")
     parser.add_argument("--list", action="store_true", help="list the case ids and exit")
@@ -500,12 +908,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         cases = interleave(keel_cases(workdir), peer_cases(workdir))
         if args.list:
             print("\n".join(f"{c.id:28} {c.name} on {c.server}, GET {c.path}" for c in cases))
+            print(
+                f"{LOGIN_ID:28} keel on uvicorn: login throughput, then GET /api/v1/public p99 and RSS during a "
+                "login flood (once, whatever --rounds)"
+            )
             return 0
         cases = [c for c in cases if not args.only or any(s in c.id for s in args.only)]
-        if not cases:
+        login = not args.only or any(s in LOGIN_ID for s in args.only)
+        if not cases and not login:
             print(f"bench: no case id contains any of {args.only}; see --list")
             return 1
-        return run(cases, args.rounds, workdir, write=not args.no_write)
+        return run(cases, login, args.rounds, workdir, write=not args.no_write)
     except BenchError as exc:
         print(f"bench: {exc}")
         return 1
@@ -516,19 +929,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def run(cases: Sequence[Case], rounds: int, workdir: Path, *, write: bool) -> int:
+def run(cases: Sequence[Case], login: bool, rounds: int, workdir: Path, *, write: bool) -> int:
     ensure_cpus()
     ensure_wrk()
     if any(not c.is_keel for c in cases):
         ensure_peers_venv()
-    if any(c.is_keel for c in cases):
-        migrate_keel(workdir)
     started = datetime.now(UTC)
     logs = RESULTS / f"{started:%Y%m%dT%H%M%SZ}"
     logs.mkdir(parents=True, exist_ok=True)
+    tokens: dict[str, str] = {}
+    if login or any(c.is_keel for c in cases):
+        migrate_keel(workdir)
+        tokens[KEEL_TOKEN] = keel_bench_token(workdir, logs)
+    if any(PEER_TOKEN in h for c in cases for h in c.headers):
+        tokens[PEER_TOKEN] = peer_token()
+    cases = [with_tokens(c, tokens) for c in cases]
     samples: dict[str, list[Sample]] = {c.id: [] for c in cases}
-    minutes = math.ceil(len(cases) * rounds * (WARMUP_S + DURATION_S + 2) / 60)
-    print(f"bench: {len(cases)} cases x {rounds} round(s), about {minutes} min; logs in {logs}", flush=True)
+    seconds = len(cases) * rounds * (WARMUP_S + DURATION_S + 2) + (LOGIN_SECONDS if login else 0)
+    what = f"{len(cases)} cases x {rounds} round(s)" + (" + the login scenario" if login else "")
+    print(f"bench: {what}, about {math.ceil(seconds / 60)} min; logs in {logs}", flush=True)
     for n in range(rounds):
         for case in cases:
             sample = measure(case, logs, f"r{n + 1}")
@@ -538,11 +957,21 @@ def run(cases: Sequence[Case], rounds: int, workdir: Path, *, write: bool) -> in
                 f"p99 {sample.p99_ms:7.2f} ms",
                 flush=True,
             )
+    login_result = None
+    if login:
+        login_result = login_scenario(workdir, logs)
+        print(
+            f"  {LOGIN_ID}: {logins_per_s(login_result.throughput):.1f} logins/s alone; public p99 "
+            f"{login_result.idle.p99_ms:.2f} ms idle, {login_result.probe.p99_ms:.2f} ms during the flood",
+            flush=True,
+        )
     results = [Result(c, tuple(samples[c.id])) for c in cases]
-    report = section(results, rounds, started)
-    (logs / "results.json").write_text(
-        json.dumps([{"case": r.case.id, "samples": [asdict(s) for s in r.samples]} for r in results], indent=2)
-    )
+    report = section(results, login_result, rounds, started)
+    raw: dict[str, object] = {
+        "cases": [{"case": r.case.id, "samples": [asdict(s) for s in r.samples]} for r in results],
+        "login": asdict(login_result) if login_result else None,
+    }
+    (logs / "results.json").write_text(json.dumps(raw, indent=2))
     print("\n" + report)
     if write:
         append_benchmarks(report)
