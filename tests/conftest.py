@@ -133,19 +133,23 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     return Backend("embedded", url, None)
 
 
+def make_settings(backend: Backend, **overrides: object) -> Settings:
+    """Test settings: explicit values win over the developer's environment and .env; the limiter never trips."""
+    values: dict[str, object] = {
+        "DATABASE_URL": backend.database_url,
+        "REDIS_URL": backend.redis_url,
+        "KEEL_JWT_SECRET": TEST_JWT_SECRET,
+        "KEEL_RATE_LIMIT": UNLIMITED,
+        "KEEL_AUTH_RATE_LIMIT": UNLIMITED,
+        "KEEL_LOG_FORMAT": "json",
+        "KEEL_LOG_LEVEL": "warning",
+    }
+    return Settings(_env_file=None, **{**values, **overrides})  # type: ignore[arg-type]
+
+
 @pytest.fixture
 def settings(backend: Backend) -> Settings:
-    # explicit values win over the developer's environment and .env
-    return Settings(
-        _env_file=None,
-        DATABASE_URL=backend.database_url,
-        REDIS_URL=backend.redis_url,
-        KEEL_JWT_SECRET=TEST_JWT_SECRET,
-        KEEL_RATE_LIMIT=UNLIMITED,
-        KEEL_AUTH_RATE_LIMIT=UNLIMITED,
-        KEEL_LOG_FORMAT="json",
-        KEEL_LOG_LEVEL="warning",
-    )
+    return make_settings(backend)
 
 
 @pytest.fixture

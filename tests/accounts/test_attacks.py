@@ -20,7 +20,7 @@ from litestar.testing import AsyncTestClient
 from keel.accounts.keys import generate_ed25519_keypair
 from keel.main import create_app
 from keel.settings import Settings
-from tests.conftest import TEST_JWT_SECRET, Backend
+from tests.conftest import TEST_JWT_SECRET, Backend, make_settings
 from tests.factories import bearer, log_in, register
 
 Client = AsyncTestClient[Litestar]
@@ -86,14 +86,7 @@ async def test_forged_tokens_are_refused(client: Client, token: str) -> None:
 @pytest.fixture
 def eddsa_settings(backend: Backend, tmp_path: Path) -> Settings:
     private, public = generate_ed25519_keypair(tmp_path / "keys")
-    return Settings(
-        _env_file=None,
-        DATABASE_URL=backend.database_url,
-        REDIS_URL=backend.redis_url,
-        KEEL_JWT_PRIVATE_KEY_FILE=str(private),
-        KEEL_JWT_PUBLIC_KEYS_DIR=str(public.parent),
-        KEEL_JWT_SECRET=TEST_JWT_SECRET,
-    )
+    return make_settings(backend, KEEL_JWT_PRIVATE_KEY_FILE=str(private), KEEL_JWT_PUBLIC_KEYS_DIR=str(public.parent))
 
 
 @pytest.fixture

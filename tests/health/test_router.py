@@ -5,7 +5,7 @@ from litestar.testing import AsyncTestClient
 
 from keel.main import create_app
 from keel.settings import Settings
-from tests.conftest import TEST_JWT_SECRET, Backend
+from tests.conftest import Backend, make_settings
 
 Client = AsyncTestClient[Litestar]
 DEAD_POSTGRES = "postgresql+asyncpg://postgres@127.0.0.1:1/keel"
@@ -32,11 +32,7 @@ async def readyz(settings: Settings) -> tuple[int, dict[str, object], str | None
 
 
 async def test_readyz_is_503_when_the_database_is_down(backend: Backend) -> None:
-    status, body, content_type = await readyz(
-        Settings(
-            _env_file=None, DATABASE_URL=DEAD_POSTGRES, REDIS_URL=backend.redis_url, KEEL_JWT_SECRET=TEST_JWT_SECRET
-        )
-    )
+    status, body, content_type = await readyz(make_settings(backend, DATABASE_URL=DEAD_POSTGRES))
     assert status == 503
     assert content_type == "application/problem+json"
     assert body["code"] == "ops.not_ready"
@@ -44,19 +40,13 @@ async def test_readyz_is_503_when_the_database_is_down(backend: Backend) -> None
 
 
 async def test_readyz_is_503_when_redis_is_down(backend: Backend) -> None:
-    status, body, _ = await readyz(
-        Settings(
-            _env_file=None, DATABASE_URL=backend.database_url, REDIS_URL=DEAD_REDIS, KEEL_JWT_SECRET=TEST_JWT_SECRET
-        )
-    )
+    status, body, _ = await readyz(make_settings(backend, REDIS_URL=DEAD_REDIS))
     assert status == 503
     assert body["checks"] == {"database": "ok", "redis": "error"}
 
 
 async def test_a_request_that_needs_a_dead_database_is_503(backend: Backend) -> None:
-    settings = Settings(
-        _env_file=None, DATABASE_URL=DEAD_POSTGRES, REDIS_URL=backend.redis_url, KEEL_JWT_SECRET=TEST_JWT_SECRET
-    )
+    settings = make_settings(backend, DATABASE_URL=DEAD_POSTGRES)
     async with AsyncTestClient(app=create_app(settings)) as client:
         response = await client.post(
             "/api/v1/users", json={"username": "ada", "email": "ada@example.com", "password": "long enough"}

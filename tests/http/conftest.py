@@ -17,7 +17,7 @@ from msgspec import Meta
 from keel.errors import Conflict, Forbidden, Invalid, KeelError, NotFound, RateLimited, Unauthorized, Unavailable
 from keel.main import create_app
 from keel.settings import Settings
-from tests.conftest import TEST_JWT_SECRET, UNLIMITED, Backend, migrate
+from tests.conftest import Backend, make_settings, migrate
 
 MAX_BODY = 4096
 
@@ -87,15 +87,7 @@ def backend(tmp_path: Path) -> Backend:
 
 @pytest.fixture
 def settings(backend: Backend) -> Settings:
-    return Settings(
-        _env_file=None,
-        DATABASE_URL=backend.database_url,
-        REDIS_URL=None,
-        KEEL_JWT_SECRET=TEST_JWT_SECRET,
-        KEEL_RATE_LIMIT=UNLIMITED,
-        KEEL_MAX_BODY_BYTES=MAX_BODY,
-        KEEL_CORS_ORIGINS="https://app.example",
-    )
+    return make_settings(backend, KEEL_MAX_BODY_BYTES=MAX_BODY, KEEL_CORS_ORIGINS="https://app.example")
 
 
 @pytest.fixture

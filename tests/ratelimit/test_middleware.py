@@ -11,7 +11,7 @@ from litestar.testing import AsyncTestClient
 
 from keel.main import create_app
 from keel.settings import RatePolicy, Settings
-from tests.conftest import TEST_JWT_SECRET, UNLIMITED, Backend
+from tests.conftest import UNLIMITED, Backend, make_settings
 from tests.factories import PASSWORD, bearer
 
 Client = AsyncTestClient[Litestar]
@@ -19,14 +19,7 @@ Client = AsyncTestClient[Litestar]
 
 @pytest.fixture
 def settings(backend: Backend) -> Settings:
-    return Settings(
-        _env_file=None,
-        DATABASE_URL=backend.database_url,
-        REDIS_URL=backend.redis_url,
-        KEEL_JWT_SECRET=TEST_JWT_SECRET,
-        KEEL_RATE_LIMIT="2/s burst 5",
-        KEEL_AUTH_RATE_LIMIT="2/min burst 3",
-    )
+    return make_settings(backend, KEEL_RATE_LIMIT="2/s burst 5", KEEL_AUTH_RATE_LIMIT="2/min burst 3")
 
 
 async def test_exactly_the_burst_passes_then_429(client: Client) -> None:

@@ -12,8 +12,7 @@ from typing import Any, Final
 
 from litestar import Request
 from litestar.connection import ASGIConnection
-from litestar.datastructures import State
-from litestar.di import NamedDependency, Provide
+from litestar.di import NamedDependency
 from litestar.handlers import BaseRouteHandler
 from litestar.types import ASGIApp, Receive, Scope, Send
 
@@ -22,6 +21,7 @@ from keel.accounts.passwords import PasswordHasher
 from keel.accounts.service import Sessions
 from keel.accounts.tokens import Claims
 from keel.accounts.verifier import TokenVerifier
+from keel.http.deps import from_state
 
 AUTH_ERROR: Final = "auth_error"
 # what secured operations show in OpenAPI: a pasted bearer token, or Swagger's OAuth2 password dialog
@@ -86,20 +86,10 @@ def current_claims(request: Request[Any, Any, Any]) -> Claims:
     return claims
 
 
-def provide_hasher(state: State) -> PasswordHasher:
-    hasher: PasswordHasher = state.hasher
-    return hasher
-
-
-def provide_sessions(state: State) -> Sessions:
-    sessions: Sessions = state.sessions
-    return sessions
-
-
 Hasher = NamedDependency[PasswordHasher]
 SessionPolicy = NamedDependency[Sessions]
 
 DEPENDENCIES: Final = {
-    "hasher": Provide(provide_hasher, sync_to_thread=False),
-    "sessions": Provide(provide_sessions, sync_to_thread=False),
+    "hasher": from_state("hasher"),
+    "sessions": from_state("sessions"),
 }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Final
+from typing import Any, Final
 
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
@@ -18,14 +18,13 @@ async def provide_db_session(state: State) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-def provide_engine(state: State) -> AsyncEngine:
-    engine: AsyncEngine = state.engine
-    return engine
+def from_state(name: str) -> Provide:
+    """A provider of the lifespan's `app.state.<name>` (the engine, the backends, the hasher ...)."""
 
+    def provide(state: State) -> Any:
+        return state[name]
 
-def provide_backends(state: State) -> Backends:
-    backends: Backends = state.backends
-    return backends
+    return Provide(provide, sync_to_thread=False)
 
 
 # what handlers annotate their parameters with; the parameter names are the keys of DEPENDENCIES
@@ -34,7 +33,7 @@ DbSession = NamedDependency[AsyncSession]
 SharedBackends = NamedDependency[Backends]
 
 DEPENDENCIES: Final = {
-    "db_engine": Provide(provide_engine, sync_to_thread=False),
+    "db_engine": from_state("engine"),
     "db_session": Provide(provide_db_session),
-    "backends": Provide(provide_backends, sync_to_thread=False),
+    "backends": from_state("backends"),
 }
