@@ -32,6 +32,8 @@ from keel.http.requests import require_declared_media_type
 from keel.ratelimit.clients import ClientResolver
 from keel.ratelimit.deps import AUTH_POLICY, DEFAULT_POLICY, NamedPolicy, RateLimitMiddleware, RateLimits
 from keel.ratelimit.limiter import Limiter
+from keel.realtime.router import COMMON as CHANNELS
+from keel.realtime.router import LISTS as CHANNEL_LISTS
 from keel.settings import Settings
 from keel.shared import open_backends
 
@@ -42,8 +44,8 @@ VAR_DIR: Final = Path("var")  # relative to the working directory (SPEC §1)
 
 def api_router(version: str) -> Router:
     """One API version: the same domain controllers under /api/<version>; versions differ only in list shapes."""
-    handlers: Sequence[ControllerRouterHandler] = [*ACCOUNTS]
-    return Router(path=f"/api/{version}", route_handlers=list(handlers), tags=[version])
+    handlers: list[ControllerRouterHandler] = [*ACCOUNTS, *CHANNELS, *CHANNEL_LISTS[version]]
+    return Router(path=f"/api/{version}", route_handlers=handlers, tags=[version])
 
 
 def operation_id(handler: HTTPRouteHandler, method: Method, path: list[object]) -> str:

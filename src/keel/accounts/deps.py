@@ -11,21 +11,16 @@ from __future__ import annotations
 from typing import Any, Final
 
 from litestar import Request
-from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
-from litestar.handlers import BaseRouteHandler
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from keel.accounts.errors import AdminRequired, AuthenticationRequired, InvalidToken
+from keel.accounts.errors import InvalidToken
 from keel.accounts.passwords import PasswordHasher
 from keel.accounts.service import Sessions
 from keel.accounts.tokens import Claims
 from keel.accounts.verifier import TokenVerifier
+from keel.http.auth import AUTH_ERROR, current_principal
 from keel.http.deps import from_state
-
-AUTH_ERROR: Final = "auth_error"
-# what secured operations show in OpenAPI: a pasted bearer token, or Swagger's OAuth2 password dialog
-SECURITY: Final[list[dict[str, list[str]]]] = [{"BearerAuth": []}, {"OAuth2Password": []}]
 
 
 def bearer_token(headers: list[tuple[bytes, bytes]] | Any) -> str | None:
@@ -59,31 +54,11 @@ class AuthMiddleware:
         await self.app(scope, receive, send)
 
 
-def require_user(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """Guard: a valid bearer token, else 401 (invalid_token when a bad one came)."""
-    if connection.scope.get("auth") is None:
-        error: InvalidToken | None = connection.scope["state"].get(AUTH_ERROR)
-        raise error or AuthenticationRequired("This endpoint needs a bearer token.")
-
-
-def require_admin(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
-    """Guard: a valid bearer token with the admin scope, else 401/403."""
-    require_user(connection, handler)
-    claims: Claims = connection.scope["auth"]
-    if not claims.is_admin:
-        raise AdminRequired("This endpoint is for admins.")
-
-
-USER: Final = [require_user]
-ADMIN: Final = [require_admin]
-
-
 def current_claims(request: Request[Any, Any, Any]) -> Claims:
-    """The verified claims of a handler guarded by USER or ADMIN."""
-    claims: Claims | None = request.scope.get("auth")
-    if claims is None:  # a handler read claims without the USER guard: a programming error, not a client's
-        raise RuntimeError(f"{request.scope['path']}: handler reads claims but is not guarded by USER")
-    return claims
+    """The whole token claims (session id included) of a handler guarded by USER: accounts' own view."""
+    principal = current_principal(request)
+    assert isinstance(principal, Claims)  # the only principal AuthMiddleware ever sets
+    return principal
 
 
 Hasher = NamedDependency[PasswordHasher]

@@ -30,11 +30,6 @@ class InvalidToken(Unauthorized):
     www_authenticate = 'Bearer error="invalid_token"'
 
 
-class AuthenticationRequired(Unauthorized):
-    code = "accounts.authentication_required"
-    title = "Authentication required"
-
-
 class InvalidRefreshToken(Unauthorized):
     code = "accounts.invalid_refresh_token"
     title = "Invalid refresh token"
@@ -43,11 +38,6 @@ class InvalidRefreshToken(Unauthorized):
 class WrongPassword(Forbidden):
     code = "accounts.wrong_password"
     title = "Wrong password"
-
-
-class AdminRequired(Forbidden):
-    code = "accounts.admin_required"
-    title = "Admin required"
 
 
 class UserNotFound(NotFound):

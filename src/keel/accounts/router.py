@@ -14,7 +14,7 @@ from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, Requ
 from litestar.params import JSONBody, Parameter
 
 from keel.accounts import service
-from keel.accounts.deps import ADMIN, SECURITY, USER, Hasher, SessionPolicy, current_claims
+from keel.accounts.deps import Hasher, SessionPolicy, current_claims
 from keel.accounts.schemas import (
     PasswordChange,
     ProtectedMessage,
@@ -26,6 +26,7 @@ from keel.accounts.schemas import (
     UserRead,
 )
 from keel.accounts.tokens import Keyring
+from keel.http.auth import ADMIN, SECURITY, USER, current_principal
 from keel.http.deps import DbSession
 from keel.http.errors import problem_response
 from keel.http.requests import ACCEPTS, RATE_LIMIT
@@ -57,7 +58,7 @@ class ProtectedController(Controller):
     @get(sync_to_thread=False, responses=UNAUTHORIZED)
     def protected(self, request: Request[Any, Any, Any]) -> ProtectedMessage:
         """A greeting for the bearer of a valid access token."""
-        claims = current_claims(request)
+        claims = current_principal(request)
         return ProtectedMessage(message=f"Hello, {claims.username}.", user_id=claims.user_id, username=claims.username)
 
 
@@ -76,7 +77,7 @@ class UsersController(Controller):
     @get("/me", guards=USER, security=SECURITY, responses=UNAUTHORIZED)
     async def me(self, request: Request[Any, Any, Any], db_session: DbSession) -> UserRead:
         """The account of the token's bearer."""
-        return UserRead.from_model(await service.get_user(db_session, current_claims(request).user_id))
+        return UserRead.from_model(await service.get_user(db_session, current_principal(request).user_id))
 
     @post(
         "/me/password",

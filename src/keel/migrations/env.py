@@ -7,7 +7,8 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
-import keel.accounts.models  # noqa: F401  (registers the tables for autogenerate)
+import keel.accounts.models
+import keel.realtime.models  # noqa: F401
 from keel.db import Base, create_engine
 from keel.settings import load_settings
 

@@ -1,0 +1,1 @@
+"""Channels and messages: REST now; WebSocket and SSE delivery come next (issue 5)."""

@@ -1,0 +1,20 @@
+"""Realtime's domain errors."""
+
+from __future__ import annotations
+
+from keel.errors import Conflict, Invalid, NotFound
+
+
+class ChannelNotFound(NotFound):
+    code = "realtime.channel_not_found"
+    title = "Channel not found"
+
+
+class ChannelNameTaken(Conflict):
+    code = "realtime.channel_name_taken"
+    title = "Channel name taken"
+
+
+class InvalidCursor(Invalid):
+    code = "realtime.invalid_cursor"
+    title = "Invalid cursor"

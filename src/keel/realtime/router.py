@@ -1,0 +1,111 @@
+"""Channels and messages over REST (SPEC §6). v1 and v2 share every endpoint but the lists' shape."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any, Final
+
+from litestar import Controller, Request, get, post
+from litestar.params import FromPath, JSONBody, Parameter
+
+from keel.http.auth import SECURITY, USER, current_principal
+from keel.http.deps import DbSession, SharedBackends
+from keel.http.errors import problem_response
+from keel.realtime import service
+from keel.realtime.schemas import Author, ChannelCreate, ChannelRead, MessageCreate, MessageRead, Page
+
+Limit = Annotated[int, Parameter(ge=1, le=100, description="1 to 100")]
+Offset = Annotated[int, Parameter(ge=0)]
+Cursor = Annotated[str | None, Parameter(max_length=200, description="next_cursor of the previous page")]
+NOT_FOUND = {404: problem_response("No such channel")}
+
+
+class ChannelsController(Controller):
+    path = "/channels"
+    tags = ["channels"]
+    guards = USER
+    security = SECURITY
+
+    @post(responses={409: problem_response("The name is taken")})
+    async def create_channel(
+        self, request: Request[Any, Any, Any], data: JSONBody[ChannelCreate], db_session: DbSession
+    ) -> ChannelRead:
+        """Create a channel."""
+        channel = await service.create_channel(
+            db_session, name=data.name, description=data.description, created_by=current_principal(request).user_id
+        )
+        return ChannelRead.from_model(channel)
+
+    @get("/{channel_id:uuid}", responses=NOT_FOUND)
+    async def get_channel(self, channel_id: FromPath[uuid.UUID], db_session: DbSession) -> ChannelRead:
+        """One channel."""
+        return ChannelRead.from_model(await service.get_channel(db_session, channel_id))
+
+    @post("/{channel_id:uuid}/messages", responses=NOT_FOUND)
+    async def post_message(
+        self,
+        request: Request[Any, Any, Any],
+        channel_id: FromPath[uuid.UUID],
+        data: JSONBody[MessageCreate],
+        db_session: DbSession,
+        backends: SharedBackends,
+    ) -> MessageRead:
+        """Post a message; it gets the channel's next seq and goes live to every subscriber."""
+        claims = current_principal(request)
+        return await service.post_message(
+            db_session,
+            backends.broker,
+            channel_id=channel_id,
+            author=Author(claims.user_id, claims.username),
+            body=data.body,
+        )
+
+
+class ChannelListsV1(Controller):
+    path = "/channels"
+    tags = ["channels"]
+    guards = USER
+    security = SECURITY
+
+    @get()
+    async def list_channels(self, db_session: DbSession, limit: Limit = 50, offset: Offset = 0) -> list[ChannelRead]:
+        """Channels by name (byte order)."""
+        return [ChannelRead.from_model(c) for c in await service.list_channels(db_session, limit=limit, offset=offset)]
+
+    @get("/{channel_id:uuid}/messages", responses=NOT_FOUND)
+    async def list_messages(
+        self, channel_id: FromPath[uuid.UUID], db_session: DbSession, limit: Limit = 50, offset: Offset = 0
+    ) -> list[MessageRead]:
+        """A channel's messages, newest first."""
+        return await service.list_messages(db_session, channel_id, limit=limit, offset=offset)
+
+
+class ChannelListsV2(Controller):
+    path = "/channels"
+    tags = ["channels"]
+    guards = USER
+    security = SECURITY
+
+    @get()
+    async def list_channels(self, db_session: DbSession, limit: Limit = 50, cursor: Cursor = None) -> Page[ChannelRead]:
+        """Channels by name (byte order), a page at a time."""
+        after = str(service.decode_cursor(cursor, str)) if cursor else None
+        channels = await service.list_channels(db_session, limit=limit, after=after)
+        more = len(channels) == limit
+        return Page(
+            [ChannelRead.from_model(c) for c in channels], service.encode_cursor(channels[-1].name) if more else None
+        )
+
+    @get("/{channel_id:uuid}/messages", responses=NOT_FOUND)
+    async def list_messages(
+        self, channel_id: FromPath[uuid.UUID], db_session: DbSession, limit: Limit = 50, cursor: Cursor = None
+    ) -> Page[MessageRead]:
+        """A channel's messages, newest first, a page at a time."""
+        before = int(service.decode_cursor(cursor, int)) if cursor else None
+        messages = await service.list_messages(db_session, channel_id, limit=limit, before_seq=before)
+        more = len(messages) == limit and messages[-1].seq > 1
+        return Page(messages, service.encode_cursor(messages[-1].seq) if more else None)
+
+
+COMMON: Final[list[type[Controller]]] = [ChannelsController]
+LISTS: Final[dict[str, list[type[Controller]]]] = {"v1": [ChannelListsV1], "v2": [ChannelListsV2]}

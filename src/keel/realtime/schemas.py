@@ -1,0 +1,73 @@
+"""Realtime's wire models: channels, messages and the v2 page envelope."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Generic, TypeVar
+
+import msgspec
+from msgspec import Meta
+
+from keel.realtime.models import Channel
+
+T = TypeVar("T")
+
+ChannelName = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[a-z0-9_-]+$",
+        description="1 to 64 of a-z 0-9 _ -",
+        examples=["general"],
+    ),
+]
+
+
+class ChannelCreate(msgspec.Struct, forbid_unknown_fields=True):
+    name: ChannelName
+    description: Annotated[str, Meta(max_length=500)] = ""
+
+
+class ChannelRead(msgspec.Struct):
+    id: uuid.UUID
+    name: str
+    description: str
+    created_at: datetime
+    last_seq: int
+
+    @classmethod
+    def from_model(cls, channel: Channel) -> ChannelRead:
+        return cls(
+            id=channel.id,
+            name=channel.name,
+            description=channel.description,
+            created_at=channel.created_at,
+            last_seq=channel.last_seq,
+        )
+
+
+class MessageCreate(msgspec.Struct, forbid_unknown_fields=True):
+    body: Annotated[str, Meta(min_length=1, max_length=4000)]
+
+
+class Author(msgspec.Struct):
+    id: uuid.UUID
+    username: str
+
+
+class MessageRead(msgspec.Struct):
+    id: uuid.UUID
+    channel_id: uuid.UUID
+    seq: int
+    author: Author
+    body: str
+    created_at: datetime
+
+
+class Page(msgspec.Struct, Generic[T]):
+    """A v2 list: a page of items and the opaque cursor of the next page (null at the end)."""
+
+    data: list[T]
+    next_cursor: str | None

@@ -1,0 +1,132 @@
+"""Channels and messages use cases. Framework-free; each write owns its commit."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import uuid
+from collections.abc import Sequence
+
+import msgspec
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keel.accounts.models import User
+from keel.realtime.errors import ChannelNameTaken, ChannelNotFound, InvalidCursor
+from keel.realtime.models import Channel, Message
+from keel.realtime.schemas import Author, MessageRead
+from keel.shared import BackendUnavailable
+from keel.shared.broker import Broker
+
+log = logging.getLogger("keel.realtime")
+_encoder = msgspec.json.Encoder()
+
+
+def topic(channel_id: uuid.UUID) -> str:
+    """The broker topic a channel's new messages are published on."""
+    return f"keel.channel.{channel_id}"
+
+
+async def create_channel(session: AsyncSession, *, name: str, description: str, created_by: uuid.UUID) -> Channel:
+    """Create a channel, or raise ChannelNameTaken."""
+    channel = Channel(name=name, description=description, created_by=created_by, last_seq=0)
+    session.add(channel)
+    try:
+        await session.commit()
+    except IntegrityError as exc:  # the unique name settles concurrent creations
+        raise ChannelNameTaken(f"A channel named {name!r} exists.") from exc
+    return channel
+
+
+async def get_channel(session: AsyncSession, channel_id: uuid.UUID) -> Channel:
+    channel = await session.get(Channel, channel_id)
+    if channel is None:
+        raise ChannelNotFound(f"No channel {channel_id}.")
+    return channel
+
+
+async def list_channels(
+    session: AsyncSession, *, limit: int, offset: int = 0, after: str | None = None
+) -> Sequence[Channel]:
+    """Channels by name in byte order (the name's collation makes it so on both backends)."""
+    query = select(Channel).order_by(Channel.name).limit(limit).offset(offset)
+    if after is not None:
+        query = query.where(Channel.name > after)
+    return (await session.scalars(query)).all()
+
+
+async def post_message(
+    session: AsyncSession, broker: Broker, *, channel_id: uuid.UUID, author: Author, body: str
+) -> MessageRead:
+    """Append a message with the channel's next seq, then publish it to live subscribers."""
+    # one statement takes the next seq and locks the channel row until commit, so concurrent writers on any
+    # number of instances queue here and seq stays 1, 2, 3 ... with no gap (a rollback returns the number)
+    seq = await session.scalar(
+        update(Channel)
+        .where(Channel.id == channel_id)
+        .values(last_seq=Channel.last_seq + 1)
+        .returning(Channel.last_seq)
+    )
+    if seq is None:
+        await session.rollback()
+        raise ChannelNotFound(f"No channel {channel_id}.")
+    message = Message(channel_id=channel_id, seq=seq, author_id=author.id, body=body)
+    session.add(message)
+    await session.commit()
+    read = MessageRead(
+        id=message.id,
+        channel_id=channel_id,
+        seq=seq,
+        author=Author(author.id, author.username),
+        body=body,
+        created_at=message.created_at,
+    )
+    try:  # published only after the row committed; live delivery is best effort, the database is the record
+        await broker.publish(topic(channel_id), _encoder.encode(read))
+    except BackendUnavailable:
+        log.warning("message %s/%d committed but not broadcast: broker unavailable", channel_id, seq)
+    return read
+
+
+async def list_messages(
+    session: AsyncSession, channel_id: uuid.UUID, *, limit: int, offset: int = 0, before_seq: int | None = None
+) -> list[MessageRead]:
+    """A channel's messages, newest first."""
+    await get_channel(session, channel_id)
+    query = (
+        select(Message, User.username)
+        .join(User, User.id == Message.author_id)
+        .where(Message.channel_id == channel_id)
+        .order_by(Message.seq.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    if before_seq is not None:
+        query = query.where(Message.seq < before_seq)
+    rows = await session.execute(query)
+    return [
+        MessageRead(
+            id=m.id,
+            channel_id=m.channel_id,
+            seq=m.seq,
+            author=Author(m.author_id, username),
+            body=m.body,
+            created_at=m.created_at,
+        )
+        for m, username in rows
+    ]
+
+
+def encode_cursor(position: str | int) -> str:
+    """An opaque cursor for a position (a name or a seq); clients must not parse it."""
+    return base64.urlsafe_b64encode(_encoder.encode(position)).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, kind: type[str] | type[int]) -> str | int:
+    try:
+        value = msgspec.json.decode(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)), type=kind)
+    except (binascii.Error, ValueError, msgspec.DecodeError):
+        raise InvalidCursor("The cursor is not one this API issued.") from None
+    return value
