@@ -19,6 +19,7 @@ from keel.accounts.deps import AuthMiddleware
 from keel.accounts.keys import load_keyring
 from keel.accounts.passwords import PasswordHasher
 from keel.accounts.router import CONTROLLERS as ACCOUNTS
+from keel.accounts.router import LISTS as USER_LISTS
 from keel.accounts.router import jwks
 from keel.accounts.service import Sessions
 from keel.accounts.verifier import TokenVerifier
@@ -44,7 +45,7 @@ VAR_DIR: Final = Path("var")  # relative to the working directory (SPEC §1)
 
 def api_router(version: str) -> Router:
     """One API version: the same domain controllers under /api/<version>; versions differ only in list shapes."""
-    handlers: list[ControllerRouterHandler] = [*ACCOUNTS, *CHANNELS, *CHANNEL_LISTS[version]]
+    handlers: list[ControllerRouterHandler] = [*ACCOUNTS, *USER_LISTS[version], *CHANNELS, *CHANNEL_LISTS[version]]
     return Router(path=f"/api/{version}", route_handlers=handlers, tags=[version])
 
 

@@ -268,3 +268,21 @@ async def test_openapi_documents_both_security_schemes(client: Client) -> None:
     assert document["paths"]["/api/v1/users/me"]["get"]["security"] == [{"BearerAuth": []}, {"OAuth2Password": []}]
     token = document["paths"]["/api/v1/auth/token"]["post"]["requestBody"]["content"]
     assert {"application/x-www-form-urlencoded", "application/json"} <= token.keys()
+
+
+async def test_v2_user_list_pages_by_cursor(client: Client, settings: Settings) -> None:
+    for name in ("user1", "user2", "user3"):
+        await register(client, name)
+    await make_admin(settings, "root")
+    admin = bearer(await log_in(client, "root"))
+    seen: list[str] = []
+    cursor = None
+    while True:
+        query = "limit=2" + (f"&cursor={cursor}" if cursor else "")
+        page = (await client.get(f"/api/v2/users?{query}", headers=admin)).json()
+        seen += [user["username"] for user in page["data"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == ["user1", "user2", "user3", "root"]
+    assert (await client.get("/api/v2/users?cursor=%%%", headers=admin)).status_code == 422

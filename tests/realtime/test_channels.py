@@ -130,7 +130,7 @@ async def test_v2_messages_page_by_cursor(client: Client, auth: dict[str, str]) 
     assert third["next_cursor"] is None
     bad = await client.get(f"{url}?cursor=not-a-cursor", headers=auth)
     assert bad.status_code == 422
-    assert bad.json()["code"] == "realtime.invalid_cursor"
+    assert bad.json()["code"] == "pagination.invalid_cursor"
 
 
 @pytest.mark.parametrize("body", ["", "x" * 4001])

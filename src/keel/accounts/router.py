@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
-from typing import Annotated, Any
+from datetime import datetime
+from typing import Annotated, Any, Final
 
 import msgspec
 from litestar import Controller, Request, get, post
@@ -29,6 +31,7 @@ from keel.accounts.tokens import Keyring
 from keel.http.auth import ADMIN, SECURITY, USER, current_principal
 from keel.http.deps import DbSession
 from keel.http.errors import problem_response
+from keel.http.pagination import Cursor, Page, decode_cursor, encode_cursor
 from keel.http.requests import ACCEPTS, RATE_LIMIT
 
 FORM = RequestEncodingType.URL_ENCODED.value
@@ -104,11 +107,38 @@ class UsersController(Controller):
             new_password=data.new_password,
         )
 
-    @get(guards=ADMIN, security=SECURITY, responses={**UNAUTHORIZED, 403: problem_response("Not an admin")})
+
+ADMINS_ONLY = {**UNAUTHORIZED, 403: problem_response("Not an admin")}
+
+
+class UserListV1(Controller):
+    path = "/users"
+    tags = ["users"]
+    guards = ADMIN
+    security = SECURITY
+
+    @get(responses=ADMINS_ONLY)
     async def list_users(self, db_session: DbSession, limit: Limit = 50, offset: Offset = 0) -> list[UserRead]:
         """Every account, in sign-up order (admins only)."""
         users = await service.list_users(db_session, limit=limit, offset=offset)
         return [UserRead.from_model(user) for user in users]
+
+
+class UserListV2(Controller):
+    path = "/users"
+    tags = ["users"]
+    guards = ADMIN
+    security = SECURITY
+
+    @get(responses=ADMINS_ONLY)
+    async def list_users(self, db_session: DbSession, limit: Limit = 50, cursor: Cursor = None) -> Page[UserRead]:
+        """Every account, in sign-up order, a page at a time (admins only)."""
+        after = decode_cursor(cursor, tuple[datetime, uuid.UUID]) if cursor else None
+        users = await service.list_users(db_session, limit=limit, after=after)
+        last = users[-1] if len(users) == limit else None
+        return Page(
+            [UserRead.from_model(u) for u in users], encode_cursor((last.created_at, last.id)) if last else None
+        )
 
 
 @dataclass
@@ -184,4 +214,5 @@ def jwks(state: State) -> dict[str, list[dict[str, str]]]:
     return keyring.jwks()
 
 
-CONTROLLERS = [PublicController, ProtectedController, UsersController, AuthController]
+CONTROLLERS: Final[list[type[Controller]]] = [PublicController, ProtectedController, UsersController, AuthController]
+LISTS: Final[dict[str, list[type[Controller]]]] = {"v1": [UserListV1], "v2": [UserListV2]}

@@ -7,9 +7,9 @@ import secrets
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, or_, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -220,10 +220,14 @@ async def get_user(session: AsyncSession, user_id: uuid.UUID) -> User:
     return user
 
 
-async def list_users(session: AsyncSession, *, limit: int, offset: int) -> Sequence[User]:
-    """Users in sign-up order."""
-    rows = await session.scalars(select(User).order_by(User.created_at, User.id).limit(limit).offset(offset))
-    return rows.all()
+async def list_users(
+    session: AsyncSession, *, limit: int, offset: int = 0, after: tuple[datetime, uuid.UUID] | None = None
+) -> Sequence[User]:
+    """Users in sign-up order (ties by id), optionally after a (created_at, id) position."""
+    query = select(User).order_by(User.created_at, User.id).limit(limit).offset(offset)
+    if after is not None:
+        query = query.where(tuple_(User.created_at, User.id) > tuple_(*after))
+    return (await session.scalars(query)).all()
 
 
 async def create_admin(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from keel.errors import Conflict, Invalid, NotFound
+from keel.errors import Conflict, NotFound
 
 
 class ChannelNotFound(NotFound):
@@ -13,8 +13,3 @@ class ChannelNotFound(NotFound):
 class ChannelNameTaken(Conflict):
     code = "realtime.channel_name_taken"
     title = "Channel name taken"
-
-
-class InvalidCursor(Invalid):
-    code = "realtime.invalid_cursor"
-    title = "Invalid cursor"

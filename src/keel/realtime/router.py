@@ -11,12 +11,12 @@ from litestar.params import FromPath, JSONBody, Parameter
 from keel.http.auth import SECURITY, USER, current_principal
 from keel.http.deps import DbSession, SharedBackends
 from keel.http.errors import problem_response
+from keel.http.pagination import Cursor, Page, decode_cursor, encode_cursor
 from keel.realtime import service
-from keel.realtime.schemas import Author, ChannelCreate, ChannelRead, MessageCreate, MessageRead, Page
+from keel.realtime.schemas import Author, ChannelCreate, ChannelRead, MessageCreate, MessageRead
 
 Limit = Annotated[int, Parameter(ge=1, le=100, description="1 to 100")]
 Offset = Annotated[int, Parameter(ge=0)]
-Cursor = Annotated[str | None, Parameter(max_length=200, description="next_cursor of the previous page")]
 NOT_FOUND = {404: problem_response("No such channel")}
 
 
@@ -89,22 +89,20 @@ class ChannelListsV2(Controller):
     @get()
     async def list_channels(self, db_session: DbSession, limit: Limit = 50, cursor: Cursor = None) -> Page[ChannelRead]:
         """Channels by name (byte order), a page at a time."""
-        after = str(service.decode_cursor(cursor, str)) if cursor else None
+        after = decode_cursor(cursor, str) if cursor else None
         channels = await service.list_channels(db_session, limit=limit, after=after)
         more = len(channels) == limit
-        return Page(
-            [ChannelRead.from_model(c) for c in channels], service.encode_cursor(channels[-1].name) if more else None
-        )
+        return Page([ChannelRead.from_model(c) for c in channels], encode_cursor(channels[-1].name) if more else None)
 
     @get("/{channel_id:uuid}/messages", responses=NOT_FOUND)
     async def list_messages(
         self, channel_id: FromPath[uuid.UUID], db_session: DbSession, limit: Limit = 50, cursor: Cursor = None
     ) -> Page[MessageRead]:
         """A channel's messages, newest first, a page at a time."""
-        before = int(service.decode_cursor(cursor, int)) if cursor else None
+        before = decode_cursor(cursor, int) if cursor else None
         messages = await service.list_messages(db_session, channel_id, limit=limit, before_seq=before)
         more = len(messages) == limit and messages[-1].seq > 1
-        return Page(messages, service.encode_cursor(messages[-1].seq) if more else None)
+        return Page(messages, encode_cursor(messages[-1].seq) if more else None)
 
 
 COMMON: Final[list[type[Controller]]] = [ChannelsController]

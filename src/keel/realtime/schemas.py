@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Generic, TypeVar
+from typing import Annotated
 
 import msgspec
 from msgspec import Meta
 
 from keel.realtime.models import Channel
-
-T = TypeVar("T")
 
 ChannelName = Annotated[
     str,
@@ -64,10 +62,3 @@ class MessageRead(msgspec.Struct):
     author: Author
     body: str
     created_at: datetime
-
-
-class Page(msgspec.Struct, Generic[T]):
-    """A v2 list: a page of items and the opaque cursor of the next page (null at the end)."""
-
-    data: list[T]
-    next_cursor: str | None

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import uuid
 from collections.abc import Sequence
@@ -14,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.accounts.models import User
-from keel.realtime.errors import ChannelNameTaken, ChannelNotFound, InvalidCursor
+from keel.realtime.errors import ChannelNameTaken, ChannelNotFound
 from keel.realtime.models import Channel, Message
 from keel.realtime.schemas import Author, MessageRead
 from keel.shared import BackendUnavailable
@@ -117,16 +115,3 @@ async def list_messages(
         )
         for m, username in rows
     ]
-
-
-def encode_cursor(position: str | int) -> str:
-    """An opaque cursor for a position (a name or a seq); clients must not parse it."""
-    return base64.urlsafe_b64encode(_encoder.encode(position)).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str, kind: type[str] | type[int]) -> str | int:
-    try:
-        value = msgspec.json.decode(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)), type=kind)
-    except (binascii.Error, ValueError, msgspec.DecodeError):
-        raise InvalidCursor("The cursor is not one this API issued.") from None
-    return value
