@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -114,3 +115,15 @@ def test_openapi_command_writes_the_document(tmp_path: Path) -> None:
     document = json.loads(target.read_text())
     assert document["openapi"].startswith("3.1")
     assert {"/api/v1/public", "/api/v2/public", "/healthz", "/readyz"} <= document["paths"].keys()
+
+
+def test_serve_logs_json_without_the_servers_access_lines(tmp_path: Path) -> None:
+    assert run_keel("migrate", env={}, cwd=tmp_path).returncode == 0
+    with keel_serve({}, tmp_path) as server:
+        for _ in range(3):
+            httpx.get(f"{server.url}/api/v1/public")
+        time.sleep(0.2)
+        lines = [line for line in server.output().splitlines() if line.startswith("{")]
+    assert lines, server.output()
+    assert all(json.loads(line)["level"] for line in lines)
+    assert not [line for line in lines if json.loads(line).get("logger") == "uvicorn.access"]

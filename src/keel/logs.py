@@ -42,7 +42,12 @@ def configure_logging(log_format: str | None, level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "granian", "alembic"):
+    for name in ("uvicorn", "uvicorn.error", "granian", "alembic"):
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
+    # keel writes its own request log line (SPEC §9); the server's would be a second, poorer one, and with no
+    # handler anywhere uvicorn skips formatting it altogether
+    access = logging.getLogger("uvicorn.access")
+    access.handlers[:] = []
+    access.propagate = False
