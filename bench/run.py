@@ -8,6 +8,11 @@ and appended to BENCHMARKS.md; raw wrk output and server logs go to bench/result
 To add a scenario, add a Case to `keel_cases` or `peer_cases`. A bearer token goes in `headers` as `{keel_token}`
 (an access token of the bench user, created once after migrating) or `{peer_token}` (peers/make_token.py).
 
+keel's standard rows run with the rate limiter on, in-process, under a policy that never trips (how users run keel,
+minus the 429s). The limiter's cost is measured by extra keel-on-uvicorn cases of `GET /api/v1/public`: the same server
+with `KEEL_RATE_LIMIT=off`, and with `REDIS_URL` (database 14 of a local Redis, flushed before each of its cases) on and
+off. A limiter-on row names its off twin (`Case.limiter_off`); the table reports 1 - on/off per pair.
+
 The login scenario (`--only login`) is separate and runs once: one keel server, login throughput through the Argon2
 pool, then `GET /api/v1/public` p99 and the server's RSS while 200 clients flood the token endpoint (`login_scenario`).
 """
@@ -39,6 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
+import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_BENCH = ROOT.parent / "shared" / "bench"
@@ -69,6 +75,12 @@ KEEL_SERVE = (str(KEEL_BIN / "keel"), "serve", "--port", "{port}")
 BENCH_USER = {"username": "bench_user", "email": "bench_user@example.com", "password": "bench-password-0123456789"}
 FORM_TYPE = "application/x-www-form-urlencoded"
 KEEL_TOKEN, PEER_TOKEN = "{keel_token}", "{peer_token}"  # placeholders in Case.headers, filled in by run()
+
+# The limiter's cost: keel on uvicorn, GET /api/v1/public, limiter on (NEVER_TRIPS) against KEEL_RATE_LIMIT=off, without
+# and with Redis. The goals are on 1 - on/off in rps. The database stays SQLite in the temporary directory either way.
+LIMITER_OFF = {"KEEL_RATE_LIMIT": "off"}
+REDIS_URL = "redis://127.0.0.1:6379/14"  # --redis-url; its database is flushed before every case that uses it
+LIMITER_COST_GOAL = {"in-process": 0.10, "Redis": 0.25}
 
 # The login scenario (see login_scenario)
 LOGIN_ID = "login"
@@ -104,10 +116,21 @@ class Case:
     headers: tuple[str, ...] = ()
     compare: tuple[tuple[str, str], ...] = ()
     baseline: str = ""  # for a protected path: the case id of the same app's public path on the same server
+    variant: str = ""  # shown after the name: what differs from the app's standard configuration
+    limiter_off: str = ""  # for a rate-limited row: the case id of the same configuration with KEEL_RATE_LIMIT=off
+    cost_goal: str = ""  # the LIMITER_COST_GOAL that limiter_off's cost is read against
 
     @property
     def is_keel(self) -> bool:
         return self.name == "keel"
+
+    @property
+    def uses_redis(self) -> bool:
+        return "REDIS_URL" in self.env
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}, {self.variant}" if self.variant else self.name
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +144,7 @@ class Sample:
     non_2xx: int
     socket_errors: str
     statuses: dict[int, int] = field(default_factory=dict)  # only from bench/login.lua
+    retry_after: int = 0  # 503 responses with a Retry-After header; only from bench/login.lua
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,39 +193,67 @@ def case_id(prefix: str, server: str, path: str) -> str:
     return "-".join(part for part in (prefix, server, path.rstrip("/").rsplit("/", 1)[-1]) if part)
 
 
-def keel_cases(workdir: Path) -> list[Case]:
-    """keel as users run it (`keel serve`: uvicorn, uvloop, httptools) and under Granian for the comparison."""
+def keel_cases(workdir: Path, redis_url: str = REDIS_URL) -> list[Case]:
+    """keel as users run it (`keel serve`: uvicorn, uvloop, httptools) and under Granian for the comparison.
+
+    Every standard keel row has the limiter on (in-process, NEVER_TRIPS). On uvicorn, `/api/v1/public` also runs with
+    `KEEL_RATE_LIMIT=off`, and with Redis on and off: the limiter's cost, each on row against its off twin.
+    """
     servers = {"uvicorn": KEEL_SERVE, "granian": granian_argv(ROOT / ".venv", "keel.asgi:app", "--factory")}
+    public_path, protected_path = "/api/v1/public", "/api/v1/protected"
     cases = []
     for server, argv in servers.items():
         compare = (
             ("bare", case_id("bare", server, "/")),
-            ("litestar", case_id("litestar", server, "/api/v1/public")),
-            ("fastapi", case_id("fastapi", "uvicorn", "/api/v1/public")),
+            ("litestar", case_id("litestar", server, public_path)),
+            ("fastapi", case_id("fastapi", "uvicorn", public_path)),
         )
-        for path in ("/healthz", "/api/v1/public"):
-            cases.append(
-                Case(case_id("keel", server, path), "keel", server, path, argv, workdir, KEEL_ENV, (), compare)
-            )
-        protected = "/api/v1/protected"
-        cases.append(
-            Case(
-                case_id("keel", server, protected),
-                "keel",
-                server,
-                protected,
-                argv,
-                workdir,
-                KEEL_ENV,
-                (f"Authorization: Bearer {KEEL_TOKEN}",),
-                (
-                    ("litestar", case_id("litestar", server, protected)),
-                    ("fastapi", case_id("fastapi", "uvicorn", protected)),
-                ),
-                baseline=case_id("keel", server, "/api/v1/public"),
-            )
+        healthz, public = (
+            Case(case_id("keel", server, path), "keel", server, path, argv, workdir, KEEL_ENV, (), compare)
+            for path in ("/healthz", public_path)
         )
+        protected = Case(
+            case_id("keel", server, protected_path),
+            "keel",
+            server,
+            protected_path,
+            argv,
+            workdir,
+            KEEL_ENV,
+            (f"Authorization: Bearer {KEEL_TOKEN}",),
+            (
+                ("litestar", case_id("litestar", server, protected_path)),
+                ("fastapi", case_id("fastapi", "uvicorn", protected_path)),
+            ),
+            baseline=public.id,
+        )
+        if server != "uvicorn":
+            cases += [healthz, public, protected]
+            continue
+        # the limiter's cost; each off twin runs just before its on row, one peer case apart at most
+        off_env, redis_env = {**KEEL_ENV, **LIMITER_OFF}, {**KEEL_ENV, "REDIS_URL": redis_url}
+        off = replace(public, id=f"{public.id}-limiter-off", env=off_env, compare=(), variant="limiter off")
+        redis_off = replace(
+            off, id=f"{public.id}-redis-limiter-off", env={**redis_env, **LIMITER_OFF}, variant="Redis, limiter off"
+        )
+        redis_on = replace(public, id=f"{public.id}-redis", env=redis_env, compare=(), variant="Redis")
+        cases += [
+            healthz,
+            off,
+            replace(public, limiter_off=off.id, cost_goal="in-process"),
+            protected,
+            redis_off,
+            replace(redis_on, limiter_off=redis_off.id, cost_goal="Redis"),
+        ]
     return cases
+
+
+def with_limiter_twins(selected: Sequence[Case], every: Sequence[Case]) -> list[Case]:
+    """The selected cases plus the other half of any limiter on/off pair among them, in `every`'s order."""
+    ids = {c.id for c in selected}
+    ids |= {c.limiter_off for c in selected if c.limiter_off}
+    ids |= {c.id for c in every if c.limiter_off in ids}
+    return [c for c in every if c.id in ids]
 
 
 def peer_cases(workdir: Path) -> list[Case]:
@@ -387,6 +439,7 @@ def parse_wrk(output: str) -> Sample:
     errors = re.search(r"Socket errors: (.*)", output)
     statuses = re.search(r"^statuses:(.*)$", output, re.MULTILINE)  # printed by bench/login.lua
     counts = (pair.split("=") for pair in statuses.group(1).split()) if statuses else ()
+    retry_after = re.search(r"^503 with Retry-After: (\d+)$", output, re.MULTILINE)  # bench/login.lua too
     return Sample(
         rps=float(find(r"Requests/sec:\s+([\d.]+)")),
         p50_ms=to_ms(find(r"^\s+50%\s+(\S+)")),
@@ -397,17 +450,58 @@ def parse_wrk(output: str) -> Sample:
         non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
         socket_errors=errors.group(1).strip() if errors else "",
         statuses={int(status): int(n) for status, n in counts},
+        retry_after=int(retry_after.group(1)) if retry_after else 0,
     )
 
 
 def measure(case: Case, logs: Path, label: str) -> Sample:
+    if case.uses_redis:
+        flush_redis(case.env["REDIS_URL"])  # every Redis case starts from an empty database, limiter state included
     port = free_port()
     with running(case, port, logs / f"{case.id}.{label}.server.log"):
+        check_limiter(case, port)
         run_wrk(wrk_argv(case, port, WARMUP_S), WARMUP_S)
         argv = wrk_argv(case, port, DURATION_S)
         output = run_wrk(argv, DURATION_S)
+        if case.uses_redis:
+            check_redis_buckets(case)
     (logs / f"{case.id}.{label}.wrk.txt").write_text(" ".join(argv) + "\n\n" + output)
     return parse_wrk(output)
+
+
+def limiter_is_on(case: Case) -> bool:
+    return case.is_keel and case.path.startswith("/api/") and case.env.get("KEEL_RATE_LIMIT", "off") != "off"
+
+
+def check_limiter(case: Case, port: int) -> None:
+    """A keel case under /api/ answers with RateLimit headers exactly when its limiter is on."""
+    if not (case.is_keel and case.path.startswith("/api/")):
+        return
+    conn = http.client.HTTPConnection(HOST, port, timeout=5)
+    try:
+        conn.request("GET", case.path, headers=dict(h.split(": ", 1) for h in case.headers))
+        response = conn.getresponse()
+        response.read()
+        limited = response.getheader("RateLimit") is not None
+    finally:
+        conn.close()
+    if limited != limiter_is_on(case):
+        state = "sends" if limited else "does not send"
+        raise BenchError(f"{case.id}: GET {case.path} {state} RateLimit headers, against its KEEL_RATE_LIMIT")
+
+
+def check_redis_buckets(case: Case) -> None:
+    """After a Redis case: the limiter's buckets are in Redis exactly when the limiter is on.
+
+    keel's limiter fails open when Redis does not answer, so without this a Redis row could measure no Redis at all.
+    """
+    try:
+        with redis.Redis.from_url(case.env["REDIS_URL"], socket_timeout=5, socket_connect_timeout=2) as client:
+            buckets = sum(1 for _ in client.scan_iter(match="*rl:*", count=100))
+    except redis.RedisError as exc:
+        raise BenchError(f"{case.id}: Redis at {case.env['REDIS_URL']}: {exc}") from None
+    if bool(buckets) != limiter_is_on(case):
+        raise BenchError(f"{case.id}: {buckets} rate-limit bucket(s) in Redis after the run, against KEEL_RATE_LIMIT")
 
 
 # --- setup -----------------------------------------------------------------------------------------------------
@@ -444,6 +538,15 @@ def ensure_peers_venv() -> None:
     if subprocess.run([*pip, "-r", str(PEERS_REQUIREMENTS)], check=False).returncode != 0:
         raise BenchError(f"pip could not install {PEERS_REQUIREMENTS.relative_to(ROOT)} into {PEERS_VENV.name}")
     PEERS_STAMP.write_text(wanted)
+
+
+def flush_redis(url: str) -> None:
+    """Empty the Redis database of `url` (FLUSHDB: that database only); BenchError when Redis does not answer."""
+    try:
+        with redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2) as client:
+            client.flushdb()
+    except redis.RedisError as exc:
+        raise BenchError(f"Redis at {url}: {exc}") from None
 
 
 def migrate_keel(workdir: Path) -> None:
@@ -719,10 +822,32 @@ def versus_public(result: Result, by_id: Mapping[str, Result]) -> str:
     return f"{text}, p99 {result.p99_ms / public.p99_ms:.2f}"
 
 
+def percent(fraction: float, digits: int = 1) -> str:
+    return f"{fraction * 100:.{digits}f} %"
+
+
+def limiter_cost(result: Result, by_id: Mapping[str, Result]) -> str:
+    """A limiter-on row against its KEEL_RATE_LIMIT=off twin: 1 - on/off in rps (medians, then per round), p99 ratio."""
+    off = by_id.get(result.case.limiter_off)
+    if off is None:
+        return ""
+    cost = 1 - result.rps / off.rps
+    goal = LIMITER_COST_GOAL[result.case.cost_goal]
+    verdict = "met" if cost <= goal else "**missed**"
+    text = f"**{percent(cost)}** ({result.case.cost_goal}, goal ≤ {percent(goal, 0)}: {verdict})"
+    if len(result.samples) > 1 and len(result.samples) == len(off.samples):
+        rounds = " / ".join(
+            f"{(1 - on.rps / of.rps) * 100:.1f}" for on, of in zip(result.samples, off.samples, strict=True)
+        )
+        text += f"; per round {rounds} %"
+    return text + f"; p99 on/off {result.p99_ms / off.p99_ms:.2f}"
+
+
 def table(results: Sequence[Result], rounds: int) -> str:
     by_id = {r.case.id: r for r in results}
     per_round = rounds > 1
     protected = any(r.case.baseline for r in results)
+    limiter = any(r.case.limiter_off in by_id for r in results)
     head = [
         "case",
         "server",
@@ -734,15 +859,20 @@ def table(results: Sequence[Result], rounds: int) -> str:
     ]
     if protected:
         head.append("protected ÷ public")
+    if limiter:
+        head.append("limiter cost (1 - on/off, rps)")
     if per_round:
         head.insert(4, "rps per round")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         name = f"**{r.case.name}**" if r.case.is_keel else r.case.name
+        name += f", {r.case.variant}" if r.case.variant else ""
         rps = f"**{r.rps:.0f}**" if r.case.is_keel else f"{r.rps:.0f}"
         row = [name, r.case.server, f"`{r.case.path}`", rps, f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", ratios(r, by_id)]
         if protected:
             row.append(versus_public(r, by_id))
+        if limiter:
+            row.append(limiter_cost(r, by_id))
         if per_round:
             row.insert(4, " / ".join(f"{s.rps:.0f}" for s in r.samples))
         lines.append("| " + " | ".join(row) + " |")
@@ -755,9 +885,28 @@ def method_line(results: Sequence[Result], rounds: int) -> str:
         f"Method: each case a fresh server on CPU {SERVER_CPU} (`taskset -c {SERVER_CPU}`), a {WARMUP_S} s wrk "
         f"warm-up thrown away, then `taskset -c {CLIENT_CPU} wrk -t1 -c{CONNECTIONS} -d{DURATION_S}s --latency "
         f"--timeout={TIMEOUT}`; {rounds_text}; access logs off; keel on SQLite in a temporary directory with "
-        "`KEEL_LOG_LEVEL=warning` and a rate limit that never trips. Ratios: keel rps / bare ASGI and plain Litestar "
-        "on the same server, and / naive FastAPI on uvicorn (protected rows: / the peers' protected rows)."
+        f"`KEEL_LOG_LEVEL=warning`. Every keel row without a note has the rate limiter on, in-process, as users run "
+        f"keel, under a policy that never trips (`KEEL_RATE_LIMIT` and `KEEL_AUTH_RATE_LIMIT` = `{NEVER_TRIPS}`): "
+        "each request pays the check, none gets a 429. Ratios: keel rps / bare ASGI and plain Litestar on the same "
+        "server, and / naive FastAPI on uvicorn (protected rows: / the peers' protected rows)."
     )
+    ids = {r.case.id for r in results}
+    if any(r.case.limiter_off in ids for r in results):
+        redis_urls = sorted({r.case.env["REDIS_URL"] for r in results if r.case.uses_redis})
+        redis_text = (
+            f" Rows marked Redis set `REDIS_URL={', '.join(redis_urls)}` (the machine's Redis, not pinned; that "
+            "database is flushed before each of these cases; keel's database stays SQLite), so the limiter runs one "
+            "EVALSHA per event-loop tick."
+            if redis_urls
+            else ""
+        )
+        goals = ", ".join(f"≤ {percent(goal, 0)} {where}" for where, goal in LIMITER_COST_GOAL.items())
+        text += (
+            " Limiter cost: rows marked limiter off are the same server with `KEEL_RATE_LIMIT=off` (no limiter work on"
+            f" `/api/v1/public`).{redis_text} The cost is 1 - on/off in rps from the medians of this run (then per "
+            f"round, each pair from the same round; goals {goals}). wrk sends from one address, so every request "
+            "shares one bucket."
+        )
     if any(r.case.baseline for r in results):
         text += (
             " Protected rows send one `Authorization: Bearer` token for the whole run: keel's is an access token of a"
@@ -774,7 +923,8 @@ def login_method_line(result: LoginResult) -> str:
         f"Login scenario (once): one keel server (`keel serve`, uvicorn) on CPU {SERVER_CPU}, every wrk on CPU "
         f"{CLIENT_CPU}. The bench user logs in with the OAuth2 password form (`bench/login.lua` posts it and counts "
         f"responses by status; `--timeout={LOGIN_TIMEOUT}`, so a request waiting that long would show as a wrk "
-        f"timeout). A {WARMUP_S} s warm-up each, then: login alone, c={LOGIN_CONNECTIONS}, {DURATION_S} s; "
+        f"timeout). Both rate-limit policies never trip (`{NEVER_TRIPS}`), so the flood meets Argon2's pool, not "
+        f"the limiter. A {WARMUP_S} s warm-up each, then: login alone, c={LOGIN_CONNECTIONS}, {DURATION_S} s; "
         f"`GET /api/v1/public` alone, c={PROBE_CONNECTIONS}, {DURATION_S} s (idle); then a login flood, "
         f"c={FLOOD_CONNECTIONS}, {FLOOD_S} s, with `GET /api/v1/public` c={PROBE_CONNECTIONS} measured for {DURATION_S}"
         f" s from {PROBE_DELAY_S} s in. The server's RSS (process tree, psutil) is sampled every "
@@ -788,7 +938,8 @@ def login_method_line(result: LoginResult) -> str:
 def statuses_text(sample: Sample) -> str:
     ok, busy = sample.statuses.get(200, 0), sample.statuses.get(503, 0)
     other = sum(n for status, n in sample.statuses.items() if status not in (200, 503))
-    text = f"200: {ok}, 503: {busy}, other: {other}"
+    text = f"200: {ok}, 503: {busy}" + (f" ({sample.retry_after} with Retry-After)" if busy else "")
+    text += f", other: {other}"
     return text + (f"; socket errors: {sample.socket_errors}" if sample.socket_errors else "")
 
 
@@ -836,7 +987,7 @@ def login_table(r: LoginResult) -> str:
             f"latency p50 {duration_text(f.p50_ms)}, p99 {duration_text(f.p99_ms)}, **max {duration_text(f.max_ms)}**",
             f"503 + Retry-After beyond the queue; no wait unbounded: max ≤ {MAX_LATENCY_GOAL_S:.0f} s "
             f"({POOL_MAX_WAIT_S:.0f} s max wait + a hash + loop delay), no wrk timeout",
-            met(max_s <= MAX_LATENCY_GOAL_S and answered),
+            met(max_s <= MAX_LATENCY_GOAL_S and answered and f.retry_after == f.statuses.get(503, 0)),
         ),
         (
             "server RSS (process tree)",
@@ -853,14 +1004,27 @@ def login_table(r: LoginResult) -> str:
     return "\n".join(lines)
 
 
-def section(results: Sequence[Result], login: LoginResult | None, rounds: int, started: datetime) -> str:
+def section(
+    results: Sequence[Result],
+    login: LoginResult | None,
+    rounds: int,
+    started: datetime,
+    remarks: Sequence[str] = (),
+    commit_at_start: str = "",
+) -> str:
     facts = "\n".join(f"- {fact}" for fact in machine_facts())
     notes = "\n".join(f"- {r.case.id}: {r.problems}" for r in results if r.problems)
-    parts = [f"## {started:%Y-%m-%d %H:%M} UTC — commit {git_commit()}", facts]
+    commit = git_commit()
+    if commit_at_start and commit_at_start != commit:
+        # every server imports the work tree when it starts, so a run that spans a commit measured both
+        commit = f"{commit_at_start} at the start, {commit} at the end"
+        remarks = [*remarks, "The work tree changed during the run: the cases measured the code of the moment."]
+    parts = [f"## {started:%Y-%m-%d %H:%M} UTC — commit {commit}", facts]
     if results:
         parts += [method_line(results, rounds), table(results, rounds)]
     if notes:
         parts.append("Errors reported by wrk:\n" + notes)
+    parts += remarks
     if login is not None:
         parts += [login_method_line(login), login_table(login)]
     return "\n\n".join(parts) + "\n"
@@ -887,8 +1051,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="SUBSTRING",
-        help="run only cases whose id contains SUBSTRING (repeatable), e.g. keel, granian, protected; "
-        f"`{LOGIN_ID}` selects the login scenario",
+        help="run only cases whose id contains SUBSTRING (repeatable), e.g. keel, granian, protected, limiter, redis; "
+        f"a limiter on/off pair always runs whole; `{LOGIN_ID}` selects the login scenario",
+    )
+    parser.add_argument(
+        "--redis-url",
+        default=REDIS_URL,
+        metavar="URL",
+        help=f"the Redis of the limiter's Redis cases (default {REDIS_URL}); its database is flushed before each",
     )
     parser.add_argument("--no-write", action="store_true", help="print the table, do not append to BENCHMARKS.md")
     parser.add_argument("--list", action="store_true", help="list the case ids and exit")
@@ -905,15 +1075,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     workdir = Path(tempfile.mkdtemp(prefix="keel-bench-"))
     try:
-        cases = interleave(keel_cases(workdir), peer_cases(workdir))
+        every = interleave(keel_cases(workdir, args.redis_url), peer_cases(workdir))
         if args.list:
-            print("\n".join(f"{c.id:28} {c.name} on {c.server}, GET {c.path}" for c in cases))
+            print("\n".join(f"{c.id:38} {c.label} on {c.server}, GET {c.path}" for c in every))
             print(
-                f"{LOGIN_ID:28} keel on uvicorn: login throughput, then GET /api/v1/public p99 and RSS during a "
+                f"{LOGIN_ID:38} keel on uvicorn: login throughput, then GET /api/v1/public p99 and RSS during a "
                 "login flood (once, whatever --rounds)"
             )
             return 0
-        cases = [c for c in cases if not args.only or any(s in c.id for s in args.only)]
+        cases = [c for c in every if not args.only or any(s in c.id for s in args.only)]
+        cases = with_limiter_twins(cases, every)  # a limiter cost needs both rows
         login = not args.only or any(s in LOGIN_ID for s in args.only)
         if not cases and not login:
             print(f"bench: no case id contains any of {args.only}; see --list")
@@ -932,9 +1103,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(cases: Sequence[Case], login: bool, rounds: int, workdir: Path, *, write: bool) -> int:
     ensure_cpus()
     ensure_wrk()
+    remarks = []
+    redis_urls = sorted({c.env["REDIS_URL"] for c in cases if c.uses_redis})
+    for url in redis_urls:
+        try:
+            flush_redis(url)
+        except BenchError as exc:
+            # a machine without Redis still gets every other figure; the section says what is missing
+            skipped = [c.id for c in cases if c.uses_redis and c.env["REDIS_URL"] == url]
+            cases = [c for c in cases if c.id not in skipped]
+            remarks.append(f"Not measured, since {exc}: {', '.join(skipped)}.")
+            print(f"bench: {remarks[-1]}", flush=True)
+    if not cases and not login:
+        raise BenchError("nothing left to measure")
     if any(not c.is_keel for c in cases):
         ensure_peers_venv()
-    started = datetime.now(UTC)
+    started, commit_at_start = datetime.now(UTC), git_commit()
     logs = RESULTS / f"{started:%Y%m%dT%H%M%SZ}"
     logs.mkdir(parents=True, exist_ok=True)
     tokens: dict[str, str] = {}
@@ -953,7 +1137,7 @@ def run(cases: Sequence[Case], login: bool, rounds: int, workdir: Path, *, write
             sample = measure(case, logs, f"r{n + 1}")
             samples[case.id].append(sample)
             print(
-                f"  round {n + 1}/{rounds}  {case.id:26} {sample.rps:9.0f} rps  p50 {sample.p50_ms:7.2f} ms  "
+                f"  round {n + 1}/{rounds}  {case.id:38} {sample.rps:9.0f} rps  p50 {sample.p50_ms:7.2f} ms  "
                 f"p99 {sample.p99_ms:7.2f} ms",
                 flush=True,
             )
@@ -966,7 +1150,7 @@ def run(cases: Sequence[Case], login: bool, rounds: int, workdir: Path, *, write
             flush=True,
         )
     results = [Result(c, tuple(samples[c.id])) for c in cases]
-    report = section(results, login_result, rounds, started)
+    report = section(results, login_result, rounds, started, remarks, commit_at_start)
     raw: dict[str, object] = {
         "cases": [{"case": r.case.id, "samples": [asdict(s) for s in r.samples]} for r in results],
         "login": asdict(login_result) if login_result else None,
