@@ -321,3 +321,18 @@ async def test_hashing_threads_yield_the_cpu_to_the_event_loop() -> None:
     finally:
         hasher.close()
     assert niceness >= os.getpriority(os.PRIO_PROCESS, 0) + HASH_THREAD_NICENESS
+
+
+async def test_admit_refuses_before_any_other_work_when_the_queue_is_full() -> None:
+    hasher = PasswordHasher(SLOW, workers=1, max_waiting=1)
+    try:
+        hasher.admit()  # idle: admitted
+        running = asyncio.create_task(hasher.hash("one"))
+        waiting = asyncio.create_task(hasher.hash("two"))
+        await asyncio.sleep(0.01)
+        with pytest.raises(PasswordPoolBusy):
+            hasher.admit()
+        await asyncio.gather(running, waiting)
+        hasher.admit()  # drained: admitted again
+    finally:
+        hasher.close()

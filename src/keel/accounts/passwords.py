@@ -154,12 +154,17 @@ class PasswordHasher:
                 self._dummy_hash = self._argon2.hash(os.urandom(32))
             return self._dummy_hash
 
+    def admit(self) -> None:
+        """PasswordPoolBusy now if a hash request would be refused anyway: lets callers shed load before any
+        other work (a login's database lookup), which is what keeps a login flood cheap for everyone else."""
+        if self._slots.locked() and self._waiting >= self._max_waiting:
+            raise PasswordPoolBusy(retry_after=self._retry_after)
+
     # -- on the event loop ------------------------------------------------------------------------------
 
     async def _run(self, job: Callable[[], _T]) -> _T:
         if self._slots.locked():
-            if self._waiting >= self._max_waiting:
-                raise PasswordPoolBusy(retry_after=self._retry_after)
+            self.admit()
             self._waiting += 1
             try:
                 async with asyncio.timeout(self._max_wait):

@@ -42,16 +42,17 @@ class AdminRequired(Forbidden):
     title = "Admin required"
 
 
-def require_user(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+# async on purpose: Litestar runs a sync guard in a worker thread, a thread hop on every guarded request
+async def require_user(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     """Guard: a valid bearer token, else 401 (invalid_token when a bad one came)."""
     if connection.scope.get("auth") is None:
         error: KeelError | None = connection.scope["state"].get(AUTH_ERROR)
         raise error or AuthenticationRequired("This endpoint needs a bearer token.")
 
 
-def require_admin(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+async def require_admin(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
     """Guard: a valid bearer token with the admin scope, else 401/403."""
-    require_user(connection, handler)
+    await require_user(connection, handler)
     principal: Principal = connection.scope["auth"]
     if not principal.is_admin:
         raise AdminRequired("This endpoint is for admins.")

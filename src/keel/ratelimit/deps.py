@@ -63,12 +63,12 @@ class RateLimits:
     async def check(self, scope: Scope, *, auth_policy: bool = False) -> list[tuple[NamedPolicy, Decision]]:
         """Decisions for this connection: the default policy, plus the auth policy by address when asked."""
         results = []
-        if self.default is not None:
-            decision = await self.limiter.check(self.client_key(scope), self.default.policy, self.default.name)
-            results.append((self.default, decision))
-        if auth_policy and self.auth is not None:
-            decision = await self.limiter.check(self.address_key(scope), self.auth.policy, self.auth.name)
-            results.append((self.auth, decision))
+        for named, key in ((self.default, self.client_key), (self.auth if auth_policy else None, self.address_key)):
+            if named is not None:
+                decision = self.limiter.check_now(key(scope), named.policy, named.name)
+                if decision is None:  # the Redis limiter: awaited, batched with this tick's other checks
+                    decision = await self.limiter.check(key(scope), named.policy, named.name)
+                results.append((named, decision))
         return results
 
 

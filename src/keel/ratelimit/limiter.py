@@ -13,7 +13,7 @@ from prometheus_client import Counter
 from keel.ratelimit.gcra import GCRA, Decision, decisions
 from keel.settings import RatePolicy
 from keel.shared import BackendUnavailable
-from keel.shared.atomic import Arg, ScriptRunner
+from keel.shared.atomic import Arg, InProcessScriptRunner, ScriptRunner
 
 __all__ = ["LIMITER_ERRORS", "RATE_LIMITED", "Decision", "Limiter"]
 
@@ -37,6 +37,8 @@ class Limiter:
         self, scripts: ScriptRunner, *, batch: bool, breaker_seconds: float = 1.0, log_interval: float = 60.0
     ) -> None:
         self._scripts = scripts
+        # in-process: checks run as plain calls, no coroutine, future or breaker (nothing can be down)
+        self._local = scripts if isinstance(scripts, InProcessScriptRunner) else None
         self._batch = batch
         self._breaker_seconds = breaker_seconds
         self._log_interval = log_interval
@@ -48,8 +50,22 @@ class Limiter:
         self._warn_at = -math.inf  # monotonic time after which an outage may be logged again
         self._is_outage_logged = False
 
+    def check_now(self, key: str, policy: RatePolicy, policy_name: str) -> Decision | None:
+        """`check` without awaiting, when the backend is in-process; None when the caller must await `check`."""
+        if self._local is None:
+            return None
+        interval = max(1, round(policy.period * 1000 / policy.limit))
+        allowed, remaining, retry_ms, reset_ms = self._local.run_now(
+            GCRA, [f"rl:{policy_name}:{key}"], [interval, policy.burst]
+        )
+        if not allowed:
+            RATE_LIMITED.labels(policy_name).inc()
+        return Decision(allowed == 1, remaining, retry_ms / 1000, reset_ms / 1000)
+
     async def check(self, key: str, policy: RatePolicy, policy_name: str) -> Decision:
         """Count one request by `key` against `policy`; an unavailable backend allows it."""
+        if (decision := self.check_now(key, policy, policy_name)) is not None:
+            return decision
         if self._is_failing:
             # the breaker: until the window ends, and while one probe is out, nobody waits on a dead backend
             if self._is_probing or time.monotonic() < self._probe_at:
