@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -146,3 +147,22 @@ class RedisProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def scaled_env(pg_url: str, redis_url: str, **extra: str) -> dict[str, str | None]:
+    """Settings for servers that share one emptied PostgreSQL and one flushed Redis, as instances of one service."""
+    from tests.conftest import TEST_JWT_SECRET, empty_tables, flush  # conftest imports this module
+
+    asyncio.run(empty_tables(pg_url))
+    flush(redis_url)
+    return {"DATABASE_URL": pg_url, "REDIS_URL": redis_url, "KEEL_JWT_SECRET": TEST_JWT_SECRET, **extra}
+
+
+def sign_up(base_url: str, username: str = "ada", password: str = "correct horse battery") -> dict[str, str]:
+    """Register `username` on a running server and log in: the token pair."""
+    body = {"username": username, "email": f"{username}@example.com", "password": password}
+    assert httpx.post(f"{base_url}/api/v1/users", json=body).status_code == 201
+    response = httpx.post(f"{base_url}/api/v1/auth/token", data={"username": username, "password": password})
+    assert response.status_code == 200, response.text
+    tokens: dict[str, str] = response.json()
+    return tokens

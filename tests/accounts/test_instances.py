@@ -10,9 +10,9 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import TEST_JWT_SECRET, empty_tables, flush
+from tests.conftest import TEST_JWT_SECRET, empty_tables
 from tests.factories import PASSWORD
-from tests.servers import RedisProcess, keel_serve, run_keel
+from tests.servers import RedisProcess, keel_serve, run_keel, scaled_env, sign_up
 
 
 def bearer(tokens: dict[str, str]) -> dict[str, str]:
@@ -27,13 +27,9 @@ def log_in(base: str, username: str, password: str = PASSWORD) -> dict[str, str]
 
 
 def test_logout_on_one_instance_is_honoured_by_another(pg_url: str, redis_url: str, tmp_path: Path) -> None:
-    asyncio.run(empty_tables(pg_url))
-    flush(redis_url)
-    env = {"DATABASE_URL": pg_url, "REDIS_URL": redis_url, "KEEL_JWT_SECRET": TEST_JWT_SECRET}
+    env = scaled_env(pg_url, redis_url)
     with keel_serve(env, tmp_path) as a, keel_serve(env, tmp_path) as b:
-        body = {"username": "ada", "email": "ada@example.com", "password": PASSWORD}
-        assert httpx.post(f"{a.url}/api/v1/users", json=body).status_code == 201
-        tokens = log_in(a.url, "ada")
+        tokens = sign_up(a.url)
         # both instances have verified (and cached) the token
         assert httpx.get(f"{a.url}/api/v1/users/me", headers=bearer(tokens)).status_code == 200
         assert httpx.get(f"{b.url}/api/v1/users/me", headers=bearer(tokens)).status_code == 200

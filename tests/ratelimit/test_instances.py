@@ -8,8 +8,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import empty_tables, flush
-from tests.servers import RedisProcess, keel_serve, run_keel
+from tests.conftest import empty_tables
+from tests.servers import RedisProcess, keel_serve, run_keel, scaled_env
 
 STRICT = {"KEEL_RATE_LIMIT": "1/min burst 3"}  # three requests, then none for a long while
 
@@ -48,9 +48,7 @@ def test_a_trusted_proxy_names_the_client(tmp_path: Path) -> None:
 
 
 def test_instances_on_one_redis_share_one_budget(pg_url: str, redis_url: str, tmp_path: Path) -> None:
-    asyncio.run(empty_tables(pg_url))
-    flush(redis_url)
-    env = {**STRICT, "DATABASE_URL": pg_url, "REDIS_URL": redis_url}
+    env = scaled_env(pg_url, redis_url, **STRICT)
     with keel_serve(env, tmp_path) as a, keel_serve(env, tmp_path) as b:
         assert statuses(a.url, 2) == [200, 200]
         assert statuses(b.url, 1) == [200]

@@ -11,23 +11,16 @@ import msgspec
 
 from keel.realtime.service import topic
 from keel.shared import open_backends
-from tests.conftest import TEST_JWT_SECRET, empty_tables, flush
-from tests.factories import PASSWORD
-from tests.servers import keel_serve
+from tests.servers import keel_serve, scaled_env, sign_up
 
 WRITERS = 8
 EACH = 15
 
 
 def test_writers_on_two_instances_get_gapless_seq(pg_url: str, redis_url: str, tmp_path: Path) -> None:
-    asyncio.run(empty_tables(pg_url))
-    flush(redis_url)
-    env = {"DATABASE_URL": pg_url, "REDIS_URL": redis_url, "KEEL_JWT_SECRET": TEST_JWT_SECRET}
+    env = scaled_env(pg_url, redis_url)
     with keel_serve(env, tmp_path) as a, keel_serve(env, tmp_path) as b:
-        body = {"username": "ada", "email": "ada@example.com", "password": PASSWORD}
-        assert httpx.post(f"{a.url}/api/v1/users", json=body).status_code == 201
-        token = httpx.post(f"{a.url}/api/v1/auth/token", data={"username": "ada", "password": PASSWORD}).json()
-        auth = {"Authorization": f"Bearer {token['access_token']}"}
+        auth = {"Authorization": f"Bearer {sign_up(a.url)['access_token']}"}
         channel = httpx.post(f"{a.url}/api/v1/channels", json={"name": "busy"}, headers=auth).json()
 
         def write(writer: int) -> list[int]:
@@ -48,14 +41,8 @@ def test_writers_on_two_instances_get_gapless_seq(pg_url: str, redis_url: str, t
 
 
 def test_a_posted_message_is_published_after_it_is_stored(pg_url: str, redis_url: str, tmp_path: Path) -> None:
-    asyncio.run(empty_tables(pg_url))
-    flush(redis_url)
-    env = {"DATABASE_URL": pg_url, "REDIS_URL": redis_url, "KEEL_JWT_SECRET": TEST_JWT_SECRET}
-    with keel_serve(env, tmp_path) as server:
-        body = {"username": "ada", "email": "ada@example.com", "password": PASSWORD}
-        assert httpx.post(f"{server.url}/api/v1/users", json=body).status_code == 201
-        token = httpx.post(f"{server.url}/api/v1/auth/token", data={"username": "ada", "password": PASSWORD}).json()
-        auth = {"Authorization": f"Bearer {token['access_token']}"}
+    with keel_serve(scaled_env(pg_url, redis_url), tmp_path) as server:
+        auth = {"Authorization": f"Bearer {sign_up(server.url)['access_token']}"}
         channel = httpx.post(f"{server.url}/api/v1/channels", json={"name": "live"}, headers=auth).json()
 
         async def listen_and_post() -> tuple[dict[str, object], dict[str, object]]:
