@@ -39,10 +39,6 @@ def session_key(session_id: uuid.UUID) -> str:
     return f"sid:{session_id}"
 
 
-def token_key(jti: str) -> str:
-    return f"jti:{jti}"
-
-
 class Denylist:
     """`is_revoked(claims)` is a dict lookup; `publish` spreads new revocations to every instance."""
 
@@ -87,20 +83,18 @@ class Denylist:
         self._listeners.append(listener)
 
     def is_revoked(self, claims: Claims) -> bool:
-        now = time.time()
-        for key in (session_key(claims.session_id), token_key(claims.jti)):
-            expires_at = self._revoked.get(key)
-            if expires_at is not None and expires_at > now:
-                return True
-        return False
+        expires_at = self._revoked.get(session_key(claims.session_id))
+        return expires_at is not None and expires_at > time.time()
 
     async def reload(self) -> None:
-        """Replace the in-memory set with the database's live revocations."""
+        """Add the database's live revocations to the in-memory set."""
         async with self._sessionmaker() as session:
             rows = await session.scalars(select(Revocation).where(Revocation.expires_at > utcnow()))
-            fresh = {row.key: row.expires_at.timestamp() for row in rows}
-        self._revoked = fresh
-        log.info("revocations loaded", extra={"count": len(fresh)})
+            loaded = [RevokedEntry(row.key, row.expires_at.timestamp()) for row in rows]
+        # merged, never replaced: a revocation that arrived over the broker while the query ran may be missing
+        # from its result, and a revocation is never taken back
+        self._apply(loaded, notify=False)
+        log.info("revocations loaded", extra={"count": len(loaded)})
 
     async def publish(self, revocations: Iterable[Revocation]) -> None:
         """After the revocations committed: apply them here, then tell the other instances."""
@@ -117,14 +111,15 @@ class Denylist:
     def _on_message(self, data: bytes) -> None:
         self._apply(self._decoder.decode(data))
 
-    def _apply(self, entries: Iterable[RevokedEntry]) -> None:
+    def _apply(self, entries: Iterable[RevokedEntry], *, notify: bool = True) -> None:
         now = time.time()
         if len(self._revoked) > 1024:  # keep the set to live entries without a timer
             self._revoked = {k: v for k, v in self._revoked.items() if v > now}
         for entry in entries:
             self._revoked[entry.key] = max(entry.expires_at, self._revoked.get(entry.key, 0.0))
-            for listener in self._listeners:
-                listener(entry.key)
+            if notify:
+                for listener in self._listeners:
+                    listener(entry.key)
 
     def _reload_soon(self) -> None:
         self._spawn(self.reload())

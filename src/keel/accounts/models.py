@@ -45,7 +45,7 @@ class RefreshToken(Base):
 
 
 class Revocation(Base):
-    """A revoked session (`sid:<uuid>`) or access token (`jti:<id>`), kept until no token it covers can be valid.
+    """A revoked session (`sid:<uuid>`), kept until no access token of that session can be valid any more.
 
     Every instance holds these in memory (kept current over the broker); this table is the copy that survives
     a Redis outage or a restart (SPEC §10).

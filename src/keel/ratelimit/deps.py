@@ -65,9 +65,10 @@ class RateLimits:
         results = []
         for named, key in ((self.default, self.client_key), (self.auth if auth_policy else None, self.address_key)):
             if named is not None:
-                decision = self.limiter.check_now(key(scope), named.policy, named.name)
+                bucket = key(scope)
+                decision = self.limiter.check_now(bucket, named.policy, named.name)
                 if decision is None:  # the Redis limiter: awaited, batched with this tick's other checks
-                    decision = await self.limiter.check(key(scope), named.policy, named.name)
+                    decision = await self.limiter.check(bucket, named.policy, named.name)
                 results.append((named, decision))
         return results
 

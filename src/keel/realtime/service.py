@@ -77,7 +77,7 @@ async def post_message(
         id=message.id,
         channel_id=channel_id,
         seq=seq,
-        author=Author(author.id, author.username),
+        author=author,
         body=body,
         created_at=message.created_at,
     )
@@ -92,7 +92,6 @@ async def list_messages(
     session: AsyncSession, channel_id: uuid.UUID, *, limit: int, offset: int = 0, before_seq: int | None = None
 ) -> list[MessageRead]:
     """A channel's messages, newest first."""
-    await get_channel(session, channel_id)
     query = (
         select(Message, User.username)
         .join(User, User.id == Message.author_id)
@@ -103,8 +102,7 @@ async def list_messages(
     )
     if before_seq is not None:
         query = query.where(Message.seq < before_seq)
-    rows = await session.execute(query)
-    return [
+    messages = [
         MessageRead(
             id=m.id,
             channel_id=m.channel_id,
@@ -113,5 +111,8 @@ async def list_messages(
             body=m.body,
             created_at=m.created_at,
         )
-        for m, username in rows
+        for m, username in await session.execute(query)
     ]
+    if not messages:  # only an empty page needs the second query that tells "no such channel" from "no messages"
+        await get_channel(session, channel_id)
+    return messages
