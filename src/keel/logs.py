@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from typing import Any, Final
@@ -11,6 +12,19 @@ import msgspec
 
 _STANDARD: Final = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 _encoder = msgspec.json.Encoder()
+# credentials that can ride in a query string (/ws?ticket=...): the server logs request lines with them
+_SECRET_QUERY: Final = re.compile(r"\b(ticket|access_token|refresh_token|token)=[^&\s\"']+")
+
+
+class RedactSecrets(logging.Filter):
+    """Blank credentials out of every message, whoever logs it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = _SECRET_QUERY.sub(r"\1=[redacted]", message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -35,6 +49,7 @@ def configure_logging(log_format: str | None, level: str) -> None:
     """Route keel's and the server's logs to stderr in one format. `None` picks console on a TTY, else JSON."""
     fmt = log_format or ("console" if sys.stderr.isatty() else "json")
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactSecrets())
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

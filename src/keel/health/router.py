@@ -6,6 +6,7 @@ import asyncio
 from typing import Any, Literal
 
 import msgspec
+import prometheus_client
 from litestar import Controller, Response, get
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -58,3 +59,8 @@ class HealthController(Controller):
                 headers={"Retry-After": "5"},
             )
         return Response(Readiness(status="ready", checks=checks))
+
+    @get("/metrics", sync_to_thread=False, include_in_schema=False)
+    def metrics(self) -> Response[bytes]:
+        """Prometheus metrics of this process (text exposition format)."""
+        return Response(prometheus_client.generate_latest(), media_type=prometheus_client.CONTENT_TYPE_LATEST)

@@ -200,14 +200,18 @@ def internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[
     return problem(500, detail="The server failed to handle this request.")
 
 
+# what a database or Redis outage raises (the pool's TimeoutError included): the client did nothing wrong
+OUTAGES: Final = (
+    sqlalchemy.exc.TimeoutError,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    BackendUnavailable,
+    ConnectionError,
+    TimeoutError,
+)
 EXCEPTION_HANDLERS: Final = {
     KeelError: keel_error,
-    sqlalchemy.exc.TimeoutError: dependency_unavailable,
-    sqlalchemy.exc.OperationalError: dependency_unavailable,
-    sqlalchemy.exc.InterfaceError: dependency_unavailable,
-    BackendUnavailable: dependency_unavailable,
-    ConnectionError: dependency_unavailable,
-    TimeoutError: dependency_unavailable,
+    **dict.fromkeys(OUTAGES, dependency_unavailable),
     ValidationException: validation_error,
     SerializationException: unparseable_body,
     HTTPException: http_error,
