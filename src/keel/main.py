@@ -33,8 +33,12 @@ from keel.http.requests import require_declared_media_type
 from keel.ratelimit.clients import ClientResolver
 from keel.ratelimit.deps import AUTH_POLICY, DEFAULT_POLICY, NamedPolicy, RateLimitMiddleware, RateLimits
 from keel.ratelimit.limiter import Limiter
+from keel.realtime.access import Realtime
+from keel.realtime.hub import Hub
 from keel.realtime.router import COMMON as CHANNELS
 from keel.realtime.router import LISTS as CHANNEL_LISTS
+from keel.realtime.routes import RealtimeRoutes
+from keel.realtime.shutdown import drain_on_signal
 from keel.settings import Settings
 from keel.shared import open_backends
 
@@ -85,6 +89,9 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
             default=NamedPolicy.of(DEFAULT_POLICY, settings.rate_limit) if settings.rate_limit else None,
             auth=NamedPolicy.of(AUTH_POLICY, settings.auth_rate_limit) if settings.auth_rate_limit else None,
         )
+        verifier = TokenVerifier(keyring, denylist)
+        hub = Hub(backends.broker, sessionmaker)
+        denylist.on_revoked(hub.on_revoked)
         app.state.update(
             engine=engine,
             rate_limits=rate_limits,
@@ -92,13 +99,17 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
             backends=backends,
             keyring=keyring,
             hasher=hasher,
-            verifier=TokenVerifier(keyring, denylist),
+            verifier=verifier,
             sessions=Sessions(keyring, denylist, settings.access_token_ttl, settings.refresh_token_ttl),
+            realtime=Realtime(hub, verifier, backends.kv, rate_limits, settings.ws_send_queue),
         )
         await denylist.start()
+        restore_signals = drain_on_signal(hub.drain)
         try:
             yield
         finally:
+            restore_signals()
+            await hub.close()
             await denylist.stop()
             hasher.close()
             await backends.close()
@@ -126,5 +137,7 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
         debug=False,
     )
     # Outside Litestar's router, so unknown routes and 405s get the same headers; these layers are pure ASGI.
-    app.asgi_handler = EdgeMiddleware(CompressionMiddleware(app.asgi_handler), cors_origins=settings.cors_origins)
+    app.asgi_handler = EdgeMiddleware(
+        CompressionMiddleware(RealtimeRoutes(app.asgi_handler, app.state)), cors_origins=settings.cors_origins
+    )
     return app

@@ -8,12 +8,13 @@ from typing import Annotated, Any, Final
 from litestar import Controller, Request, get, post
 from litestar.params import FromPath, JSONBody, Parameter
 
+from keel.accounts.deps import current_claims
 from keel.http.auth import SECURITY, USER, current_principal
 from keel.http.deps import DbSession, SharedBackends
 from keel.http.errors import problem_response
 from keel.http.pagination import Cursor, Page, decode_cursor, encode_cursor
-from keel.realtime import service
-from keel.realtime.schemas import Author, ChannelCreate, ChannelRead, MessageCreate, MessageRead
+from keel.realtime import service, tickets
+from keel.realtime.schemas import Author, ChannelCreate, ChannelRead, MessageCreate, MessageRead, TicketRead
 
 Limit = Annotated[int, Parameter(ge=1, le=100, description="1 to 100")]
 Offset = Annotated[int, Parameter(ge=0)]
@@ -105,5 +106,18 @@ class ChannelListsV2(Controller):
         return Page(messages, encode_cursor(messages[-1].seq) if more else None)
 
 
-COMMON: Final[list[type[Controller]]] = [ChannelsController]
+class TicketsController(Controller):
+    path = "/realtime/tickets"
+    tags = ["realtime"]
+    guards = USER
+    security = SECURITY
+
+    @post()
+    async def create_ticket(self, request: Request[Any, Any, Any], backends: SharedBackends) -> TicketRead:
+        """A single-use ticket for `/ws?ticket=` or `/events?ticket=` (browsers cannot send a header there)."""
+        ticket = await tickets.issue(backends.kv, current_claims(request))
+        return TicketRead(ticket, tickets.TICKET_TTL)
+
+
+COMMON: Final[list[type[Controller]]] = [ChannelsController, TicketsController]
 LISTS: Final[dict[str, list[type[Controller]]]] = {"v1": [ChannelListsV1], "v2": [ChannelListsV2]}

@@ -62,3 +62,8 @@ class MessageRead(msgspec.Struct):
     author: Author
     body: str
     created_at: datetime
+
+
+class TicketRead(msgspec.Struct):
+    ticket: str
+    expires_in: int  # seconds

@@ -27,6 +27,11 @@ def topic(channel_id: uuid.UUID) -> str:
     return f"keel.channel.{channel_id}"
 
 
+def encode_message(message: MessageRead) -> bytes:
+    """A message's JSON: what the broker carries and what WebSocket and SSE clients receive, byte for byte."""
+    return _encoder.encode(message)
+
+
 async def create_channel(session: AsyncSession, *, name: str, description: str, created_by: uuid.UUID) -> Channel:
     """Create a channel, or raise ChannelNameTaken."""
     channel = Channel(name=name, description=description, created_by=created_by, last_seq=0)
@@ -82,7 +87,7 @@ async def post_message(
         created_at=message.created_at,
     )
     try:  # published only after the row committed; live delivery is best effort, the database is the record
-        await broker.publish(topic(channel_id), _encoder.encode(read))
+        await broker.publish(topic(channel_id), encode_message(read))
     except BackendUnavailable:
         log.warning("message %s/%d committed but not broadcast: broker unavailable", channel_id, seq)
     return read
@@ -102,17 +107,32 @@ async def list_messages(
     )
     if before_seq is not None:
         query = query.where(Message.seq < before_seq)
-    messages = [
-        MessageRead(
-            id=m.id,
-            channel_id=m.channel_id,
-            seq=m.seq,
-            author=Author(m.author_id, username),
-            body=m.body,
-            created_at=m.created_at,
-        )
-        for m, username in await session.execute(query)
-    ]
+    messages = [_read(m, username) for m, username in await session.execute(query)]
     if not messages:  # only an empty page needs the second query that tells "no such channel" from "no messages"
         await get_channel(session, channel_id)
     return messages
+
+
+async def messages_after(
+    session: AsyncSession, channel_id: uuid.UUID, *, after_seq: int, limit: int
+) -> list[MessageRead]:
+    """Up to `limit` of a channel's messages with seq > `after_seq`, oldest first: replay and gap filling."""
+    query = (
+        select(Message, User.username)
+        .join(User, User.id == Message.author_id)
+        .where(Message.channel_id == channel_id, Message.seq > after_seq)
+        .order_by(Message.seq)
+        .limit(limit)
+    )
+    return [_read(m, username) for m, username in await session.execute(query)]
+
+
+def _read(message: Message, username: str) -> MessageRead:
+    return MessageRead(
+        id=message.id,
+        channel_id=message.channel_id,
+        seq=message.seq,
+        author=Author(message.author_id, username),
+        body=message.body,
+        created_at=message.created_at,
+    )

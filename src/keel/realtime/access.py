@@ -1,0 +1,100 @@
+"""Who may open /ws and /events: a bearer header or a ticket, then the rate limiter (SPEC §7, §8).
+
+Refusals happen before a socket is accepted or a stream starts, as problem+json with the status of the error.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any
+
+from keel.accounts.deps import bearer_token
+from keel.accounts.errors import InvalidToken
+from keel.accounts.tokens import Claims
+from keel.accounts.verifier import TokenVerifier
+from keel.errors import KeelError, RateLimited, Unauthorized
+from keel.http.errors import PROBLEM_JSON, problem_body, status_of
+from keel.ratelimit.deps import RateLimits, rate_limit_headers, retry_after
+from keel.realtime import tickets
+from keel.realtime.hub import Hub
+from keel.shared.kv import KeyValueStore
+
+
+@dataclass(frozen=True)
+class Realtime:
+    """What the realtime endpoints need, built once by the app's lifespan."""
+
+    hub: Hub
+    verifier: TokenVerifier
+    kv: KeyValueStore
+    rate_limits: RateLimits
+    send_queue: int  # KEEL_WS_SEND_QUEUE
+
+
+class Refused(Exception):
+    """A connection refused before it opens, with the response that says why."""
+
+    def __init__(self, error: KeelError, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        super().__init__(str(error))
+        self.status = status_of(error)
+        self.headers = list(headers or [])
+        if isinstance(error, Unauthorized):
+            self.headers.append((b"www-authenticate", error.www_authenticate.encode()))
+        self.body = problem_body(self.status, code=error.code, detail=str(error))
+
+    def response_headers(self) -> list[tuple[bytes, bytes]]:
+        return [
+            *self.headers,
+            (b"content-type", PROBLEM_JSON.encode()),
+            (b"content-length", str(len(self.body)).encode()),
+        ]
+
+
+class AuthenticationRequired(Unauthorized):
+    code = "realtime.authentication_required"
+    title = "Authentication required"
+
+
+def query_params(scope: Any) -> dict[str, list[str]]:
+    return urllib.parse.parse_qs(scope["query_string"].decode("latin-1"))
+
+
+async def admit(realtime: Realtime, scope: Any) -> Claims:
+    """The claims a connection opens with, or Refused. Leaves them in scope["auth"] for the rate limiter."""
+    claims = await authenticate(realtime, scope)
+    scope["auth"] = claims
+    results = await realtime.rate_limits.check(scope)
+    wait = retry_after(results)
+    if wait is not None:
+        raise Refused(
+            RateLimited(f"Too many connections; retry in {wait} s."),
+            [
+                *rate_limit_headers(results),
+                (b"retry-after", str(wait).encode()),
+            ],
+        )
+    return claims
+
+
+async def authenticate(realtime: Realtime, scope: Any) -> Claims:
+    token = bearer_token(scope["headers"])
+    if token is not None:
+        try:
+            return realtime.verifier.verify(token)
+        except InvalidToken as exc:
+            raise Refused(exc) from None
+    ticket = query_params(scope).get("ticket")
+    if not ticket:
+        raise Refused(AuthenticationRequired("Send a bearer token, or a ticket from POST /api/v1/realtime/tickets."))
+    claims = await tickets.redeem(realtime.kv, ticket[0])
+    if claims is None:
+        raise Refused(InvalidToken("The ticket is unknown, used or expired."))
+    if realtime.verifier.denylist.is_revoked(claims):
+        raise Refused(InvalidToken("The ticket's session has been revoked."))
+    return claims
+
+
+async def publish_allowed(realtime: Realtime, scope: Any) -> int | None:
+    """None if a publish from this connection is within the rate limit, else the seconds to wait."""
+    return retry_after(await realtime.rate_limits.check(scope))

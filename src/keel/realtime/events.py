@@ -1,0 +1,148 @@
+"""`GET /events?channel=…` (SPEC §8): Server-Sent Events, as pure ASGI.
+
+Each event's `id:` is the stream's position in every channel it follows (`<channel>:<seq>` pairs joined by `,`),
+so one `Last-Event-ID` resumes them all. Events are rendered when the hub delivers them (the id is the position
+right after that message) and written by the stream's own task; a second small task only watches for the client
+going away (the server's `send` does not tell). A stream whose unsent events pass KEEL_WS_SEND_QUEUE is ended:
+the client reconnects with Last-Event-ID and loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any, Final
+
+from keel.errors import Invalid
+from keel.realtime.access import Realtime, Refused, admit, query_params
+from keel.realtime.errors import ChannelNotFound
+from keel.realtime.hub import Delivery, Peer
+
+KEEP_ALIVE: Final = 15.0
+RETRY_MS: Final = 3000
+MAX_CHANNELS: Final = 50
+HEADERS: Final = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),  # nginx: pass events through unbuffered
+]
+
+
+class BadStreamRequest(Invalid):
+    code = "realtime.bad_stream_request"
+    title = "Bad event stream request"
+
+
+class Stream(Peer):
+    """One event stream."""
+
+    kind = "sse"
+
+    def __init__(self, session_id: uuid.UUID, send_queue: int) -> None:
+        super().__init__(session_id, send_queue)
+        self.pending: list[bytes] = []
+        self._wake: asyncio.Future[None] | None = None
+
+    def send_message(self, delivery: Delivery) -> None:
+        if self.closing:
+            return
+        if len(self.pending) >= self.send_queue:
+            self.close(1013, "too slow")  # ends the stream; the client resumes with Last-Event-ID
+            return
+        self.pending.append(b"event: message\nid: %s\ndata: %s\n\n" % (self.event_id(), delivery.payload))
+        self._wakeup()
+
+    def event_id(self) -> bytes:
+        return ",".join(f"{channel}:{position.seq}" for channel, position in self.positions.items()).encode()
+
+    def close(self, code: int, reason: str) -> None:
+        self.closing = True
+        self._wakeup()
+
+    def _wakeup(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    async def wait(self) -> None:
+        """Until there is something to write, the stream closes, or KEEP_ALIVE seconds pass."""
+        if self.pending or self.closing:
+            return
+        loop = asyncio.get_running_loop()
+        self._wake = loop.create_future()
+        timer = loop.call_later(KEEP_ALIVE, self._wakeup)
+        try:
+            await self._wake
+        finally:
+            timer.cancel()
+            self._wake = None
+
+
+def parse_request(scope: Any) -> tuple[list[uuid.UUID], dict[uuid.UUID, int]]:
+    """The channels asked for, and the resume positions of Last-Event-ID (header, or `?last_event_id=`)."""
+    params = query_params(scope)
+    try:
+        channels = list(dict.fromkeys(uuid.UUID(value) for value in params.get("channel", [])))
+    except ValueError:
+        raise BadStreamRequest("Every `channel` is a channel id (a UUID).") from None
+    if not channels or len(channels) > MAX_CHANNELS:
+        raise BadStreamRequest(f"Follow 1 to {MAX_CHANNELS} channels: /events?channel=<id>&channel=<id>.")
+    header = next((value.decode("latin-1") for name, value in scope["headers"] if name == b"last-event-id"), None)
+    last_event_id = header if header is not None else next(iter(params.get("last_event_id", [])), "")
+    resume: dict[uuid.UUID, int] = {}
+    for pair in filter(None, last_event_id.split(",")):
+        channel, _, seq = pair.strip().rpartition(":")
+        try:
+            resume[uuid.UUID(channel)] = int(seq)
+        except ValueError:
+            raise BadStreamRequest("Last-Event-ID is a list of <channel id>:<seq> pairs joined by `,`.") from None
+    return channels, resume
+
+
+async def serve_events(realtime: Realtime, scope: Any, receive: Any, send: Any) -> None:
+    hub = realtime.hub
+    stream: Stream | None = None
+    try:
+        claims = await admit(realtime, scope)
+        try:
+            channels, resume = parse_request(scope)
+        except BadStreamRequest as exc:
+            raise Refused(exc) from None
+        stream = Stream(claims.session_id, realtime.send_queue)
+        hub.connect(stream)
+        try:
+            for channel in channels:  # held: nothing is delivered until every channel has its position
+                await hub.join(stream, channel, resume.get(channel), hold=True)
+        except ChannelNotFound as exc:
+            raise Refused(exc) from None
+    except Refused as refusal:
+        if stream is not None:
+            await hub.disconnect(stream)
+        await send({"type": "http.response.start", "status": refusal.status, "headers": refusal.response_headers()})
+        await send({"type": "http.response.body", "body": refusal.body, "more_body": False})
+        return
+
+    watcher = asyncio.get_running_loop().create_task(_watch(receive, stream))
+    try:
+        await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+        await send({"type": "http.response.body", "body": b"retry: %d\n\n" % RETRY_MS, "more_body": True})
+        for channel in channels:
+            await hub.replay(stream, channel)
+        while not stream.closing:
+            await stream.wait()
+            if stream.pending:
+                chunk = b"".join(stream.pending)
+                stream.pending.clear()
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            elif not stream.closing:
+                await send({"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    finally:
+        stream.closing = True
+        watcher.cancel()
+        await hub.disconnect(stream)
+
+
+async def _watch(receive: Any, stream: Stream) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    stream.close(1001, "client gone")

@@ -1,0 +1,152 @@
+"""/events against a real `keel serve` with a streaming HTTP client (SPEC §8), on both backends."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.realtime.conftest import Live
+
+
+@dataclass
+class Event:
+    event: str | None
+    id: str | None
+    data: str | None
+    retry: int | None = None
+
+    @property
+    def message(self) -> dict[str, Any]:
+        assert self.data is not None
+        message: dict[str, Any] = json.loads(self.data)
+        return message
+
+
+class EventReader:
+    """A minimal SSE parser over httpx's line iterator (the WHATWG rules this server's output needs)."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.lines = response.iter_lines()
+        self.comments: list[str] = []
+
+    def next(self) -> Event:
+        fields: dict[str, str] = {}
+        for line in self.lines:
+            if not line:
+                if fields:
+                    retry = fields.get("retry")
+                    return Event(
+                        fields.get("event"), fields.get("id"), fields.get("data"), int(retry) if retry else None
+                    )
+                continue
+            if line.startswith(":"):
+                self.comments.append(line)
+                continue
+            name, _, value = line.partition(":")
+            fields[name] = value.removeprefix(" ")
+        raise EOFError("stream ended")
+
+
+@contextmanager
+def events(
+    live: Live, *channels: str, headers: dict[str, str] | None = None, timeout: float = 10, **params: str
+) -> Iterator[EventReader]:
+    query: list[tuple[str, str | int | float | bool | None]] = [("channel", c) for c in channels]
+    query += params.items()
+    with httpx.stream(
+        "GET", f"{live.url}/events", params=query, headers={**live.auth, **(headers or {})}, timeout=timeout
+    ) as response:
+        assert response.status_code == 200, response.read()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert "content-encoding" not in response.headers
+        reader = EventReader(response)
+        assert reader.next().retry == 3000  # `retry:` once, first
+        yield reader
+
+
+def test_delivery_and_exact_resume_on_one_channel(live: Live) -> None:
+    live.post("before")  # seq 1: not delivered, the stream starts live
+    with events(live, live.channel, headers={"Accept-Encoding": "gzip"}) as stream:
+        posted = [live.post(f"m{i}") for i in range(3)]
+        got = [stream.next() for _ in range(3)]
+    assert [e.event for e in got] == ["message"] * 3
+    assert [e.message for e in got] == posted
+    assert [e.id for e in got] == [f"{live.channel}:{seq}" for seq in (2, 3, 4)]
+
+    live.post("missed 5")
+    live.post("missed 6")
+    with events(live, live.channel, headers={"Last-Event-ID": got[0].id or ""}) as stream:
+        resumed = [stream.next() for _ in range(4)]
+        live.post("live 7")
+        resumed.append(stream.next())
+    assert [e.message["seq"] for e in resumed] == [3, 4, 5, 6, 7]
+    assert resumed[-1].id == f"{live.channel}:7"
+
+
+def test_resume_of_a_two_channel_stream_by_query(live: Live) -> None:
+    other = live.new_channel("other")
+    with events(live, live.channel, other) as stream:
+        live.post("a1")
+        first = stream.next()
+        live.post("b1", channel=other)
+        second = stream.next()
+    assert first.id == f"{live.channel}:1,{other}:0"  # a pair for every channel, delivered or not
+    assert second.id == f"{live.channel}:1,{other}:1"
+
+    live.post("a2")
+    live.post("b2", channel=other)
+    live.post("a3")
+    assert first.id is not None
+    with events(live, live.channel, other, last_event_id=first.id) as stream:
+        resumed = [stream.next() for _ in range(4)]
+    by_channel: dict[str, list[int]] = {}
+    for event in resumed:
+        by_channel.setdefault(event.message["channel_id"], []).append(event.message["seq"])
+    assert by_channel == {live.channel: [2, 3], other: [1, 2]}
+    assert resumed[-1].id in (f"{live.channel}:3,{other}:2",)
+
+
+def test_refusals_come_before_the_stream(live: Live) -> None:
+    unknown = "00000000-0000-4000-8000-000000000000"
+    cases: list[tuple[list[tuple[str, str | int | float | bool | None]], dict[str, str], int]] = [
+        ([("channel", live.channel)], {}, 401),
+        ([("channel", unknown)], live.auth, 404),
+        ([("channel", live.channel), ("channel", unknown)], live.auth, 404),
+        ([("channel", "nope")], live.auth, 422),
+        ([], live.auth, 422),
+        ([("channel", live.channel), ("last_event_id", "garbage")], live.auth, 422),
+    ]
+    for params, headers, status in cases:
+        response = httpx.get(f"{live.url}/events", params=params, headers=headers)
+        assert response.status_code == status, (params, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+    ticket = live.ticket()
+    with httpx.stream("GET", f"{live.url}/events", params={"channel": live.channel, "ticket": ticket}) as response:
+        assert response.status_code == 200
+    assert httpx.get(f"{live.url}/events", params={"channel": live.channel, "ticket": ticket}).status_code == 401
+
+
+def test_a_keep_alive_comment_every_15_seconds(live: Live) -> None:
+    with events(live, live.channel, timeout=30) as stream:
+        live.post("first")
+        stream.next()
+        started = time.monotonic()
+        next(line for line in stream.lines if line.startswith(":"))  # blocks until the comment arrives
+        assert 14 < time.monotonic() - started < 20
+
+
+def test_logout_ends_the_sessions_streams(live: Live) -> None:
+    with events(live, live.channel) as stream:
+        started = time.monotonic()
+        live.log_out()
+        with pytest.raises(EOFError):
+            stream.next()
+        assert time.monotonic() - started < 5

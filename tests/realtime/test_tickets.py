@@ -1,0 +1,57 @@
+"""Tickets on both TTL stores, and /ws under a server other than uvicorn (the queued fallback), in process."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+from litestar.testing import TestClient
+
+from keel.accounts.tokens import Claims
+from keel.main import create_app
+from keel.realtime import tickets
+from keel.shared import open_backends
+from tests.conftest import Backend, make_settings
+
+CLAIMS = Claims(
+    user_id=uuid.uuid4(),
+    username="ada",
+    session_id=uuid.uuid4(),
+    jti="j",
+    issued_at=int(time.time()),
+    expires_at=int(time.time()) + 900,
+    scopes=frozenset({"user"}),
+)
+
+
+async def test_a_ticket_stands_for_its_claims_once_and_expires(backend: Backend) -> None:
+    backends = await open_backends(backend.redis_url)
+    try:
+        ticket = await tickets.issue(backends.kv, CLAIMS)
+        assert await tickets.redeem(backends.kv, ticket) == CLAIMS
+        assert await tickets.redeem(backends.kv, ticket) is None
+        short = await tickets.issue(backends.kv, CLAIMS, ttl=0.2)
+        await asyncio.sleep(0.4)
+        assert await tickets.redeem(backends.kv, short) is None
+        assert await tickets.redeem(backends.kv, "") is None
+        assert await tickets.redeem(backends.kv, "x" * 500) is None
+    finally:
+        await backends.close()
+
+
+def test_websocket_through_the_queued_fallback(backend: Backend) -> None:
+    # Litestar's test client is not uvicorn: sockets get a writer task and a bounded queue instead
+    with TestClient(create_app(make_settings(backend))) as client:
+        body = {"username": "ada", "email": "ada@example.com", "password": "correct horse battery"}
+        assert client.post("/api/v1/users", json=body).status_code == 201
+        tokens = client.post("/api/v1/auth/token", data={"username": "ada", "password": body["password"]}).json()
+        auth = {"Authorization": f"Bearer {tokens['access_token']}"}
+        channel = client.post("/api/v1/channels", json={"name": "general"}, headers=auth).json()["id"]
+        with client.websocket_connect("/ws", headers=auth) as ws:
+            ws.send_json({"type": "subscribe", "channel": channel})
+            assert ws.receive_json() == {"type": "subscribed", "channel": channel, "last_seq": 0}
+            ws.send_json({"type": "publish", "channel": channel, "body": "hi", "ref": 1})
+            frames = [ws.receive_json(), ws.receive_json()]
+            assert sorted(f["type"] for f in frames) == ["message", "published"]
+            assert all(f["message"]["seq"] == 1 for f in frames)
