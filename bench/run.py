@@ -15,6 +15,9 @@ off. A limiter-on row names its off twin (`Case.limiter_off`); the table reports
 
 The login scenario (`--only login`) is separate and runs once: one keel server, login throughput through the Argon2
 pool, then `GET /api/v1/public` p99 and the server's RSS while 200 clients flood the token endpoint (`login_scenario`).
+
+The realtime scenarios (bench/realtime.py: WebSocket fan-out and publish rate, memory per idle WebSocket and SSE stream,
+keel against naive FastAPI) run once after everything else; `--only ws`, `--only sse` or `--only realtime` select them.
 """
 
 from __future__ import annotations
@@ -1011,6 +1014,7 @@ def section(
     started: datetime,
     remarks: Sequence[str] = (),
     commit_at_start: str = "",
+    realtime_report: Sequence[str] = (),
 ) -> str:
     facts = "\n".join(f"- {fact}" for fact in machine_facts())
     notes = "\n".join(f"- {r.case.id}: {r.problems}" for r in results if r.problems)
@@ -1027,6 +1031,7 @@ def section(
     parts += remarks
     if login is not None:
         parts += [login_method_line(login), login_table(login)]
+    parts += realtime_report
     return "\n\n".join(parts) + "\n"
 
 
@@ -1040,6 +1045,7 @@ def append_benchmarks(text: str) -> None:
 # --- main ------------------------------------------------------------------------------------------------------
 
 
+REALTIME_N = (1000, 5000)  # the WebSocket fan-out's subscriber counts; the realtime goals are read at 5 000
 LOGIN_SECONDS = WARMUP_S + DURATION_S + WARMUP_S + DURATION_S + 1 + FLOOD_S + 10  # warm-ups, runs, server start
 
 
@@ -1052,7 +1058,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=[],
         metavar="SUBSTRING",
         help="run only cases whose id contains SUBSTRING (repeatable), e.g. keel, granian, protected, limiter, redis; "
-        f"a limiter on/off pair always runs whole; `{LOGIN_ID}` selects the login scenario",
+        f"a limiter on/off pair always runs whole; `{LOGIN_ID}` selects the login scenario; `ws`, `sse` or `realtime` "
+        "the realtime scenarios",
+    )
+    parser.add_argument(
+        "--realtime-n",
+        type=int,
+        nargs="+",
+        default=list(REALTIME_N),
+        metavar="N",
+        help="subscriber counts of the WebSocket fan-out (default 1000 5000); the largest is also the SSE stream count",
     )
     parser.add_argument(
         "--redis-url",
@@ -1065,10 +1080,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if min(args.realtime_n) < 1:
+        parser.error("--realtime-n must be at least 1")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import realtime  # here, not at the top: bench/realtime.py imports this module's helpers
+
     args = parse_args(argv)
     if not SHARED_BENCH.is_dir():
         print(f"bench: the peers folder {SHARED_BENCH} is missing (expected ../shared/bench beside the repo)")
@@ -1082,14 +1101,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{LOGIN_ID:38} keel on uvicorn: login throughput, then GET /api/v1/public p99 and RSS during a "
                 "login flood (once, whatever --rounds)"
             )
+            print("\n".join(f"{part:38} {text} (once)" for part, text in realtime.PARTS.items()))
             return 0
         cases = [c for c in every if not args.only or any(s in c.id for s in args.only)]
         cases = with_limiter_twins(cases, every)  # a limiter cost needs both rows
         login = not args.only or any(s in LOGIN_ID for s in args.only)
-        if not cases and not login:
+        parts = [p for p in realtime.PARTS if not args.only or any(s in p for s in args.only)]
+        if not cases and not login and not parts:
             print(f"bench: no case id contains any of {args.only}; see --list")
             return 1
-        return run(cases, login, args.rounds, workdir, write=not args.no_write)
+        return run(
+            cases,
+            login,
+            args.rounds,
+            workdir,
+            write=not args.no_write,
+            realtime_parts=parts,
+            realtime_n=args.realtime_n,
+        )
     except BenchError as exc:
         print(f"bench: {exc}")
         return 1
@@ -1100,7 +1129,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def run(cases: Sequence[Case], login: bool, rounds: int, workdir: Path, *, write: bool) -> int:
+def run(
+    cases: Sequence[Case],
+    login: bool,
+    rounds: int,
+    workdir: Path,
+    *,
+    write: bool,
+    realtime_parts: Sequence[str] = (),
+    realtime_n: Sequence[int] = (),
+) -> int:
+    import realtime  # see main()
+
     ensure_cpus()
     ensure_wrk()
     remarks = []
@@ -1114,15 +1154,15 @@ def run(cases: Sequence[Case], login: bool, rounds: int, workdir: Path, *, write
             cases = [c for c in cases if c.id not in skipped]
             remarks.append(f"Not measured, since {exc}: {', '.join(skipped)}.")
             print(f"bench: {remarks[-1]}", flush=True)
-    if not cases and not login:
+    if not cases and not login and not realtime_parts:
         raise BenchError("nothing left to measure")
-    if any(not c.is_keel for c in cases):
+    if realtime_parts or any(not c.is_keel for c in cases):
         ensure_peers_venv()
     started, commit_at_start = datetime.now(UTC), git_commit()
     logs = RESULTS / f"{started:%Y%m%dT%H%M%SZ}"
     logs.mkdir(parents=True, exist_ok=True)
     tokens: dict[str, str] = {}
-    if login or any(c.is_keel for c in cases):
+    if login or realtime_parts or any(c.is_keel for c in cases):
         migrate_keel(workdir)
         tokens[KEEL_TOKEN] = keel_bench_token(workdir, logs)
     if any(PEER_TOKEN in h for c in cases for h in c.headers):
@@ -1130,7 +1170,9 @@ def run(cases: Sequence[Case], login: bool, rounds: int, workdir: Path, *, write
     cases = [with_tokens(c, tokens) for c in cases]
     samples: dict[str, list[Sample]] = {c.id: [] for c in cases}
     seconds = len(cases) * rounds * (WARMUP_S + DURATION_S + 2) + (LOGIN_SECONDS if login else 0)
+    seconds += realtime.estimate_s(realtime_parts, realtime_n) if realtime_parts else 0
     what = f"{len(cases)} cases x {rounds} round(s)" + (" + the login scenario" if login else "")
+    what += f" + {len(realtime_parts)} realtime scenario(s)" if realtime_parts else ""
     print(f"bench: {what}, about {math.ceil(seconds / 60)} min; logs in {logs}", flush=True)
     for n in range(rounds):
         for case in cases:
@@ -1149,11 +1191,23 @@ def run(cases: Sequence[Case], login: bool, rounds: int, workdir: Path, *, write
             f"{login_result.idle.p99_ms:.2f} ms idle, {login_result.probe.p99_ms:.2f} ms during the flood",
             flush=True,
         )
+    realtime_result = None
+    if realtime_parts:
+        try:
+            realtime_result = realtime.measure(realtime_parts, realtime_n, workdir, logs, tokens[KEEL_TOKEN])
+        except BenchError as exc:
+            if cases or login:  # the figures above are still worth writing
+                remarks.append(f"Realtime scenarios not measured: {exc}")
+                print(f"bench: {remarks[-1]}", flush=True)
+            else:
+                raise
     results = [Result(c, tuple(samples[c.id])) for c in cases]
-    report = section(results, login_result, rounds, started, remarks, commit_at_start)
+    realtime_report = realtime.report(realtime_result) if realtime_result else []
+    report = section(results, login_result, rounds, started, remarks, commit_at_start, realtime_report)
     raw: dict[str, object] = {
         "cases": [{"case": r.case.id, "samples": [asdict(s) for s in r.samples]} for r in results],
         "login": asdict(login_result) if login_result else None,
+        "realtime": asdict(realtime_result) if realtime_result else None,
     }
     (logs / "results.json").write_text(json.dumps(raw, indent=2))
     print("\n" + report)
@@ -1164,4 +1218,7 @@ def run(cases: Sequence[Case], login: bool, rounds: int, workdir: Path, *, write
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # under its module name, so that bench/realtime.py, which imports `run`, shares this module (BenchError above all)
+    from run import main as run_main
+
+    sys.exit(run_main())
