@@ -18,7 +18,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import Backend
 from tests.realtime.conftest import Live, backend_env, receive, send, start_live, subscribe
-from tests.servers import keel_serve
+from tests.servers import keel_serve, run_keel, sign_up
 
 
 async def refused(url: str, **options: Any) -> tuple[int, dict[str, Any]]:
@@ -261,3 +261,29 @@ async def test_metrics_count_connections_and_deliveries(live: Live) -> None:
             break
         await asyncio.sleep(0.05)
     assert metric("keel_ws_connections") == 0
+
+
+def test_a_client_that_misses_a_protocol_pong_is_closed_with_1011(tmp_path: Path) -> None:
+    # once, on the embedded backend: it takes the 20 s ping interval plus the 20 s pong timeout
+    env: dict[str, str | None] = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'keel.db'}"}
+    assert run_keel("migrate", env=env, cwd=tmp_path).returncode == 0
+    with keel_serve(env, tmp_path) as server:
+        tokens = sign_up(server.url)
+        host, port = server.url.removeprefix("http://").split(":")
+        client = socket.create_connection((host, int(port)))
+        client.sendall(
+            f"GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            f"Authorization: Bearer {tokens['access_token']}\r\n\r\n".encode()
+        )
+        assert client.recv(4096).startswith(b"HTTP/1.1 101")
+        client.settimeout(50)
+        started = time.monotonic()
+        data = bytearray()
+        while chunk := client.recv(4096):  # never answers: a ping (0x89) comes, then the close (0x88)
+            data += chunk
+        client.close()
+        assert data[:2] == b"\x89\x04", data  # the protocol ping (a 4-byte payload), after 20 s
+        assert data[6] == 0x88, data  # then, unanswered, the close frame
+        assert data[8:10] == (1011).to_bytes(2, "big"), data
+        assert 38 < time.monotonic() - started < 48
