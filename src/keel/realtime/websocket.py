@@ -78,7 +78,7 @@ class TransportSocket(Socket):
         self._largest = 64  # the largest frame sent so far: the backlog bound is send_queue of these
 
     @staticmethod
-    def supports(send: Any, scope: Any) -> Any:
+    def supports(send: Any) -> Any:
         """uvicorn's WSProtocol behind `send`, when this is one with per-message-deflate off; else None."""
         protocol = getattr(send, "__self__", None)
         if (
@@ -173,7 +173,7 @@ async def serve_websocket(realtime: Realtime, scope: Any, receive: Any, send: An
         await _refuse(scope, send, refusal)
         return
     await send({"type": "websocket.accept"})
-    protocol = TransportSocket.supports(send, scope)
+    protocol = TransportSocket.supports(send)
     socket: Socket = (
         TransportSocket(protocol, claims, realtime.send_queue)
         if protocol is not None
