@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, Final
+from typing import Any, Final
 
 import msgspec
 from litestar import Controller, Request, get, post
@@ -13,7 +13,7 @@ from litestar.datastructures import CacheControlHeader, State
 from litestar.enums import RequestEncodingType
 from litestar.exceptions import ValidationException
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
-from litestar.params import JSONBody, Parameter
+from litestar.params import JSONBody
 
 from keel.accounts import service
 from keel.accounts.deps import Hasher, SessionPolicy, current_claims
@@ -31,13 +31,11 @@ from keel.accounts.tokens import Keyring
 from keel.http.auth import ADMIN, SECURITY, USER, current_principal
 from keel.http.deps import DbSession
 from keel.http.errors import problem_response
-from keel.http.pagination import Cursor, Page, decode_cursor, encode_cursor
+from keel.http.pagination import Cursor, Limit, Offset, Page, decode_cursor, encode_cursor
 from keel.http.requests import ACCEPTS, RATE_LIMIT
 
 FORM = RequestEncodingType.URL_ENCODED.value
 JSON = RequestEncodingType.JSON.value
-Limit = Annotated[int, Parameter(ge=1, le=100, description="1 to 100")]
-Offset = Annotated[int, Parameter(ge=0)]
 UNAUTHORIZED = {401: problem_response("No valid bearer token")}
 _token_request = msgspec.json.Decoder(TokenRequest)
 

@@ -16,7 +16,9 @@ P = TypeVar("P")
 _encoder = msgspec.json.Encoder()
 
 
-# the query parameter of v2 lists
+# the query parameters of lists: every list takes `limit` (SPEC §6); v1 pages by offset, v2 by cursor
+Limit = Annotated[int, Parameter(ge=1, le=100, description="1 to 100")]
+Offset = Annotated[int, Parameter(ge=0)]
 Cursor = Annotated[str | None, Parameter(max_length=200, description="next_cursor of the previous page")]
 
 

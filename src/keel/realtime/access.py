@@ -13,7 +13,7 @@ from keel.accounts.deps import bearer_token
 from keel.accounts.errors import InvalidToken
 from keel.accounts.tokens import Claims
 from keel.accounts.verifier import TokenVerifier
-from keel.errors import KeelError, RateLimited, Unauthorized
+from keel.errors import KeelError, RateLimited, RetryLater, Unauthorized
 from keel.http.errors import PROBLEM_JSON, problem_body, status_of
 from keel.ratelimit.deps import RateLimits, rate_limit_headers, retry_after
 from keel.realtime import tickets
@@ -39,6 +39,8 @@ class Refused(Exception):
         super().__init__(str(error))
         self.status = status_of(error)
         self.headers = list(headers or [])
+        if isinstance(error, RetryLater):
+            self.headers.append((b"retry-after", str(error.retry_after).encode()))
         if isinstance(error, Unauthorized):
             self.headers.append((b"www-authenticate", error.www_authenticate.encode()))
         self.body = problem_body(self.status, code=error.code, detail=str(error))
@@ -68,11 +70,7 @@ async def admit(realtime: Realtime, scope: Any) -> Claims:
     wait = retry_after(results)
     if wait is not None:
         raise Refused(
-            RateLimited(f"Too many connections; retry in {wait} s."),
-            [
-                *rate_limit_headers(results),
-                (b"retry-after", str(wait).encode()),
-            ],
+            RateLimited(f"Too many connections; retry in {wait} s.", retry_after=wait), rate_limit_headers(results)
         )
     return claims
 

@@ -241,13 +241,9 @@ class Hub:
         feed = await self._open(channel_id)
         start = feed.last_seq if since is None else since
         position = Position(start, replaying=hold or start < feed.last_seq)
-        previous = feed.followers.get(peer)
-        feed.followers[peer] = position
-        if previous is None:
-            peer.positions[channel_id] = position
-        else:  # subscribing again: the new position replaces the old, the reference stays single
-            peer.positions[channel_id] = position
+        if peer in feed.followers:  # subscribing again: the new position replaces the old, one reference stays
             feed.refs -= 1
+        feed.followers[peer] = peer.positions[channel_id] = position
         return feed.last_seq
 
     async def replay(self, peer: Peer, channel_id: uuid.UUID) -> None:
@@ -327,7 +323,7 @@ class Hub:
     def _on_resume(self) -> None:
         """The broker's feed is back after an outage: read what every feed may have missed."""
         for feed in self._feeds.values():
-            if feed.opened is not None and feed.opened.done():
+            if feed.subscription() is not None:
                 feed.fill()
 
     # publishing and shutdown

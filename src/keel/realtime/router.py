@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any, Final
+from typing import Any, Final
 
 from litestar import Controller, Request, get, post
-from litestar.params import FromPath, JSONBody, Parameter
+from litestar.params import FromPath, JSONBody
 
 from keel.accounts.deps import current_claims
 from keel.http.auth import SECURITY, USER, current_principal
 from keel.http.deps import DbSession, SharedBackends
 from keel.http.errors import problem_response
-from keel.http.pagination import Cursor, Page, decode_cursor, encode_cursor
+from keel.http.pagination import Cursor, Limit, Offset, Page, decode_cursor, encode_cursor
 from keel.realtime import service, tickets
 from keel.realtime.schemas import Author, ChannelCreate, ChannelRead, MessageCreate, MessageRead, TicketRead
 
-Limit = Annotated[int, Parameter(ge=1, le=100, description="1 to 100")]
-Offset = Annotated[int, Parameter(ge=0)]
 NOT_FOUND = {404: problem_response("No such channel")}
 
 
