@@ -170,6 +170,17 @@ async def test_publishes_over_the_rate_limit_get_rate_limited_and_the_socket_sta
             assert "retry in" in results[-1]["detail"]
             await send(ws, type="ping")
             assert await receive(ws) == {"type": "pong"}
+        # the budget is spent: opening a socket or a stream is refused before it opens
+        with pytest.raises(InvalidStatus) as refusal:
+            async with live.socket():
+                pass
+        assert refusal.value.response.status_code == 429
+        assert int(refusal.value.response.headers["retry-after"]) >= 1
+        assert json.loads(refusal.value.response.body)["code"] == "rate_limited"
+        async with httpx.AsyncClient(base_url=live.url, headers=live.auth) as client:
+            stream = await client.get("/events", params={"channel": live.channel})
+        assert stream.status_code == 429
+        assert "retry-after" in stream.headers
 
 
 def gauge(url: str, name: str) -> float:
