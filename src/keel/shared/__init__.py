@@ -1,7 +1,7 @@
 """Shared state behind one small interface, twice: in-process (the embedded default) and Redis (scale-out).
 
-`open_backends(None)` needs no services; `open_backends(url)` shares the broker, store and scripts across every
-instance on that Redis. Redis failures surface as BackendUnavailable, so callers never import redis.
+`open_backends(None)` needs no services; `open_backends(url)` shares the broker, store, read cache and scripts
+across every instance on that Redis. Redis failures surface as BackendUnavailable, so callers never import redis.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 from keel.redis import create_pubsub_pool, create_redis
 from keel.shared.atomic import InProcessScriptRunner, RedisScriptRunner, ScriptRunner
 from keel.shared.broker import Broker, InProcessBroker, RedisBroker
+from keel.shared.cache import InProcessReadCache, ReadCache, RedisReadCache
 from keel.shared.errors import BackendUnavailable
 from keel.shared.kv import InProcessKeyValueStore, KeyValueStore, RedisKeyValueStore
 
@@ -28,10 +29,11 @@ PING_TIMEOUT: Final = 1.0
 
 @dataclass(frozen=True)
 class Backends:
-    """The broker, TTL store and script runner of one instance, and the Redis client when there is one."""
+    """The broker, TTL store, read cache and script runner of one instance, and the Redis client if any."""
 
     broker: Broker
     kv: KeyValueStore
+    cache: ReadCache
     scripts: ScriptRunner
     redis: Redis | None
 
@@ -56,7 +58,11 @@ class Backends:
 async def open_backends(redis_url: str | None) -> Backends:
     """In-process backends when `redis_url` is None, else Redis ones; Redis need not be up yet."""
     if redis_url is None:
-        return Backends(InProcessBroker(), InProcessKeyValueStore(), InProcessScriptRunner(), None)
+        return Backends(
+            InProcessBroker(), InProcessKeyValueStore(), InProcessReadCache(), InProcessScriptRunner(), None
+        )
     redis = create_redis(redis_url)
     broker = RedisBroker(redis, create_pubsub_pool(redis_url))
-    return Backends(broker, RedisKeyValueStore(redis), RedisScriptRunner(redis), redis)
+    cache = RedisReadCache(redis)
+    broker.on_resume(cache.retry_soon)  # invalidations that failed during the outage go out now
+    return Backends(broker, RedisKeyValueStore(redis), cache, RedisScriptRunner(redis), redis)

@@ -72,7 +72,7 @@ class RedisKeyValueStore:
     async def get(self, key: str) -> bytes | None:
         """The value of `key`, or None when absent or expired."""
         with outage_as_unavailable():
-            return _bytes_or_none(await self._redis.get(self._prefix + key))
+            return bytes_or_none(await self._redis.get(self._prefix + key))
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         """Store `value` under `key` for `ttl` seconds (> 0), rounded up to whole milliseconds."""
@@ -83,7 +83,7 @@ class RedisKeyValueStore:
     async def take(self, key: str) -> bytes | None:
         """Atomically get and delete `key` (GETDEL, Redis >= 6.2)."""
         with outage_as_unavailable():
-            return _bytes_or_none(await self._redis.getdel(self._prefix + key))
+            return bytes_or_none(await self._redis.getdel(self._prefix + key))
 
     async def delete(self, *keys: str) -> None:
         """Remove `keys`; absent ones are ignored."""
@@ -92,7 +92,8 @@ class RedisKeyValueStore:
                 await self._redis.delete(*(self._prefix + key for key in keys))
 
 
-def _bytes_or_none(value: object) -> bytes | None:
+def bytes_or_none(value: object) -> bytes | None:
+    """A Redis reply as bytes (or None), checked: the clients are made with decode_responses off."""
     if value is None or isinstance(value, bytes):
         return value
     raise TypeError(f"expected bytes from Redis, got {type(value).__name__}")  # decode_responses must stay off
