@@ -40,6 +40,20 @@ def bearer(tokens: dict[str, Any]) -> dict[str, str]:
     return {"Authorization": f"Bearer {tokens['access_token']}"}
 
 
+async def make_channel(client: Client, auth: dict[str, str], name: str, description: str = "") -> dict[str, Any]:
+    response = await client.post("/api/v1/channels", json={"name": name, "description": description}, headers=auth)
+    assert response.status_code == 201, response.text
+    channel: dict[str, Any] = response.json()
+    return channel
+
+
+async def post(client: Client, auth: dict[str, str], channel_id: str, body: str) -> dict[str, Any]:
+    response = await client.post(f"/api/v1/channels/{channel_id}/messages", json={"body": body}, headers=auth)
+    assert response.status_code == 201, response.text
+    message: dict[str, Any] = response.json()
+    return message
+
+
 async def make_admin(settings: Settings, username: str = "root", password: str = PASSWORD) -> None:
     """An admin written straight to the database (the app's own engine lives on the test client's loop)."""
     engine = db.create_engine(settings.database_url)

@@ -101,7 +101,7 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
             hasher=hasher,
             verifier=verifier,
             sessions=Sessions(keyring, denylist, settings.access_token_ttl, settings.refresh_token_ttl),
-            realtime=Realtime(hub, verifier, backends.kv, rate_limits, settings.ws_send_queue),
+            realtime=Realtime(hub, verifier, backends.kv, backends.cache, rate_limits, settings.ws_send_queue),
         )
         await denylist.start()
         restore_signals = drain_on_signal(hub.drain)

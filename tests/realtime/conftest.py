@@ -1,4 +1,4 @@
-"""A real `keel serve` per test, on either backend, with a signed-up user and a channel."""
+"""A signed-up user for the in-process client, and a real `keel serve` per test with a user and a channel."""
 
 from __future__ import annotations
 
@@ -12,9 +12,18 @@ from typing import Any
 import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus
 
 from tests.conftest import TEST_JWT_SECRET, Backend
+from tests.factories import Client, bearer, log_in, register
 from tests.servers import Server, keel_serve, sign_up
+
+
+@pytest.fixture
+async def auth(client: Client) -> dict[str, str]:
+    """The bearer header of a signed-up user of `client`'s app."""
+    await register(client, "ada")
+    return bearer(await log_in(client, "ada"))
 
 
 def backend_env(backend: Backend, **extra: str) -> dict[str, str | None]:
@@ -88,6 +97,16 @@ def start_live(server: Server, username: str = "ada") -> Live:
 def live(backend: Backend, tmp_path: Path) -> Iterator[Live]:
     with keel_serve(backend_env(backend), tmp_path) as server:
         yield start_live(server)
+
+
+async def refused(url: str, **options: Any) -> tuple[int, dict[str, Any]]:
+    """The status and problem document of a WebSocket handshake the server refuses."""
+    with pytest.raises(InvalidStatus) as refusal:
+        async with connect(url, **options):
+            pass
+    response = refusal.value.response
+    assert response.headers["content-type"] == "application/problem+json"
+    return response.status_code, json.loads(response.body)
 
 
 async def send(ws: ClientConnection, **frame: Any) -> None:

@@ -3,35 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
-from litestar import Litestar
-from litestar.testing import AsyncTestClient
 
-from tests.factories import bearer, log_in, register
-
-Client = AsyncTestClient[Litestar]
-
-
-@pytest.fixture
-async def auth(client: Client) -> dict[str, str]:
-    await register(client, "ada")
-    return bearer(await log_in(client, "ada"))
-
-
-async def make_channel(client: Client, auth: dict[str, str], name: str, description: str = "") -> dict[str, Any]:
-    response = await client.post("/api/v1/channels", json={"name": name, "description": description}, headers=auth)
-    assert response.status_code == 201, response.text
-    channel: dict[str, Any] = response.json()
-    return channel
-
-
-async def post(client: Client, auth: dict[str, str], channel_id: str, body: str) -> dict[str, Any]:
-    response = await client.post(f"/api/v1/channels/{channel_id}/messages", json={"body": body}, headers=auth)
-    assert response.status_code == 201, response.text
-    message: dict[str, Any] = response.json()
-    return message
+from tests.factories import Client, make_channel, post
 
 
 async def test_channels_need_a_token(client: Client) -> None:

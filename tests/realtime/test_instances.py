@@ -14,7 +14,7 @@ from websockets.exceptions import ConnectionClosed
 
 from keel.realtime.service import topic
 from keel.shared import open_backends
-from tests.realtime.conftest import Live, receive, send, start_live, subscribe
+from tests.realtime.conftest import Live, receive, refused, send, start_live, subscribe
 from tests.servers import RedisProcess, keel_serve, scaled_env, sign_up
 
 WRITERS = 8
@@ -96,6 +96,28 @@ async def test_a_subscriber_on_one_instance_gets_what_is_published_on_another(
             assert closed.value.rcvd.code == 4401
 
 
+async def test_a_read_on_one_instance_sees_a_write_made_on_another(
+    scaled: dict[str, str | None], tmp_path: Path
+) -> None:
+    with keel_serve(scaled, tmp_path) as a, keel_serve(scaled, tmp_path) as b:
+        live_a = start_live(a)
+
+        def newest_on_b() -> list[int]:
+            """The channel's last_seq as B's cached reads show it: the channel, the v2 list, the newest page."""
+            channel = httpx.get(f"{b.url}/api/v1/channels/{live_a.channel}", headers=live_a.auth).json()
+            listed = httpx.get(f"{b.url}/api/v2/channels", headers=live_a.auth).json()["data"]
+            page = httpx.get(f"{b.url}/api/v1/channels/{live_a.channel}/messages", headers=live_a.auth).json()
+            return [channel["last_seq"], listed[0]["last_seq"], page[0]["seq"] if page else 0]
+
+        assert newest_on_b() == newest_on_b() == [0, 0, 0]  # the second time from B's cache
+        live_a.post("over REST")
+        assert newest_on_b() == [1, 1, 1]
+        async with live_a.socket() as publisher:
+            await send(publisher, type="publish", channel=live_a.channel, body="over the socket", ref="r")
+            assert (await receive(publisher))["type"] == "published"
+        assert newest_on_b() == [2, 2, 2]
+
+
 @pytest.fixture
 def outage_env(pg_url: str, private_redis: RedisProcess) -> dict[str, str | None]:
     return scaled_env(pg_url, private_redis.url)
@@ -114,7 +136,26 @@ async def test_messages_missed_in_a_redis_outage_are_filled_from_the_database(
             private_redis.stop()
             live_a.post("during 1")  # committed, not broadcast
             live_a.post("during 2")
+            assert on_b.channel_seq() == 3  # B's cache is bypassed while Redis is down
             private_redis.start()
             live_a.post("after")  # may arrive live before the gap is filled: the order holds anyway
             seqs = [(await receive(subscriber, within=20))["message"]["seq"] for _ in range(3)]
             assert seqs == [2, 3, 4]
+
+
+async def test_a_ticket_that_cannot_be_checked_in_a_redis_outage_gets_503(
+    outage_env: dict[str, str | None], private_redis: RedisProcess, tmp_path: Path
+) -> None:
+    with keel_serve(outage_env, tmp_path) as server:
+        live = start_live(server)
+        tickets = [live.ticket(), live.ticket()]
+        private_redis.stop()
+        status, problem = await refused(f"{live.ws_url}?ticket={tickets[0]}")
+        assert (status, problem["code"]) == (503, "unavailable")
+        async with httpx.AsyncClient() as client:
+            stream = await client.get(f"{live.url}/events?channel={live.channel}&ticket={tickets[1]}")
+        assert (stream.status_code, stream.json()["code"]) == (503, "unavailable")
+        assert stream.headers["retry-after"] == "2"
+        private_redis.start()
+        async with live.socket() as socket:  # the server stayed up
+            await subscribe(socket, live.channel)

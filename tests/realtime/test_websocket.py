@@ -17,17 +17,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import Backend
-from tests.realtime.conftest import Live, backend_env, receive, send, start_live, subscribe
+from tests.realtime.conftest import Live, backend_env, receive, refused, send, start_live, subscribe
 from tests.servers import keel_serve, run_keel, sign_up
-
-
-async def refused(url: str, **options: Any) -> tuple[int, dict[str, Any]]:
-    with pytest.raises(InvalidStatus) as refusal:
-        async with connect(url, **options):
-            pass
-    response = refusal.value.response
-    assert response.headers["content-type"] == "application/problem+json"
-    return response.status_code, json.loads(response.body)
 
 
 async def test_a_handshake_without_valid_auth_is_refused_before_accept(live: Live) -> None:

@@ -2,12 +2,16 @@
 
 Ours rather than Litestar's CompressionMiddleware, which offers one backend plus a gzip fallback, matches
 `Accept-Encoding` by substring (ignoring q-values) and would buffer a `text/event-stream` (SPEC §2).
+
+A strong ETag names one representation, and an encoded body is another one (RFC 9110 §8.8.3), so an encoded
+response's ETag gets the coding as a suffix (`"abc"` becomes `"abc-br"`, as Apache does). The app never sees the
+suffix: it is taken off the request's If-None-Match for the coding chosen now, and put back on a 304's ETag.
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Final, Protocol
 
 import brotli
@@ -116,6 +120,8 @@ class CompressionMiddleware:
             await self.app(scope, receive, send)
             return
 
+        suffix = b"-" + encoding.encode() + b'"'
+        unsuffixed = _unsuffix_if_none_match(scope, suffix)
         start: HTTPResponseStartEvent | None = None
         compressor: Compressor | None = None
         passthrough = False
@@ -126,6 +132,9 @@ class CompressionMiddleware:
                 await send(message)
                 return
             if message["type"] == "http.response.start":
+                if message["status"] == 304 and unsuffixed:
+                    # the client holds the encoded variant: confirm that one
+                    message["headers"] = _suffix_etag(message.get("headers", ()), suffix, only=unsuffixed)
                 if not _compressible(message):
                     passthrough = True
                     await send(message)
@@ -143,7 +152,7 @@ class CompressionMiddleware:
                     await send(message)
                     return
                 compressor = COMPRESSORS[encoding]()
-                headers = [(k, v) for k, v in start.get("headers", ()) if k != b"content-length"]
+                headers = [(k, v) for k, v in _suffix_etag(start.get("headers", ()), suffix) if k != b"content-length"]
                 headers += [(b"content-encoding", encoding.encode()), (b"vary", b"Accept-Encoding")]
                 start["headers"] = headers
                 if not more:
@@ -170,3 +179,27 @@ def _compressible(start: HTTPResponseStartEvent) -> bool:
         if name == b"content-type" and value.lower().startswith(_NEVER):
             return False
     return True
+
+
+def _unsuffix_if_none_match(scope: Scope, suffix: bytes) -> frozenset[bytes]:
+    """Take `suffix` off the If-None-Match tags that carry it; returns those tags as the app will see them."""
+    for name, value in scope["headers"]:
+        if name == b"if-none-match" and suffix in value:
+            tags = [tag.strip() for tag in value.split(b",")]
+            bare = [tag[: -len(suffix)] + b'"' if tag.endswith(suffix) else tag for tag in tags]
+            rewritten = (name, b", ".join(bare))
+            scope["headers"] = [rewritten if header[0] == name else header for header in scope["headers"]]
+            return frozenset(b.removeprefix(b"W/") for b, tag in zip(bare, tags, strict=True) if b != tag)
+    return frozenset()
+
+
+def _suffix_etag(
+    headers: Iterable[tuple[bytes, bytes]], suffix: bytes, *, only: frozenset[bytes] | None = None
+) -> list[tuple[bytes, bytes]]:
+    """The headers with a strong ETag (of `only`, when given) suffixed for an encoded representation."""
+    return [
+        (name, value[:-1] + suffix)
+        if name == b"etag" and value.startswith(b'"') and (only is None or value in only)
+        else (name, value)
+        for name, value in headers
+    ]

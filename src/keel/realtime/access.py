@@ -5,6 +5,7 @@ Refusals happen before a socket is accepted or a stream starts, as problem+json 
 
 from __future__ import annotations
 
+import logging
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any
@@ -13,12 +14,15 @@ from keel.accounts.deps import bearer_token
 from keel.accounts.errors import InvalidToken
 from keel.accounts.tokens import Claims
 from keel.accounts.verifier import TokenVerifier
-from keel.errors import KeelError, RateLimited, RetryLater, Unauthorized
-from keel.http.errors import PROBLEM_JSON, problem_body, status_of
+from keel.errors import KeelError, RateLimited, RetryLater, Unauthorized, Unavailable
+from keel.http.errors import OUTAGES, PROBLEM_JSON, problem_body, status_of
 from keel.ratelimit.deps import RateLimits, rate_limit_headers, retry_after
 from keel.realtime import tickets
 from keel.realtime.hub import Hub
+from keel.shared.cache import ReadCache
 from keel.shared.kv import KeyValueStore
+
+log = logging.getLogger("keel.realtime")
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,7 @@ class Realtime:
     hub: Hub
     verifier: TokenVerifier
     kv: KeyValueStore
+    cache: ReadCache
     rate_limits: RateLimits
     send_queue: int  # KEEL_WS_SEND_QUEUE
 
@@ -44,6 +49,12 @@ class Refused(Exception):
         if isinstance(error, Unauthorized):
             self.headers.append((b"www-authenticate", error.www_authenticate.encode()))
         self.body = problem_body(self.status, code=error.code, detail=str(error))
+
+    @classmethod
+    def outage(cls, exc: Exception) -> Refused:
+        """The 503 for a connection the database or Redis could not check: the same answer REST gives."""
+        log.warning("realtime connection refused, a dependency is unavailable: %s: %s", type(exc).__name__, exc)
+        return cls(Unavailable("A service keel depends on is not answering; retry shortly.", retry_after=2))
 
     def response_headers(self) -> list[tuple[bytes, bytes]]:
         return [
@@ -64,7 +75,10 @@ def query_params(scope: Any) -> dict[str, list[str]]:
 
 async def admit(realtime: Realtime, scope: Any) -> Claims:
     """The claims a connection opens with, or Refused. Leaves them in scope["auth"] for the rate limiter."""
-    claims = await authenticate(realtime, scope)
+    try:
+        claims = await authenticate(realtime, scope)
+    except OUTAGES as exc:  # a ticket cannot be redeemed while Redis is down
+        raise Refused.outage(exc) from None
     scope["auth"] = claims
     results = await realtime.rate_limits.check(scope)
     wait = retry_after(results)

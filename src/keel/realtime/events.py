@@ -14,6 +14,7 @@ import uuid
 from typing import Any, Final
 
 from keel.errors import Invalid
+from keel.http.errors import OUTAGES
 from keel.realtime.access import Realtime, Refused, admit, query_params
 from keel.realtime.errors import ChannelNotFound
 from keel.realtime.hub import Delivery, Peer
@@ -114,6 +115,8 @@ async def serve_events(realtime: Realtime, scope: Any, receive: Any, send: Any) 
                 await hub.join(stream, channel, resume.get(channel), hold=True)
         except ChannelNotFound as exc:
             raise Refused(exc) from None
+        except OUTAGES as exc:  # the database could not say whether the channels exist
+            raise Refused.outage(exc) from None
     except Refused as refusal:
         if stream is not None:
             await hub.disconnect(stream)

@@ -5,18 +5,21 @@ from __future__ import annotations
 import uuid
 from typing import Any, Final
 
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.params import FromPath, JSONBody
 
 from keel.accounts.deps import current_claims
 from keel.http.auth import SECURITY, USER, current_principal
-from keel.http.deps import DbSession, SharedBackends
+from keel.http.caching import NOT_MODIFIED
+from keel.http.deps import ConditionalReads, DbSession, SharedBackends
 from keel.http.errors import problem_response
 from keel.http.pagination import Cursor, Limit, Offset, Page, decode_cursor, encode_cursor
 from keel.realtime import service, tickets
 from keel.realtime.schemas import Author, ChannelCreate, ChannelRead, MessageCreate, MessageRead, TicketRead
 
 NOT_FOUND = {404: problem_response("No such channel")}
+# GETs answer with an ETag and 304 (SPEC §6); first pages and single channels, the hot reads, are also cached
+READ = {**NOT_FOUND, **NOT_MODIFIED}
 
 
 class ChannelsController(Controller):
@@ -27,18 +30,32 @@ class ChannelsController(Controller):
 
     @post(responses={409: problem_response("The name is taken")})
     async def create_channel(
-        self, request: Request[Any, Any, Any], data: JSONBody[ChannelCreate], db_session: DbSession
+        self,
+        request: Request[Any, Any, Any],
+        data: JSONBody[ChannelCreate],
+        db_session: DbSession,
+        backends: SharedBackends,
     ) -> ChannelRead:
         """Create a channel."""
         channel = await service.create_channel(
-            db_session, name=data.name, description=data.description, created_by=current_principal(request).user_id
+            db_session,
+            backends.cache,
+            name=data.name,
+            description=data.description,
+            created_by=current_principal(request).user_id,
         )
         return ChannelRead.from_model(channel)
 
-    @get("/{channel_id:uuid}", responses=NOT_FOUND)
-    async def get_channel(self, channel_id: FromPath[uuid.UUID], db_session: DbSession) -> ChannelRead:
+    @get("/{channel_id:uuid}", responses=READ)
+    async def get_channel(
+        self, channel_id: FromPath[uuid.UUID], db_session: DbSession, reads: ConditionalReads
+    ) -> Response[ChannelRead]:
         """One channel."""
-        return ChannelRead.from_model(await service.get_channel(db_session, channel_id))
+
+        async def load() -> ChannelRead:
+            return ChannelRead.from_model(await service.get_channel(db_session, channel_id))
+
+        return await reads.json(load, scope=service.channel_scope(channel_id), key="channel")
 
     @post("/{channel_id:uuid}/messages", responses=NOT_FOUND)
     async def post_message(
@@ -54,6 +71,7 @@ class ChannelsController(Controller):
         return await service.post_message(
             db_session,
             backends.broker,
+            backends.cache,
             channel_id=channel_id,
             author=Author(claims.user_id, claims.username),
             body=data.body,
@@ -66,17 +84,39 @@ class ChannelListsV1(Controller):
     guards = USER
     security = SECURITY
 
-    @get()
-    async def list_channels(self, db_session: DbSession, limit: Limit = 50, offset: Offset = 0) -> list[ChannelRead]:
+    @get(responses=NOT_MODIFIED)
+    async def list_channels(
+        self,
+        db_session: DbSession,
+        reads: ConditionalReads,
+        limit: Limit = 50,
+        offset: Offset = 0,
+    ) -> Response[list[ChannelRead]]:
         """Channels by name (byte order)."""
-        return [ChannelRead.from_model(c) for c in await service.list_channels(db_session, limit=limit, offset=offset)]
 
-    @get("/{channel_id:uuid}/messages", responses=NOT_FOUND)
+        async def load() -> list[ChannelRead]:
+            return [
+                ChannelRead.from_model(c) for c in await service.list_channels(db_session, limit=limit, offset=offset)
+            ]
+
+        return await reads.json(load, scope=service.CHANNEL_LIST, key=f"v1 {limit}" if offset == 0 else None)
+
+    @get("/{channel_id:uuid}/messages", responses=READ)
     async def list_messages(
-        self, channel_id: FromPath[uuid.UUID], db_session: DbSession, limit: Limit = 50, offset: Offset = 0
-    ) -> list[MessageRead]:
+        self,
+        channel_id: FromPath[uuid.UUID],
+        db_session: DbSession,
+        reads: ConditionalReads,
+        limit: Limit = 50,
+        offset: Offset = 0,
+    ) -> Response[list[MessageRead]]:
         """A channel's messages, newest first."""
-        return await service.list_messages(db_session, channel_id, limit=limit, offset=offset)
+
+        async def load() -> list[MessageRead]:
+            return await service.list_messages(db_session, channel_id, limit=limit, offset=offset)
+
+        scope = service.channel_scope(channel_id)
+        return await reads.json(load, scope=scope, key=f"v1 {limit}" if offset == 0 else None)
 
 
 class ChannelListsV2(Controller):
@@ -85,23 +125,45 @@ class ChannelListsV2(Controller):
     guards = USER
     security = SECURITY
 
-    @get()
-    async def list_channels(self, db_session: DbSession, limit: Limit = 50, cursor: Cursor = None) -> Page[ChannelRead]:
+    @get(responses=NOT_MODIFIED)
+    async def list_channels(
+        self,
+        db_session: DbSession,
+        reads: ConditionalReads,
+        limit: Limit = 50,
+        cursor: Cursor = None,
+    ) -> Response[Page[ChannelRead]]:
         """Channels by name (byte order), a page at a time."""
         after = decode_cursor(cursor, str) if cursor else None
-        channels = await service.list_channels(db_session, limit=limit, after=after)
-        more = len(channels) == limit
-        return Page([ChannelRead.from_model(c) for c in channels], encode_cursor(channels[-1].name) if more else None)
 
-    @get("/{channel_id:uuid}/messages", responses=NOT_FOUND)
+        async def load() -> Page[ChannelRead]:
+            channels = await service.list_channels(db_session, limit=limit, after=after)
+            more = len(channels) == limit
+            return Page(
+                [ChannelRead.from_model(c) for c in channels], encode_cursor(channels[-1].name) if more else None
+            )
+
+        return await reads.json(load, scope=service.CHANNEL_LIST, key=f"v2 {limit}" if cursor is None else None)
+
+    @get("/{channel_id:uuid}/messages", responses=READ)
     async def list_messages(
-        self, channel_id: FromPath[uuid.UUID], db_session: DbSession, limit: Limit = 50, cursor: Cursor = None
-    ) -> Page[MessageRead]:
+        self,
+        channel_id: FromPath[uuid.UUID],
+        db_session: DbSession,
+        reads: ConditionalReads,
+        limit: Limit = 50,
+        cursor: Cursor = None,
+    ) -> Response[Page[MessageRead]]:
         """A channel's messages, newest first, a page at a time."""
         before = decode_cursor(cursor, int) if cursor else None
-        messages = await service.list_messages(db_session, channel_id, limit=limit, before_seq=before)
-        more = len(messages) == limit and messages[-1].seq > 1
-        return Page(messages, encode_cursor(messages[-1].seq) if more else None)
+
+        async def load() -> Page[MessageRead]:
+            messages = await service.list_messages(db_session, channel_id, limit=limit, before_seq=before)
+            more = len(messages) == limit and messages[-1].seq > 1
+            return Page(messages, encode_cursor(messages[-1].seq) if more else None)
+
+        scope = service.channel_scope(channel_id)
+        return await reads.json(load, scope=scope, key=f"v2 {limit}" if cursor is None else None)
 
 
 class TicketsController(Controller):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Sequence
+from typing import Final
 
 import msgspec
 from sqlalchemy import select, update
@@ -17,9 +18,18 @@ from keel.realtime.models import Channel, Message
 from keel.realtime.schemas import Author, MessageRead
 from keel.shared import BackendUnavailable
 from keel.shared.broker import Broker
+from keel.shared.cache import ReadCache
 
 log = logging.getLogger("keel.realtime")
 _encoder = msgspec.json.Encoder()
+
+# read-cache scopes: what one write changes. Every list shows every channel's last_seq, so a message changes both.
+CHANNEL_LIST: Final = "channels"
+
+
+def channel_scope(channel_id: uuid.UUID) -> str:
+    """The read-cache scope of a channel and its message pages."""
+    return f"channel:{channel_id}"
 
 
 def topic(channel_id: uuid.UUID) -> str:
@@ -32,7 +42,9 @@ def encode_message(message: MessageRead) -> bytes:
     return _encoder.encode(message)
 
 
-async def create_channel(session: AsyncSession, *, name: str, description: str, created_by: uuid.UUID) -> Channel:
+async def create_channel(
+    session: AsyncSession, cache: ReadCache, *, name: str, description: str, created_by: uuid.UUID
+) -> Channel:
     """Create a channel, or raise ChannelNameTaken."""
     channel = Channel(name=name, description=description, created_by=created_by, last_seq=0)
     session.add(channel)
@@ -40,6 +52,7 @@ async def create_channel(session: AsyncSession, *, name: str, description: str, 
         await session.commit()
     except IntegrityError as exc:  # the unique name settles concurrent creations
         raise ChannelNameTaken(f"A channel named {name!r} exists.") from exc
+    await cache.invalidate(CHANNEL_LIST)
     return channel
 
 
@@ -61,7 +74,7 @@ async def list_channels(
 
 
 async def post_message(
-    session: AsyncSession, broker: Broker, *, channel_id: uuid.UUID, author: Author, body: str
+    session: AsyncSession, broker: Broker, cache: ReadCache, *, channel_id: uuid.UUID, author: Author, body: str
 ) -> MessageRead:
     """Append a message with the channel's next seq, then publish it to live subscribers."""
     # one statement takes the next seq and locks the channel row until commit, so concurrent writers on any
@@ -78,6 +91,8 @@ async def post_message(
     message = Message(channel_id=channel_id, seq=seq, author_id=author.id, body=body)
     session.add(message)
     await session.commit()
+    # before the publish: a subscriber that reads the channel on seeing the message must not get a cached page
+    await cache.invalidate(channel_scope(channel_id), CHANNEL_LIST)
     read = MessageRead(
         id=message.id,
         channel_id=channel_id,

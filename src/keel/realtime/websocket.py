@@ -236,6 +236,7 @@ async def _publish(realtime: Realtime, scope: Any, socket: Socket, claims: Claim
         message = await service.post_message(
             session,
             hub.broker,
+            realtime.cache,
             channel_id=frame.channel,
             author=Author(claims.user_id, claims.username),
             body=frame.body,

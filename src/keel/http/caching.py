@@ -1,0 +1,70 @@
+"""Conditional, cached GETs (SPEC §6): a strong ETag on every such response, 304 for a matching If-None-Match.
+
+The ETag is a hash of the JSON body, so it is strong: it changes with any byte of the body. The compression
+layer tells encoded variants apart by suffixing it (keel.http.compression). A hot read is cached under its
+scope (keel.shared.cache) as the ETag and the body together, so a hit serves, or 304s, with no database work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgspec
+from litestar.enums import MediaType
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.response import Response
+
+from keel.shared import BackendUnavailable
+from keel.shared.cache import ReadCache
+
+_encoder = msgspec.json.Encoder()
+ETAG_LENGTH: Final = 34  # '"' + 32 hex digits + '"'
+# bearer-authenticated data: no shared cache may keep it, and a client revalidates (cheaply, by ETag) before reuse
+CACHE_CONTROL: Final = "private, no-cache"
+NOT_MODIFIED: Final = {
+    304: ResponseSpec(None, description="Not modified: the If-None-Match tag is current", generate_examples=False)
+}
+
+
+def entity_tag(body: bytes) -> str:
+    return f'"{hashlib.blake2b(body, digest_size=16).hexdigest()}"'
+
+
+def is_current(if_none_match: str | None, etag: str) -> bool:
+    """Whether If-None-Match names `etag` (RFC 9110 §13.1.2: weak comparison, `*` matches anything)."""
+    if if_none_match is None:
+        return False
+    tags = [tag.strip() for tag in if_none_match.split(",")]
+    return "*" in tags or any(tag.removeprefix("W/") == etag for tag in tags)
+
+
+@dataclass(frozen=True, slots=True)
+class Reads:
+    """Conditional JSON reads for one request: handlers get it as `reads: ConditionalReads`."""
+
+    cache: ReadCache
+    if_none_match: str | None
+
+    async def json(self, load: Callable[[], Awaitable[Any]], *, scope: str, key: str | None) -> Response[Any]:
+        """`load()`'s JSON with its ETag, or 304; with a `key`, from the cache while no write changed `scope`."""
+        lookup = None
+        if key is not None:
+            with suppress(BackendUnavailable):  # Redis is down: read through (SPEC §10)
+                lookup = await self.cache.get(scope, key)
+        if lookup is not None and lookup.value is not None:
+            etag, body = lookup.value[:ETAG_LENGTH].decode(), lookup.value[ETAG_LENGTH:]
+        else:
+            body = _encoder.encode(await load())
+            etag = entity_tag(body)
+            if lookup is not None and key is not None:
+                # stamped with the version read before load(): a write that raced it hides this entry
+                with suppress(BackendUnavailable):
+                    await self.cache.put(scope, key, etag.encode() + body, lookup.version)
+        headers = {"etag": etag, "cache-control": CACHE_CONTROL}
+        if is_current(self.if_none_match, etag):
+            return Response(content=b"", status_code=304, headers=headers)
+        return Response(content=body, media_type=MediaType.JSON, headers=headers)
