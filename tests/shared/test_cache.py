@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import time
 import uuid
 
 import pytest
 from redis.asyncio import Redis
 
 from keel.shared import Backends, BackendUnavailable
+from keel.shared import cache as cache_module
 from keel.shared.cache import InProcessReadCache, ReadCache, RedisReadCache
 from tests.servers import RedisProcess
 from tests.shared.conftest import DEAD_REDIS_URL, OpenBackends
@@ -97,8 +100,9 @@ async def test_redis_down_makes_reads_raise_and_invalidations_wait(open_instance
 
 @pytest.mark.parametrize("recovery", ["the writer reads", "the feed resumes"])
 async def test_an_invalidation_lost_to_an_outage_is_made_when_redis_answers_again(
-    open_instance: OpenBackends, recovery: str
+    open_instance: OpenBackends, recovery: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(cache_module, "BREAKER", 0.0)  # the breaker has its own test
     with RedisProcess() as redis_server:
         writer, reader = await open_instance(redis_server.url), await open_instance(redis_server.url)
         await writer.broker.subscribe(new_scope(), lambda data: None)  # a live feed, to hear when it resumes
@@ -127,3 +131,23 @@ async def test_an_invalidation_lost_to_an_outage_is_made_when_redis_answers_agai
             assert (await reader.cache.get(scope, "page")).value is None
         finally:
             await admin.aclose()
+
+
+async def test_after_a_failed_call_redis_is_left_alone_for_a_moment(open_instance: OpenBackends) -> None:
+    with RedisProcess() as redis_server:
+        backends = await open_instance(redis_server.url)
+        await fill(backends.cache, new_scope(), "page", b"works")
+        assert redis_server.process is not None
+        redis_server.process.send_signal(signal.SIGSTOP)  # a dead link: no refusal, no reply, only timeouts
+        try:
+            with pytest.raises(BackendUnavailable):
+                await backends.cache.get(new_scope(), "page")  # waits out the client's timeout
+            started = time.monotonic()
+            with pytest.raises(BackendUnavailable):
+                await backends.cache.get(new_scope(), "page")
+            await backends.cache.invalidate(new_scope())
+            assert time.monotonic() - started < 0.1  # neither waited on Redis
+        finally:
+            redis_server.process.send_signal(signal.SIGCONT)
+        await asyncio.sleep(cache_module.BREAKER)
+        await fill(backends.cache, new_scope(), "page", b"works again")
