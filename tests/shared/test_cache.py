@@ -11,7 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from keel.shared import Backends, BackendUnavailable
-from keel.shared import cache as cache_module
+from keel.shared import errors as errors_module
 from keel.shared.cache import InProcessReadCache, ReadCache, RedisReadCache
 from tests.servers import RedisProcess
 from tests.shared.conftest import DEAD_REDIS_URL, OpenBackends
@@ -102,7 +102,7 @@ async def test_redis_down_makes_reads_raise_and_invalidations_wait(open_instance
 async def test_an_invalidation_lost_to_an_outage_is_made_when_redis_answers_again(
     open_instance: OpenBackends, recovery: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cache_module, "BREAKER", 0.0)  # the breaker has its own test
+    monkeypatch.setattr(errors_module, "BREAKER_SECONDS", 0.0)  # the breaker has its own test
     with RedisProcess() as redis_server:
         writer, reader = await open_instance(redis_server.url), await open_instance(redis_server.url)
         await writer.broker.subscribe(new_scope(), lambda data: None)  # a live feed, to hear when it resumes
@@ -133,7 +133,9 @@ async def test_an_invalidation_lost_to_an_outage_is_made_when_redis_answers_agai
             await admin.aclose()
 
 
-async def test_after_a_failed_call_redis_is_left_alone_for_a_moment(open_instance: OpenBackends) -> None:
+async def test_after_a_failed_call_the_cache_leaves_redis_alone_for_a_moment(
+    open_instance: OpenBackends,
+) -> None:
     with RedisProcess() as redis_server:
         backends = await open_instance(redis_server.url)
         await fill(backends.cache, new_scope(), "page", b"works")
@@ -149,5 +151,5 @@ async def test_after_a_failed_call_redis_is_left_alone_for_a_moment(open_instanc
             assert time.monotonic() - started < 0.1  # neither waited on Redis
         finally:
             redis_server.process.send_signal(signal.SIGCONT)
-        await asyncio.sleep(cache_module.BREAKER)
+        await asyncio.sleep(errors_module.BREAKER_SECONDS)
         await fill(backends.cache, new_scope(), "page", b"works again")

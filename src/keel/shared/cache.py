@@ -19,23 +19,18 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Final, Protocol
 
 from redis.asyncio import Redis
 
-from keel.shared.errors import BackendUnavailable, outage_as_unavailable
+from keel.shared.errors import BackendUnavailable, Breaker
 from keel.shared.expiring import Clock, ExpiringDict
 from keel.shared.kv import bytes_or_none
 
 log = logging.getLogger(__name__)
 
 TTL: Final = 10.0  # seconds an entry is served at most: the staleness bound if an invalidation is lost
-# seconds after a failed call in which Redis is not tried: on a dead link (timeouts, not refusals) each call
-# would otherwise cost every read the client's timeout and its retry, seconds, where a GET should take a millisecond
-BREAKER: Final = 1.0
 _NO_VERSION: Final = b""  # a scope never written since the cache started
 
 
@@ -100,16 +95,17 @@ class RedisReadCache:
 
     def __init__(self, redis: Redis, prefix: str = "keel:cache:", ttl: float = TTL) -> None:
         self._redis = redis
+        # a miss costs only a database read, so after a failure the cache is not tried for a moment
+        self._breaker = Breaker()
         self._prefix = prefix
         self._ttl_ms = int(ttl * 1000)
         self._unversioned: set[str] = set()  # scopes whose invalidation failed: replaced before the next read
         self._retry: asyncio.Task[None] | None = None
-        self._try_at = 0.0  # monotonic time before which Redis is not tried (the breaker)
 
     async def get(self, scope: str, key: str) -> Lookup:
         """The entry under (scope, key) if it is current, and the scope's version: one MGET."""
         await self._replace_versions()  # this instance's own writes first: it must read them back
-        with self._calling():
+        with self._breaker.call():
             replies = await self._redis.mget(self._version_key(scope), self._entry_key(scope, key))
         version, entry = bytes_or_none(replies[0]) or _NO_VERSION, bytes_or_none(replies[1])
         if entry is not None:
@@ -120,7 +116,7 @@ class RedisReadCache:
 
     async def put(self, scope: str, key: str, value: bytes, version: bytes) -> None:
         """Store `value` for TTL, stamped with the `version` its lookup returned."""
-        with self._calling():
+        with self._breaker.call():
             await self._redis.set(self._entry_key(scope, key), version + b"|" + value, px=self._ttl_ms)
 
     async def invalidate(self, *scopes: str) -> None:
@@ -140,20 +136,9 @@ class RedisReadCache:
         if not self._unversioned:
             return
         scopes = list(self._unversioned)
-        with self._calling():
+        with self._breaker.call():
             await self._redis.mset({self._version_key(scope): new_version() for scope in scopes})
         self._unversioned.difference_update(scopes)
-
-    @contextmanager
-    def _calling(self) -> Iterator[None]:
-        if time.monotonic() < self._try_at:
-            raise BackendUnavailable("Redis failed less than a moment ago")
-        try:
-            with outage_as_unavailable():
-                yield
-        except BackendUnavailable:
-            self._try_at = time.monotonic() + BREAKER
-            raise
 
     def _version_key(self, scope: str) -> str:
         return f"{self._prefix}v:{scope}"
