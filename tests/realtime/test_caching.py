@@ -132,3 +132,12 @@ async def test_an_encoded_body_has_its_own_etag(client: Client, auth: dict[str, 
     # the encoded variant's tag does not validate the identity variant
     other = await client.get(url, headers={**auth, **IDENTITY, "If-None-Match": encoded.headers["etag"]})
     assert other.status_code == 200
+
+
+async def test_openapi_documents_the_validators_and_304(client: Client) -> None:
+    paths = (await client.get("/api-docs/openapi.json")).json()["paths"]
+    for version in ("v1", "v2"):
+        for path in ("/channels", "/channels/{channel_id}", "/channels/{channel_id}/messages"):
+            responses = paths[f"/api/{version}{path}"]["get"]["responses"]
+            assert "304" in responses, path
+            assert set(responses["200"]["headers"]) >= {"ETag", "Cache-Control"}, path

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import msgspec
+from litestar.datastructures import ResponseHeader
 from litestar.enums import MediaType
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.response import Response
@@ -28,6 +29,13 @@ CACHE_CONTROL: Final = "private, no-cache"
 NOT_MODIFIED: Final = {
     304: ResponseSpec(None, description="Not modified: the If-None-Match tag is current", generate_examples=False)
 }
+# for OpenAPI (and the clients generated from it) only: the handlers set these headers; a value gives the schema
+VALIDATOR_HEADERS: Final = [
+    ResponseHeader(
+        name="ETag", documentation_only=True, value='"0f…"', description="Strong validator; send it in If-None-Match"
+    ),
+    ResponseHeader(name="Cache-Control", documentation_only=True, value=CACHE_CONTROL, description=CACHE_CONTROL),
+]
 
 
 def entity_tag(body: bytes) -> str:

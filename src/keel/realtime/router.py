@@ -10,7 +10,7 @@ from litestar.params import FromPath, JSONBody
 
 from keel.accounts.deps import current_claims
 from keel.http.auth import SECURITY, USER, current_principal
-from keel.http.caching import NOT_MODIFIED
+from keel.http.caching import NOT_MODIFIED, VALIDATOR_HEADERS
 from keel.http.deps import ConditionalReads, DbSession, SharedBackends
 from keel.http.errors import problem_response
 from keel.http.pagination import Cursor, Limit, Offset, Page, decode_cursor, encode_cursor
@@ -46,7 +46,7 @@ class ChannelsController(Controller):
         )
         return ChannelRead.from_model(channel)
 
-    @get("/{channel_id:uuid}", responses=READ)
+    @get("/{channel_id:uuid}", responses=READ, response_headers=VALIDATOR_HEADERS)
     async def get_channel(
         self, channel_id: FromPath[uuid.UUID], db_session: DbSession, reads: ConditionalReads
     ) -> Response[ChannelRead]:
@@ -84,7 +84,7 @@ class ChannelListsV1(Controller):
     guards = USER
     security = SECURITY
 
-    @get(responses=NOT_MODIFIED)
+    @get(responses=NOT_MODIFIED, response_headers=VALIDATOR_HEADERS)
     async def list_channels(
         self,
         db_session: DbSession,
@@ -101,7 +101,7 @@ class ChannelListsV1(Controller):
 
         return await reads.json(load, scope=service.CHANNEL_LIST, key=f"v1 {limit}" if offset == 0 else None)
 
-    @get("/{channel_id:uuid}/messages", responses=READ)
+    @get("/{channel_id:uuid}/messages", responses=READ, response_headers=VALIDATOR_HEADERS)
     async def list_messages(
         self,
         channel_id: FromPath[uuid.UUID],
@@ -125,7 +125,7 @@ class ChannelListsV2(Controller):
     guards = USER
     security = SECURITY
 
-    @get(responses=NOT_MODIFIED)
+    @get(responses=NOT_MODIFIED, response_headers=VALIDATOR_HEADERS)
     async def list_channels(
         self,
         db_session: DbSession,
@@ -145,7 +145,7 @@ class ChannelListsV2(Controller):
 
         return await reads.json(load, scope=service.CHANNEL_LIST, key=f"v2 {limit}" if cursor is None else None)
 
-    @get("/{channel_id:uuid}/messages", responses=READ)
+    @get("/{channel_id:uuid}/messages", responses=READ, response_headers=VALIDATOR_HEADERS)
     async def list_messages(
         self,
         channel_id: FromPath[uuid.UUID],
