@@ -1,0 +1,79 @@
+"""The embedded database's writer queue: one SQLite writer at a time per process, queued in asyncio."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from keel import db
+
+WRITE = text("INSERT INTO t (n) VALUES (1)")
+
+
+@pytest.fixture
+async def engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[AsyncEngine]:
+    monkeypatch.setattr(db, "WRITE_LOCK_TIMEOUT", 0.3)  # SQLite's own busy_timeout stays 5 s
+    engine = db.create_engine(f"sqlite+aiosqlite:///{tmp_path / 'queue.db'}")
+    async with engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE t (n INTEGER)"))
+    yield engine
+    await engine.dispose()
+
+
+async def test_a_second_writer_queues_in_the_process_not_in_sqlite(engine: AsyncEngine) -> None:
+    async def write(*, commit: bool = True) -> None:
+        async with engine.connect() as conn:
+            await conn.execute(WRITE)
+            if commit:
+                await conn.commit()
+
+    async with engine.connect() as first:
+        await first.execute(WRITE)  # a write transaction, left open
+        # another task's writer waits on keel's queue, whose timeout fires first (SQLite's busy_timeout is 5 s)
+        with pytest.raises(PoolTimeoutError):
+            await asyncio.create_task(write())
+        waiting = asyncio.create_task(write())
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        await first.commit()  # the end of the first transaction lets the next writer in
+        await asyncio.wait_for(waiting, 1)
+
+
+async def test_a_rollback_a_forgotten_transaction_or_a_failed_task_frees_the_queue(engine: AsyncEngine) -> None:
+    async def rolled_back() -> None:
+        async with engine.connect() as conn:
+            await conn.execute(WRITE)
+            await conn.rollback()
+
+    async def forgotten() -> None:
+        async with engine.connect() as conn:
+            await conn.execute(WRITE)  # closed without commit or rollback
+
+    orphans: list[AsyncConnection] = []
+
+    async def failed() -> None:
+        orphans.append(conn := await engine.connect())
+        await conn.execute(WRITE)
+        raise RuntimeError("the task dies holding its transaction")
+
+    await asyncio.create_task(rolled_back())
+    await asyncio.create_task(forgotten())
+    with pytest.raises(RuntimeError):
+        await asyncio.create_task(failed())
+    await orphans[0].close()  # from another task: only the dead task's own end can have given the lock back
+    async with asyncio.timeout(1), engine.begin() as conn:  # a leaked lock would wait out the 0.3 s queue timeout
+        await conn.execute(WRITE)
+        assert await conn.scalar(text("SELECT count(*) FROM t")) == 1
+
+
+async def test_reads_do_not_queue_behind_a_writer(engine: AsyncEngine) -> None:
+    async with engine.connect() as writer, engine.connect() as reader:
+        await writer.execute(WRITE)
+        assert await reader.scalar(text("SELECT count(*) FROM t")) == 0  # WAL: the reader sees the last commit
+        await writer.rollback()
