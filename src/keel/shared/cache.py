@@ -99,7 +99,8 @@ class RedisReadCache:
         self._breaker = Breaker()
         self._prefix = prefix
         self._ttl_ms = int(ttl * 1000)
-        self._unversioned: set[str] = set()  # scopes whose invalidation failed: replaced before the next read
+        # scope -> invalidations not yet made (they failed, or are in flight); replaced before the next read
+        self._unversioned: dict[str, int] = {}
         self._retry: asyncio.Task[None] | None = None
 
     async def get(self, scope: str, key: str) -> Lookup:
@@ -121,7 +122,8 @@ class RedisReadCache:
 
     async def invalidate(self, *scopes: str) -> None:
         """Give `scopes` new versions (one MSET); during an outage, remember them for later."""
-        self._unversioned.update(scopes)
+        for scope in scopes:
+            self._unversioned[scope] = self._unversioned.get(scope, 0) + 1
         try:
             await self._replace_versions()
         except BackendUnavailable as exc:
@@ -135,10 +137,12 @@ class RedisReadCache:
     async def _replace_versions(self) -> None:
         if not self._unversioned:
             return
-        scopes = list(self._unversioned)
+        made = dict(self._unversioned)
         with self._breaker.call():
-            await self._redis.mset({self._version_key(scope): new_version() for scope in scopes})
-        self._unversioned.difference_update(scopes)
+            await self._redis.mset({self._version_key(scope): new_version() for scope in made})
+        for scope, count in made.items():
+            if self._unversioned.get(scope) == count:  # else a later invalidation is still in flight, or failed
+                del self._unversioned[scope]
 
     def _version_key(self, scope: str) -> str:
         return f"{self._prefix}v:{scope}"
