@@ -333,11 +333,12 @@ class Subscriber:
     only in `parse`: while a publish is measured the socket is only read (Subscribers.collect).
     """
 
-    __slots__ = ("case_id", "channel", "chunks", "protocol", "ready", "sock")
+    __slots__ = ("case_id", "channel", "chunks", "protocol", "ready", "sock", "subscribing")
 
     def __init__(self, server: Server, channel: str) -> None:
         self.case_id = server.case.id
         self.channel = channel  # subscribed to once the handshake is done; "" for none
+        self.subscribing = False  # the subscribe is sent, its answer not yet read
         self.ready = False  # the handshake is done, and the subscribe answered if there is one
         self.chunks: list[tuple[float, bytes]] = []  # (when the loop saw the socket readable, what it read)
         self.sock = socket.create_connection((HOST, server.port), timeout=10)
@@ -390,13 +391,14 @@ class Subscriber:
         if not self.ready and self.protocol.state is State.OPEN:
             if not self.channel:
                 self.ready = True
+            elif not self.subscribing:
+                self.protocol.send_text(json.dumps({"type": "subscribe", "channel": self.channel}).encode())
+                self.subscribing = True
             elif texts:  # keel sends nothing before the answer to the subscribe
                 reply = json.loads(texts.pop(0)[1])
                 if reply.get("type") != "subscribed":
                     raise BenchError(f"{self.case_id}: subscribe answered {reply}")
                 self.ready = True
-            elif not self.protocol.writes:
-                self.protocol.send_text(json.dumps({"type": "subscribe", "channel": self.channel}).encode())
         self.flush()
         return texts
 
