@@ -943,7 +943,7 @@ def rounds_text(rounds: int) -> str:
 
 def method_line(result: RealtimeResult) -> str:
     websockets = importlib.metadata.version("websockets")
-    sentences = (
+    sentences = [
         f"Realtime scenarios: each a fresh server on CPU {SERVER_CPU}, one worker (keel: `keel serve`, uvicorn "
         f"with wsproto; {PEER_NAME}: uvicorn, its `/ws` a sequential `await send_text` loop over every socket, its "
         f"`/events` sse-starlette), {PEER_NAME} first, then keel; the fan-out {rounds_text(result.rounds)}, the "
@@ -955,6 +955,28 @@ def method_line(result: RealtimeResult) -> str:
         "(../shared/bench/BASELINE.md §3), so its figures here are its cheaper configuration.",
         "keel's clients send `Authorization: Bearer` and subscribe to one channel; the peer sends to every socket.",
         "keel runs with `KEEL_RATE_LIMIT` never tripping and `KEEL_WS_SEND_QUEUE` at its default (256).",
+    ]
+    if result.fanouts:
+        sentences += fanout_method()
+    if result.fanouts or result.sse:
+        sentences.append(
+            "Memory per idle connection: the server's RSS (process tree) after N connected (WS: and subscribed) and "
+            f"idled {SETTLE_S:.0f} s, minus its RSS fresh, / N; an SSE stream counts once it has its first event "
+            "(keel: `retry:`; the peer: a tick)."
+        )
+    if result.rates:
+        sentences.append(
+            f"Publish rate: {RATE_SUBSCRIBERS} WS subscribers, then {RATE_PUBLISHERS} publishers in a closed loop, "
+            f"{RATE_WARMUP_S:.0f} s warm-up, {RATE_S:.0f} s measured; REST latency is the request's (keep-alive), WS "
+            "latency from the publish frame to its `published` reply (the peer has none: to its own broadcast "
+            "coming back); delivered = receipts at the subscribers / (messages x subscribers), warm-up included; the "
+            f"clients are the `websockets` package {websockets} on uvloop and run on the client CPU too."
+        )
+    return " ".join(sentences)
+
+
+def fanout_method() -> list[str]:
+    return [
         f"Fan-out: N subscribers and one publisher socket connect and idle {SETTLE_S:.0f} s (the peer writes to the "
         f"publisher too: N + 1 sockets), then the publisher sends {PUBLISHES} publish frames, each after "
         f"{PUBLISH_GAP_S} s of quiet, each with a body unique to the run; per publish, p50/p99/max over the N "
@@ -969,13 +991,4 @@ def method_line(result: RealtimeResult) -> str:
         f"The client's own bounds: *floor*, the time it takes to collect the N copies of one more publish left to "
         f"arrive for {FLOOR_WAIT_S:.0f} s first, and *dates late by*, the longest stretch of reading between two "
         "epoll wake-ups during the measured publishes, by which a date can be late.",
-        "Memory per idle connection: the server's RSS (process tree) after N connected (WS: and subscribed) and idled "
-        f"{SETTLE_S:.0f} s, minus its RSS fresh, / N; an SSE stream counts once it has its first event (keel: "
-        "`retry:`; the peer: a tick).",
-        f"Publish rate: {RATE_SUBSCRIBERS} WS subscribers, then {RATE_PUBLISHERS} publishers in a closed loop, "
-        f"{RATE_WARMUP_S:.0f} s warm-up, {RATE_S:.0f} s measured; REST latency is the request's (keep-alive), WS "
-        "latency from the publish frame to its `published` reply (the peer has none: to its own broadcast coming "
-        "back); delivered = receipts at the subscribers / (messages x subscribers), warm-up included; the "
-        f"clients are the `websockets` package {websockets} on uvloop and run on the client CPU too.",
-    )
-    return " ".join(sentences)
+    ]
