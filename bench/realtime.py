@@ -1,15 +1,20 @@
 """The realtime scenarios of `make bench`: keel's `/ws` and `/events` against naive FastAPI's, in one invocation.
 
 Method (as ../shared/bench/ws_fanout.py and sse_conns.py): every scenario gets a fresh server pinned to CPU 0 (one
-worker), the peer first, then keel. This process is the only client: it runs on CPU 1 under uvloop, WebSockets through
-the `websockets` package, SSE as raw HTTP/1.1 GETs on asyncio streams. Both servers inherit the raised fd soft limit.
+worker), the peer first, then keel. This process is the only client, on CPU 1. Both servers inherit the raised fd soft
+limit.
 
-- `realtime-ws-fanout`, for each N: N WebSocket clients connect (keel's subscribe to the bench channel; the peer
-  broadcasts to every socket), idle SETTLE_S, then one of them publishes PUBLISHES times, a body holding the send time.
-  Latency is from the send to each receipt. The server's RSS delta over N is its memory per idle connection.
-- `realtime-sse-memory`: N SSE streams (the largest N) open and get their first event; RSS delta / N.
-- `realtime-publish-rest-ws`: RATE_SUBSCRIBERS WebSocket subscribers, then RATE_PUBLISHERS publishers in a closed loop
-  through REST (`POST /api/v1/channels/{id}/messages`; keel only) and through WS publish frames.
+- `realtime-ws-fanout`, for each N: N WebSocket subscribers (keel's subscribe to the bench channel; the peer
+  broadcasts to every socket) and a publisher connect, idle SETTLE_S, then the publisher publishes PUBLISHES times.
+  Latency is from just before the send to each subscriber's arrival, dated at the socket: the subscribers are raw
+  sockets on one epoll, read with no event loop and no parsing while a publish is measured (Subscribers): a client
+  with an asyncio task per socket measured its own queueing, not the server. The server's RSS delta over N is its
+  memory per idle connection.
+- `realtime-sse-memory`: N SSE streams (the largest N), raw HTTP/1.1 GETs on asyncio streams under uvloop, open and
+  get their first event; RSS delta / N.
+- `realtime-publish-rest-ws`: RATE_SUBSCRIBERS WebSocket subscribers (the `websockets` package under uvloop), then
+  RATE_PUBLISHERS publishers in a closed loop through REST (`POST /api/v1/channels/{id}/messages`; keel only) and
+  through WS publish frames.
 
 bench/run.py runs these after the HTTP cases (`--only ws`, `--only sse`, `--only realtime` select them) and writes
 `report()` into its BENCHMARKS.md section.
@@ -27,8 +32,11 @@ import math
 import os
 import re
 import resource
+import select
+import socket
 import statistics
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -53,12 +61,19 @@ from run import (
     tree_rss,
 )
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
 PUBLISHES = 20
 PUBLISH_GAP_S = 0.3
 DELIVERY_TIMEOUT_S = 60.0  # per publish; a publish that has not reached every subscriber by then counts incomplete
 CONNECT_CONCURRENCY = 200  # handshakes in flight at once, as ws_fanout.py
+CONNECT_TIMEOUT_S = 120.0  # for all N fan-out subscribers to be connected and subscribed
+RECV_BYTES = 65536
+FLOOR_WAIT_S = 1.0  # after the floor's publish, before reading: every copy has arrived by then
 FIRST_EVENT_TIMEOUT_S = 30.0
 SETTLE_S = 2.0  # idle time before an RSS reading; also how long deliveries may stall before a rate phase ends
 RATE_SUBSCRIBERS, RATE_PUBLISHERS = 100, 8
@@ -85,9 +100,12 @@ class FanOut:
     rss_before: int  # the fresh server, bytes
     rss_idle: int  # N connected (keel's subscribed), idle for SETTLE_S
     rss_after: int  # after the publishes
-    p50_ms: tuple[float, ...]  # one per publish, over its receipts
+    p50_ms: tuple[float, ...]  # one per publish, over its arrivals
     p99_ms: tuple[float, ...]
     max_ms: tuple[float, ...]
+    first_ms: tuple[float, ...]  # the earliest arrival: the publish's own path, before the fan-out
+    floor_ms: float  # the client's time to collect N copies already waiting in its sockets
+    lag_ms: tuple[float, ...]  # per publish, how late the client may have dated an arrival (Subscribers.collect)
     complete: int  # publishes that reached all N
     closed: int  # sockets the server closed meanwhile
 
@@ -100,8 +118,36 @@ class FanOut:
         return (self.rss_after - self.rss_before) / self.n / KIB
 
     @property
+    def p50_median_ms(self) -> float:
+        return statistics.median(self.p50_ms)
+
+    @property
     def p99_median_ms(self) -> float:
         return statistics.median(self.p99_ms)
+
+    @property
+    def first_median_ms(self) -> float:
+        return statistics.median(self.first_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class FanOutRounds:
+    """One target's fan-out at one N in every round of the run: the report gives medians over the rounds."""
+
+    target: str
+    rounds: tuple[FanOut, ...]
+
+    def median(self, figure: Callable[[FanOut], float]) -> float:
+        return statistics.median(figure(f) for f in self.rounds)
+
+    def each(self, figure: Callable[[FanOut], float]) -> str:
+        """Every round's figure, when there are several."""
+        return f" (rounds: {' / '.join(f'{figure(f):.1f}' for f in self.rounds)})" if len(self.rounds) > 1 else ""
+
+    @property
+    def median_round(self) -> FanOut:
+        """The round whose memory per connection is the median: its RSS readings go with that figure."""
+        return sorted(self.rounds, key=lambda f: f.kib_per_conn)[len(self.rounds) // 2]
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +186,7 @@ class RealtimeResult:
     sse: tuple[SseMemory, ...]
     rates: tuple[PublishRate, ...]
     fd_limit: int
+    rounds: int  # of the fan-out
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,47 +326,228 @@ def closed_readers(readers: Sequence[asyncio.Task[None]]) -> int:
 # --- scenarios -------------------------------------------------------------------------------------------------
 
 
-async def fan_out(server: Server, n: int) -> FanOut:
-    """N subscribers, PUBLISHES publishes from the first of them; latency from the send to each receipt."""
-    await asyncio.sleep(1)
-    rss_before = server.rss()
-    clients = await connect_all(server, n)
-    await asyncio.sleep(SETTLE_S)
-    rss_idle = server.rss()
-    latencies: dict[int, list[float]] = {}
-    everyone: dict[int, asyncio.Event] = {}
+class Subscriber:
+    """A raw socket speaking WebSocket: bytes are read as they come, frames parsed only between publishes.
 
-    async def receive(ws: ClientConnection) -> None:
-        async for raw in ws:
+    websockets' sans-I/O protocol does the handshake, checks and unmasks frames and answers the server's pings, but
+    only in `parse`: while a publish is measured the socket is only read (Subscribers.collect).
+    """
+
+    __slots__ = ("case_id", "channel", "chunks", "protocol", "ready", "sock", "subscribing")
+
+    def __init__(self, server: Server, channel: str) -> None:
+        self.case_id = server.case.id
+        self.channel = channel  # subscribed to once the handshake is done; "" for none
+        self.subscribing = False  # the subscribe is sent, its answer not yet read
+        self.ready = False  # the handshake is done, and the subscribe answered if there is one
+        self.chunks: list[tuple[float, bytes]] = []  # (when the loop saw the socket readable, what it read)
+        self.sock = socket.create_connection((HOST, server.port), timeout=10)
+        self.sock.setblocking(False)
+        self.protocol = ClientProtocol(parse_uri(f"ws://{HOST}:{server.port}/ws"))  # no extensions: no deflate
+        request = self.protocol.connect()
+        request.headers.update(server.headers)
+        self.protocol.send_request(request)
+        self.flush()
+
+    def flush(self) -> None:
+        # a handshake, a subscribe or publish frame, a pong: each far below the socket's send buffer
+        for data in self.protocol.data_to_send():
+            if data:  # b"" asks for a half-close after a failed handshake, which parse() raises
+                self.sock.sendall(data)
+
+    def send_text(self, text: str) -> float:
+        """Send one text frame; returns the time just before it went."""
+        self.protocol.send_text(text.encode())
+        frame = b"".join(self.protocol.data_to_send())
+        sent = time.perf_counter()
+        self.sock.sendall(frame)
+        return sent
+
+    def read(self, now: float) -> bool:
+        """One recv, dated `now`; False once the server has closed the connection."""
+        try:
+            data = self.sock.recv(RECV_BYTES)
+        except BlockingIOError:
+            return True
+        except ConnectionError:
+            data = b""
+        self.chunks.append((now, data))
+        return bool(data)
+
+    def parse(self) -> list[tuple[float, str]]:
+        """The text frames read so far, each dated by the chunk that completed it; the handshake moves on here."""
+        texts = []
+        for now, data in self.chunks:
+            if data:
+                self.protocol.receive_data(data)
+            else:
+                self.protocol.receive_eof()
+            events = self.protocol.events_received()
+            texts += [(now, bytes(e.data).decode()) for e in events if isinstance(e, Frame) and e.opcode is Opcode.TEXT]
+        self.chunks.clear()
+        if (failed := self.protocol.handshake_exc) is not None:
+            status = failed.response.status_code if isinstance(failed, InvalidStatus) else repr(failed)
+            raise BenchError(f"{self.case_id}: GET /ws answered {status}")
+        if not self.ready and self.protocol.state is State.OPEN:
+            if not self.channel:
+                self.ready = True
+            elif not self.subscribing:
+                self.protocol.send_text(json.dumps({"type": "subscribe", "channel": self.channel}).encode())
+                self.subscribing = True
+            elif texts:  # keel sends nothing before the answer to the subscribe
+                reply = json.loads(texts.pop(0)[1])
+                if reply.get("type") != "subscribed":
+                    raise BenchError(f"{self.case_id}: subscribe answered {reply}")
+                self.ready = True
+        self.flush()
+        return texts
+
+
+class Subscribers:
+    """N subscribers and a publisher on one epoll, in this process, with no event loop.
+
+    The publisher is a socket of its own (keel's is not subscribed; the peer writes to it too, N + 1 sockets), so
+    every one of the N is measured the same way.
+    """
+
+    def __init__(self, server: Server, n: int) -> None:
+        self.server = server
+        self.poll = select.epoll()
+        self.live: dict[int, Subscriber] = {}  # by fd, until the server closes it
+        self.subscribers: list[Subscriber] = []
+        self.publisher = self.connect("")
+        deadline = time.monotonic() + CONNECT_TIMEOUT_S
+        while not self.publisher.ready or len(self.subscribers) < n or not all(s.ready for s in self.subscribers):
+            if time.monotonic() > deadline:
+                raise BenchError(f"{server.case.id}: {n} subscribers not ready within {CONNECT_TIMEOUT_S:.0f} s")
+            opening = sum(not s.ready for s in self.subscribers)
+            for _ in range(min(n - len(self.subscribers), CONNECT_CONCURRENCY - opening)):
+                self.subscribers.append(self.connect(server.channel))
+            self.pump(0.05)
+
+    def connect(self, channel: str) -> Subscriber:
+        try:
+            sub = Subscriber(self.server, channel)
+        except OSError as exc:
+            raise BenchError(f"{self.server.case.id}: connecting a WebSocket: {exc}") from None
+        self.live[sub.sock.fileno()] = sub
+        self.poll.register(sub.sock, select.EPOLLIN)
+        return sub
+
+    def close(self) -> None:
+        for sub in (self.publisher, *self.subscribers):
+            sub.sock.close()
+        self.poll.close()
+
+    def drop(self, fd: int) -> None:
+        self.poll.unregister(fd)
+        del self.live[fd]
+
+    def pump(self, seconds: float) -> None:
+        """Read and parse for `seconds` (handshakes, pongs, late replies); an error frame is raised."""
+        until = time.perf_counter() + seconds
+        while (left := until - time.perf_counter()) > 0:
+            events = self.poll.poll(left)
             now = time.perf_counter()
-            body = message_body(raw)
-            if body is None:
-                continue
-            publish, sent = body.split()
-            got = latencies.setdefault(int(publish), [])
-            got.append(now - float(sent))
-            if len(got) == n:
-                everyone[int(publish)].set()
+            for fd, _ in events:
+                sub = self.live[fd]
+                if not sub.read(now):
+                    self.drop(fd)
+                for _, text in sub.parse():
+                    message_body(text)
 
-    readers = [asyncio.create_task(receive(ws)) for ws in clients]
-    gc.disable()  # no client-side collection pause inside a measured publish
+    def publish(self, body: str) -> float:
+        """One publish frame whose body and ref are `body`; the time just before it was sent."""
+        return self.publisher.send_text(self.server.publish_frame(body, body))
+
+    def collect(self, marker: bytes, deadline: float) -> float:
+        """Read until every subscriber has bytes holding `marker`: per arrival, only a recv and that check.
+
+        One clock reading per epoll wake-up dates every socket it reports: the moment this process learnt that
+        their bytes had come. A date is late by at most the reads of the wake-up before, so the longest such
+        stretch of reading is returned: how late any date may be.
+        """
+        waiting = {s.sock.fileno() for s in self.subscribers} & self.live.keys()
+        live, poll, tail = self.live, self.poll, len(marker) - 1
+        maxevents, lag, now = len(live), 0.0, time.perf_counter()
+        while waiting:
+            left = deadline - now
+            if left <= 0:
+                break
+            events = poll.poll(left, maxevents)
+            now = time.perf_counter()
+            for fd, _ in events:
+                sub = live[fd]
+                if not sub.read(now):
+                    self.drop(fd)
+                    waiting.discard(fd)
+                    continue
+                chunks = sub.chunks
+                data = chunks[-1][1]
+                # on loopback a frame this small comes in one chunk; the check across two covers a split one
+                if marker in data or (len(chunks) > 1 and marker in chunks[-2][1][-tail:] + data):
+                    waiting.discard(fd)
+            read = time.perf_counter()
+            lag, now = max(lag, read - now), read
+        return lag
+
+    def arrivals(self, body: str) -> list[float]:
+        """When each subscriber's copy of `body` was complete; a second copy, or any other message, is an error."""
+        self.publisher.parse()  # keel's `published` reply, or the peer's broadcast to the publisher
+        arrived = []
+        for sub in self.subscribers:
+            got = []
+            for now, text in sub.parse():
+                delivered = message_body(text)
+                if delivered is None:
+                    continue
+                if delivered != body:
+                    raise BenchError(f"{self.server.case.id}: a subscriber got {delivered!r}, not {body!r}")
+                got.append(now)
+            if len(got) > 1:
+                raise BenchError(f"{self.server.case.id}: a subscriber got {body!r} {len(got)} times")
+            arrived += got
+        return arrived
+
+    def floor(self, body: str) -> float:
+        """The client's own floor: seconds to collect N copies of `body` that are already in the sockets."""
+        self.publish(body)
+        time.sleep(FLOOR_WAIT_S)
+        start = time.perf_counter()
+        self.collect(body.encode(), start + DELIVERY_TIMEOUT_S)
+        took = time.perf_counter() - start
+        if len(self.arrivals(body)) != len(self.subscribers):
+            raise BenchError(f"{self.server.case.id}: the floor's publish did not reach every subscriber")
+        return took
+
+
+def fan_out(server: Server, n: int) -> FanOut:
+    """N subscribers, PUBLISHES publishes from another socket; latency from the send to each arrival."""
+    time.sleep(1)
+    rss_before = server.rss()
+    subs = Subscribers(server, n)
     try:
-        for publish in range(PUBLISHES):
-            everyone[publish] = asyncio.Event()
-            body = f"{publish} {time.perf_counter()!r}"
-            await clients[0].send(server.publish_frame(body, f"fanout-{publish}"))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(everyone[publish].wait(), DELIVERY_TIMEOUT_S)
-            await asyncio.sleep(PUBLISH_GAP_S)
+        subs.pump(SETTLE_S)
+        rss_idle = server.rss()
+        run = uuid.uuid4().hex[:12]  # bodies unique to this run: nothing left from another can pass for a delivery
+        per_publish, lags = [], []
+        gc.disable()  # no client-side collection pause inside a measured publish
+        try:
+            for publish in range(PUBLISHES):
+                subs.pump(PUBLISH_GAP_S)  # each publish starts quiet, pings answered
+                body = f"fanout-{run}-{publish}"
+                sent = subs.publish(body)
+                lags.append(subs.collect(body.encode(), sent + DELIVERY_TIMEOUT_S) * 1000)
+                per_publish.append([(arrived - sent) * 1000 for arrived in subs.arrivals(body)])
+            subs.pump(PUBLISH_GAP_S)
+            floor_s = subs.floor(f"fanout-{run}-floor")
+        finally:
+            gc.enable()
+        rss_after = server.rss()
+        closed = sum(s.sock.fileno() not in subs.live for s in subs.subscribers)
     finally:
-        gc.enable()
-    rss_after = server.rss()
-    closed = closed_readers(readers)
-    for reader in readers:
-        reader.cancel()
-    await close_all(clients)
-    per_publish = [[ms * 1000 for ms in latencies[p]] for p in range(PUBLISHES) if latencies.get(p)]
-    if not per_publish:
+        subs.close()
+    if not any(per_publish):
         raise BenchError(f"{server.case.id}: no publish reached any of {n} subscribers")
     return FanOut(
         target=server.name,
@@ -327,9 +555,12 @@ async def fan_out(server: Server, n: int) -> FanOut:
         rss_before=rss_before,
         rss_idle=rss_idle,
         rss_after=rss_after,
-        p50_ms=tuple(percentile(ms, 50) for ms in per_publish),
-        p99_ms=tuple(percentile(ms, 99) for ms in per_publish),
-        max_ms=tuple(max(ms) for ms in per_publish),
+        p50_ms=tuple(percentile(ms, 50) for ms in per_publish if ms),
+        p99_ms=tuple(percentile(ms, 99) for ms in per_publish if ms),
+        max_ms=tuple(max(ms) for ms in per_publish if ms),
+        first_ms=tuple(min(ms) for ms in per_publish if ms),
+        floor_ms=floor_s * 1000,
+        lag_ms=tuple(lags),
         complete=sum(len(ms) == n for ms in per_publish),
         closed=closed,
     )
@@ -520,11 +751,11 @@ def raise_fd_limit(n: int) -> int:
     return hard
 
 
-def estimate_s(parts: Sequence[str], ns: Sequence[int]) -> int:
+def estimate_s(parts: Sequence[str], ns: Sequence[int], rounds: int) -> int:
     """A rough duration, for the operator: two servers per scenario."""
     seconds = 0.0
     if FANOUT in parts:
-        seconds += sum(2 * (15 + n / 200 + PUBLISHES * PUBLISH_GAP_S) for n in ns)
+        seconds += rounds * sum(2 * (15 + n / 200 + PUBLISHES * PUBLISH_GAP_S + FLOOR_WAIT_S) for n in ns)
     if SSE in parts:
         seconds += 2 * (15 + max(ns) / 200)
     if RATE in parts:
@@ -532,8 +763,14 @@ def estimate_s(parts: Sequence[str], ns: Sequence[int]) -> int:
     return math.ceil(seconds)
 
 
-def measure(parts: Sequence[str], ns: Sequence[int], workdir: Path, logs: Path, keel_token: str) -> RealtimeResult:
-    """The selected scenarios, each on a fresh peer server and then a fresh keel server; this process on CPU 1."""
+def measure(
+    parts: Sequence[str], ns: Sequence[int], workdir: Path, logs: Path, keel_token: str, rounds: int = 1
+) -> RealtimeResult:
+    """The selected scenarios, each on a fresh peer server and then a fresh keel server; this process on CPU 1.
+
+    The fan-out runs `rounds` times, every N and both servers each round, so they share the machine's drift; the
+    memory and publish-rate scenarios run once.
+    """
     fd_limit = raise_fd_limit(max(ns))
     keel = Case("keel-realtime", "keel", "uvicorn", "/healthz", KEEL_SERVE, workdir, KEEL_ENV)
     peer_id = case_id("fastapi", "uvicorn", "/api/v1/public")
@@ -544,16 +781,19 @@ def measure(parts: Sequence[str], ns: Sequence[int], workdir: Path, logs: Path, 
     os.sched_setaffinity(0, {int(CLIENT_CPU)})  # the clients must not take the server's CPU
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            for n in ns if FANOUT in parts else ():
-                for case, token in targets:
-                    with serving(case, token, logs / f"realtime-fanout-{n}.{case.id}.server.log") as server:
-                        f = runner.run(fan_out(server, n))
-                    fanouts.append(f)
-                    print(
-                        f"  realtime  fan-out N={n:<5} {f.target:14} p50 {statistics.median(f.p50_ms):7.1f} ms  "
-                        f"p99 {f.p99_median_ms:7.1f} ms  max {max(f.max_ms):7.1f} ms  {f.kib_per_conn:5.1f} KiB/WS",
-                        flush=True,
-                    )
+            for i in range(rounds if FANOUT in parts else 0):
+                for n in ns:
+                    for case, token in targets:
+                        log = logs / f"realtime-fanout-{n}.{case.id}.r{i + 1}.server.log"
+                        with serving(case, token, log) as server:
+                            f = fan_out(server, n)
+                        fanouts.append(f)
+                        print(
+                            f"  realtime  round {i + 1}/{rounds} fan-out N={n:<5} {f.target:14} "
+                            f"p50 {f.p50_median_ms:6.1f} ms  p99 {f.p99_median_ms:6.1f} ms  max {max(f.max_ms):6.1f} ms"
+                            f"  floor {f.floor_ms:5.1f} ms  {f.kib_per_conn:5.1f} KiB/WS",
+                            flush=True,
+                        )
             for case, token in targets if SSE in parts else ():
                 with serving(case, token, logs / f"realtime-sse.{case.id}.server.log") as server:
                     s = runner.run(sse_memory(server, max(ns)))
@@ -571,7 +811,7 @@ def measure(parts: Sequence[str], ns: Sequence[int], workdir: Path, logs: Path, 
                     )
     finally:
         os.sched_setaffinity(0, affinity)
-    return RealtimeResult(tuple(fanouts), tuple(sse), tuple(rates), fd_limit)
+    return RealtimeResult(tuple(fanouts), tuple(sse), tuple(rates), fd_limit, rounds)
 
 
 # --- report ----------------------------------------------------------------------------------------------------
@@ -610,16 +850,29 @@ def strong(text: str, bold: bool) -> str:
     return f"**{text}**" if bold else text
 
 
-def fanout_text(f: FanOut, bold: bool) -> str:
-    p99, top = strong(f"{f.p99_median_ms:.1f} ms", bold), max(f.max_ms)
-    text = f"p50 {statistics.median(f.p50_ms):.1f} ms, p99 {p99}, max {top:.1f} ms"
-    if f.complete < PUBLISHES:
-        text += f"; **{f.complete}/{PUBLISHES}** publishes reached all N"
-    return text + (f"; {f.closed} sockets closed by the server" if f.closed else "")
+def worst_max_ms(f: FanOut) -> float:
+    return max(f.max_ms)
 
 
-def ws_memory_text(f: FanOut, bold: bool) -> str:
-    figure = strong(f"{f.kib_per_conn:.1f} KiB", bold)
+def worst_lag_ms(f: FanOut) -> float:
+    return max(f.lag_ms)
+
+
+def fanout_text(r: FanOutRounds, bold: bool) -> str:
+    p99 = strong(f"{r.median(lambda f: f.p99_median_ms):.1f} ms", bold) + r.each(lambda f: f.p99_median_ms)
+    text = f"p50 {r.median(lambda f: f.p50_median_ms):.1f} ms, p99 {p99}, max {r.median(worst_max_ms):.1f} ms"
+    text += f"; first arrival {r.median(lambda f: f.first_median_ms):.1f} ms"
+    text += f"; client floor {r.median(lambda f: f.floor_ms):.1f} ms, dates late by ≤ {r.median(worst_lag_ms):.1f} ms"
+    complete, publishes = sum(f.complete for f in r.rounds), PUBLISHES * len(r.rounds)
+    if complete < publishes:
+        text += f"; **{complete}/{publishes}** publishes reached all N"
+    closed = sum(f.closed for f in r.rounds)
+    return text + (f"; {closed} sockets closed by the server" if closed else "")
+
+
+def ws_memory_text(r: FanOutRounds, bold: bool) -> str:
+    f = r.median_round
+    figure = strong(f"{f.kib_per_conn:.1f} KiB", bold) + r.each(lambda f: f.kib_per_conn)
     return (
         f"{figure} (RSS {f.rss_before / MIB:.1f} → {f.rss_idle / MIB:.1f} MiB); {f.kib_per_conn_after:.1f} KiB per "
         "socket after the publishes"
@@ -642,14 +895,19 @@ def report(result: RealtimeResult) -> list[str]:
     """The method paragraph and the table, for run.py's BENCHMARKS.md section."""
     lines = [f"| realtime | keel | {PEER_NAME} | goal | met |", "|---|---|---|---|---|"]
     ns = sorted({f.n for f in result.fanouts})
+    by_n = {
+        n: [
+            FanOutRounds(target, tuple(f for f in result.fanouts if f.n == n and f.target == target))
+            for target in dict.fromkeys(f.target for f in result.fanouts)
+        ]
+        for n in ns
+    }
     for n in ns:
-        fanouts = [f for f in result.fanouts if f.n == n]
         goal, verdict = (f"p99 ≤ {GOAL_P99_MS:.0f} ms", fanout_met) if n == GOAL_N else ("", None)
-        lines.append(row(f"WS fan-out, N={n}, {PUBLISHES} publishes", fanouts, fanout_text, goal, verdict))
+        lines.append(row(f"WS fan-out, N={n}, {PUBLISHES} publishes", by_n[n], fanout_text, goal, verdict))
     for n in ns:
-        fanouts = [f for f in result.fanouts if f.n == n]
         goal, ws_verdict = (f"≤ {GOAL_KIB} KiB", ws_memory_met) if n == GOAL_N else ("", None)
-        lines.append(row(f"memory per idle WS, N={n}", fanouts, ws_memory_text, goal, ws_verdict))
+        lines.append(row(f"memory per idle WS, N={n}", by_n[n], ws_memory_text, goal, ws_verdict))
     if result.sse:
         n = result.sse[0].n
         goal, sse_verdict = (f"≤ {GOAL_KIB} KiB", sse_memory_met) if n == GOAL_N else ("", None)
@@ -662,42 +920,75 @@ def report(result: RealtimeResult) -> list[str]:
     return [method_line(result), "\n".join(lines)]
 
 
-def fanout_met(f: FanOut) -> bool:
-    return f.p99_median_ms <= GOAL_P99_MS and f.complete == PUBLISHES
+def fanout_met(r: FanOutRounds) -> bool:
+    return r.median(lambda f: f.p99_median_ms) <= GOAL_P99_MS and all(f.complete == PUBLISHES for f in r.rounds)
 
 
-def ws_memory_met(f: FanOut) -> bool:
-    return f.kib_per_conn <= GOAL_KIB
+def ws_memory_met(r: FanOutRounds) -> bool:
+    return r.median(lambda f: f.kib_per_conn) <= GOAL_KIB
 
 
 def sse_memory_met(s: SseMemory) -> bool:
     return s.kib_per_stream <= GOAL_KIB and s.streams == s.n
 
 
+def rounds_text(rounds: int) -> str:
+    if rounds == 1:
+        return "once"
+    return (
+        f"in {rounds} rounds (every N and both servers in each; its figures are the medians of the rounds', with "
+        "each round's p99 and memory in brackets)"
+    )
+
+
 def method_line(result: RealtimeResult) -> str:
     websockets = importlib.metadata.version("websockets")
-    sentences = (
-        f"Realtime scenarios (once): each a fresh server on CPU {SERVER_CPU}, one worker (keel: `keel serve`, uvicorn "
+    sentences = [
+        f"Realtime scenarios: each a fresh server on CPU {SERVER_CPU}, one worker (keel: `keel serve`, uvicorn "
         f"with wsproto; {PEER_NAME}: uvicorn, its `/ws` a sequential `await send_text` loop over every socket, its "
-        f"`/events` sse-starlette), {PEER_NAME} first, then keel.",
-        f"The clients are this one process on CPU {CLIENT_CPU} (asyncio, uvloop, websockets {websockets}; SSE as raw "
-        f"HTTP/1.1 GETs); the fd soft limit is raised to {result.fd_limit} and the servers inherit it.",
-        "WebSocket clients offer no permessage-deflate (`compression=None`): keel has it off; "
+        f"`/events` sse-starlette), {PEER_NAME} first, then keel; the fan-out {rounds_text(result.rounds)}, the "
+        "others once.",
+        f"The clients are this one process on CPU {CLIENT_CPU}; the fd soft limit is raised to {result.fd_limit} and "
+        "the servers inherit it.",
+        "WebSocket clients offer no permessage-deflate: keel has it off; "
         f"{PEER_NAME} would accept it from a browser and then need about twice the memory per socket "
         "(../shared/bench/BASELINE.md §3), so its figures here are its cheaper configuration.",
         "keel's clients send `Authorization: Bearer` and subscribe to one channel; the peer sends to every socket.",
         "keel runs with `KEEL_RATE_LIMIT` never tripping and `KEEL_WS_SEND_QUEUE` at its default (256).",
-        f"Fan-out: N sockets connect and idle {SETTLE_S:.0f} s, then one of them publishes {PUBLISHES} times, "
-        f"{PUBLISH_GAP_S} s apart, with the send time in the body; per publish, p50/p99/max of send → receipt over "
-        "the N receivers; the table gives the medians over publishes of p50 and p99, and the worst max.",
-        "One client process receives all N messages, so these are upper bounds.",
-        "Memory per idle connection: the server's RSS (process tree) after N connected (WS: and subscribed) and idled "
-        f"{SETTLE_S:.0f} s, minus its RSS fresh, / N; an SSE stream counts once it has its first event (keel: "
-        "`retry:`; the peer: a tick).",
-        f"Publish rate: {RATE_SUBSCRIBERS} WS subscribers, then {RATE_PUBLISHERS} publishers in a closed loop, "
-        f"{RATE_WARMUP_S:.0f} s warm-up, {RATE_S:.0f} s measured; REST latency is the request's (keep-alive), WS "
-        "latency from the publish frame to its `published` reply (the peer has none: to its own broadcast coming "
-        "back); delivered = receipts at the subscribers / (messages x subscribers), warm-up included; the "
-        "subscribers run on the client CPU too.",
-    )
+    ]
+    if result.fanouts:
+        sentences += fanout_method()
+    if result.fanouts or result.sse:
+        sentences.append(
+            "Memory per idle connection: the server's RSS (process tree) after N connected (WS: and subscribed) and "
+            f"idled {SETTLE_S:.0f} s, minus its RSS fresh, / N; an SSE stream counts once it has its first event "
+            "(keel: `retry:`; the peer: a tick)."
+        )
+    if result.rates:
+        sentences.append(
+            f"Publish rate: {RATE_SUBSCRIBERS} WS subscribers, then {RATE_PUBLISHERS} publishers in a closed loop, "
+            f"{RATE_WARMUP_S:.0f} s warm-up, {RATE_S:.0f} s measured; REST latency is the request's (keep-alive), WS "
+            "latency from the publish frame to its `published` reply (the peer has none: to its own broadcast "
+            "coming back); delivered = receipts at the subscribers / (messages x subscribers), warm-up included; the "
+            f"clients are the `websockets` package {websockets} on uvloop and run on the client CPU too."
+        )
     return " ".join(sentences)
+
+
+def fanout_method() -> list[str]:
+    return [
+        f"Fan-out: N subscribers and one publisher socket connect and idle {SETTLE_S:.0f} s (the peer writes to the "
+        f"publisher too: N + 1 sockets), then the publisher sends {PUBLISHES} publish frames, each after "
+        f"{PUBLISH_GAP_S} s of quiet, each with a body unique to the run; per publish, p50/p99/max over the N "
+        "subscribers of the time from just before the send to the arrival; the table gives the medians over "
+        "publishes of p50 and p99, the worst max, and the median first arrival (the publish's own path: keel's "
+        "includes its database write).",
+        "The subscribers are raw non-blocking sockets (websockets' sans-I/O protocol for the handshake and frames) on "
+        "one epoll, with no event loop: while a publish is measured the client only reads each socket and looks for "
+        "the body, and one clock reading per epoll wake-up dates every socket it reports; frames are parsed and "
+        "checked afterwards (every subscriber must get the body exactly once, and nothing else), pings are answered "
+        "between publishes.",
+        f"The client's own bounds: *floor*, the time it takes to collect the N copies of one more publish left to "
+        f"arrive for {FLOOR_WAIT_S:.0f} s first, and *dates late by*, the longest stretch of reading between two "
+        "epoll wake-ups during the measured publishes, by which a date can be late.",
+    ]

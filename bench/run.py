@@ -17,7 +17,8 @@ The login scenario (`--only login`) is separate and runs once: one keel server, 
 pool, then `GET /api/v1/public` p99 and the server's RSS while 200 clients flood the token endpoint (`login_scenario`).
 
 The realtime scenarios (bench/realtime.py: WebSocket fan-out and publish rate, memory per idle WebSocket and SSE stream,
-keel against naive FastAPI) run once after everything else; `--only ws`, `--only sse` or `--only realtime` select them.
+keel against naive FastAPI) run after everything else, the fan-out --rounds times and the others once; `--only ws`,
+`--only sse`, `--only fanout` or `--only realtime` select them.
 """
 
 from __future__ import annotations
@@ -1051,7 +1052,9 @@ LOGIN_SECONDS = WARMUP_S + DURATION_S + WARMUP_S + DURATION_S + 1 + FLOOD_S + 10
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=1, help="run every case N times, interleaved; report medians")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="run every case N times, interleaved (the WS fan-out too); report medians"
+    )
     parser.add_argument(
         "--only",
         action="append",
@@ -1170,7 +1173,7 @@ def run(
     cases = [with_tokens(c, tokens) for c in cases]
     samples: dict[str, list[Sample]] = {c.id: [] for c in cases}
     seconds = len(cases) * rounds * (WARMUP_S + DURATION_S + 2) + (LOGIN_SECONDS if login else 0)
-    seconds += realtime.estimate_s(realtime_parts, realtime_n) if realtime_parts else 0
+    seconds += realtime.estimate_s(realtime_parts, realtime_n, rounds) if realtime_parts else 0
     what = f"{len(cases)} cases x {rounds} round(s)" + (" + the login scenario" if login else "")
     what += f" + {len(realtime_parts)} realtime scenario(s)" if realtime_parts else ""
     print(f"bench: {what}, about {math.ceil(seconds / 60)} min; logs in {logs}", flush=True)
@@ -1194,7 +1197,7 @@ def run(
     realtime_result = None
     if realtime_parts:
         try:
-            realtime_result = realtime.measure(realtime_parts, realtime_n, workdir, logs, tokens[KEEL_TOKEN])
+            realtime_result = realtime.measure(realtime_parts, realtime_n, workdir, logs, tokens[KEEL_TOKEN], rounds)
         except BenchError as exc:
             if cases or login:  # the figures above are still worth writing
                 remarks.append(f"Realtime scenarios not measured: {exc}")
