@@ -91,7 +91,7 @@ class _WriterQueue:
     """One writer at a time per process, queued on an asyncio lock rather than in SQLite's busy handler.
 
     SQLite lets one connection write; the others poll under busy_timeout, sleeping up to 100 ms between tries,
-    which put the p99 of 8 concurrent publishers at 230-340 ms (BENCHMARKS.md). Queued here, a writer waits only
+    which put the p99 of 8 concurrent publishers at 440-740 ms (BENCHMARKS.md). Queued here, a writer waits only
     for the writes ahead of it. A task takes the lock at its first write statement and gives it back when that
     transaction commits or rolls back, or at the latest when the task ends, so no path can leak it. The embedded
     backend is one process by design (`--workers` needs Redis), so a process-wide lock covers every writer.
