@@ -286,3 +286,18 @@ async def test_v2_user_list_pages_by_cursor(client: Client, settings: Settings) 
             break
     assert seen == ["user1", "user2", "user3", "root"]
     assert (await client.get("/api/v2/users?cursor=%%%", headers=admin)).status_code == 422
+
+
+async def test_refusals_carry_the_whole_problem_and_the_rate_limit_headers(client: Client) -> None:
+    response = await client.get("/api/v1/protected")
+    assert response.status_code == 401
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert "ratelimit" in response.headers  # refused after the limiter ran: the refusal counted
+    assert response.json() == {
+        "type": "urn:keel:problem:accounts.authentication_required",
+        "title": "Authentication required",
+        "status": 401,
+        "detail": "This endpoint needs a bearer token.",
+        "code": "accounts.authentication_required",
+    }

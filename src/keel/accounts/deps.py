@@ -1,8 +1,8 @@
-"""Auth for HTTP: a pure-ASGI middleware that verifies the bearer token once, guards, and providers.
+"""Auth for HTTP: a pure-ASGI middleware that verifies the bearer token once, and providers.
 
 The middleware only verifies: the claims of a valid token land in `scope["auth"]` (where handlers and the rate
-limiter read them without verifying again), and a bad token's error waits in the scope state. The guards
-(`USER`, `ADMIN`) then answer 401/403 for the handlers that need them. Splitting the two lets the rate limiter
+limiter read them without verifying again), and a bad token's error waits in the scope state. keel.http.auth's
+RequireCaller then answers 401/403 for the handlers that need a caller. Splitting the two lets the rate limiter
 run in between, so refused requests are limited too (a token-guessing client included).
 """
 
@@ -55,7 +55,7 @@ class AuthMiddleware:
 
 
 def current_claims(request: Request[Any, Any, Any]) -> Claims:
-    """The whole token claims (session id included) of a handler guarded by USER: accounts' own view."""
+    """The whole token claims (session id included) of a handler with opt=USER: accounts' own view."""
     principal = current_principal(request)
     assert isinstance(principal, Claims)  # the only principal AuthMiddleware ever sets
     return principal

@@ -53,7 +53,7 @@ class PublicController(Controller):
 class ProtectedController(Controller):
     path = "/protected"
     tags = ["public"]
-    guards = USER
+    opt = USER
     security = SECURITY
 
     @get(sync_to_thread=False, responses=UNAUTHORIZED)
@@ -75,7 +75,7 @@ class UsersController(Controller):
         )
         return UserRead.from_model(user)
 
-    @get("/me", guards=USER, security=SECURITY, responses=UNAUTHORIZED)
+    @get("/me", opt=USER, security=SECURITY, responses=UNAUTHORIZED)
     async def me(self, request: Request[Any, Any, Any], db_session: DbSession) -> UserRead:
         """The account of the token's bearer."""
         return UserRead.from_model(await service.get_user(db_session, current_principal(request).user_id))
@@ -83,7 +83,7 @@ class UsersController(Controller):
     @post(
         "/me/password",
         status_code=204,
-        guards=USER,
+        opt=USER,
         security=SECURITY,
         responses={**UNAUTHORIZED, 403: problem_response("The current password is wrong")},
     )
@@ -112,7 +112,7 @@ ADMINS_ONLY = {**UNAUTHORIZED, 403: problem_response("Not an admin")}
 class UserListV1(Controller):
     path = "/users"
     tags = ["users"]
-    guards = ADMIN
+    opt = ADMIN
     security = SECURITY
 
     @get(responses=ADMINS_ONLY)
@@ -125,7 +125,7 @@ class UserListV1(Controller):
 class UserListV2(Controller):
     path = "/users"
     tags = ["users"]
-    guards = ADMIN
+    opt = ADMIN
     security = SECURITY
 
     @get(responses=ADMINS_ONLY)
@@ -187,7 +187,7 @@ class AuthController(Controller):
         """Trade a refresh token for a new pair; presenting a spent one ends the whole session."""
         return await service.refresh(db_session, sessions, refresh_token=data.refresh_token)
 
-    @post("/logout", status_code=204, guards=USER, security=SECURITY, responses=UNAUTHORIZED)
+    @post("/logout", status_code=204, opt=USER, security=SECURITY, responses=UNAUTHORIZED)
     async def logout(self, request: Request[Any, Any, Any], db_session: DbSession, sessions: SessionPolicy) -> None:
         """End this session: its refresh tokens and access tokens stop working at once, on every instance."""
         await service.log_out(db_session, sessions, claims=current_claims(request))

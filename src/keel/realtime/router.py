@@ -22,7 +22,7 @@ NOT_FOUND = {404: problem_response("No such channel")}
 class ChannelsController(Controller):
     path = "/channels"
     tags = ["channels"]
-    guards = USER
+    opt = USER
     security = SECURITY
 
     @post(responses={409: problem_response("The name is taken")})
@@ -63,7 +63,7 @@ class ChannelsController(Controller):
 class ChannelListsV1(Controller):
     path = "/channels"
     tags = ["channels"]
-    guards = USER
+    opt = USER
     security = SECURITY
 
     @get()
@@ -82,7 +82,7 @@ class ChannelListsV1(Controller):
 class ChannelListsV2(Controller):
     path = "/channels"
     tags = ["channels"]
-    guards = USER
+    opt = USER
     security = SECURITY
 
     @get()
@@ -107,7 +107,7 @@ class ChannelListsV2(Controller):
 class TicketsController(Controller):
     path = "/realtime/tickets"
     tags = ["realtime"]
-    guards = USER
+    opt = USER
     security = SECURITY
 
     @post()
