@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -8,6 +10,7 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 
 from keel import db
+from keel.accounts.errors import PasswordPoolBusy
 from keel.accounts.models import User
 from keel.accounts.passwords import Argon2Settings, PasswordHasher
 from keel.settings import Settings
@@ -301,3 +304,29 @@ async def test_refusals_carry_the_whole_problem_and_the_rate_limit_headers(clien
         "detail": "This endpoint needs a bearer token.",
         "code": "accounts.authentication_required",
     }
+
+
+async def test_a_saturated_hasher_refuses_before_reading_the_request(app: Litestar, client: Client) -> None:
+    hasher: PasswordHasher = app.state.hasher
+    with contextlib.ExitStack() as places:
+        while True:  # take every place, as a flood of logins would
+            try:
+                places.enter_context(hasher.admission())
+            except PasswordPoolBusy:
+                break
+        # a body that would be 415 once read: the refusal comes first, so nothing was parsed
+        response = await client.post("/api/v1/auth/token", content=b"x", headers={"Content-Type": "text/plain"})
+        assert response.status_code == 503
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.headers["retry-after"] == "3"
+        assert "ratelimit" in response.headers
+        assert response.json() == {
+            "type": "urn:keel:problem:accounts.busy",
+            "title": "Busy hashing passwords",
+            "status": 503,
+            "detail": "Busy hashing passwords",
+            "code": "accounts.busy",
+        }
+        sign_up = {"username": "ada", "email": "ada@example.com", "password": PASSWORD}
+        assert (await client.post("/api/v1/users", json=sign_up)).status_code == 503
+    assert (await client.post("/api/v1/users", json=sign_up)).status_code == 201

@@ -16,7 +16,7 @@ from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, Requ
 from litestar.params import JSONBody
 
 from keel.accounts import service
-from keel.accounts.deps import Hasher, SessionPolicy, current_claims
+from keel.accounts.deps import HASHES_PASSWORD, Hasher, SessionPolicy, current_claims
 from keel.accounts.schemas import (
     PasswordChange,
     ProtectedMessage,
@@ -37,6 +37,7 @@ from keel.http.requests import ACCEPTS, RATE_LIMIT
 FORM = RequestEncodingType.URL_ENCODED.value
 JSON = RequestEncodingType.JSON.value
 UNAUTHORIZED = {401: problem_response("No valid bearer token")}
+BUSY = {503: problem_response("Too many passwords are being hashed; retry after Retry-After seconds")}
 _token_request = msgspec.json.Decoder(TokenRequest)
 
 
@@ -67,7 +68,11 @@ class UsersController(Controller):
     path = "/users"
     tags = ["users"]
 
-    @post(status_code=201, responses={409: problem_response("The username or email is taken")})
+    @post(
+        status_code=201,
+        opt={HASHES_PASSWORD: True},
+        responses={409: problem_response("The username or email is taken"), **BUSY},
+    )
     async def register(self, data: JSONBody[UserCreate], db_session: DbSession, hasher: Hasher) -> UserRead:
         """Create an account."""
         user = await service.register(
@@ -83,9 +88,9 @@ class UsersController(Controller):
     @post(
         "/me/password",
         status_code=204,
-        opt=USER,
+        opt={**USER, HASHES_PASSWORD: True},
         security=SECURITY,
-        responses={**UNAUTHORIZED, 403: problem_response("The current password is wrong")},
+        responses={**UNAUTHORIZED, 403: problem_response("The current password is wrong"), **BUSY},
     )
     async def change_password(
         self,
@@ -167,9 +172,9 @@ class AuthController(Controller):
     @post(
         "/token",
         status_code=200,
-        opt={ACCEPTS: (FORM, JSON), RATE_LIMIT: "auth"},
+        opt={ACCEPTS: (FORM, JSON), RATE_LIMIT: "auth", HASHES_PASSWORD: True},
         operation_class=TokenOperation,
-        responses={401: problem_response("Wrong username or password")},
+        responses={401: problem_response("Wrong username or password"), **BUSY},
     )
     async def token(
         self, request: Request[Any, Any, Any], db_session: DbSession, hasher: Hasher, sessions: SessionPolicy
