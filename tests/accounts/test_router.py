@@ -5,7 +5,7 @@ import contextlib
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from litestar import Litestar
+from litestar import Litestar, get
 from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 
@@ -13,6 +13,8 @@ from keel import db
 from keel.accounts.errors import PasswordPoolBusy
 from keel.accounts.models import User
 from keel.accounts.passwords import Argon2Settings, PasswordHasher
+from keel.http.auth import current_principal
+from keel.main import create_app
 from keel.settings import Settings
 from tests.factories import PASSWORD, bearer, log_in, make_admin, register
 
@@ -330,3 +332,17 @@ async def test_a_saturated_hasher_refuses_before_reading_the_request(app: Litest
         sign_up = {"username": "ada", "email": "ada@example.com", "password": PASSWORD}
         assert (await client.post("/api/v1/users", json=sign_up)).status_code == 503
     assert (await client.post("/api/v1/users", json=sign_up)).status_code == 201
+
+
+@get("/test/whoami", sync_to_thread=False)
+def whoami() -> str:
+    return current_principal().username  # without opt=USER: a programming error
+
+
+async def test_a_caller_is_seen_only_by_handlers_that_require_one(settings: Settings) -> None:
+    async with AsyncTestClient(app=create_app(settings, extra_handlers=[whoami])) as client:
+        await register(client, "ada")
+        headers = bearer(await log_in(client))
+        assert (await client.get("/api/v1/protected", headers=headers)).json()["username"] == "ada"
+        # the caller of the request before is gone, and a valid token does not make the mistake work
+        assert (await client.get("/test/whoami", headers=headers)).status_code == 500

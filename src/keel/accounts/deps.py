@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from litestar import Request
 from litestar.di import NamedDependency
 from litestar.types import ASGIApp, Receive, Scope, Send
 
@@ -79,9 +78,9 @@ class PasswordAdmission:
         await self.app(scope, receive, send)
 
 
-def current_claims(request: Request[Any, Any, Any]) -> Claims:
+def current_claims() -> Claims:
     """The whole token claims (session id included) of a handler with opt=USER: accounts' own view."""
-    principal = current_principal(request)
+    principal = current_principal()
     assert isinstance(principal, Claims)  # the only principal AuthMiddleware ever sets
     return principal
 

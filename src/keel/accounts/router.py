@@ -58,9 +58,9 @@ class ProtectedController(Controller):
     security = SECURITY
 
     @get(sync_to_thread=False, responses=UNAUTHORIZED)
-    def protected(self, request: Request[Any, Any, Any]) -> ProtectedMessage:
+    def protected(self) -> ProtectedMessage:
         """A greeting for the bearer of a valid access token."""
-        claims = current_principal(request)
+        claims = current_principal()
         return ProtectedMessage(message=f"Hello, {claims.username}.", user_id=claims.user_id, username=claims.username)
 
 
@@ -81,9 +81,9 @@ class UsersController(Controller):
         return UserRead.from_model(user)
 
     @get("/me", opt=USER, security=SECURITY, responses=UNAUTHORIZED)
-    async def me(self, request: Request[Any, Any, Any], db_session: DbSession) -> UserRead:
+    async def me(self, db_session: DbSession) -> UserRead:
         """The account of the token's bearer."""
-        return UserRead.from_model(await service.get_user(db_session, current_principal(request).user_id))
+        return UserRead.from_model(await service.get_user(db_session, current_principal().user_id))
 
     @post(
         "/me/password",
@@ -94,7 +94,6 @@ class UsersController(Controller):
     )
     async def change_password(
         self,
-        request: Request[Any, Any, Any],
         data: JSONBody[PasswordChange],
         db_session: DbSession,
         hasher: Hasher,
@@ -105,7 +104,7 @@ class UsersController(Controller):
             db_session,
             hasher,
             sessions,
-            claims=current_claims(request),
+            claims=current_claims(),
             current_password=data.current_password,
             new_password=data.new_password,
         )
@@ -193,9 +192,9 @@ class AuthController(Controller):
         return await service.refresh(db_session, sessions, refresh_token=data.refresh_token)
 
     @post("/logout", status_code=204, opt=USER, security=SECURITY, responses=UNAUTHORIZED)
-    async def logout(self, request: Request[Any, Any, Any], db_session: DbSession, sessions: SessionPolicy) -> None:
+    async def logout(self, db_session: DbSession, sessions: SessionPolicy) -> None:
         """End this session: its refresh tokens and access tokens stop working at once, on every instance."""
-        await service.log_out(db_session, sessions, claims=current_claims(request))
+        await service.log_out(db_session, sessions, claims=current_claims())
 
 
 async def _read_token_request(request: Request[Any, Any, Any]) -> TokenRequest:

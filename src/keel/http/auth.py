@@ -3,7 +3,9 @@
 The accounts domain verifies bearer tokens (its AuthMiddleware); what handlers of any domain need is only
 the outcome, so it lives here at the shared edge: a `Principal` in `scope["auth"]`, or the reason there is
 none in the scope state. A handler says who may call it with `opt=USER` or `opt=ADMIN`, and RequireCaller
-refuses the others with 401/403 after the rate limiter ran, so refusals are limited too.
+refuses the others with 401/403 after the rate limiter ran, so refusals are limited too. For the rest it leaves
+the caller where `current_principal()` finds it without a `request` parameter: Litestar parses every handler's
+parameters on each request, which cost /protected as much as verifying its token.
 
 Not Litestar guards: they run inside the framework's request handling, which copies the route handler for every
 guard call, and /protected paid about a quarter of its throughput for them (BENCHMARKS.md).
@@ -12,9 +14,9 @@ guard call, and /protected paid about a quarter of its throughput for them (BENC
 from __future__ import annotations
 
 import uuid
-from typing import Any, Final, Protocol
+from contextvars import ContextVar
+from typing import Final, Protocol
 
-from litestar import Request
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from keel.errors import Forbidden, KeelError, Unauthorized
@@ -37,6 +39,11 @@ class Principal(Protocol):
     def username(self) -> str: ...
     @property
     def is_admin(self) -> bool: ...
+
+
+# The caller of the request this task is handling. The ASGI server runs each request in a task of its own, which
+# starts from a copy of the server's context, so a value set here never reaches another request.
+_caller: ContextVar[Principal | None] = ContextVar("keel_caller", default=None)
 
 
 class AuthenticationRequired(Unauthorized):
@@ -72,15 +79,16 @@ class RequireCaller:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         caller = scope["route_handler"].opt.get(CALLER)
         error = refusal(scope, caller) if caller is not None else None
-        if error is None:
-            await self.app(scope, receive, send)
-        else:
+        if error is not None:
             await send_error(send, error)
+            return
+        _caller.set(scope["auth"] if caller is not None else None)
+        await self.app(scope, receive, send)
 
 
-def current_principal(request: Request[Any, Any, Any]) -> Principal:
-    """The caller of a handler with opt=USER or opt=ADMIN."""
-    principal: Principal | None = request.scope.get("auth")
+def current_principal() -> Principal:
+    """The caller of the handler running now, which says opt=USER or opt=ADMIN."""
+    principal = _caller.get()
     if principal is None:  # a handler read the caller without opt=USER: a programming error
-        raise RuntimeError(f"{request.scope['path']}: handler reads the caller but does not say opt=USER")
+        raise RuntimeError("the handler reads the caller but does not say opt=USER")
     return principal

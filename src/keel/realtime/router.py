@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any, Final
+from typing import Final
 
-from litestar import Controller, Request, get, post
+from litestar import Controller, get, post
 from litestar.params import FromPath, JSONBody
 
 from keel.accounts.deps import current_claims
@@ -26,12 +26,10 @@ class ChannelsController(Controller):
     security = SECURITY
 
     @post(responses={409: problem_response("The name is taken")})
-    async def create_channel(
-        self, request: Request[Any, Any, Any], data: JSONBody[ChannelCreate], db_session: DbSession
-    ) -> ChannelRead:
+    async def create_channel(self, data: JSONBody[ChannelCreate], db_session: DbSession) -> ChannelRead:
         """Create a channel."""
         channel = await service.create_channel(
-            db_session, name=data.name, description=data.description, created_by=current_principal(request).user_id
+            db_session, name=data.name, description=data.description, created_by=current_principal().user_id
         )
         return ChannelRead.from_model(channel)
 
@@ -43,14 +41,13 @@ class ChannelsController(Controller):
     @post("/{channel_id:uuid}/messages", responses=NOT_FOUND)
     async def post_message(
         self,
-        request: Request[Any, Any, Any],
         channel_id: FromPath[uuid.UUID],
         data: JSONBody[MessageCreate],
         db_session: DbSession,
         backends: SharedBackends,
     ) -> MessageRead:
         """Post a message; it gets the channel's next seq and goes live to every subscriber."""
-        claims = current_principal(request)
+        claims = current_principal()
         return await service.post_message(
             db_session,
             backends.broker,
@@ -111,9 +108,9 @@ class TicketsController(Controller):
     security = SECURITY
 
     @post()
-    async def create_ticket(self, request: Request[Any, Any, Any], backends: SharedBackends) -> TicketRead:
+    async def create_ticket(self, backends: SharedBackends) -> TicketRead:
         """A single-use ticket for `/ws?ticket=` or `/events?ticket=` (browsers cannot send a header there)."""
-        ticket = await tickets.issue(backends.kv, current_claims(request))
+        ticket = await tickets.issue(backends.kv, current_claims())
         return TicketRead(ticket, tickets.TICKET_TTL)
 
 
