@@ -175,10 +175,9 @@ class PasswordHasher:
     def admission(self) -> Iterator[float]:
         """Hold a place in the pool from now until the caller's hash is done; yields the deadline to verify by.
 
-        A login does database work before it hashes, each step a turn of an event loop that a flood keeps busy.
-        Counted only from the queue, a login waited that time plus `max_wait` (5.7 s in a benchmark against the
-        3 s bound). Counted from here, at most `workers + max_waiting` logins are past this point and none waits
-        for a slot past `max_wait` after it.
+        A login looks the user up before it hashes, and during a flood that lookup took up to 1.6 s (BENCHMARKS.md).
+        Counted only from the queue, that time came on top of `max_wait`. Counted from here, at most
+        `workers + max_waiting` logins are past this point, and none waits for a slot past `max_wait` after it.
         """
         self.admit()
         self._admitted += 1
@@ -194,7 +193,9 @@ class PasswordHasher:
             self._check_queue()  # not admit(): an admitted login's own place would count against it
             self._waiting += 1
             try:
-                async with asyncio.timeout_at(deadline or asyncio.get_running_loop().time() + self._max_wait):
+                if deadline is None:
+                    deadline = asyncio.get_running_loop().time() + self._max_wait
+                async with asyncio.timeout_at(deadline):
                     await self._slots.acquire()
             except TimeoutError:
                 raise PasswordPoolBusy(retry_after=self._retry_after) from None
