@@ -15,7 +15,7 @@ from litestar.types import ControllerRouterHandler, Method
 from keel import db
 from keel.accounts.denylist import Denylist
 from keel.accounts.deps import DEPENDENCIES as ACCOUNTS_DEPENDENCIES
-from keel.accounts.deps import AuthMiddleware
+from keel.accounts.deps import AuthMiddleware, PasswordAdmission
 from keel.accounts.keys import load_keyring
 from keel.accounts.passwords import PasswordHasher
 from keel.accounts.router import CONTROLLERS as ACCOUNTS
@@ -24,6 +24,7 @@ from keel.accounts.router import jwks
 from keel.accounts.service import Sessions
 from keel.accounts.verifier import TokenVerifier
 from keel.health.router import HealthController
+from keel.http.auth import RequireCaller
 from keel.http.compression import CompressionMiddleware
 from keel.http.deps import DEPENDENCIES
 from keel.http.docs import docs_router, openapi_config
@@ -127,8 +128,8 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
         ],
         lifespan=[lifespan],
         dependencies={**DEPENDENCIES, **ACCOUNTS_DEPENDENCIES},
-        # auth verifies first so the limiter can key by user; its guards refuse later, so refusals count too
-        middleware=[AuthMiddleware, RateLimitMiddleware],
+        # auth verifies first so the limiter can key by user; refusals come after the limiter, so they count too
+        middleware=[AuthMiddleware, RateLimitMiddleware, RequireCaller, PasswordAdmission],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         before_request=require_declared_media_type,
         request_max_body_size=settings.max_body_bytes,

@@ -336,3 +336,44 @@ async def test_admit_refuses_before_any_other_work_when_the_queue_is_full() -> N
         hasher.admit()  # drained: admitted again
     finally:
         hasher.close()
+
+
+async def test_hashing_works_where_the_priority_cannot_be_lowered(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_: int) -> None:
+        raise PermissionError("not permitted")
+
+    monkeypatch.setattr(os, "setpriority", refuse)
+    hasher = PasswordHasher(workers=1)
+    try:
+        assert (await hasher.verify(await hasher.hash("still hashed"), "still hashed")).ok
+    finally:
+        hasher.close()
+
+
+async def test_an_admitted_login_holds_its_place_until_it_is_done() -> None:
+    hasher = PasswordHasher(workers=1, max_waiting=1)
+    try:
+        with hasher.admission(), hasher.admission():  # e.g. two logins still reading the database
+            with pytest.raises(PasswordPoolBusy), hasher.admission():
+                pass
+            with pytest.raises(PasswordPoolBusy):
+                hasher.admit()
+        hasher.admit()  # both places given back
+    finally:
+        hasher.close()
+
+
+async def test_an_admitted_login_waits_no_longer_than_max_wait_from_admission(make_hasher: MakeHasher) -> None:
+    hasher = make_hasher(cls=CountingHasher, workers=1, max_wait=0.2)
+    assert isinstance(hasher, CountingHasher)
+    hasher.gate.clear()  # the one slot stays taken
+    running = asyncio.create_task(hasher.hash("running"))
+    await wait_until(lambda: hasher.active == 1)
+    start = time.perf_counter()
+    with hasher.admission() as deadline:
+        await asyncio.sleep(0.15)  # the login's database lookup
+        with pytest.raises(PasswordPoolBusy):
+            await hasher.verify(None, "late", deadline=deadline)
+    assert time.perf_counter() - start < 0.3  # 0.2 s from admission, not 0.15 + 0.2
+    hasher.gate.set()
+    await running

@@ -1,15 +1,20 @@
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from litestar import Litestar
+from litestar import Litestar, get
 from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 
 from keel import db
+from keel.accounts.errors import PasswordPoolBusy
 from keel.accounts.models import User
 from keel.accounts.passwords import Argon2Settings, PasswordHasher
+from keel.http.auth import current_principal
+from keel.main import create_app
 from keel.settings import Settings
 from tests.factories import PASSWORD, bearer, log_in, make_admin, register
 
@@ -286,3 +291,58 @@ async def test_v2_user_list_pages_by_cursor(client: Client, settings: Settings) 
             break
     assert seen == ["user1", "user2", "user3", "root"]
     assert (await client.get("/api/v2/users?cursor=%%%", headers=admin)).status_code == 422
+
+
+async def test_refusals_carry_the_whole_problem_and_the_rate_limit_headers(client: Client) -> None:
+    response = await client.get("/api/v1/protected")
+    assert response.status_code == 401
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert "ratelimit" in response.headers  # refused after the limiter ran: the refusal counted
+    assert response.json() == {
+        "type": "urn:keel:problem:accounts.authentication_required",
+        "title": "Authentication required",
+        "status": 401,
+        "detail": "This endpoint needs a bearer token.",
+        "code": "accounts.authentication_required",
+    }
+
+
+async def test_a_saturated_hasher_refuses_before_reading_the_request(app: Litestar, client: Client) -> None:
+    hasher: PasswordHasher = app.state.hasher
+    with contextlib.ExitStack() as places:
+        while True:  # take every place, as a flood of logins would
+            try:
+                places.enter_context(hasher.admission())
+            except PasswordPoolBusy:
+                break
+        # a body that would be 415 once read: the refusal comes first, so nothing was parsed
+        response = await client.post("/api/v1/auth/token", content=b"x", headers={"Content-Type": "text/plain"})
+        assert response.status_code == 503
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.headers["retry-after"] == "3"
+        assert "ratelimit" in response.headers
+        assert response.json() == {
+            "type": "urn:keel:problem:accounts.busy",
+            "title": "Busy hashing passwords",
+            "status": 503,
+            "detail": "Busy hashing passwords",
+            "code": "accounts.busy",
+        }
+        sign_up = {"username": "ada", "email": "ada@example.com", "password": PASSWORD}
+        assert (await client.post("/api/v1/users", json=sign_up)).status_code == 503
+    assert (await client.post("/api/v1/users", json=sign_up)).status_code == 201
+
+
+@get("/test/whoami", sync_to_thread=False)
+def whoami() -> str:
+    return current_principal().username  # without opt=USER: a programming error
+
+
+async def test_a_caller_is_seen_only_by_handlers_that_require_one(settings: Settings) -> None:
+    async with AsyncTestClient(app=create_app(settings, extra_handlers=[whoami])) as client:
+        await register(client, "ada")
+        headers = bearer(await log_in(client))
+        assert (await client.get("/api/v1/protected", headers=headers)).json()["username"] == "ada"
+        # the caller of the request before is gone, and a valid token does not make the mistake work
+        assert (await client.get("/test/whoami", headers=headers)).status_code == 500

@@ -1,8 +1,8 @@
-"""Auth for HTTP: a pure-ASGI middleware that verifies the bearer token once, guards, and providers.
+"""Auth for HTTP: a pure-ASGI middleware that verifies the bearer token once, login admission, and providers.
 
 The middleware only verifies: the claims of a valid token land in `scope["auth"]` (where handlers and the rate
-limiter read them without verifying again), and a bad token's error waits in the scope state. The guards
-(`USER`, `ADMIN`) then answer 401/403 for the handlers that need them. Splitting the two lets the rate limiter
+limiter read them without verifying again), and a bad token's error waits in the scope state. keel.http.auth's
+RequireCaller then answers 401/403 for the handlers that need a caller. Splitting the two lets the rate limiter
 run in between, so refused requests are limited too (a token-guessing client included).
 """
 
@@ -10,17 +10,19 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from litestar import Request
 from litestar.di import NamedDependency
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from keel.accounts.errors import InvalidToken
+from keel.accounts.errors import InvalidToken, PasswordPoolBusy
 from keel.accounts.passwords import PasswordHasher
 from keel.accounts.service import Sessions
 from keel.accounts.tokens import Claims
 from keel.accounts.verifier import TokenVerifier
 from keel.http.auth import AUTH_ERROR, current_principal
 from keel.http.deps import from_state
+from keel.http.errors import send_error
+
+HASHES_PASSWORD: Final = "hashes_password"  # noqa: S105 (an opt key): handlers that wait for the password hasher
 
 
 def bearer_token(headers: list[tuple[bytes, bytes]] | Any) -> str | None:
@@ -54,9 +56,31 @@ class AuthMiddleware:
         await self.app(scope, receive, send)
 
 
-def current_claims(request: Request[Any, Any, Any]) -> Claims:
-    """The whole token claims (session id included) of a handler guarded by USER: accounts' own view."""
-    principal = current_principal(request)
+class PasswordAdmission:
+    """Pure ASGI, after the rate limiter: 503 `accounts.busy` for a handler that hashes a password while the
+    hasher has no place, before the framework parses the body or opens a database session.
+
+    During a login flood most logins are refused; refused here, each costs a dictionary lookup and two sends
+    instead of a form parse, a session and an exception, and the event loop stays free for everyone else.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["route_handler"].opt.get(HASHES_PASSWORD):
+            hasher: PasswordHasher = scope["litestar_app"].state.hasher
+            try:
+                hasher.admit()
+            except PasswordPoolBusy as busy:
+                await send_error(send, busy)
+                return
+        await self.app(scope, receive, send)
+
+
+def current_claims() -> Claims:
+    """The whole token claims (session id included) of a handler with opt=USER: accounts' own view."""
+    principal = current_principal()
     assert isinstance(principal, Claims)  # the only principal AuthMiddleware ever sets
     return principal
 

@@ -7,7 +7,7 @@ import contextlib
 import math
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -81,7 +81,8 @@ class PasswordHasher:
 
     At most `workers` hashes run at once (each holds `memory_cost` KiB), at most `max_waiting` callers wait
     for a slot, and none waits longer than `max_wait` seconds; callers beyond that get PasswordPoolBusy
-    instead of piling up memory and latency during a login flood.
+    instead of piling up memory and latency during a login flood. A login holds its place from before its
+    database lookup (`admission`), so logins waiting on the database count against the same bound.
     """
 
     def __init__(
@@ -104,6 +105,8 @@ class PasswordHasher:
             type=argon2.Type.ID,
         )
         self._max_waiting = max_waiting
+        self._places = workers + max_waiting  # running or waiting, what admission() hands out
+        self._admitted = 0
         self._max_wait = max_wait
         # waiters give up after max_wait, so the queue has turned over by then and a retry may get in
         self._retry_after = max(1, math.ceil(max_wait))
@@ -120,9 +123,12 @@ class PasswordHasher:
         """Hash a password into an Argon2id PHC string."""
         return await self._run(partial(self._hash_sync, _encode(password)))
 
-    async def verify(self, password_hash: str | None, password: str) -> Verification:
-        """Check a password against a stored hash (None for an unknown user), with a new hash if it is outdated."""
-        return await self._run(partial(self._verify_sync, password_hash, _encode(password)))
+    async def verify(self, password_hash: str | None, password: str, *, deadline: float | None = None) -> Verification:
+        """Check a password against a stored hash (None for an unknown user), with a new hash if it is outdated.
+
+        `deadline` (the loop's clock, from `admission`) ends the wait for a slot instead of `max_wait` from now.
+        """
+        return await self._run(partial(self._verify_sync, password_hash, _encode(password)), deadline)
 
     def close(self) -> None:
         """Shut the thread pool down, dropping queued work and waiting for running hashes."""
@@ -156,18 +162,40 @@ class PasswordHasher:
 
     def admit(self) -> None:
         """PasswordPoolBusy now if a hash request would be refused anyway: lets callers shed load before any
-        other work (a login's database lookup), which is what keeps a login flood cheap for everyone else."""
+        other work (parsing a login form, a database lookup), which keeps a login flood cheap for everyone else."""
+        if self._admitted >= self._places:
+            raise PasswordPoolBusy(retry_after=self._retry_after)
+        self._check_queue()
+
+    def _check_queue(self) -> None:
         if self._slots.locked() and self._waiting >= self._max_waiting:
             raise PasswordPoolBusy(retry_after=self._retry_after)
 
+    @contextlib.contextmanager
+    def admission(self) -> Iterator[float]:
+        """Hold a place in the pool from now until the caller's hash is done; yields the deadline to verify by.
+
+        A login looks the user up before it hashes, and during a flood that lookup took up to 1.6 s (BENCHMARKS.md).
+        Counted only from the queue, that time came on top of `max_wait`. Counted from here, at most
+        `workers + max_waiting` logins are past this point, and none waits for a slot past `max_wait` after it.
+        """
+        self.admit()
+        self._admitted += 1
+        try:
+            yield asyncio.get_running_loop().time() + self._max_wait
+        finally:
+            self._admitted -= 1
+
     # -- on the event loop ------------------------------------------------------------------------------
 
-    async def _run(self, job: Callable[[], _T]) -> _T:
+    async def _run(self, job: Callable[[], _T], deadline: float | None = None) -> _T:
         if self._slots.locked():
-            self.admit()
+            self._check_queue()  # not admit(): an admitted login's own place would count against it
             self._waiting += 1
             try:
-                async with asyncio.timeout(self._max_wait):
+                if deadline is None:
+                    deadline = asyncio.get_running_loop().time() + self._max_wait
+                async with asyncio.timeout_at(deadline):
                     await self._slots.acquire()
             except TimeoutError:
                 raise PasswordPoolBusy(retry_after=self._retry_after) from None

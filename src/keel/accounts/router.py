@@ -16,7 +16,7 @@ from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, Requ
 from litestar.params import JSONBody
 
 from keel.accounts import service
-from keel.accounts.deps import Hasher, SessionPolicy, current_claims
+from keel.accounts.deps import HASHES_PASSWORD, Hasher, SessionPolicy, current_claims
 from keel.accounts.schemas import (
     PasswordChange,
     ProtectedMessage,
@@ -37,6 +37,7 @@ from keel.http.requests import ACCEPTS, RATE_LIMIT
 FORM = RequestEncodingType.URL_ENCODED.value
 JSON = RequestEncodingType.JSON.value
 UNAUTHORIZED = {401: problem_response("No valid bearer token")}
+BUSY = {503: problem_response("Too many passwords are being hashed; retry after Retry-After seconds")}
 _token_request = msgspec.json.Decoder(TokenRequest)
 
 
@@ -53,13 +54,13 @@ class PublicController(Controller):
 class ProtectedController(Controller):
     path = "/protected"
     tags = ["public"]
-    guards = USER
+    opt = USER
     security = SECURITY
 
     @get(sync_to_thread=False, responses=UNAUTHORIZED)
-    def protected(self, request: Request[Any, Any, Any]) -> ProtectedMessage:
+    def protected(self) -> ProtectedMessage:
         """A greeting for the bearer of a valid access token."""
-        claims = current_principal(request)
+        claims = current_principal()
         return ProtectedMessage(message=f"Hello, {claims.username}.", user_id=claims.user_id, username=claims.username)
 
 
@@ -67,7 +68,11 @@ class UsersController(Controller):
     path = "/users"
     tags = ["users"]
 
-    @post(status_code=201, responses={409: problem_response("The username or email is taken")})
+    @post(
+        status_code=201,
+        opt={HASHES_PASSWORD: True},
+        responses={409: problem_response("The username or email is taken"), **BUSY},
+    )
     async def register(self, data: JSONBody[UserCreate], db_session: DbSession, hasher: Hasher) -> UserRead:
         """Create an account."""
         user = await service.register(
@@ -75,21 +80,20 @@ class UsersController(Controller):
         )
         return UserRead.from_model(user)
 
-    @get("/me", guards=USER, security=SECURITY, responses=UNAUTHORIZED)
-    async def me(self, request: Request[Any, Any, Any], db_session: DbSession) -> UserRead:
+    @get("/me", opt=USER, security=SECURITY, responses=UNAUTHORIZED)
+    async def me(self, db_session: DbSession) -> UserRead:
         """The account of the token's bearer."""
-        return UserRead.from_model(await service.get_user(db_session, current_principal(request).user_id))
+        return UserRead.from_model(await service.get_user(db_session, current_principal().user_id))
 
     @post(
         "/me/password",
         status_code=204,
-        guards=USER,
+        opt={**USER, HASHES_PASSWORD: True},
         security=SECURITY,
-        responses={**UNAUTHORIZED, 403: problem_response("The current password is wrong")},
+        responses={**UNAUTHORIZED, 403: problem_response("The current password is wrong"), **BUSY},
     )
     async def change_password(
         self,
-        request: Request[Any, Any, Any],
         data: JSONBody[PasswordChange],
         db_session: DbSession,
         hasher: Hasher,
@@ -100,7 +104,7 @@ class UsersController(Controller):
             db_session,
             hasher,
             sessions,
-            claims=current_claims(request),
+            claims=current_claims(),
             current_password=data.current_password,
             new_password=data.new_password,
         )
@@ -112,7 +116,7 @@ ADMINS_ONLY = {**UNAUTHORIZED, 403: problem_response("Not an admin")}
 class UserListV1(Controller):
     path = "/users"
     tags = ["users"]
-    guards = ADMIN
+    opt = ADMIN
     security = SECURITY
 
     @get(responses=ADMINS_ONLY)
@@ -125,7 +129,7 @@ class UserListV1(Controller):
 class UserListV2(Controller):
     path = "/users"
     tags = ["users"]
-    guards = ADMIN
+    opt = ADMIN
     security = SECURITY
 
     @get(responses=ADMINS_ONLY)
@@ -167,9 +171,9 @@ class AuthController(Controller):
     @post(
         "/token",
         status_code=200,
-        opt={ACCEPTS: (FORM, JSON), RATE_LIMIT: "auth"},
+        opt={ACCEPTS: (FORM, JSON), RATE_LIMIT: "auth", HASHES_PASSWORD: True},
         operation_class=TokenOperation,
-        responses={401: problem_response("Wrong username or password")},
+        responses={401: problem_response("Wrong username or password"), **BUSY},
     )
     async def token(
         self, request: Request[Any, Any, Any], db_session: DbSession, hasher: Hasher, sessions: SessionPolicy
@@ -187,10 +191,10 @@ class AuthController(Controller):
         """Trade a refresh token for a new pair; presenting a spent one ends the whole session."""
         return await service.refresh(db_session, sessions, refresh_token=data.refresh_token)
 
-    @post("/logout", status_code=204, guards=USER, security=SECURITY, responses=UNAUTHORIZED)
-    async def logout(self, request: Request[Any, Any, Any], db_session: DbSession, sessions: SessionPolicy) -> None:
+    @post("/logout", status_code=204, opt=USER, security=SECURITY, responses=UNAUTHORIZED)
+    async def logout(self, db_session: DbSession, sessions: SessionPolicy) -> None:
         """End this session: its refresh tokens and access tokens stop working at once, on every instance."""
-        await service.log_out(db_session, sessions, claims=current_claims(request))
+        await service.log_out(db_session, sessions, claims=current_claims())
 
 
 async def _read_token_request(request: Request[Any, Any, Any]) -> TokenRequest:

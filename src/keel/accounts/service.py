@@ -77,14 +77,14 @@ async def register(
 
 async def authenticate(session: AsyncSession, hasher: PasswordHasher, *, login: str, password: str) -> User:
     """The user whose username or email is `login` and whose password matches, else InvalidCredentials."""
-    hasher.admit()  # a flood is refused before it costs a database round trip
-    user = await session.scalar(
-        select(User).where(or_(func.lower(User.username) == login.lower(), func.lower(User.email) == login.lower()))
-    )
-    # end the read, so a login flood queues at the bounded hasher and not, unbounded, for a database connection
-    await session.commit()
-    # an unknown user still costs one verify (against a dummy hash): timing does not reveal who exists
-    result = await hasher.verify(user.password_hash if user else None, password)
+    with hasher.admission() as deadline:  # a flood is refused before it costs a database round trip
+        user = await session.scalar(
+            select(User).where(or_(func.lower(User.username) == login.lower(), func.lower(User.email) == login.lower()))
+        )
+        # end the read, so a login flood queues at the bounded hasher and not, unbounded, for a database connection
+        await session.commit()
+        # an unknown user still costs one verify (against a dummy hash): timing does not reveal who exists
+        result = await hasher.verify(user.password_hash if user else None, password, deadline=deadline)
     if user is None or not result.ok:
         raise InvalidCredentials("The username or password is wrong.")
     if result.new_hash is not None:  # the parameters changed since this hash was made

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from http import HTTPStatus
 from typing import Any, Final
 
@@ -11,6 +12,7 @@ import sqlalchemy.exc
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from litestar.openapi import ResponseSpec
+from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Send
 
 from keel.errors import (
     Conflict,
@@ -88,9 +90,28 @@ def problem_document(
     }
 
 
-def problem_body(status: int, *, code: str, detail: str) -> bytes:
+def problem_body(status: int, *, code: str, detail: str, title: str | None = None) -> bytes:
     """A problem document as bytes, for pure-ASGI layers that answer without the framework."""
-    return _encoder.encode(problem_document(status, code=code, detail=detail))
+    return _encoder.encode(problem_document(status, code=code, detail=detail, title=title))
+
+
+async def send_problem(send: Send, status: int, body: bytes, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+    """Answer with a problem document from a pure-ASGI layer."""
+    start_headers = [
+        *headers,
+        (b"content-type", PROBLEM_JSON.encode()),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    await send(HTTPResponseStartEvent(type="http.response.start", status=status, headers=start_headers))
+    await send(HTTPResponseBodyEvent(type="http.response.body", body=body, more_body=False))
+
+
+async def send_error(send: Send, exc: KeelError) -> None:
+    """`exc` as keel_error renders it, from a pure-ASGI layer that refuses before any handler runs."""
+    status = status_of(exc)
+    body = problem_body(status, code=exc.code, detail=exc.detail, title=exc.title)
+    headers = [(name.lower().encode(), value.encode()) for name, value in error_headers(exc).items()]
+    await send_problem(send, status, body, headers)
 
 
 def problem(
@@ -114,14 +135,18 @@ def status_of(exc: KeelError) -> int:
     return 500
 
 
-def keel_error(_: Request[Any, Any, Any], exc: KeelError) -> Response[dict[str, Any]]:
-    status = status_of(exc)
+def error_headers(exc: KeelError) -> dict[str, str]:
+    """What the client needs besides the body: when to retry, how to authenticate."""
     headers: dict[str, str] = {}
     if isinstance(exc, RetryLater):
         headers["Retry-After"] = str(exc.retry_after)
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = exc.www_authenticate
-    return problem(status, code=exc.code, title=exc.title, detail=exc.detail, headers=headers)
+    return headers
+
+
+def keel_error(_: Request[Any, Any, Any], exc: KeelError) -> Response[dict[str, Any]]:
+    return problem(status_of(exc), code=exc.code, title=exc.title, detail=exc.detail, headers=error_headers(exc))
 
 
 def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from litestar.enums import ScopeType
-from litestar.types import ASGIApp, HTTPResponseBodyEvent, HTTPResponseStartEvent, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from keel.http.errors import PROBLEM_JSON, problem_body
+from keel.http.errors import problem_body, send_problem
 from keel.http.requests import RATE_LIMIT
 from keel.ratelimit.clients import ClientResolver
 from keel.ratelimit.gcra import Decision
@@ -123,16 +123,4 @@ class RateLimitMiddleware:
         body = problem_body(
             429, code="rate_limited", detail=f"Too many requests ({', '.join(policies)} policy); retry in {wait} s."
         )
-        await send(
-            HTTPResponseStartEvent(
-                type="http.response.start",
-                status=429,
-                headers=[
-                    *headers,
-                    (b"retry-after", str(wait).encode()),
-                    (b"content-type", PROBLEM_JSON.encode()),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            )
-        )
-        await send(HTTPResponseBodyEvent(type="http.response.body", body=body, more_body=False))
+        await send_problem(send, 429, body, [*headers, (b"retry-after", str(wait).encode())])

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any, Final
+from typing import Final
 
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Response, get, post
 from litestar.params import FromPath, JSONBody
 
 from keel.accounts.deps import current_claims
@@ -25,16 +25,12 @@ READ = {**NOT_FOUND, **NOT_MODIFIED}
 class ChannelsController(Controller):
     path = "/channels"
     tags = ["channels"]
-    guards = USER
+    opt = USER
     security = SECURITY
 
     @post(responses={409: problem_response("The name is taken")})
     async def create_channel(
-        self,
-        request: Request[Any, Any, Any],
-        data: JSONBody[ChannelCreate],
-        db_session: DbSession,
-        backends: SharedBackends,
+        self, data: JSONBody[ChannelCreate], db_session: DbSession, backends: SharedBackends
     ) -> ChannelRead:
         """Create a channel."""
         channel = await service.create_channel(
@@ -42,7 +38,7 @@ class ChannelsController(Controller):
             backends.cache,
             name=data.name,
             description=data.description,
-            created_by=current_principal(request).user_id,
+            created_by=current_principal().user_id,
         )
         return ChannelRead.from_model(channel)
 
@@ -60,14 +56,13 @@ class ChannelsController(Controller):
     @post("/{channel_id:uuid}/messages", responses=NOT_FOUND)
     async def post_message(
         self,
-        request: Request[Any, Any, Any],
         channel_id: FromPath[uuid.UUID],
         data: JSONBody[MessageCreate],
         db_session: DbSession,
         backends: SharedBackends,
     ) -> MessageRead:
         """Post a message; it gets the channel's next seq and goes live to every subscriber."""
-        claims = current_principal(request)
+        claims = current_principal()
         return await service.post_message(
             db_session,
             backends.broker,
@@ -81,7 +76,7 @@ class ChannelsController(Controller):
 class ChannelListsV1(Controller):
     path = "/channels"
     tags = ["channels"]
-    guards = USER
+    opt = USER
     security = SECURITY
 
     @get(responses=NOT_MODIFIED, response_headers=VALIDATOR_HEADERS)
@@ -122,7 +117,7 @@ class ChannelListsV1(Controller):
 class ChannelListsV2(Controller):
     path = "/channels"
     tags = ["channels"]
-    guards = USER
+    opt = USER
     security = SECURITY
 
     @get(responses=NOT_MODIFIED, response_headers=VALIDATOR_HEADERS)
@@ -169,13 +164,13 @@ class ChannelListsV2(Controller):
 class TicketsController(Controller):
     path = "/realtime/tickets"
     tags = ["realtime"]
-    guards = USER
+    opt = USER
     security = SECURITY
 
     @post()
-    async def create_ticket(self, request: Request[Any, Any, Any], backends: SharedBackends) -> TicketRead:
+    async def create_ticket(self, backends: SharedBackends) -> TicketRead:
         """A single-use ticket for `/ws?ticket=` or `/events?ticket=` (browsers cannot send a header there)."""
-        ticket = await tickets.issue(backends.kv, current_claims(request))
+        ticket = await tickets.issue(backends.kv, current_claims())
         return TicketRead(ticket, tickets.TICKET_TTL)
 
 
