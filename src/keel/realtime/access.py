@@ -14,8 +14,8 @@ from keel.accounts.deps import bearer_token
 from keel.accounts.errors import InvalidToken
 from keel.accounts.tokens import Claims
 from keel.accounts.verifier import TokenVerifier
-from keel.errors import KeelError, RateLimited, RetryLater, Unauthorized, Unavailable
-from keel.http.errors import OUTAGES, PROBLEM_JSON, problem_body, status_of
+from keel.errors import KeelError, RateLimited, Unauthorized, Unavailable
+from keel.http.errors import OUTAGES, PROBLEM_JSON, error_headers, problem_body, status_of
 from keel.ratelimit.deps import RateLimits, rate_limit_headers, retry_after
 from keel.realtime import tickets
 from keel.realtime.hub import Hub
@@ -43,12 +43,8 @@ class Refused(Exception):
     def __init__(self, error: KeelError, headers: list[tuple[bytes, bytes]] | None = None) -> None:
         super().__init__(str(error))
         self.status = status_of(error)
-        self.headers = list(headers or [])
-        if isinstance(error, RetryLater):
-            self.headers.append((b"retry-after", str(error.retry_after).encode()))
-        if isinstance(error, Unauthorized):
-            self.headers.append((b"www-authenticate", error.www_authenticate.encode()))
-        self.body = problem_body(self.status, code=error.code, detail=str(error))
+        self.headers = [*(headers or ()), *((k.lower().encode(), v.encode()) for k, v in error_headers(error).items())]
+        self.body = problem_body(self.status, code=error.code, detail=error.detail, title=error.title)
 
     @classmethod
     def outage(cls, exc: Exception) -> Refused:
