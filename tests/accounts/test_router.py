@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -10,6 +11,7 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 
 from keel import db
+from keel.accounts import deps as accounts_deps
 from keel.accounts.errors import PasswordPoolBusy
 from keel.accounts.models import User
 from keel.accounts.passwords import Argon2Settings, PasswordHasher
@@ -308,7 +310,10 @@ async def test_refusals_carry_the_whole_problem_and_the_rate_limit_headers(clien
     }
 
 
-async def test_a_saturated_hasher_refuses_before_reading_the_request(app: Litestar, client: Client) -> None:
+async def test_a_saturated_hasher_refuses_before_reading_the_request(
+    app: Litestar, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(accounts_deps, "REFUSAL_PACE", 0.2)
     hasher: PasswordHasher = app.state.hasher
     with contextlib.ExitStack() as places:
         while True:  # take every place, as a flood of logins would
@@ -317,7 +322,9 @@ async def test_a_saturated_hasher_refuses_before_reading_the_request(app: Litest
             except PasswordPoolBusy:
                 break
         # a body that would be 415 once read: the refusal comes first, so nothing was parsed
+        started = time.monotonic()
         response = await client.post("/api/v1/auth/token", content=b"x", headers={"Content-Type": "text/plain"})
+        assert time.monotonic() - started >= 0.2  # held, so a client that retries at once is paced
         assert response.status_code == 503
         assert response.headers["content-type"] == "application/problem+json"
         assert response.headers["retry-after"] == "3"

@@ -8,6 +8,7 @@ run in between, so refused requests are limited too (a token-guessing client inc
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Final
 
 from litestar.di import NamedDependency
@@ -22,6 +23,7 @@ from keel.http.auth import AUTH_ERROR, current_principal
 from keel.http.deps import from_state
 from keel.http.errors import send_error
 
+REFUSAL_PACE: Final = 1.0  # seconds a refusal for a saturated hasher is held before it is sent
 HASHES_PASSWORD: Final = "hashes_password"  # noqa: S105 (an opt key): handlers that wait for the password hasher
 
 
@@ -62,6 +64,11 @@ class PasswordAdmission:
 
     During a login flood most logins are refused; refused here, each costs a dictionary lookup and two sends
     instead of a form parse, a session and an exception, and the event loop stays free for everyone else.
+
+    The refusal is held REFUSAL_PACE seconds before it is sent. A client that honours Retry-After loses nothing
+    (it would wait longer anyway), but one that sends again the moment it is answered, as a flood does, is paced
+    to one request a second per connection instead of thousands: answered at once, 200 such connections kept a
+    one-core event loop busy with nothing but refusals, and every other request queued behind them.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -73,6 +80,7 @@ class PasswordAdmission:
             try:
                 hasher.admit()
             except PasswordPoolBusy as busy:
+                await asyncio.sleep(REFUSAL_PACE)
                 await send_error(send, busy)
                 return
         await self.app(scope, receive, send)
