@@ -95,22 +95,28 @@ def problem_body(status: int, *, code: str, detail: str, title: str | None = Non
     return _encoder.encode(problem_document(status, code=code, detail=detail, title=title))
 
 
+def problem_headers(headers: Iterable[tuple[bytes, bytes]], body: bytes) -> list[tuple[bytes, bytes]]:
+    """`headers` plus the content type and length of a problem document `body`, for pure-ASGI layers."""
+    return [*headers, (b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode())]
+
+
 async def send_problem(send: Send, status: int, body: bytes, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
     """Answer with a problem document from a pure-ASGI layer."""
-    start_headers = [
-        *headers,
-        (b"content-type", PROBLEM_JSON.encode()),
-        (b"content-length", str(len(body)).encode()),
-    ]
-    await send(HTTPResponseStartEvent(type="http.response.start", status=status, headers=start_headers))
+    start = HTTPResponseStartEvent(type="http.response.start", status=status, headers=problem_headers(headers, body))
+    await send(start)
     await send(HTTPResponseBodyEvent(type="http.response.body", body=body, more_body=False))
 
 
-async def send_error(send: Send, exc: KeelError) -> None:
-    """`exc` as keel_error renders it, from a pure-ASGI layer that refuses before any handler runs."""
+def render_error(exc: KeelError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """`exc` as keel_error renders it (status, headers, problem body), for layers that answer without Litestar."""
     status = status_of(exc)
-    body = problem_body(status, code=exc.code, detail=exc.detail, title=exc.title)
     headers = [(name.lower().encode(), value.encode()) for name, value in error_headers(exc).items()]
+    return status, headers, problem_body(status, code=exc.code, detail=exc.detail, title=exc.title)
+
+
+async def send_error(send: Send, exc: KeelError) -> None:
+    """Answer `exc` from a pure-ASGI layer that refuses before any handler runs."""
+    status, headers, body = render_error(exc)
     await send_problem(send, status, body, headers)
 
 

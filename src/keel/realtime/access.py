@@ -15,7 +15,7 @@ from keel.accounts.errors import InvalidToken
 from keel.accounts.tokens import Claims
 from keel.accounts.verifier import TokenVerifier
 from keel.errors import KeelError, RateLimited, Unauthorized, Unavailable
-from keel.http.errors import OUTAGES, PROBLEM_JSON, error_headers, problem_body, status_of
+from keel.http.errors import OUTAGES, render_error
 from keel.ratelimit.deps import RateLimits, rate_limit_headers, retry_after
 from keel.realtime import tickets
 from keel.realtime.hub import Hub
@@ -42,22 +42,14 @@ class Refused(Exception):
 
     def __init__(self, error: KeelError, headers: list[tuple[bytes, bytes]] | None = None) -> None:
         super().__init__(str(error))
-        self.status = status_of(error)
-        self.headers = [*(headers or ()), *((k.lower().encode(), v.encode()) for k, v in error_headers(error).items())]
-        self.body = problem_body(self.status, code=error.code, detail=error.detail, title=error.title)
+        self.status, own_headers, self.body = render_error(error)
+        self.headers = [*(headers or ()), *own_headers]
 
     @classmethod
     def outage(cls, exc: Exception) -> Refused:
         """The 503 for a connection the database or Redis could not check: the same answer REST gives."""
         log.warning("realtime connection refused, a dependency is unavailable: %s: %s", type(exc).__name__, exc)
         return cls(Unavailable("A service keel depends on is not answering; retry shortly.", retry_after=2))
-
-    def response_headers(self) -> list[tuple[bytes, bytes]]:
-        return [
-            *self.headers,
-            (b"content-type", PROBLEM_JSON.encode()),
-            (b"content-length", str(len(self.body)).encode()),
-        ]
 
 
 class AuthenticationRequired(Unauthorized):

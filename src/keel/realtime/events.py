@@ -14,7 +14,7 @@ import uuid
 from typing import Any, Final
 
 from keel.errors import Invalid
-from keel.http.errors import OUTAGES
+from keel.http.errors import OUTAGES, send_problem
 from keel.realtime.access import Realtime, Refused, admit, query_params
 from keel.realtime.errors import ChannelNotFound
 from keel.realtime.hub import Delivery, Peer
@@ -120,8 +120,7 @@ async def serve_events(realtime: Realtime, scope: Any, receive: Any, send: Any) 
     except Refused as refusal:
         if stream is not None:
             await hub.disconnect(stream)
-        await send({"type": "http.response.start", "status": refusal.status, "headers": refusal.response_headers()})
-        await send({"type": "http.response.body", "body": refusal.body, "more_body": False})
+        await send_problem(send, refusal.status, refusal.body, refusal.headers)
         return
 
     watcher = asyncio.get_running_loop().create_task(_watch(receive, stream))

@@ -16,7 +16,7 @@ from contextlib import suppress
 from typing import Any, Final
 
 from keel.accounts.tokens import Claims
-from keel.http.errors import OUTAGES
+from keel.http.errors import OUTAGES, problem_headers
 from keel.realtime import frames, service
 from keel.realtime.access import Realtime, Refused, admit, publish_allowed
 from keel.realtime.errors import ChannelNotFound
@@ -248,7 +248,7 @@ async def _publish(realtime: Realtime, scope: Any, socket: Socket, claims: Claim
 async def _refuse(scope: Any, send: Any, refusal: Refused) -> None:
     """Answer the handshake with the problem document, or a bare 403 where the server cannot send a body."""
     if "websocket.http.response" in scope.get("extensions", {}):
-        headers = refusal.response_headers()
+        headers = problem_headers(refusal.headers, refusal.body)
         await send({"type": "websocket.http.response.start", "status": refusal.status, "headers": headers})
         await send({"type": "websocket.http.response.body", "body": refusal.body, "more_body": False})
     else:
