@@ -30,6 +30,7 @@ def test_values_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("REDIS_URL", "redis://cache:6379/0")
     monkeypatch.setenv("KEEL_CORS_ORIGINS", "https://a.example, http://localhost:5173")
     monkeypatch.setenv("KEEL_TRUSTED_PROXIES", "10.0.0.0/8,::1")
+    monkeypatch.setenv("KEEL_PROXY_HEADER", "x-real-ip")
     monkeypatch.setenv("KEEL_ACCESS_TOKEN_TTL", "90s")
     monkeypatch.setenv("KEEL_RATE_LIMIT", "100/min burst 5")
     settings = load_settings(_env_file=None)
@@ -37,6 +38,7 @@ def test_values_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
     assert settings.redis_url == "redis://cache:6379/0"
     assert settings.cors_origins == ("https://a.example", "http://localhost:5173")
     assert settings.trusted_proxies == (ip_network("10.0.0.0/8"), ip_network("::1/128"))
+    assert settings.proxy_header == "X-Real-IP"  # header names are case-insensitive
     assert settings.access_token_ttl == timedelta(seconds=90)
     assert settings.rate_limit is not None
     assert settings.rate_limit.emission_interval == pytest.approx(0.6)
@@ -58,6 +60,7 @@ def test_values_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
         ("KEEL_RATE_LIMIT", "lots", "KEEL_RATE_LIMIT"),
         ("KEEL_AUTH_RATE_LIMIT", "0/s", "KEEL_AUTH_RATE_LIMIT"),
         ("KEEL_TRUSTED_PROXIES", "10.0.0.0/33", "KEEL_TRUSTED_PROXIES"),
+        ("KEEL_PROXY_HEADER", "X-Client-IP", "KEEL_PROXY_HEADER"),
         ("KEEL_CORS_ORIGINS", "not an origin", "KEEL_CORS_ORIGINS"),
         ("KEEL_MAX_BODY_BYTES", "-1", "KEEL_MAX_BODY_BYTES"),
         ("KEEL_WS_SEND_QUEUE", "0", "KEEL_WS_SEND_QUEUE"),

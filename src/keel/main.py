@@ -86,7 +86,7 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
         hasher = PasswordHasher()
         rate_limits = RateLimits(
             limiter=Limiter(backends.scripts, batch=backends.redis is not None),
-            clients=ClientResolver(settings.trusted_proxies),
+            clients=ClientResolver(settings.trusted_proxies, settings.proxy_header),
             default=NamedPolicy.of(DEFAULT_POLICY, settings.rate_limit) if settings.rate_limit else None,
             auth=NamedPolicy.of(AUTH_POLICY, settings.auth_rate_limit) if settings.auth_rate_limit else None,
         )

@@ -13,6 +13,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+ProxyHeader = Literal["X-Forwarded-For", "Forwarded", "X-Real-IP"]
+_PROXY_HEADERS: dict[str, ProxyHeader] = {name.lower(): name for name in ("X-Forwarded-For", "Forwarded", "X-Real-IP")}
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|min|h|d)?\s*$")
 _DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
@@ -110,6 +112,8 @@ class Settings(BaseSettings):
         RatePolicy(5, 60, 10), validation_alias="KEEL_AUTH_RATE_LIMIT"
     )
     trusted_proxies: Annotated[tuple[IPNetwork, ...], NoDecode] = Field((), validation_alias="KEEL_TRUSTED_PROXIES")
+    # the one forwarding header the trusted proxies write; the others are the client's and ignored (SPEC §5)
+    proxy_header: ProxyHeader = Field("X-Forwarded-For", validation_alias="KEEL_PROXY_HEADER")
     cors_origins: Annotated[tuple[str, ...], NoDecode] = Field((), validation_alias="KEEL_CORS_ORIGINS")
     max_body_bytes: int = Field(1_048_576, validation_alias="KEEL_MAX_BODY_BYTES", ge=1)
     ws_send_queue: int = Field(256, validation_alias="KEEL_WS_SEND_QUEUE", ge=1)
@@ -167,6 +171,12 @@ class Settings(BaseSettings):
             return tuple(ipaddress.ip_network(item, strict=False) for item in _comma_list(value))
         except ValueError as exc:
             raise ValueError(f"expected comma-separated CIDRs like 10.0.0.0/8: {exc}") from None
+
+    @field_validator("proxy_header", mode="before")
+    @classmethod
+    def _proxy_header(cls, value: object) -> object:
+        # header names are case-insensitive; anything else is left for the Literal to refuse, naming the choices
+        return _PROXY_HEADERS.get(value.strip().lower(), value) if isinstance(value, str) else value
 
     @field_validator("cors_origins", mode="before")
     @classmethod

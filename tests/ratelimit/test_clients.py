@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from keel.ratelimit.clients import MAX_FORWARDING_HEADER_BYTES, ClientResolver
+from keel.ratelimit.clients import MAX_FORWARDING_HEADER_BYTES, PROXY_HEADERS, ClientResolver
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -18,12 +18,14 @@ CLIENT = "203.0.113.7"
 ATTACKER = "198.51.100.66"
 
 
-def resolver(*cidrs: str) -> ClientResolver:
+def resolver(*cidrs: str, header: str = "X-Forwarded-For") -> ClientResolver:
     networks: list[IPv4Network | IPv6Network] = [ip_network(cidr, strict=False) for cidr in cidrs]
-    return ClientResolver(networks)
+    return ClientResolver(networks, header)
 
 
-TRUSTING = resolver("10.0.0.0/8", "fd00::/8")
+TRUSTING = resolver("10.0.0.0/8", "fd00::/8")  # behind a proxy that writes X-Forwarded-For (the default)
+FORWARDED = resolver("10.0.0.0/8", "fd00::/8", header="Forwarded")
+REAL_IP = resolver("10.0.0.0/8", "fd00::/8", header="X-Real-IP")
 NOBODY = resolver()
 
 
@@ -42,8 +44,8 @@ def test_spoofed_x_forwarded_for_from_an_untrusted_peer_is_ignored() -> None:
     headers = xff(ATTACKER)
     assert TRUSTING.client_ip(CLIENT, headers) == CLIENT
     assert TRUSTING.rate_key(CLIENT, headers) == f"ip:{CLIENT}"
-    assert TRUSTING.rate_key(CLIENT, fwd(f"for={ATTACKER}")) == f"ip:{CLIENT}"
-    assert TRUSTING.rate_key(CLIENT, [(b"x-real-ip", ATTACKER.encode())]) == f"ip:{CLIENT}"
+    assert FORWARDED.rate_key(CLIENT, fwd(f"for={ATTACKER}")) == f"ip:{CLIENT}"
+    assert REAL_IP.rate_key(CLIENT, [(b"x-real-ip", ATTACKER.encode())]) == f"ip:{CLIENT}"
 
 
 def test_with_no_trusted_proxies_headers_are_never_looked_at() -> None:
@@ -109,7 +111,7 @@ def test_ipv6_trusted_proxies() -> None:
     ],
 )
 def test_forwarded(value: str, expected: str) -> None:
-    assert TRUSTING.client_ip(PROXY, fwd(value)) == expected
+    assert FORWARDED.client_ip(PROXY, fwd(value)) == expected
 
 
 @pytest.mark.parametrize(
@@ -131,7 +133,7 @@ def test_forwarded(value: str, expected: str) -> None:
     ],
 )
 def test_obfuscated_unknown_or_unusable_hops_give_the_peer(value: str) -> None:
-    assert TRUSTING.client_ip(PROXY, fwd(value)) == PROXY
+    assert FORWARDED.client_ip(PROXY, fwd(value)) == PROXY
 
 
 @pytest.mark.parametrize(
@@ -151,35 +153,48 @@ def test_obfuscated_unknown_or_unusable_hops_give_the_peer(value: str) -> None:
     ],
 )
 def test_a_malformed_forwarded_header_gives_the_peer(value: str) -> None:
-    assert TRUSTING.client_ip(PROXY, fwd(value)) == PROXY
+    assert FORWARDED.client_ip(PROXY, fwd(value)) == PROXY
 
 
 def test_a_malformed_forwarded_header_does_not_fall_back_to_x_forwarded_for() -> None:
     # the proxy writes Forwarded and passes the client's X-Forwarded-For through untouched
     headers = [*fwd('for="oops'), *xff(ATTACKER)]
-    assert TRUSTING.client_ip(PROXY, headers) == PROXY
+    assert FORWARDED.client_ip(PROXY, headers) == PROXY
 
 
 def test_an_unbalanced_quote_cannot_swallow_the_proxys_line() -> None:
     # each Forwarded line parses on its own: the client's broken line is malformed, so the peer is used
-    assert TRUSTING.client_ip(PROXY, fwd(f'for="{ATTACKER}', f"for={CLIENT}")) == PROXY
+    assert FORWARDED.client_ip(PROXY, fwd(f'for="{ATTACKER}', f"for={CLIENT}")) == PROXY
 
 
-# --- precedence, repeated lines, limits -----------------------------------------------------------------------------
+# --- one configured header, repeated lines, limits ------------------------------------------------------------------
 
 
-def test_forwarded_wins_over_x_forwarded_for_and_x_real_ip() -> None:
-    headers = [(b"x-real-ip", b"192.0.2.3"), *xff("192.0.2.2"), *fwd("for=192.0.2.1")]
-    assert TRUSTING.client_ip(PROXY, headers) == "192.0.2.1"
-    assert TRUSTING.client_ip(PROXY, headers[:2]) == "192.0.2.2"
+def test_only_the_configured_header_is_read() -> None:
+    # the probe's bypass: nginx appends to X-Forwarded-For and passes the client's own Forwarded through untouched;
+    # Forwarded used to win, so each request could name a fresh key
+    for i in range(5):
+        headers = [*fwd(f"for=198.51.100.{i}"), *xff(CLIENT), (b"x-real-ip", f"198.51.100.{i}".encode())]
+        assert TRUSTING.rate_key(PROXY, headers) == f"ip:{CLIENT}"
+    # a proxy that writes only X-Real-IP: the client's X-Forwarded-For and Forwarded are its own words
+    headers = [*xff(ATTACKER), *fwd(f"for={ATTACKER}"), (b"x-real-ip", CLIENT.encode())]
+    assert REAL_IP.client_ip(PROXY, headers) == CLIENT
+    # a proxy that writes Forwarded: the client's X-Forwarded-For is ignored
+    assert FORWARDED.client_ip(PROXY, [*xff(ATTACKER), *fwd(f"for={CLIENT}")]) == CLIENT
 
 
-def test_x_real_ip_only_when_the_others_are_absent() -> None:
-    assert TRUSTING.client_ip(PROXY, [(b"x-real-ip", CLIENT.encode())]) == CLIENT
-    assert TRUSTING.client_ip(PROXY, [(b"x-real-ip", b" [2001:db8::1]:443 ")]) == "2001:db8::1"
-    assert TRUSTING.client_ip(PROXY, [(b"x-real-ip", f"{ATTACKER}, {CLIENT}".encode())]) == PROXY
-    assert TRUSTING.client_ip(PROXY, [(b"x-real-ip", b"1.1.1.1"), (b"x-real-ip", b"2.2.2.2")]) == PROXY
-    assert TRUSTING.client_ip(PROXY, [(b"x-real-ip", b"")]) == PROXY
+def test_a_missing_configured_header_gives_the_peer_not_another_header() -> None:
+    assert TRUSTING.client_ip(PROXY, [*fwd(f"for={ATTACKER}"), (b"x-real-ip", ATTACKER.encode())]) == PROXY
+    assert REAL_IP.client_ip(PROXY, xff(ATTACKER)) == PROXY
+    assert FORWARDED.client_ip(PROXY, xff(ATTACKER)) == PROXY
+
+
+def test_x_real_ip_is_one_address() -> None:
+    assert REAL_IP.client_ip(PROXY, [(b"x-real-ip", CLIENT.encode())]) == CLIENT
+    assert REAL_IP.client_ip(PROXY, [(b"x-real-ip", b" [2001:db8::1]:443 ")]) == "2001:db8::1"
+    assert REAL_IP.client_ip(PROXY, [(b"x-real-ip", f"{ATTACKER}, {CLIENT}".encode())]) == PROXY
+    assert REAL_IP.client_ip(PROXY, [(b"x-real-ip", b"1.1.1.1"), (b"x-real-ip", b"2.2.2.2")]) == PROXY
+    assert REAL_IP.client_ip(PROXY, [(b"x-real-ip", b"")]) == PROXY
 
 
 def test_header_names_are_matched_as_asgi_gives_them_lowercase() -> None:
@@ -189,7 +204,7 @@ def test_header_names_are_matched_as_asgi_gives_them_lowercase() -> None:
 def test_repeated_header_lines_join_in_order() -> None:
     assert TRUSTING.client_ip(PROXY, xff(ATTACKER, f"{CLIENT}, {INNER_PROXY}")) == CLIENT
     assert TRUSTING.client_ip(PROXY, xff(f"{ATTACKER}, {CLIENT}", INNER_PROXY)) == CLIENT
-    assert TRUSTING.client_ip(PROXY, fwd(f"for={ATTACKER}", f"for={CLIENT}", f"for={INNER_PROXY}")) == CLIENT
+    assert FORWARDED.client_ip(PROXY, fwd(f"for={ATTACKER}", f"for={CLIENT}", f"for={INNER_PROXY}")) == CLIENT
 
 
 @pytest.mark.parametrize(
@@ -288,10 +303,9 @@ _peers = st.one_of(
 
 @given(peer=_peers, headers=_headers)
 def test_an_untrusted_peer_can_never_pick_its_key(peer: str | None, headers: Headers) -> None:
-    trusting = resolver("10.0.0.0/8")
     if NOBODY.client_ip(peer, []).startswith("10."):
         return  # a trusted peer (after IPv4-mapped normalization), covered below
-    for resolve in (NOBODY, trusting):
+    for resolve in (NOBODY, TRUSTING, FORWARDED, REAL_IP):
         assert resolve.rate_key(peer, headers) == NOBODY.rate_key(peer, [])
         assert resolve.client_ip(peer, headers) == NOBODY.client_ip(peer, [])
 
@@ -300,11 +314,21 @@ def test_an_untrusted_peer_can_never_pick_its_key(peer: str | None, headers: Hea
     peer=st.sampled_from([PROXY, "fd00::1", f"::ffff:{PROXY}"]),
     headers=_headers,
     trusted=st.sampled_from([("10.0.0.0/8", "fd00::/8"), ("0.0.0.0/0", "::/0")]),
+    header=st.sampled_from(["X-Forwarded-For", "Forwarded", "X-Real-IP"]),
 )
-def test_a_trusted_peer_gives_an_address_or_itself(peer: str, headers: Headers, trusted: tuple[str, ...]) -> None:
-    resolve = resolver(*trusted)
+def test_a_trusted_peer_gives_an_address_or_itself(
+    peer: str, headers: Headers, trusted: tuple[str, ...], header: str
+) -> None:
+    resolve = resolver(*trusted, header=header)
     client = resolve.client_ip(peer, headers)
     if client != str(ip_address(peer)).removeprefix("::ffff:"):
         ip_address(client)  # raises if it is not an address
     key = resolve.rate_key(peer, headers)
     assert key.startswith("ip:")
+
+
+@given(peer=st.sampled_from([PROXY, "fd00::1"]), headers=_headers, header=st.sampled_from(sorted(PROXY_HEADERS)))
+def test_headers_other_than_the_configured_one_never_change_the_key(peer: str, headers: Headers, header: str) -> None:
+    resolve = resolver("10.0.0.0/8", "fd00::/8", header=header)
+    own = PROXY_HEADERS[header]
+    assert resolve.rate_key(peer, headers) == resolve.rate_key(peer, [(n, v) for n, v in headers if n == own])

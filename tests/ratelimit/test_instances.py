@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -45,6 +46,35 @@ def test_a_trusted_proxy_names_the_client(tmp_path: Path) -> None:
         # the right-most untrusted hop counts: a client cannot pick its key by prepending addresses
         chained = {"X-Forwarded-For": "198.51.100.1, 203.0.113.7, 10.1.2.3"}
         assert statuses(server.url, 1, chained) == [429]
+
+
+def token_attempts(url: str, count: int, headers: Callable[[int], dict[str, str]]) -> list[int]:
+    form = {"username": "nobody", "password": "wrong password"}
+    return [httpx.post(f"{url}/api/v1/auth/token", data=form, headers=headers(i)).status_code for i in range(count)]
+
+
+def test_a_client_behind_nginx_cannot_pick_its_key_with_forwarded(tmp_path: Path) -> None:
+    # the probe's bypass: nginx appends the real address to X-Forwarded-For and passes the client's own Forwarded
+    # through; 25 logins, each naming another address in Forwarded, all used to get 401
+    env = {"KEEL_AUTH_RATE_LIMIT": "5/min burst 10", "KEEL_TRUSTED_PROXIES": "127.0.0.1/32"}
+    with keel_serve(env, migrated(tmp_path)) as server:
+        codes = token_attempts(
+            server.url, 12, lambda i: {"X-Forwarded-For": "203.0.113.7", "Forwarded": f"for=198.51.100.{i}"}
+        )
+        assert codes == [401] * 10 + [429] * 2
+
+
+def test_a_proxy_that_writes_x_real_ip_ignores_the_clients_x_forwarded_for(tmp_path: Path) -> None:
+    env = {
+        "KEEL_AUTH_RATE_LIMIT": "5/min burst 10",
+        "KEEL_TRUSTED_PROXIES": "127.0.0.1/32",
+        "KEEL_PROXY_HEADER": "X-Real-IP",
+    }
+    with keel_serve(env, migrated(tmp_path)) as server:
+        codes = token_attempts(server.url, 12, lambda i: {"X-Real-IP": "203.0.113.7", "X-Forwarded-For": f"10.0.0.{i}"})
+        assert codes == [401] * 10 + [429] * 2
+        # another client behind the same proxy still has its own budget
+        assert token_attempts(server.url, 1, lambda _: {"X-Real-IP": "203.0.113.8"}) == [401]
 
 
 def test_instances_on_one_redis_share_one_budget(pg_url: str, redis_url: str, tmp_path: Path) -> None:

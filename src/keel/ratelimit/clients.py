@@ -1,9 +1,13 @@
 """Who is the client? The rate-limit key of an anonymous request (SPEC §5).
 
 The client is the socket peer, unless the peer is a trusted proxy (`KEEL_TRUSTED_PROXIES`); then it is the
-right-most untrusted hop of the forwarding chain the proxies appended to. Only hops written by trusted proxies are
-believed, so a client can never pick its own key by sending headers: whatever it sends lands to the left of the
-entry its first trusted proxy adds, and the walk stops at that entry.
+right-most untrusted hop of the one forwarding header those proxies write (`KEEL_PROXY_HEADER`). Only hops written
+by trusted proxies are believed, so a client can never pick its own key by sending headers: whatever it sends lands
+to the left of the entry its first trusted proxy adds, and the walk stops at that entry.
+
+Exactly one header is read, and the others are ignored. A proxy passes the headers it does not write through from
+the client untouched: nginx's usual configuration appends to `X-Forwarded-For` and forwards a client's `Forwarded`
+as it came, so preferring `Forwarded` whenever present let any client choose its own key.
 
 Framework-free: it takes the ASGI peer host (`scope["client"][0]`) and the raw ASGI header pairs.
 """
@@ -16,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Final
 
-__all__ = ["MAX_FORWARDING_HEADER_BYTES", "ClientResolver"]
+__all__ = ["MAX_FORWARDING_HEADER_BYTES", "PROXY_HEADERS", "ClientResolver"]
 
 IPAddress = IPv4Address | IPv6Address
 
@@ -27,6 +31,8 @@ _UNKNOWN: Final = "unknown"
 _FORWARDED: Final = b"forwarded"
 _X_FORWARDED_FOR: Final = b"x-forwarded-for"
 _X_REAL_IP: Final = b"x-real-ip"
+#: The forwarding headers a proxy may be configured to write, by their usual spelling (`KEEL_PROXY_HEADER`).
+PROXY_HEADERS: Final = {"X-Forwarded-For": _X_FORWARDED_FOR, "Forwarded": _FORWARDED, "X-Real-IP": _X_REAL_IP}
 _IPV4_MAPPED: Final = IPv6Network("::ffff:0:0/96")
 _MAX_NODE_CHARS: Final = 128  # "[<IPv6 with a zone id>]:<port>" fits comfortably
 _CACHE_SIZE: Final = 4096
@@ -116,30 +122,15 @@ def _forwarded_nodes(line: str) -> tuple[str | None, ...] | None:
     return tuple(nodes)
 
 
-def _forwarding_nodes(headers: Iterable[tuple[bytes, bytes]]) -> list[str | None]:
-    """The hops of the forwarding header that wins, left (the original client) to right (the last proxy), unparsed;
-    None for a `Forwarded` element that names no `for=` node.
-
-    Precedence: `Forwarded`, else `X-Forwarded-For`, else `X-Real-IP`. A malformed header of higher precedence is
-    not skipped in favour of a lower one: a proxy that writes `Forwarded` leaves a client's `X-Forwarded-For`
-    untouched, so falling back to it would let the client pick its key. Repeated lines are one list, in order.
-    """
-    forwarded: list[bytes] = []
-    forwarded_for: list[bytes] = []
-    real_ip: list[bytes] = []
-    for name, value in headers:  # ASGI header names are lowercase
-        if name == _FORWARDED:
-            forwarded.append(value)
-        elif name == _X_FORWARDED_FOR:
-            forwarded_for.append(value)
-        elif name == _X_REAL_IP:
-            real_ip.append(value)
-    values = forwarded or forwarded_for or real_ip
+def _forwarding_nodes(headers: Iterable[tuple[bytes, bytes]], wanted: bytes) -> list[str | None]:
+    """The hops of the header `wanted`, left (the original client) to right (the last proxy), unparsed; None for a
+    `Forwarded` element that names no `for=` node. Repeated lines are one list, in order."""
+    values = [value for name, value in headers if name == wanted]  # ASGI header names are lowercase
     if not values:
         return []
     if (len(values[0]) if len(values) == 1 else sum(map(len, values)) + len(values)) > MAX_FORWARDING_HEADER_BYTES:
         raise _Malformed("header too long")
-    if values is forwarded:
+    if wanted == _FORWARDED:
         nodes: list[str | None] = []
         for value in values:  # each line parses on its own: a client's unbalanced quote cannot swallow a proxy's line
             parsed = _forwarded_nodes(value.decode("latin-1"))
@@ -149,7 +140,7 @@ def _forwarding_nodes(headers: Iterable[tuple[bytes, bytes]]) -> list[str | None
         return nodes
     text = (values[0] if len(values) == 1 else b",".join(values)).decode("latin-1")
     found: list[str | None] = [node for node in text.split(",") if node and not node.isspace()]
-    if values is real_ip and len(found) != 1:
+    if wanted == _X_REAL_IP and len(found) != 1:
         # X-Real-IP is one address set (replaced, not appended to) by the proxy in front; several are ambiguous
         raise _Malformed("several X-Real-IP values")
     return found
@@ -158,13 +149,15 @@ def _forwarding_nodes(headers: Iterable[tuple[bytes, bytes]]) -> list[str | None
 class ClientResolver:
     """The client address and rate-limit key of a request, given the trusted proxy networks.
 
-    Build one per application from `Settings.trusted_proxies`; it is immutable and safe to share. What it learns
-    about each peer and hop string (parsed, trusted or not, its key) is kept in two bounded LRU caches.
+    Build one per application from `Settings.trusted_proxies` and `Settings.proxy_header`; it is immutable and safe
+    to share. What it learns about each peer and hop string (parsed, trusted or not, its key) is kept in two bounded
+    LRU caches.
     """
 
-    __slots__ = ("_hop", "_peer", "_trusted_v4", "_trusted_v6", "_trusting")
+    __slots__ = ("_header", "_hop", "_peer", "_trusted_v4", "_trusted_v6", "_trusting")
 
-    def __init__(self, trusted_proxies: Sequence[IPv4Network | IPv6Network]) -> None:
+    def __init__(self, trusted_proxies: Sequence[IPv4Network | IPv6Network], header: str = "X-Forwarded-For") -> None:
+        self._header = PROXY_HEADERS[header]
         v4: list[tuple[int, int]] = []
         v6: list[tuple[int, int]] = []
         for network in trusted_proxies:
@@ -198,7 +191,7 @@ class ClientResolver:
         if not client[2]:  # always the case with no trusted proxies: the headers are not even looked at
             return client
         try:
-            nodes = _forwarding_nodes(headers)
+            nodes = _forwarding_nodes(headers, self._header)
         except _Malformed:
             return client
         # Right to left: skip the trusted proxies; the first hop that is not one is the client.
