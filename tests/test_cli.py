@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from keel import db
@@ -65,6 +66,31 @@ def test_migrate_from_empty_then_serve(empty_backend: Backend, tmp_path: Path) -
     assert again.returncode == 0, again.stderr  # idempotent
     with keel_serve(env_of(empty_backend), tmp_path) as server:
         assert httpx.get(f"{server.url}/readyz").json()["checks"]["database"] == "ok"
+
+
+def set_revision(url: str, revision: str) -> None:
+    async def write() -> None:
+        engine = create_async_engine(url)
+        try:
+            async with engine.begin() as connection:
+                await connection.execute(text("UPDATE alembic_version SET version_num = :r"), {"r": revision})
+        finally:
+            await engine.dispose()
+
+    asyncio.run(write())
+
+
+def test_serve_tells_a_database_behind_from_one_ahead(empty_backend: Backend, tmp_path: Path) -> None:
+    assert run_keel("migrate", env=env_of(empty_backend), cwd=tmp_path).returncode == 0
+    set_revision(empty_backend.database_url, "0003_channels")  # a database an older keel migrated
+    behind = run_keel("serve", "--port", "1", env=env_of(empty_backend), cwd=tmp_path)
+    assert behind.returncode == 1
+    assert "behind" in behind.stderr
+    assert "run `keel migrate`" in behind.stderr
+    set_revision(empty_backend.database_url, "9999_from_the_future")  # one a newer keel migrated
+    ahead = run_keel("serve", "--port", "1", env=env_of(empty_backend), cwd=tmp_path)
+    assert ahead.returncode == 1
+    assert "does not know; upgrade keel" in ahead.stderr
 
 
 def test_default_database_lives_in_var_of_the_working_directory(tmp_path: Path) -> None:

@@ -53,7 +53,7 @@ async def _schema_problem(engine: AsyncEngine) -> str | None:
         return None
     if not database:
         return "the database has no schema yet; run `keel migrate` first"
-    if database - code:
+    if database - db.known_revisions():
         return f"the database is at revision {', '.join(sorted(database))}, which this keel does not know; upgrade keel"
     behind = f"{', '.join(sorted(database))} < {', '.join(sorted(code))}"
     return f"the database schema is behind ({behind}); run `keel migrate` first"

@@ -59,13 +59,17 @@ def utcnow() -> datetime:
 
 
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
-    """An engine for `url`: pooled asyncpg for PostgreSQL, WAL-mode aiosqlite for SQLite."""
+    """An engine for `url`: pooled asyncpg for PostgreSQL, WAL-mode aiosqlite for SQLite.
+
+    `hide_parameters`: a statement's error message never carries its bind values (user names, emails, message
+    bodies), so a logged traceback holds no one's data.
+    """
     if url.startswith("sqlite"):
         database = make_url(url).database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         # a request waiting this long for a connection gets 503 instead of queueing for SQLAlchemy's default 30 s
-        engine = create_async_engine(url, connect_args={"timeout": 5}, pool_timeout=POOL_TIMEOUT)
+        engine = create_async_engine(url, connect_args={"timeout": 5}, pool_timeout=POOL_TIMEOUT, hide_parameters=True)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         _queue_sqlite_writers(engine)
         return engine
@@ -75,6 +79,7 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         max_overflow=pool_size,
         pool_timeout=POOL_TIMEOUT,
         pool_recycle=1800,
+        hide_parameters=True,
         connect_args={"timeout": 5, "command_timeout": 30, "server_settings": {"application_name": "keel"}},
     )
 
@@ -169,3 +174,8 @@ async def schema_revisions(engine: AsyncEngine) -> tuple[set[str], set[str]]:
     async with engine.connect() as connection:
         database = await connection.run_sync(current)
     return database, set(ScriptDirectory.from_config(alembic_config()).get_heads())
+
+
+def known_revisions() -> set[str]:
+    """Every revision this code has a migration for: a database at one of them is behind, not ahead."""
+    return {script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()}

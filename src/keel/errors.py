@@ -16,6 +16,13 @@ class KeelError(Exception):
             self.code = code
 
 
+class BadRequest(KeelError):
+    """A request the server will not interpret, such as one with two sets of credentials."""
+
+    code = "bad_request"
+    title = "Bad request"
+
+
 class NotFound(KeelError):
     code = "not_found"
     title = "Not found"

@@ -30,7 +30,7 @@ from keel.http.deps import DEPENDENCIES
 from keel.http.docs import docs_router, openapi_config
 from keel.http.errors import EXCEPTION_HANDLERS
 from keel.http.middleware import EdgeMiddleware
-from keel.http.requests import require_declared_media_type
+from keel.http.requests import KeelRequest, require_declared_media_type
 from keel.ratelimit.clients import ClientResolver
 from keel.ratelimit.deps import AUTH_POLICY, DEFAULT_POLICY, NamedPolicy, RateLimitMiddleware, RateLimits
 from keel.ratelimit.limiter import Limiter
@@ -132,6 +132,7 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
         middleware=[AuthMiddleware, RateLimitMiddleware, RequireCaller, PasswordAdmission],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         before_request=require_declared_media_type,
+        request_class=KeelRequest,
         request_max_body_size=settings.max_body_bytes,
         openapi_config=config,
         logging_config=None,

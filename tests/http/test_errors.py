@@ -90,7 +90,7 @@ async def test_json_with_parameters_and_json_suffix_is_accepted(client: Client) 
 async def test_unparseable_json_is_422_at_body(client: Client) -> None:
     response = await client.post("/test/widgets", content=b'{"name": ', headers={"content-type": "application/json"})
     body = assert_problem(response, 422, "http.validation_error")
-    assert body["errors"] == [{"loc": ["body"], "msg": "invalid JSON"}]
+    assert body["errors"] == [{"loc": ["body"], "msg": "The body is not valid JSON."}]
 
 
 async def test_invalid_field_is_422_with_its_location(client: Client) -> None:

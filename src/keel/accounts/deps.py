@@ -19,6 +19,7 @@ from keel.accounts.passwords import PasswordHasher
 from keel.accounts.service import Sessions
 from keel.accounts.tokens import Claims
 from keel.accounts.verifier import TokenVerifier
+from keel.errors import BadRequest
 from keel.http.auth import AUTH_ERROR, current_principal
 from keel.http.deps import from_state
 from keel.http.errors import send_error
@@ -27,15 +28,29 @@ REFUSAL_PACE: Final = 1.0  # seconds a refusal for a saturated hasher is held be
 HASHES_PASSWORD: Final = "hashes_password"  # noqa: S105 (an opt key): handlers that wait for the password hasher
 
 
+class AmbiguousCredentials(BadRequest):
+    code = "http.ambiguous_credentials"
+    title = "Ambiguous credentials"
+
+
 def bearer_token(headers: list[tuple[bytes, bytes]] | Any) -> str | None:
-    """The token of an `Authorization: Bearer <token>` header (RFC 6750 §2.1), or None."""
+    """The token of an `Authorization: Bearer <token>` header (RFC 6750 §2.1), or None.
+
+    Two `Authorization` headers are refused (AmbiguousCredentials, 400) rather than one of them silently chosen:
+    a proxy or client library that adds its own next to the caller's would otherwise decide who the caller is.
+    """
+    found: bytes | None = None
     for name, value in headers:
         if name == b"authorization":
-            scheme, _, token = value.partition(b" ")
-            if scheme.lower() != b"bearer":
-                return None
-            return token.strip().decode("latin-1")
-    return None
+            if found is not None:
+                raise AmbiguousCredentials("Send one Authorization header, not several.")
+            found = value
+    if found is None:
+        return None
+    scheme, _, token = found.partition(b" ")
+    if scheme.lower() != b"bearer":
+        return None
+    return token.strip().decode("latin-1")
 
 
 class AuthMiddleware:
@@ -43,7 +58,11 @@ class AuthMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        token = bearer_token(scope["headers"])
+        try:
+            token = bearer_token(scope["headers"])
+        except AmbiguousCredentials as error:
+            await send_error(send, error)
+            return
         claims: Claims | None = None
         if token is not None:
             verifier: TokenVerifier = scope["litestar_app"].state.verifier

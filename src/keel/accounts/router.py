@@ -30,7 +30,7 @@ from keel.accounts.schemas import (
 from keel.accounts.tokens import Keyring
 from keel.http.auth import ADMIN, SECURITY, USER, current_principal
 from keel.http.deps import DbSession
-from keel.http.errors import problem_response
+from keel.http.errors import body_error, problem_response
 from keel.http.pagination import Cursor, Limit, Offset, Page, decode_cursor, encode_cursor
 from keel.http.requests import ACCEPTS, RATE_LIMIT
 
@@ -135,7 +135,7 @@ class UserListV2(Controller):
     @get(responses=ADMINS_ONLY)
     async def list_users(self, db_session: DbSession, limit: Limit = 50, cursor: Cursor = None) -> Page[UserRead]:
         """Every account, in sign-up order, a page at a time (admins only)."""
-        after = decode_cursor(cursor, tuple[datetime, uuid.UUID]) if cursor else None
+        after: tuple[datetime, uuid.UUID] | None = decode_cursor(cursor, tuple[datetime, uuid.UUID]) if cursor else None
         users = await service.list_users(db_session, limit=limit, after=after)
         last = users[-1] if len(users) == limit else None
         return Page(
@@ -203,10 +203,10 @@ async def _read_token_request(request: Request[Any, Any, Any]) -> TokenRequest:
             form = await request.form()
             return msgspec.convert({key: form.get(key) for key in form}, TokenRequest)
         return _token_request.decode(await request.body())
-    except msgspec.DecodeError:
-        raise ValidationException(extra=[{"key": "data", "message": "invalid JSON", "source": "body"}]) from None
-    except msgspec.ValidationError as exc:
+    except msgspec.ValidationError as exc:  # a subclass of DecodeError: it must come first
         raise ValidationException(extra=[{"key": "data", "message": str(exc), "source": "body"}]) from None
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
+        raise ValidationException(extra=[{"key": "data", "message": body_error(exc), "source": "body"}]) from None
 
 
 @get("/.well-known/jwks.json", tags=["auth"], sync_to_thread=False, cache_control=CacheControlHeader(max_age=300))

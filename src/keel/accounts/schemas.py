@@ -62,7 +62,7 @@ class TokenRequest(msgspec.Struct):
     scope: str = ""
 
 
-class RefreshRequest(msgspec.Struct):
+class RefreshRequest(msgspec.Struct, forbid_unknown_fields=True):
     refresh_token: Annotated[str, Meta(min_length=1, max_length=256)]
 
 

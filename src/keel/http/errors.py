@@ -15,6 +15,7 @@ from litestar.openapi import ResponseSpec
 from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Send
 
 from keel.errors import (
+    BadRequest,
     Conflict,
     Forbidden,
     Invalid,
@@ -25,7 +26,9 @@ from keel.errors import (
     Unauthorized,
     Unavailable,
 )
+from keel.http.requests import ClientDisconnected
 from keel.shared import BackendUnavailable
+from keel.types import NO_NUL, NO_NUL_MESSAGE
 
 log = logging.getLogger("keel.http")
 _encoder = msgspec.json.Encoder()
@@ -50,6 +53,7 @@ def problem_response(description: str) -> ResponseSpec:
 
 PROBLEM_JSON: Final = "application/problem+json"
 STATUS_BY_KIND: Final[dict[type[KeelError], int]] = {
+    BadRequest: 400,
     NotFound: 404,
     Conflict: 409,
     Unauthorized: 401,
@@ -162,7 +166,13 @@ def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[
     if isinstance(exc.__cause__, SerializationException):  # Litestar reports an undecodable body as a 400
         return unparseable_body(request, exc.__cause__)
     detail = exc.detail if exc.detail and exc.detail != HTTPStatus(status).phrase else None
-    return problem(status, detail=detail, headers=exc.headers)
+    headers = exc.headers
+    if status == 405 and headers:  # the edge answers HEAD wherever GET works; Litestar spells the name both ways
+        allow = next((value for name, value in headers.items() if name.lower() == "allow"), "")
+        methods = allow.split(", ")
+        others = {name: value for name, value in headers.items() if name.lower() != "allow"}
+        headers = {**others, "Allow": ", ".join([*methods, "HEAD"] if "GET" in methods else methods)}
+    return problem(status, detail=detail, headers=headers)
 
 
 def validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
@@ -177,12 +187,21 @@ def _location(item: Any) -> dict[str, Any]:
         return {"loc": [], "msg": str(item)}
     message, _, path = str(item.get("message", "invalid")).partition(" - at `$")
     source, key = item.get("source"), item.get("key")
-    loc: list[str | int] = ["body" if source == "body" else str(source)] if source else []
+    # the parameter kind is a str enum (ParamType.QUERY): its value is the word ("query")
+    loc: list[str | int] = [str(getattr(source, "value", source))] if source else []
     if key and key != "data":
         loc.append(str(key))
+    elif key == "data" and message in _NO_BODY:  # Litestar's words for a missing body: a KeyError's repr
+        message = "A JSON body is required."
+    message = _SENTENCES.get(message, message)
     if path:
         loc.extend(_json_path(path.rstrip("`")))
     return {"loc": loc, "msg": message}
+
+
+_NO_BODY: Final = frozenset({"'data'", "Object missing required field `data`"})
+# msgspec's words for a broken rule, where a person needs a sentence instead (TODO(#13): every message)
+_SENTENCES: Final = {f"Expected `str` matching regex {NO_NUL!r}": f"The text {NO_NUL_MESSAGE}."}
 
 
 def _json_path(path: str) -> list[str | int]:
@@ -197,7 +216,17 @@ def _json_path(path: str) -> list[str | int]:
 
 
 def unparseable_body(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
-    return problem(422, detail="The body is not valid JSON.", errors=[{"loc": ["body"], "msg": "invalid JSON"}])
+    return problem(422, detail="The body is not valid JSON.", errors=[{"loc": ["body"], "msg": body_error(exc)}])
+
+
+def body_error(exc: BaseException) -> str:
+    """What is wrong with a body that does not decode, in words for a person."""
+    reason = str(exc)
+    if "nested too deeply" in reason or isinstance(exc, RecursionError):
+        return "The JSON is nested too deeply."
+    if "UTF-8" in reason or isinstance(exc, UnicodeDecodeError):
+        return "The body is not UTF-8 text."
+    return "The body is not valid JSON."
 
 
 def dependency_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
@@ -217,6 +246,17 @@ def dependency_unavailable(request: Request[Any, Any, Any], exc: Exception) -> R
         detail="A service keel depends on is not answering; retry shortly.",
         headers={"Retry-After": "2"},
     )
+
+
+def client_disconnected(request: Request[Any, Any, Any], exc: ClientDisconnected) -> Response[dict[str, Any]]:
+    # an aborted upload: one info line, no traceback; the response goes nowhere (the server drops it)
+    log.info(
+        "client disconnected before its request arrived in full: %s %s",
+        request.method,
+        request.scope.get("path"),
+        extra={"request_id": request.scope.get("state", {}).get("request_id")},
+    )
+    return problem(400, detail="The request ended before its body arrived in full.")
 
 
 def internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
@@ -244,6 +284,7 @@ EXCEPTION_HANDLERS: Final = {
     KeelError: keel_error,
     **dict.fromkeys(OUTAGES, dependency_unavailable),
     ValidationException: validation_error,
+    ClientDisconnected: client_disconnected,
     SerializationException: unparseable_body,
     HTTPException: http_error,
     Exception: internal_error,

@@ -1,4 +1,4 @@
-"""The edge middleware: request id, security headers and CORS in one pure-ASGI layer with one send wrapper.
+"""The edge middleware: request id, security headers, CORS and HEAD in one pure-ASGI layer with one send wrapper.
 
 One layer, not three: each pure-ASGI layer costs a closure and an await per message (SPIKES.md). CORS is ours
 rather than Litestar's CORSConfig because a refused preflight must be problem+json like every other error
@@ -83,6 +83,12 @@ class EdgeMiddleware:
             await self._preflight(scope, send, request_id, origin, allowed_origin)
             return
 
+        if scope["method"] == "HEAD":
+            await self._head(scope, receive, send, request_id, allowed_origin)
+            return
+        await self.app(scope, receive, self._with_headers(send, request_id, allowed_origin))
+
+    def _with_headers(self, send: Send, request_id: str, allowed_origin: bytes | None) -> Send:
         extra = [(REQUEST_ID_HEADER, request_id.encode("ascii")), *SECURITY_HEADERS]
         if allowed_origin is not None:
             extra += [
@@ -97,7 +103,31 @@ class EdgeMiddleware:
                 message["headers"] = [*message.get("headers", ()), *extra]
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        return send_with_headers
+
+    async def _head(
+        self, scope: Scope, receive: Receive, send: Send, request_id: str, allowed_origin: bytes | None
+    ) -> None:
+        """HEAD wherever GET works (RFC 9110 §9.3.2): the GET runs, its status and headers are sent, its body is not.
+
+        The app sees a GET (a copy of the scope: the handlers, compression and ETags then answer exactly as they
+        would), so Content-Length and Content-Encoding are the GET's. The response ends with its head, which also
+        tells a streaming app that the client is gone (a server's `receive` then says `http.disconnect`), so HEAD
+        on an event stream answers at once instead of streaming into the void.
+        """
+        send_head = self._with_headers(send, request_id, allowed_origin)
+        done = False
+
+        async def send_without_body(message: Message) -> None:
+            nonlocal done
+            if done:
+                return
+            if message["type"] == "http.response.start":
+                await send_head(message)
+                await send(HTTPResponseBodyEvent(type="http.response.body", body=b"", more_body=False))
+                done = True
+
+        await self.app({**scope, "method": "GET"}, receive, send_without_body)  # type: ignore[arg-type]
 
     def _allowed(self, origin: bytes | None) -> bytes | None:
         if origin is None:

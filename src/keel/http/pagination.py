@@ -10,15 +10,15 @@ import msgspec
 from litestar.params import Parameter
 
 from keel.errors import Invalid
+from keel.types import MAX_INT64
 
 T = TypeVar("T")
-P = TypeVar("P")
 _encoder = msgspec.json.Encoder()
 
 
 # the query parameters of lists: every list takes `limit` (SPEC §6); v1 pages by offset, v2 by cursor
 Limit = Annotated[int, Parameter(ge=1, le=100, description="1 to 100")]
-Offset = Annotated[int, Parameter(ge=0)]
+Offset = Annotated[int, Parameter(ge=0, le=MAX_INT64)]
 Cursor = Annotated[str | None, Parameter(max_length=200, description="next_cursor of the previous page")]
 
 
@@ -39,8 +39,9 @@ def encode_cursor(position: Any) -> str:
     return base64.urlsafe_b64encode(_encoder.encode(position)).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, position: type[P]) -> P:
-    """The position in a cursor this API issued, or InvalidCursor (422)."""
+def decode_cursor(cursor: str, position: Any) -> Any:
+    """The position in a cursor this API issued, or InvalidCursor (422). `position` is a type, constraints (`Meta`)
+    included: a cursor is client input like any other, so its position is checked as strictly."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         return msgspec.json.decode(raw, type=position)

@@ -10,7 +10,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
-from keel.accounts.deps import bearer_token
+from keel.accounts.deps import AmbiguousCredentials, bearer_token
 from keel.accounts.errors import InvalidToken
 from keel.accounts.tokens import Claims
 from keel.accounts.verifier import TokenVerifier
@@ -78,7 +78,10 @@ async def admit(realtime: Realtime, scope: Any) -> Claims:
 
 
 async def authenticate(realtime: Realtime, scope: Any) -> Claims:
-    token = bearer_token(scope["headers"])
+    try:
+        token = bearer_token(scope["headers"])
+    except AmbiguousCredentials as exc:
+        raise Refused(exc) from None
     if token is not None:
         try:
             return realtime.verifier.verify(token)

@@ -15,7 +15,16 @@ from keel.http.deps import ConditionalReads, DbSession, SharedBackends
 from keel.http.errors import problem_response
 from keel.http.pagination import Cursor, Limit, Offset, Page, decode_cursor, encode_cursor
 from keel.realtime import service, tickets
-from keel.realtime.schemas import Author, ChannelCreate, ChannelRead, MessageCreate, MessageRead, TicketRead
+from keel.realtime.schemas import (
+    Author,
+    ChannelCreate,
+    ChannelName,
+    ChannelRead,
+    MessageCreate,
+    MessageRead,
+    TicketRead,
+)
+from keel.types import Position
 
 NOT_FOUND = {404: problem_response("No such channel")}
 # GETs answer with an ETag and 304 (SPEC §6); first pages and single channels, the hot reads, are also cached
@@ -129,7 +138,7 @@ class ChannelListsV2(Controller):
         cursor: Cursor = None,
     ) -> Response[Page[ChannelRead]]:
         """Channels by name (byte order), a page at a time."""
-        after = decode_cursor(cursor, str) if cursor else None
+        after: str | None = decode_cursor(cursor, ChannelName) if cursor else None
 
         async def load() -> Page[ChannelRead]:
             channels = await service.list_channels(db_session, limit=limit, after=after)
@@ -150,7 +159,7 @@ class ChannelListsV2(Controller):
         cursor: Cursor = None,
     ) -> Response[Page[MessageRead]]:
         """A channel's messages, newest first, a page at a time."""
-        before = decode_cursor(cursor, int) if cursor else None
+        before: int | None = decode_cursor(cursor, Position) if cursor else None
 
         async def load() -> Page[MessageRead]:
             messages = await service.list_messages(db_session, channel_id, limit=limit, before_seq=before)

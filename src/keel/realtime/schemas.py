@@ -10,6 +10,7 @@ import msgspec
 from msgspec import Meta
 
 from keel.realtime.models import Channel
+from keel.types import NO_NUL
 
 ChannelName = Annotated[
     str,
@@ -25,7 +26,7 @@ ChannelName = Annotated[
 
 class ChannelCreate(msgspec.Struct, forbid_unknown_fields=True):
     name: ChannelName
-    description: Annotated[str, Meta(max_length=500)] = ""
+    description: Annotated[str, Meta(max_length=500, pattern=NO_NUL)] = ""
 
 
 class ChannelRead(msgspec.Struct):
@@ -46,8 +47,12 @@ class ChannelRead(msgspec.Struct):
         )
 
 
+#: A message's text, from REST and WebSocket alike.
+MessageBody = Annotated[str, Meta(min_length=1, max_length=4000, pattern=NO_NUL, description="1 to 4000 characters")]
+
+
 class MessageCreate(msgspec.Struct, forbid_unknown_fields=True):
-    body: Annotated[str, Meta(min_length=1, max_length=4000)]
+    body: MessageBody
 
 
 class Author(msgspec.Struct):
