@@ -203,10 +203,10 @@ async def _read_token_request(request: Request[Any, Any, Any]) -> TokenRequest:
             form = await request.form()
             return msgspec.convert({key: form.get(key) for key in form}, TokenRequest)
         return _token_request.decode(await request.body())
+    except msgspec.ValidationError as exc:  # first: it is a DecodeError too, and names the field
+        raise ValidationException(extra=[{"key": "data", "message": str(exc), "source": "body"}]) from None
     except msgspec.DecodeError:
         raise ValidationException(extra=[{"key": "data", "message": "invalid JSON", "source": "body"}]) from None
-    except msgspec.ValidationError as exc:
-        raise ValidationException(extra=[{"key": "data", "message": str(exc), "source": "body"}]) from None
 
 
 @get("/.well-known/jwks.json", tags=["auth"], sync_to_thread=False, cache_control=CacheControlHeader(max_age=300))
