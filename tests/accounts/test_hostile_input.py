@@ -7,7 +7,8 @@ from httpx import Response
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from tests.factories import PASSWORD, bearer, log_in, register
+from keel.settings import Settings
+from tests.factories import PASSWORD, bearer, log_in, make_admin, register
 
 Client = AsyncTestClient[Litestar]
 
@@ -66,6 +67,37 @@ async def test_a_trailing_newline_does_not_make_a_second_channel(client: Client)
     assert_invalid(response, ["body", "name"])
 
 
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("Äb@example.com", "äb@example.com"),  # SQLite's lower() folds ASCII only
+        ("straße@example.com", "STRASSE@example.com"),  # casefold, not lower
+        ("ab@example.com", full_width("ab") + "@example.com"),  # full-width: NFKC
+        ("ab@example.com", "ab@EXAMPLE.com"),
+        ("ab@bücher.de", "ab@xn--bcher-kva.de"),  # one domain, Unicode or IDNA
+    ],
+)
+async def test_emails_are_unique_up_to_unicode_case_and_form(client: Client, first: str, second: str) -> None:
+    await register(client, "first", first)
+    response = await client.post("/api/v1/users", json=sign_up("second", second))
+    assert response.status_code == 409
+    assert response.json()["code"] == "accounts.email_taken"
+
+
+@pytest.mark.parametrize(
+    "login", ["ÄB@EXAMPLE.COM", "äb@example.com", "äb@Example.Com", "ÄB@" + full_width("EXAMPLE") + ".com"]
+)
+async def test_log_in_by_email_whatever_the_case(client: Client, login: str) -> None:
+    await register(client, "ada", "Äb@example.com")
+    await log_in(client, login)
+
+
+async def test_a_full_width_login_finds_the_ascii_username(client: Client) -> None:
+    # sign-up refuses the look-alike; a login compares canonical keys, and the password still decides
+    await register(client, "alice")
+    await log_in(client, full_width("ALICE"))
+
+
 async def test_the_stored_email_is_the_normal_form(client: Client) -> None:
     user = await register(client, "ada", "Äda@Bücher.DE")
     assert user["email"] == "Äda@bücher.de"
@@ -81,3 +113,10 @@ async def test_a_nul_in_the_login_is_422_not_500(client: Client, encoding: str) 
         else client.post("/api/v1/auth/token", json=credentials)
     )
     assert_invalid(response, ["body", "username"])
+
+
+async def test_create_admin_promotes_by_canonical_username(client: Client, settings: Settings) -> None:
+    await register(client, "root", "old@example.com")
+    await make_admin(settings, "ROOT")  # the same account: promoted, not a second one
+    me = await client.get("/api/v1/users/me", headers=bearer(await log_in(client, "root")))
+    assert me.json()["is_admin"] is True
