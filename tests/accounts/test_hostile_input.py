@@ -1,13 +1,17 @@
-"""Look-alike names and NUL characters, as clients meet them (both backends)."""
+"""Look-alike names, NUL characters and password guessing with a stolen token, as clients meet them (both backends)."""
 
 from __future__ import annotations
+
+from itertools import count
 
 import pytest
 from httpx import Response
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from keel.settings import Settings
+from keel.main import create_app
+from keel.ratelimit.clients import ClientResolver
+from keel.settings import RatePolicy, Settings
 from tests.factories import PASSWORD, bearer, log_in, make_admin, register
 
 Client = AsyncTestClient[Litestar]
@@ -120,3 +124,63 @@ async def test_create_admin_promotes_by_canonical_username(client: Client, setti
     await make_admin(settings, "ROOT")  # the same account: promoted, not a second one
     me = await client.get("/api/v1/users/me", headers=bearer(await log_in(client, "root")))
     assert me.json()["is_admin"] is True
+
+
+STRICT_AUTH = "2/min burst 3"
+
+
+async def _tokens(settings: Settings) -> dict[str, str]:
+    """A user and a session, made while the auth policy is unlimited (the fixtures' settings)."""
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        await register(client, "ada")
+        return await log_in(client, "ada")
+
+
+async def change_password(client: Client, tokens: dict[str, str], current_password: str) -> Response:
+    return await client.post(
+        "/api/v1/users/me/password",
+        headers=bearer(tokens),
+        json={"current_password": current_password, "new_password": "a brand new password"},
+    )
+
+
+async def test_password_change_goes_through_the_auth_policy(settings: Settings) -> None:
+    tokens = await _tokens(settings)
+    strict = settings.model_copy(update={"auth_rate_limit": RatePolicy.parse(STRICT_AUTH)})
+    async with AsyncTestClient(app=create_app(strict)) as client:
+        for left in (2, 1, 0):
+            response = await change_password(client, tokens, "a wrong guess")
+            assert response.status_code == 403
+            assert '"auth";q=3;w=90' in response.headers["ratelimit-policy"]
+            assert f'"auth";r={left};' in response.headers["ratelimit"]
+        refused = await change_password(client, tokens, PASSWORD)
+        assert refused.status_code == 429
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert "auth policy" in refused.json()["detail"]
+        assert '"auth";r=0' in refused.headers["ratelimit"]
+        assert int(refused.headers["retry-after"]) >= 20  # 2/min: the next attempt in about 30 s
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        # refused before the handler ran: even the right current password changed nothing
+        await log_in(client, "ada", PASSWORD)
+
+
+@pytest.fixture
+def new_address_each_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every request seems to come from another address, as a stolen token used from a botnet would."""
+    addresses = count(1)
+    monkeypatch.setattr(ClientResolver, "rate_key", lambda *_: f"ip:198.51.100.{next(addresses)}")
+
+
+@pytest.mark.usefixtures("new_address_each_request")
+async def test_a_stolen_token_gets_one_budget_of_guesses_from_any_number_of_addresses(settings: Settings) -> None:
+    tokens = await _tokens(settings)
+    strict = settings.model_copy(update={"auth_rate_limit": RatePolicy.parse(STRICT_AUTH)})
+    async with AsyncTestClient(app=create_app(strict)) as client:
+        for _ in range(3):
+            response = await change_password(client, tokens, "a wrong guess")
+            assert response.status_code == 403
+        refused = await change_password(client, tokens, "another guess")
+        assert refused.status_code == 429
+        assert refused.headers["ratelimit"].count('"auth"') == 1  # the stricter bucket, named once
+        # logins are still keyed by address alone: a new address may log in
+        assert (await client.post("/api/v1/auth/token", data={"username": "ada", "password": PASSWORD})).is_success
