@@ -5,9 +5,10 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Index, String, Uuid, false, func
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import Boolean, ForeignKey, Index, String, Uuid, false
+from sqlalchemy.orm import Mapped, mapped_column, validates
 
+from keel.accounts.names import EMAIL_KEY_LENGTH, canonical
 from keel.db import Base, UtcDateTime, utcnow
 
 
@@ -17,15 +18,23 @@ class User(Base):
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     username: Mapped[str] = mapped_column(String(32))
     email: Mapped[str] = mapped_column(String(320))
+    # canonical(username) and canonical(email), set whenever those are: what uniqueness and logins compare
+    username_key: Mapped[str] = mapped_column(String(32))
+    email_key: Mapped[str] = mapped_column(String(EMAIL_KEY_LENGTH))
     password_hash: Mapped[str] = mapped_column(String(255))
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)
 
+    @validates("username", "email")
+    def _keep_key(self, field: str, value: str) -> str:
+        setattr(self, f"{field}_key", canonical(value))
+        return value
 
-# case-insensitive uniqueness that both PostgreSQL and SQLite enforce: unique indexes on lower(...)
-Index("uq_users_lower_username", func.lower(User.username), unique=True)
-Index("uq_users_lower_email", func.lower(User.email), unique=True)
+
+# uniqueness up to case and Unicode form, the same on PostgreSQL and SQLite (keys computed in Python, not lower())
+Index("uq_users_username_key", User.username_key, unique=True)
+Index("uq_users_email_key", User.email_key, unique=True)
 
 
 class RefreshToken(Base):

@@ -88,7 +88,8 @@ class UsersController(Controller):
     @post(
         "/me/password",
         status_code=204,
-        opt={**USER, HASHES_PASSWORD: True},
+        # it checks a password: without the auth policy a stolen access token could guess current_password
+        opt={**USER, RATE_LIMIT: "auth", HASHES_PASSWORD: True},
         security=SECURITY,
         responses={**UNAUTHORIZED, 403: problem_response("The current password is wrong"), **BUSY},
     )

@@ -10,28 +10,50 @@ import msgspec
 from msgspec import Meta
 
 from keel.accounts.models import User
+from keel.accounts.names import normalize_email
 
+# Patterns are whole-value matches that read the same in Python and in OpenAPI's ECMA-262 regexes: msgspec runs
+# re.search, and Python's `$` also matches before a final newline ("alice\n"), so `(?!\n)` refuses that newline.
+# `\Z` would say it in Python alone; in ECMA-262 it is a syntax error or a literal "Z".
 Username = Annotated[
     str,
     Meta(
         min_length=3,
         max_length=32,
-        pattern=r"^[A-Za-z0-9_.-]+$",
-        description="3 to 32 of A-Z a-z 0-9 _ . -",
+        pattern=r"^[A-Za-z0-9_.-]+$(?!\n)",
+        description="3 to 32 of A-Z a-z 0-9 _ . - (full-width look-alikes are refused, not folded)",
         examples=["ada_l"],
     ),
 ]
-# syntactic check only (RFC 5322's full grammar is not worth it): one @, a dot in the domain, no spaces
+# the syntax is email-validator's (UserCreate.__post_init__); this only bounds the work before it
 Email = Annotated[
-    str, Meta(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", examples=["ada@example.com"])
+    str,
+    Meta(
+        max_length=320,
+        description="an email address; stored with its domain lower-cased (email-validator's normal form)",
+        examples=["ada@example.com"],
+    ),
 ]
 Password = Annotated[str, Meta(min_length=8, max_length=128, description="8 to 128 characters; never truncated")]
+
+
+def field_error(field: str, message: str) -> ValueError:
+    """An error raised in `__post_init__`, located at `field` as msgspec's own errors are (`["body", field]`)."""
+    # msgspec reports a __post_init__ error at the struct's path, which for a body is the body itself; the
+    # suffix is the form of its field errors, which Litestar and the CLI read the field from
+    return ValueError(f"{message} - at `$.{field}`")
 
 
 class UserCreate(msgspec.Struct, forbid_unknown_fields=True):
     username: Username
     email: Email
     password: Password
+
+    def __post_init__(self) -> None:
+        try:
+            self.email = normalize_email(self.email)
+        except ValueError as exc:
+            raise field_error("email", str(exc)) from None
 
 
 class UserRead(msgspec.Struct):
@@ -60,6 +82,11 @@ class TokenRequest(msgspec.Struct):
     password: Annotated[str, Meta(min_length=1, max_length=128)]
     grant_type: Literal["password"] = "password"
     scope: str = ""
+
+    def __post_init__(self) -> None:
+        # the login is compared in the database, and PostgreSQL cannot hold a NUL (asyncpg raises): refuse it here
+        if "\x00" in self.username:
+            raise field_error("username", "The username must not contain a NUL character.")
 
 
 class RefreshRequest(msgspec.Struct, forbid_unknown_fields=True):

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, or_, select, tuple_, update
+from sqlalchemy import or_, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,6 +23,7 @@ from keel.accounts.errors import (
     WrongPassword,
 )
 from keel.accounts.models import RefreshToken, Revocation, User
+from keel.accounts.names import canonical, login_key
 from keel.accounts.passwords import PasswordHasher
 from keel.accounts.schemas import TokenPair
 from keel.accounts.tokens import LEEWAY, Claims, Keyring
@@ -45,9 +46,11 @@ def _digest(refresh_token: str) -> str:
 
 
 async def _taken(session: AsyncSession, *, username: str, email: str) -> None:
+    # the keys, not lower(): the same answer on PostgreSQL and SQLite, for any case and Unicode form
+    username_key, email_key = canonical(username), canonical(email)
     rows = await session.execute(
-        select(func.lower(User.username) == username.lower(), func.lower(User.email) == email.lower()).where(
-            or_(func.lower(User.username) == username.lower(), func.lower(User.email) == email.lower())
+        select(User.username_key == username_key, User.email_key == email_key).where(
+            or_(User.username_key == username_key, User.email_key == email_key)
         )
     )
     for same_username, _ in rows:
@@ -61,7 +64,7 @@ async def _taken(session: AsyncSession, *, username: str, email: str) -> None:
 async def register(
     session: AsyncSession, hasher: PasswordHasher, *, username: str, email: str, password: str, is_admin: bool = False
 ) -> User:
-    """Create a user, or raise UsernameTaken / EmailTaken (case-insensitive)."""
+    """Create a user, or raise UsernameTaken / EmailTaken (up to case and Unicode form: names.canonical)."""
     await _taken(session, username=username, email=email)  # before hashing: a duplicate costs no Argon2
     await session.commit()  # end the read: no pooled connection is held while Argon2 runs (or waits its turn)
     user = User(username=username, email=email, password_hash=await hasher.hash(password), is_admin=is_admin)
@@ -78,9 +81,8 @@ async def register(
 async def authenticate(session: AsyncSession, hasher: PasswordHasher, *, login: str, password: str) -> User:
     """The user whose username or email is `login` and whose password matches, else InvalidCredentials."""
     with hasher.admission() as deadline:  # a flood is refused before it costs a database round trip
-        user = await session.scalar(
-            select(User).where(or_(func.lower(User.username) == login.lower(), func.lower(User.email) == login.lower()))
-        )
+        key = login_key(login)  # an email key has an "@", a username key never does: at most one matches
+        user = await session.scalar(select(User).where(or_(User.username_key == key, User.email_key == key)))
         # end the read, so a login flood queues at the bounded hasher and not, unbounded, for a database connection
         await session.commit()
         # an unknown user still costs one verify (against a dummy hash): timing does not reveal who exists
@@ -235,11 +237,15 @@ async def create_admin(
     session: AsyncSession, hasher: PasswordHasher, *, username: str, email: str, password: str
 ) -> tuple[User, bool]:
     """Make `username` an admin with this email and password: (user, created) — promotes an existing user."""
-    user = await session.scalar(select(User).where(func.lower(User.username) == username.lower()))
+    user = await session.scalar(select(User).where(User.username_key == canonical(username)))
     if user is None:
         return await register(session, hasher, username=username, email=email, password=password, is_admin=True), True
     user.is_admin = True
     user.email = email
     user.password_hash = await hasher.hash(password)
-    await session.commit()
+    try:
+        await session.commit()
+    except IntegrityError:  # the email is another account's
+        await session.rollback()
+        raise EmailTaken("That email is already registered.") from None
     return user, False

@@ -1,9 +1,12 @@
 """Rate limiting for HTTP: one pure-ASGI middleware after auth, and the headers of SPEC §5.
 
 Every request under /api/ is checked against the default policy, keyed by the authenticated user (the claims
-the auth middleware left in the scope: no second verification) or else the client address. The token endpoint
-(`opt={"rate_limit": "auth"}`) is checked against the auth policy too, always by address: a brute-force guard
-that holds whatever name the guesser tries. Operations and docs live outside /api/ and are never limited.
+the auth middleware left in the scope: no second verification) or else the client address. Endpoints that
+check a password (`opt={"rate_limit": "auth"}`: the token endpoint, a password change) are checked against the
+auth policy too, by address: a brute-force guard that holds whatever name the guesser tries. When the request
+is authenticated (a password change) the user has an auth bucket of their own as well, so a stolen access
+token used from many addresses still gets one budget of `current_password` guesses. Operations and docs live
+outside /api/ and are never limited.
 """
 
 from __future__ import annotations
@@ -61,16 +64,32 @@ class RateLimits:
         return self.clients.rate_key(client[0] if client else None, scope["headers"])
 
     async def check(self, scope: Scope, *, auth_policy: bool = False) -> list[tuple[NamedPolicy, Decision]]:
-        """Decisions for this connection: the default policy, plus the auth policy by address when asked."""
+        """Decisions for this connection: the default policy, plus the auth policy when asked.
+
+        The auth policy counts by address and, for an authenticated caller, by user too; it reports the
+        stricter of the two, so the headers name each policy once.
+        """
         results = []
-        for named, key in ((self.default, self.client_key), (self.auth if auth_policy else None, self.address_key)):
-            if named is not None:
-                bucket = key(scope)
-                decision = self.limiter.check_now(bucket, named.policy, named.name)
-                if decision is None:  # the Redis limiter: awaited, batched with this tick's other checks
-                    decision = await self.limiter.check(bucket, named.policy, named.name)
-                results.append((named, decision))
+        if self.default is not None:
+            results.append((self.default, await self._check(self.client_key(scope), self.default)))
+        if auth_policy and self.auth is not None:
+            buckets = [self.address_key(scope)]
+            if scope.get("auth") is not None:
+                buckets.append(self.client_key(scope))  # user:<id>
+            decisions = [await self._check(bucket, self.auth) for bucket in buckets]
+            results.append((self.auth, min(decisions, key=_strictness)))
         return results
+
+    async def _check(self, bucket: str, named: NamedPolicy) -> Decision:
+        decision = self.limiter.check_now(bucket, named.policy, named.name)
+        if decision is None:  # the Redis limiter: awaited, batched with this tick's other checks
+            decision = await self.limiter.check(bucket, named.policy, named.name)
+        return decision
+
+
+def _strictness(decision: Decision) -> tuple[bool, int, float]:
+    # a refusal first (the longest wait first), then the fewest requests left
+    return decision.allowed, decision.remaining, -decision.retry_after
 
 
 def rate_limit_headers(results: Sequence[tuple[NamedPolicy, Decision]]) -> list[tuple[bytes, bytes]]:

@@ -17,7 +17,7 @@ ChannelName = Annotated[
     Meta(
         min_length=1,
         max_length=64,
-        pattern=r"^[a-z0-9_-]+$",
+        pattern=r"^[a-z0-9_-]+$(?!\n)",  # (?!\n): Python's $ would also match before a final "\n"
         description="1 to 64 of a-z 0-9 _ -",
         examples=["general"],
     ),

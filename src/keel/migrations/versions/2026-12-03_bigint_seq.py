@@ -1,7 +1,7 @@
 """64-bit message positions: channels.last_seq and messages.seq count forever
 
-Revision ID: 0004_bigint_seq
-Revises: 0003_channels
+Revision ID: 0005_bigint_seq
+Revises: 0004_canonical_names
 Create Date: 2026-12-03
 
 A busy channel would pass 2**31 - 1 messages, and a v2 cursor holding a larger integer made PostgreSQL fail the
@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0004_bigint_seq"
-down_revision: str | None = "0003_channels"
+revision: str = "0005_bigint_seq"
+down_revision: str | None = "0004_canonical_names"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
