@@ -108,20 +108,22 @@ class KeelHttpToolsProtocol(HttpToolsProtocol):
         self._is_idle = False
         self._begun += 1
         self._head_upper = self._head_lower = 0
-        super().on_message_begin()
+        HttpToolsProtocol.on_message_begin(self)  # not super(): that allocates, once per callback
 
     def on_headers_complete(self) -> None:
         self._head_open = False
-        self._cancel_head_timer()
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
         # the reads so far bound the head from above; only a head near the limit is measured exactly
         if self._head_upper + self._read_size > HEAD_LIMIT and self._head_size() > HEAD_LIMIT:
             self._is_head_too_large = True
             raise _HeadTooLarge
-        super().on_headers_complete()
+        HttpToolsProtocol.on_headers_complete(self)
 
     def on_message_complete(self) -> None:
         self._is_idle = True
-        super().on_message_complete()
+        HttpToolsProtocol.on_message_complete(self)
 
     def send_400_response(self, msg: str) -> None:
         self._refuse(400, _BAD_REQUEST)
