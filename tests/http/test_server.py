@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import re
 from typing import Any
 
 import pytest
@@ -82,6 +83,7 @@ def problem_of(transport: RecordingTransport) -> dict[str, Any]:
     assert b"content-type: application/problem+json" in headers
     assert b"connection: close" in headers
     assert b"x-content-type-options: nosniff" in headers
+    assert re.search(rb"\r\nx-request-id: [0-9a-f]{32}\r\n", headers)
     document: dict[str, Any] = json.loads(body)
     assert document["type"] == f"urn:keel:problem:{document['code']}"
     return document

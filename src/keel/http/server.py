@@ -7,7 +7,7 @@ This subclass counts head bytes as reads arrive (before the parser concatenates 
 the first request) has its connection closed. WebSocket upgrades start here too, so they are covered.
 
 Everything overridden here is uvicorn's private API: pyproject pins uvicorn to one minor version and
-tests/http/test_server_limits.py fails when the methods relied on change.
+tests/http/test_server.py fails when the methods relied on change.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from keel.http.errors import PROBLEM_JSON, problem_body
-from keel.http.middleware import SECURITY_HEADERS
+from keel.http.middleware import REQUEST_ID_HEADER, SECURITY_HEADERS, request_id_of
 
 HEAD_LIMIT: Final = 64 * 1024  # bytes of request line and headers (SPEC §2)
 HEAD_TIMEOUT: Final = 20.0  # seconds from a head's first byte to its end (SPEC §2)
@@ -152,7 +152,9 @@ class KeelHttpToolsProtocol(HttpToolsProtocol):
             # a pipelined request went wrong while the one before it is still answering: no room for a reply
             self.transport.close()
             return
-        headers = [*self.server_state.default_headers, *SECURITY_HEADERS]
+        # the edge middleware never sees this request: its headers are added here (a fresh id: none was read)
+        request_id = (REQUEST_ID_HEADER, request_id_of(()).encode())
+        headers = [*self.server_state.default_headers, request_id, *SECURITY_HEADERS]
         content = [STATUS_LINE[status]]
         for name, value in headers:
             content.extend([name, b": ", value, b"\r\n"])
