@@ -20,6 +20,7 @@ from keel.accounts.models import User
 from keel.accounts.passwords import PasswordHasher
 from keel.accounts.schemas import UserCreate
 from keel.errors import KeelError
+from keel.http.server import KeelHttpToolsProtocol
 from keel.logs import configure_logging
 from keel.main import create_app, keyring_options
 from keel.settings import ConfigError, Settings, load_settings
@@ -96,7 +97,8 @@ def serve(host: str | None, port: str | None, workers: str | None) -> None:
         port=settings.port,
         workers=settings.workers,
         loop="uvloop",
-        http="httptools",
+        # httptools, with the request-head size and time limits of SPEC §2 and problem+json refusals
+        http=KeelHttpToolsProtocol,
         # wsproto: the smallest per-socket memory measured here (SPIKES.md); deflate off, it costs 7x memory per
         # socket and doubles fan-out time
         ws="wsproto",
