@@ -10,6 +10,7 @@ the client reconnects with Last-Event-ID and loses nothing.
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from typing import Any, Final
 
@@ -17,11 +18,14 @@ from keel.errors import Invalid
 from keel.http.errors import OUTAGES, send_problem
 from keel.realtime.access import Realtime, Refused, admit, query_params
 from keel.realtime.errors import ChannelNotFound
+from keel.realtime.frames import MAX_SEQ
 from keel.realtime.hub import Delivery, Peer
 
 KEEP_ALIVE: Final = 15.0
 RETRY_MS: Final = 3000
 MAX_CHANNELS: Final = 50
+# ASCII digits only: int() would also take "+5", " 5", "1_000" and other scripts' digits
+_SEQ: Final = re.compile(r"[0-9]{1,19}")
 HEADERS: Final = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -93,9 +97,15 @@ def parse_request(scope: Any) -> tuple[list[uuid.UUID], dict[uuid.UUID, int]]:
     for pair in filter(None, last_event_id.split(",")):
         channel, _, seq = pair.strip().rpartition(":")
         try:
-            resume[uuid.UUID(channel)] = int(seq)
+            channel_id = uuid.UUID(channel)
         except ValueError:
-            raise BadStreamRequest("Last-Event-ID is a list of <channel id>:<seq> pairs joined by `,`.") from None
+            channel_id = None
+        if channel_id is None or _SEQ.fullmatch(seq) is None or int(seq) > MAX_SEQ:
+            raise BadStreamRequest(
+                "Last-Event-ID is a list of <channel id>:<seq> pairs joined by `,`, each seq a whole number "
+                f"from 0 to {MAX_SEQ}."
+            )
+        resume[channel_id] = int(seq)
     return channels, resume
 
 
