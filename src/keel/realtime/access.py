@@ -95,6 +95,6 @@ async def authenticate(realtime: Realtime, scope: Any) -> Claims:
     return claims
 
 
-async def publish_allowed(realtime: Realtime, scope: Any) -> int | None:
-    """None if a publish from this connection is within the rate limit, else the seconds to wait."""
+async def frame_allowed(realtime: Realtime, scope: Any) -> int | None:
+    """None if a publish or subscribe from this connection is within the rate limit, else the seconds to wait."""
     return retry_after(await realtime.rate_limits.check(scope))

@@ -18,7 +18,7 @@ from typing import Any, Final
 from keel.accounts.tokens import Claims
 from keel.http.errors import OUTAGES, problem_headers
 from keel.realtime import frames, service
-from keel.realtime.access import Realtime, Refused, admit, publish_allowed
+from keel.realtime.access import Realtime, Refused, admit, frame_allowed
 from keel.realtime.errors import ChannelNotFound
 from keel.realtime.hub import CLOSE_TRY_AGAIN, Delivery, Peer
 from keel.realtime.schemas import Author
@@ -206,6 +206,10 @@ async def _handle(realtime: Realtime, scope: Any, socket: Socket, claims: Claims
         if isinstance(frame, frames.Ping):
             socket.send(frames.encode(frames.Pong(frame.ref)))
         elif isinstance(frame, frames.Subscribe):
+            # limited like a publish, before the database is asked whether the channel exists
+            wait = await frame_allowed(realtime, scope)
+            if wait is not None:
+                raise frames.FrameError("rate_limited", f"Too many subscribes; retry in {wait} s.", frame.ref)
             last_seq = await hub.join(socket, frame.channel, frame.since)
             socket.send(frames.encode(frames.Subscribed(frame.channel, last_seq)))
             await hub.replay(socket, frame.channel)
@@ -229,7 +233,7 @@ async def _publish(realtime: Realtime, scope: Any, socket: Socket, claims: Claim
     hub = realtime.hub
     if hub.draining:
         return  # the socket closes with 1001 in a moment; the client publishes again elsewhere
-    wait = await publish_allowed(realtime, scope)
+    wait = await frame_allowed(realtime, scope)
     if wait is not None:
         raise frames.FrameError("rate_limited", f"Too many publishes; retry in {wait} s.", frame.ref)
     async with hub.publishing(), hub.session() as session:
