@@ -110,27 +110,43 @@ def parse_request(scope: Any) -> tuple[list[uuid.UUID], dict[uuid.UUID, int]]:
 
 
 async def serve_events(realtime: Realtime, scope: Any, receive: Any, send: Any) -> None:
-    hub = realtime.hub
-    stream: Stream | None = None
     try:
         claims = await admit(realtime, scope)
         try:
             channels, resume = parse_request(scope)
         except BadStreamRequest as exc:
             raise Refused(exc) from None
-        stream = Stream(claims.session_id, realtime.send_queue)
-        hub.connect(stream)
-        try:
-            for channel in channels:  # held: nothing is delivered until every channel has its position
-                await hub.join(stream, channel, resume.get(channel), hold=True)
-        except ChannelNotFound as exc:
-            raise Refused(exc) from None
-        except OUTAGES as exc:  # the database could not say whether the channels exist
-            raise Refused.outage(exc) from None
+        slot = realtime.streams.hold(claims.user_id)
     except Refused as refusal:
-        if stream is not None:
-            await hub.disconnect(stream)
-        await send_problem(send, refusal.status, refusal.body, refusal.headers)
+        await _refuse(send, refusal)
+        return
+    with slot:  # released however the stream ends: refused below, ended by either side, or an error
+        stream = Stream(claims.session_id, realtime.send_queue)
+        realtime.hub.connect(stream)
+        try:
+            await _serve(realtime, stream, channels, resume, receive, send)
+        finally:
+            stream.closing = True
+            await realtime.hub.disconnect(stream)
+
+
+async def _serve(
+    realtime: Realtime,
+    stream: Stream,
+    channels: list[uuid.UUID],
+    resume: dict[uuid.UUID, int],
+    receive: Any,
+    send: Any,
+) -> None:
+    hub = realtime.hub
+    try:
+        for channel in channels:  # held: nothing is delivered until every channel has its position
+            await hub.join(stream, channel, resume.get(channel), hold=True)
+    except ChannelNotFound as exc:
+        await _refuse(send, Refused(exc))
+        return
+    except OUTAGES as exc:  # the database could not say whether the channels exist
+        await _refuse(send, Refused.outage(exc))
         return
 
     watcher = asyncio.get_running_loop().create_task(_watch(receive, stream))
@@ -149,9 +165,11 @@ async def serve_events(realtime: Realtime, scope: Any, receive: Any, send: Any) 
                 await send({"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
     finally:
-        stream.closing = True
         watcher.cancel()
-        await hub.disconnect(stream)
+
+
+async def _refuse(send: Any, refusal: Refused) -> None:
+    await send_problem(send, refusal.status, refusal.body, refusal.headers)
 
 
 async def _watch(receive: Any, stream: Stream) -> None:

@@ -169,32 +169,34 @@ async def serve_websocket(realtime: Realtime, scope: Any, receive: Any, send: An
         return
     try:
         claims = await admit(realtime, scope)
+        slot = realtime.streams.hold(claims.user_id)
     except Refused as refusal:
         await _refuse(scope, send, refusal)
         return
-    await send({"type": "websocket.accept"})
-    protocol = TransportSocket.supports(send)
-    socket: Socket = (
-        TransportSocket(protocol, claims, realtime.send_queue)
-        if protocol is not None
-        else QueuedSocket(send, claims, realtime.send_queue)
-    )
-    hub = realtime.hub
-    hub.connect(socket)
-    try:
-        while True:
-            message = await receive()
-            if message["type"] != "websocket.receive":
-                return
-            text = message.get("text")
-            if text is None:
-                socket.send(frames.error(frames.FrameError("bad_frame", "Frames are JSON text, not binary.")))
-                continue
-            await _handle(realtime, scope, socket, claims, text)
-    finally:
-        socket.closing = True
-        await hub.disconnect(socket)
-        await socket.closed()
+    with slot:  # released however the socket ends: closed by either side, the client gone, or an error
+        await send({"type": "websocket.accept"})
+        protocol = TransportSocket.supports(send)
+        socket: Socket = (
+            TransportSocket(protocol, claims, realtime.send_queue)
+            if protocol is not None
+            else QueuedSocket(send, claims, realtime.send_queue)
+        )
+        hub = realtime.hub
+        hub.connect(socket)
+        try:
+            while True:
+                message = await receive()
+                if message["type"] != "websocket.receive":
+                    return
+                text = message.get("text")
+                if text is None:
+                    socket.send(frames.error(frames.FrameError("bad_frame", "Frames are JSON text, not binary.")))
+                    continue
+                await _handle(realtime, scope, socket, claims, text)
+        finally:
+            socket.closing = True
+            await hub.disconnect(socket)
+            await socket.closed()
 
 
 async def _handle(realtime: Realtime, scope: Any, socket: Socket, claims: Claims, text: str) -> None:
