@@ -64,6 +64,7 @@ def test_values_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
         ("KEEL_CORS_ORIGINS", "not an origin", "KEEL_CORS_ORIGINS"),
         ("KEEL_MAX_BODY_BYTES", "-1", "KEEL_MAX_BODY_BYTES"),
         ("KEEL_WS_SEND_QUEUE", "0", "KEEL_WS_SEND_QUEUE"),
+        ("KEEL_MAX_STREAMS_PER_USER", "0", "KEEL_MAX_STREAMS_PER_USER"),
         ("KEEL_LOG_FORMAT", "xml", "KEEL_LOG_FORMAT"),
         ("KEEL_LOG_LEVEL", "loud", "KEEL_LOG_LEVEL"),
     ],

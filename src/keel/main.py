@@ -34,7 +34,7 @@ from keel.http.requests import KeelRequest, require_declared_media_type
 from keel.ratelimit.clients import ClientResolver
 from keel.ratelimit.deps import AUTH_POLICY, DEFAULT_POLICY, NamedPolicy, RateLimitMiddleware, RateLimits
 from keel.ratelimit.limiter import Limiter
-from keel.realtime.access import Realtime
+from keel.realtime.access import Realtime, StreamCounts
 from keel.realtime.hub import Hub
 from keel.realtime.router import COMMON as CHANNELS
 from keel.realtime.router import LISTS as CHANNEL_LISTS
@@ -102,7 +102,15 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
             hasher=hasher,
             verifier=verifier,
             sessions=Sessions(keyring, denylist, settings.access_token_ttl, settings.refresh_token_ttl),
-            realtime=Realtime(hub, verifier, backends.kv, backends.cache, rate_limits, settings.ws_send_queue),
+            realtime=Realtime(
+                hub,
+                verifier,
+                backends.kv,
+                backends.cache,
+                rate_limits,
+                settings.ws_send_queue,
+                StreamCounts(settings.max_streams_per_user),
+            ),
         )
         await denylist.start()
         restore_signals = drain_on_signal(hub.drain)

@@ -117,6 +117,8 @@ class Settings(BaseSettings):
     cors_origins: Annotated[tuple[str, ...], NoDecode] = Field((), validation_alias="KEEL_CORS_ORIGINS")
     max_body_bytes: int = Field(1_048_576, validation_alias="KEEL_MAX_BODY_BYTES", ge=1)
     ws_send_queue: int = Field(256, validation_alias="KEEL_WS_SEND_QUEUE", ge=1)
+    # open WebSockets + SSE streams per user, per process: each holds memory and a feed reference until it closes
+    max_streams_per_user: int = Field(50, validation_alias="KEEL_MAX_STREAMS_PER_USER", ge=1)
 
     log_format: Literal["console", "json"] | None = Field(None, validation_alias="KEEL_LOG_FORMAT")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", validation_alias="KEEL_LOG_LEVEL")

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
 
+from keel.realtime.events import BadStreamRequest, parse_request
 from tests.realtime.conftest import Live
 
 
@@ -150,3 +153,49 @@ def test_logout_ends_the_sessions_streams(live: Live) -> None:
         with pytest.raises(EOFError):
             stream.next()
         assert time.monotonic() - started < 5
+
+
+BAD_SEQS = ["-1e30", "-1", "99999999999999999999999", "9223372036854775808", "+5", " 5", "1_000", "", "0x10", "٣"]
+
+
+def test_a_bad_last_event_id_is_refused_with_422_before_the_stream(live: Live) -> None:
+    live.post("one")
+    for seq in BAD_SEQS:
+        last_event_id = f"{live.channel}:{seq}"
+        by_header = httpx.get(
+            f"{live.url}/events",
+            params={"channel": live.channel},
+            headers=[
+                (b"authorization", live.auth["Authorization"].encode()),
+                (b"last-event-id", last_event_id.encode()),
+            ],
+        )
+        by_query = httpx.get(
+            f"{live.url}/events", params={"channel": live.channel, "last_event_id": last_event_id}, headers=live.auth
+        )
+        for response in (by_header, by_query):
+            assert response.status_code == 422, (seq, response.text)
+            assert response.headers["content-type"] == "application/problem+json"
+            assert response.json()["code"] == "realtime.bad_stream_request"
+    with events(live, live.channel, headers={"Last-Event-ID": f"{live.channel}:0"}) as stream:
+        assert stream.next().message["body"] == "one"  # a good one still resumes
+
+
+@pytest.mark.parametrize("seq", BAD_SEQS)
+def test_a_last_event_id_seq_is_a_whole_number_within_64_bits(seq: str) -> None:
+    channel = "00000000-0000-4000-8000-000000000000"
+    for scope in (
+        {"query_string": f"channel={channel}".encode(), "headers": [(b"last-event-id", f"{channel}:{seq}".encode())]},
+        {"query_string": urlencode({"channel": channel, "last_event_id": f"{channel}:{seq}"}).encode(), "headers": []},
+    ):
+        with pytest.raises(BadStreamRequest):
+            parse_request(scope)
+
+
+def test_the_largest_last_event_id_seq_parses() -> None:
+    channel = "00000000-0000-4000-8000-000000000000"
+    scope = {
+        "query_string": f"channel={channel}".encode(),
+        "headers": [(b"last-event-id", f"{channel}:{2**63 - 1}".encode())],
+    }
+    assert parse_request(scope)[1] == {uuid.UUID(channel): 2**63 - 1}

@@ -101,6 +101,8 @@ async def test_bad_frames_get_error_frames_and_the_socket_stays_open(live: Live)
             (json.dumps({"type": "subscribe", "channel": "not-a-uuid", "ref": 3}), "invalid", 3),
             (json.dumps({"type": "publish", "channel": live.channel, "body": "", "ref": "c"}), "invalid", "c"),
             (json.dumps({"type": "publish", "channel": live.channel, "body": "x" * 4001}), "invalid", None),
+            (json.dumps({"type": "subscribe", "channel": live.channel, "since": 2**63, "ref": "e"}), "invalid", "e"),
+            (json.dumps({"type": "subscribe", "channel": live.channel, "sinse": 5, "ref": "f"}), "invalid", "f"),
             (
                 json.dumps({"type": "subscribe", "channel": "00000000-0000-4000-8000-000000000000", "ref": "d"}),
                 "not_found",
@@ -122,6 +124,40 @@ async def test_bad_frames_get_error_frames_and_the_socket_stays_open(live: Live)
         await send(ws, type="ping", ref="still-open")
         assert await receive(ws) == {"type": "pong", "ref": "still-open"}
     assert live.channel_seq() == 0  # no invalid publish left a row
+
+
+async def test_a_deeply_nested_frame_gets_bad_frame_and_the_socket_stays_open(live: Live) -> None:
+    deep = "[" * 30_000 + "]" * 30_000
+    hostile = [
+        "[" * 30_000,
+        deep,
+        json.dumps({"type": "publish", "channel": live.channel, "body": "placeholder"}).replace('"placeholder"', deep),
+        '{"type":"ping","ref":' + deep + "}",
+    ]
+    async with live.socket() as ws:
+        for frame in hostile:
+            assert len(frame.encode()) < 64 * 1024  # under the frame limit: only the nesting is hostile
+            await ws.send(frame)
+            error = await receive(ws)
+            assert (error["type"], error["code"]) == ("error", "bad_frame"), error
+        await send(ws, type="ping", ref="still-open")
+        assert await receive(ws) == {"type": "pong", "ref": "still-open"}
+    assert live.channel_seq() == 0
+
+
+async def test_a_nul_in_a_published_body_is_invalid_and_nothing_is_stored(live: Live) -> None:
+    # on the scaled backend this reached PostgreSQL, which cannot store NUL in text, and dropped the socket
+    async with live.socket() as ws:
+        await subscribe(ws, live.channel)
+        for body in ("\x00", "before\x00after", "x" * 3999 + "\x00"):
+            await send(ws, type="publish", channel=live.channel, body=body, ref="nul")
+            error = await receive(ws)
+            assert (error["type"], error["code"], error["ref"]) == ("error", "invalid", "nul"), error
+            assert "body" in error["detail"]
+        await send(ws, type="publish", channel=live.channel, body="clean", ref="ok")
+        replies = [await receive(ws), await receive(ws)]
+        assert sorted(r["type"] for r in replies) == ["message", "published"]
+    assert live.channel_seq() == 1  # only the clean publish was stored
 
 
 async def test_unsubscribe_stops_delivery(live: Live) -> None:

@@ -1,4 +1,4 @@
-"""Who may open /ws and /events: a bearer header or a ticket, then the rate limiter (SPEC §7, §8).
+"""Who may open /ws and /events: a bearer header or a ticket, the rate limiter, then the cap on streams (SPEC §5).
 
 Refusals happen before a socket is accepted or a stream starts, as problem+json with the status of the error.
 """
@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import logging
 import urllib.parse
+import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from keel.accounts.deps import AmbiguousCredentials, bearer_token
 from keel.accounts.errors import InvalidToken
@@ -35,6 +36,7 @@ class Realtime:
     cache: ReadCache
     rate_limits: RateLimits
     send_queue: int  # KEEL_WS_SEND_QUEUE
+    streams: StreamCounts
 
 
 class Refused(Exception):
@@ -55,6 +57,62 @@ class Refused(Exception):
 class AuthenticationRequired(Unauthorized):
     code = "realtime.authentication_required"
     title = "Authentication required"
+
+
+# nothing frees a slot but the user closing one of their own streams; this only paces a client that retries
+STREAMS_RETRY_AFTER: Final = 5
+
+
+class TooManyStreams(RateLimited):
+    code = "realtime.too_many_streams"
+    title = "Too many open streams"
+
+
+class StreamSlot:
+    """One open WebSocket or SSE stream counted against its user; the `with` block it guards releases it."""
+
+    def __init__(self, counts: StreamCounts, user_id: uuid.UUID) -> None:
+        self._counts = counts
+        self._user_id: uuid.UUID | None = user_id
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._user_id is not None:
+            self._counts.release(self._user_id)
+            self._user_id = None
+
+
+class StreamCounts:
+    """The WebSockets and SSE streams each user holds open in this process, at most `limit` each (SPEC §5)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit  # KEEL_MAX_STREAMS_PER_USER
+        self._open: dict[uuid.UUID, int] = {}
+
+    def hold(self, user_id: uuid.UUID) -> StreamSlot:
+        """A slot for one more stream of `user_id`, to use in a `with` block at once; Refused (429) at the limit."""
+        count = self._open.get(user_id, 0)
+        if count >= self.limit:
+            raise Refused(
+                TooManyStreams(
+                    f"You hold {self.limit} open WebSockets and event streams, the most allowed; close one first.",
+                    retry_after=STREAMS_RETRY_AFTER,
+                )
+            )
+        self._open[user_id] = count + 1
+        return StreamSlot(self, user_id)
+
+    def release(self, user_id: uuid.UUID) -> None:
+        count = self._open.get(user_id, 0) - 1
+        if count > 0:
+            self._open[user_id] = count
+        else:
+            self._open.pop(user_id, None)
+
+    def held(self, user_id: uuid.UUID) -> int:
+        return self._open.get(user_id, 0)
 
 
 def query_params(scope: Any) -> dict[str, list[str]]:
@@ -98,6 +156,6 @@ async def authenticate(realtime: Realtime, scope: Any) -> Claims:
     return claims
 
 
-async def publish_allowed(realtime: Realtime, scope: Any) -> int | None:
-    """None if a publish from this connection is within the rate limit, else the seconds to wait."""
+async def frame_allowed(realtime: Realtime, scope: Any) -> int | None:
+    """None if a publish or subscribe from this connection is within the rate limit, else the seconds to wait."""
     return retry_after(await realtime.rate_limits.check(scope))

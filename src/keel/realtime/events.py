@@ -10,6 +10,7 @@ the client reconnects with Last-Event-ID and loses nothing.
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from typing import Any, Final
 
@@ -17,11 +18,14 @@ from keel.errors import Invalid
 from keel.http.errors import OUTAGES, send_problem
 from keel.realtime.access import Realtime, Refused, admit, query_params
 from keel.realtime.errors import ChannelNotFound
+from keel.realtime.frames import MAX_SEQ
 from keel.realtime.hub import Delivery, Peer
 
 KEEP_ALIVE: Final = 15.0
 RETRY_MS: Final = 3000
 MAX_CHANNELS: Final = 50
+# ASCII digits only: int() would also take "+5", " 5", "1_000" and other scripts' digits
+_SEQ: Final = re.compile(r"[0-9]{1,19}")
 HEADERS: Final = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -93,34 +97,56 @@ def parse_request(scope: Any) -> tuple[list[uuid.UUID], dict[uuid.UUID, int]]:
     for pair in filter(None, last_event_id.split(",")):
         channel, _, seq = pair.strip().rpartition(":")
         try:
-            resume[uuid.UUID(channel)] = int(seq)
+            channel_id = uuid.UUID(channel)
         except ValueError:
-            raise BadStreamRequest("Last-Event-ID is a list of <channel id>:<seq> pairs joined by `,`.") from None
+            channel_id = None
+        if channel_id is None or _SEQ.fullmatch(seq) is None or int(seq) > MAX_SEQ:
+            raise BadStreamRequest(
+                "Last-Event-ID is a list of <channel id>:<seq> pairs joined by `,`, each seq a whole number "
+                f"from 0 to {MAX_SEQ}."
+            )
+        resume[channel_id] = int(seq)
     return channels, resume
 
 
 async def serve_events(realtime: Realtime, scope: Any, receive: Any, send: Any) -> None:
-    hub = realtime.hub
-    stream: Stream | None = None
     try:
         claims = await admit(realtime, scope)
         try:
             channels, resume = parse_request(scope)
         except BadStreamRequest as exc:
             raise Refused(exc) from None
-        stream = Stream(claims.session_id, realtime.send_queue)
-        hub.connect(stream)
-        try:
-            for channel in channels:  # held: nothing is delivered until every channel has its position
-                await hub.join(stream, channel, resume.get(channel), hold=True)
-        except ChannelNotFound as exc:
-            raise Refused(exc) from None
-        except OUTAGES as exc:  # the database could not say whether the channels exist
-            raise Refused.outage(exc) from None
+        slot = realtime.streams.hold(claims.user_id)
     except Refused as refusal:
-        if stream is not None:
-            await hub.disconnect(stream)
-        await send_problem(send, refusal.status, refusal.body, refusal.headers)
+        await _refuse(send, refusal)
+        return
+    with slot:  # released however the stream ends: refused below, ended by either side, or an error
+        stream = Stream(claims.session_id, realtime.send_queue)
+        realtime.hub.connect(stream)
+        try:
+            await _serve(realtime, stream, channels, resume, receive, send)
+        finally:
+            stream.closing = True
+            await realtime.hub.disconnect(stream)
+
+
+async def _serve(
+    realtime: Realtime,
+    stream: Stream,
+    channels: list[uuid.UUID],
+    resume: dict[uuid.UUID, int],
+    receive: Any,
+    send: Any,
+) -> None:
+    hub = realtime.hub
+    try:
+        for channel in channels:  # held: nothing is delivered until every channel has its position
+            await hub.join(stream, channel, resume.get(channel), hold=True)
+    except ChannelNotFound as exc:
+        await _refuse(send, Refused(exc))
+        return
+    except OUTAGES as exc:  # the database could not say whether the channels exist
+        await _refuse(send, Refused.outage(exc))
         return
 
     watcher = asyncio.get_running_loop().create_task(_watch(receive, stream))
@@ -139,9 +165,11 @@ async def serve_events(realtime: Realtime, scope: Any, receive: Any, send: Any) 
                 await send({"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
     finally:
-        stream.closing = True
         watcher.cancel()
-        await hub.disconnect(stream)
+
+
+async def _refuse(send: Any, refusal: Refused) -> None:
+    await send_problem(send, refusal.status, refusal.body, refusal.headers)
 
 
 async def _watch(receive: Any, stream: Stream) -> None:

@@ -1,6 +1,8 @@
 """The WebSocket frame protocol of SPEC §7: client frames decoded with precise error codes, server frames encoded.
 
 A well-formed frame costs one msgspec decode; only a failed decode pays for working out which error it was.
+Client frames refuse unknown members, so a frame that decodes is one flat object: JSON nested deeper than SPEC
+§2's 64 levels can only fail, and costs no depth check on the way in.
 """
 
 from __future__ import annotations
@@ -14,28 +16,31 @@ from msgspec import Meta
 from keel.realtime.schemas import MessageRead
 
 Ref = Annotated[str, Meta(max_length=128)] | int
-Body = Annotated[str, Meta(min_length=1, max_length=4000)]
+# PostgreSQL cannot store NUL in text (SPEC §2); refused here, before a publish reaches the database
+Body = Annotated[str, Meta(min_length=1, max_length=4000, pattern=r"^[^\x00]*$")]
+MAX_SEQ: Final = 2**63 - 1  # seqs are within 64 bits (SPEC §2), wherever a client names one
+Seq = Annotated[int, Meta(ge=0, le=MAX_SEQ)]
 ErrorCode = Literal["bad_frame", "unknown_type", "not_found", "invalid", "rate_limited"]
 
 
-class Subscribe(msgspec.Struct, tag="subscribe", tag_field="type"):
+class Subscribe(msgspec.Struct, tag="subscribe", tag_field="type", forbid_unknown_fields=True):
     channel: uuid.UUID
-    since: Annotated[int, Meta(ge=0)] | None = None
+    since: Seq | None = None
     ref: Ref | None = None
 
 
-class Unsubscribe(msgspec.Struct, tag="unsubscribe", tag_field="type"):
+class Unsubscribe(msgspec.Struct, tag="unsubscribe", tag_field="type", forbid_unknown_fields=True):
     channel: uuid.UUID
     ref: Ref | None = None
 
 
-class Publish(msgspec.Struct, tag="publish", tag_field="type"):
+class Publish(msgspec.Struct, tag="publish", tag_field="type", forbid_unknown_fields=True):
     channel: uuid.UUID
     body: Body
     ref: Ref | None = None
 
 
-class Ping(msgspec.Struct, tag="ping", tag_field="type"):
+class Ping(msgspec.Struct, tag="ping", tag_field="type", forbid_unknown_fields=True):
     ref: Ref | None = None
 
 
@@ -53,7 +58,15 @@ class FrameError(Exception):
         self.ref = ref
 
 
+class _Envelope(msgspec.Struct):
+    """What a diagnosis reads of a frame that failed to decode: its type and ref; every other member is skipped."""
+
+    type: object = None
+    ref: object = None
+
+
 _decoder = msgspec.json.Decoder(ClientFrame)
+_envelope = msgspec.json.Decoder(_Envelope)
 _encoder = msgspec.json.Encoder()
 
 
@@ -61,25 +74,27 @@ def decode(data: str | bytes) -> ClientFrame:
     """The client frame in `data`, or FrameError saying what is wrong with it (echoing its `ref`)."""
     try:
         frame: ClientFrame = _decoder.decode(data)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:  # msgspec recurses per nesting level, even to skip
         raise _diagnose(data, exc) from None
     return frame
 
 
-def _diagnose(data: str | bytes, error: msgspec.DecodeError) -> FrameError:
+def _diagnose(data: str | bytes, error: msgspec.DecodeError | RecursionError) -> FrameError:
     try:
-        raw = msgspec.json.decode(data)
+        raw = _envelope.decode(data)
+    except RecursionError:
+        return FrameError("bad_frame", "A frame is a flat JSON object; this one is nested too deeply.")
     except msgspec.DecodeError:
         return FrameError("bad_frame", "A frame is a JSON object.")
-    if not isinstance(raw, dict):
-        return FrameError("bad_frame", "A frame is a JSON object.")
-    ref = raw.get("ref")
+    ref = raw.ref
     echoed = ref if isinstance(ref, str | int) and not isinstance(ref, bool) else None
-    kind = raw.get("type")
+    kind = raw.type
     if not isinstance(kind, str):
         return FrameError("bad_frame", 'A frame needs a string "type".', echoed)
     if kind not in TYPES:
         return FrameError("unknown_type", f"Unknown frame type {kind!r}; expected one of {sorted(TYPES)}.", echoed)
+    if isinstance(error, RecursionError):
+        return FrameError("bad_frame", "A frame is a flat JSON object; this one is nested too deeply.", echoed)
     return FrameError("invalid", str(error), echoed)
 
 

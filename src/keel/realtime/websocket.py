@@ -18,7 +18,7 @@ from typing import Any, Final
 from keel.accounts.tokens import Claims
 from keel.http.errors import OUTAGES, problem_headers
 from keel.realtime import frames, service
-from keel.realtime.access import Realtime, Refused, admit, publish_allowed
+from keel.realtime.access import Realtime, Refused, admit, frame_allowed
 from keel.realtime.errors import ChannelNotFound
 from keel.realtime.hub import CLOSE_TRY_AGAIN, Delivery, Peer
 from keel.realtime.schemas import Author
@@ -169,32 +169,34 @@ async def serve_websocket(realtime: Realtime, scope: Any, receive: Any, send: An
         return
     try:
         claims = await admit(realtime, scope)
+        slot = realtime.streams.hold(claims.user_id)
     except Refused as refusal:
         await _refuse(scope, send, refusal)
         return
-    await send({"type": "websocket.accept"})
-    protocol = TransportSocket.supports(send)
-    socket: Socket = (
-        TransportSocket(protocol, claims, realtime.send_queue)
-        if protocol is not None
-        else QueuedSocket(send, claims, realtime.send_queue)
-    )
-    hub = realtime.hub
-    hub.connect(socket)
-    try:
-        while True:
-            message = await receive()
-            if message["type"] != "websocket.receive":
-                return
-            text = message.get("text")
-            if text is None:
-                socket.send(frames.error(frames.FrameError("bad_frame", "Frames are JSON text, not binary.")))
-                continue
-            await _handle(realtime, scope, socket, claims, text)
-    finally:
-        socket.closing = True
-        await hub.disconnect(socket)
-        await socket.closed()
+    with slot:  # released however the socket ends: closed by either side, the client gone, or an error
+        await send({"type": "websocket.accept"})
+        protocol = TransportSocket.supports(send)
+        socket: Socket = (
+            TransportSocket(protocol, claims, realtime.send_queue)
+            if protocol is not None
+            else QueuedSocket(send, claims, realtime.send_queue)
+        )
+        hub = realtime.hub
+        hub.connect(socket)
+        try:
+            while True:
+                message = await receive()
+                if message["type"] != "websocket.receive":
+                    return
+                text = message.get("text")
+                if text is None:
+                    socket.send(frames.error(frames.FrameError("bad_frame", "Frames are JSON text, not binary.")))
+                    continue
+                await _handle(realtime, scope, socket, claims, text)
+        finally:
+            socket.closing = True
+            await hub.disconnect(socket)
+            await socket.closed()
 
 
 async def _handle(realtime: Realtime, scope: Any, socket: Socket, claims: Claims, text: str) -> None:
@@ -206,6 +208,10 @@ async def _handle(realtime: Realtime, scope: Any, socket: Socket, claims: Claims
         if isinstance(frame, frames.Ping):
             socket.send(frames.encode(frames.Pong(frame.ref)))
         elif isinstance(frame, frames.Subscribe):
+            # limited like a publish, before the database is asked whether the channel exists
+            wait = await frame_allowed(realtime, scope)
+            if wait is not None:
+                raise frames.FrameError("rate_limited", f"Too many subscribes; retry in {wait} s.", frame.ref)
             last_seq = await hub.join(socket, frame.channel, frame.since)
             socket.send(frames.encode(frames.Subscribed(frame.channel, last_seq)))
             await hub.replay(socket, frame.channel)
@@ -229,7 +235,7 @@ async def _publish(realtime: Realtime, scope: Any, socket: Socket, claims: Claim
     hub = realtime.hub
     if hub.draining:
         return  # the socket closes with 1001 in a moment; the client publishes again elsewhere
-    wait = await publish_allowed(realtime, scope)
+    wait = await frame_allowed(realtime, scope)
     if wait is not None:
         raise frames.FrameError("rate_limited", f"Too many publishes; retry in {wait} s.", frame.ref)
     async with hub.publishing(), hub.session() as session:
