@@ -18,8 +18,8 @@ from keel.errors import Invalid
 from keel.http.errors import OUTAGES, send_problem
 from keel.realtime.access import Realtime, Refused, admit, query_params
 from keel.realtime.errors import ChannelNotFound
-from keel.realtime.frames import MAX_SEQ
 from keel.realtime.hub import Delivery, Peer
+from keel.types import MAX_INT64
 
 KEEP_ALIVE: Final = 15.0
 RETRY_MS: Final = 3000
@@ -100,10 +100,10 @@ def parse_request(scope: Any) -> tuple[list[uuid.UUID], dict[uuid.UUID, int]]:
             channel_id = uuid.UUID(channel)
         except ValueError:
             channel_id = None
-        if channel_id is None or _SEQ.fullmatch(seq) is None or int(seq) > MAX_SEQ:
+        if channel_id is None or _SEQ.fullmatch(seq) is None or int(seq) > MAX_INT64:
             raise BadStreamRequest(
                 "Last-Event-ID is a list of <channel id>:<seq> pairs joined by `,`, each seq a whole number "
-                f"from 0 to {MAX_SEQ}."
+                f"from 0 to {MAX_INT64}."
             )
         resume[channel_id] = int(seq)
     return channels, resume

@@ -13,19 +13,16 @@ from typing import Annotated, Final, Literal
 import msgspec
 from msgspec import Meta
 
-from keel.realtime.schemas import MessageRead
+from keel.realtime.schemas import MessageBody, MessageRead
+from keel.types import Position
 
 Ref = Annotated[str, Meta(max_length=128)] | int
-# PostgreSQL cannot store NUL in text (SPEC §2); refused here, before a publish reaches the database
-Body = Annotated[str, Meta(min_length=1, max_length=4000, pattern=r"^[^\x00]*$")]
-MAX_SEQ: Final = 2**63 - 1  # seqs are within 64 bits (SPEC §2), wherever a client names one
-Seq = Annotated[int, Meta(ge=0, le=MAX_SEQ)]
 ErrorCode = Literal["bad_frame", "unknown_type", "not_found", "invalid", "rate_limited"]
 
 
 class Subscribe(msgspec.Struct, tag="subscribe", tag_field="type", forbid_unknown_fields=True):
     channel: uuid.UUID
-    since: Seq | None = None
+    since: Position | None = None
     ref: Ref | None = None
 
 
@@ -36,7 +33,7 @@ class Unsubscribe(msgspec.Struct, tag="unsubscribe", tag_field="type", forbid_un
 
 class Publish(msgspec.Struct, tag="publish", tag_field="type", forbid_unknown_fields=True):
     channel: uuid.UUID
-    body: Body
+    body: MessageBody  # REST's own rule: NUL refused before a publish reaches the database
     ref: Ref | None = None
 
 
