@@ -31,6 +31,7 @@ from keel.http.docs import docs_router, openapi_config
 from keel.http.errors import EXCEPTION_HANDLERS
 from keel.http.middleware import EdgeMiddleware
 from keel.http.requests import KeelRequest, require_declared_media_type
+from keel.logs import AccessLog
 from keel.ratelimit.clients import ClientResolver
 from keel.ratelimit.deps import AUTH_POLICY, DEFAULT_POLICY, NamedPolicy, RateLimitMiddleware, RateLimits
 from keel.ratelimit.limiter import Limiter
@@ -75,6 +76,8 @@ def keyring_options(settings: Settings) -> dict[str, Any]:
 
 def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterHandler] = ()) -> Litestar:
     """The keel application for `settings`; `extra_handlers` lets tests mount routes of their own."""
+    clients = ClientResolver(settings.trusted_proxies, settings.proxy_header)
+    access_log = AccessLog.configured(settings.log_format, settings.log_level)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -86,7 +89,7 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
         hasher = PasswordHasher()
         rate_limits = RateLimits(
             limiter=Limiter(backends.scripts, batch=backends.redis is not None),
-            clients=ClientResolver(settings.trusted_proxies, settings.proxy_header),
+            clients=clients,
             default=NamedPolicy.of(DEFAULT_POLICY, settings.rate_limit) if settings.rate_limit else None,
             auth=NamedPolicy.of(AUTH_POLICY, settings.auth_rate_limit) if settings.auth_rate_limit else None,
         )
@@ -123,6 +126,8 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
             hasher.close()
             await backends.close()
             await engine.dispose()
+            if access_log is not None:
+                access_log.flush()
 
     config = openapi_config(VERSION)
     config.operation_id_creator = operation_id  # type: ignore[assignment]
@@ -148,6 +153,9 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
     )
     # Outside Litestar's router, so unknown routes and 405s get the same headers; these layers are pure ASGI.
     app.asgi_handler = EdgeMiddleware(
-        CompressionMiddleware(RealtimeRoutes(app.asgi_handler, app.state)), cors_origins=settings.cors_origins
+        CompressionMiddleware(RealtimeRoutes(app.asgi_handler, app.state)),
+        cors_origins=settings.cors_origins,
+        access_log=access_log,
+        client_ip=clients.client_ip,
     )
     return app

@@ -1,4 +1,5 @@
-"""The edge middleware: request id, security headers, CORS and HEAD in one pure-ASGI layer with one send wrapper.
+"""The edge middleware: request id, security headers, CORS, HEAD and the access log in one pure-ASGI layer with one
+send wrapper.
 
 One layer, not three: each pure-ASGI layer costs a closure and an await per message (SPIKES.md). CORS is ours
 rather than Litestar's CORSConfig because a refused preflight must be problem+json like every other error
@@ -9,8 +10,9 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterable
-from typing import Final
+from collections.abc import Callable, Iterable
+from time import perf_counter
+from typing import Any, Final
 
 from litestar.enums import ScopeType
 from litestar.types import (
@@ -24,6 +26,7 @@ from litestar.types import (
 )
 
 from keel.http.errors import problem_body
+from keel.logs import AccessLog
 
 REQUEST_ID_HEADER: Final = b"x-request-id"
 _SANE_REQUEST_ID: Final = re.compile(rb"^[A-Za-z0-9._-]{1,128}$")
@@ -60,21 +63,46 @@ def request_id_of(headers: Iterable[tuple[bytes, bytes]]) -> str:
     return uuid.uuid4().hex
 
 
-class EdgeMiddleware:
-    """Adds X-Request-ID and security headers to every response, and answers CORS for configured origins."""
+class _Exchange:
+    """What the edge learns of one response while passing it on: its status."""
 
-    def __init__(self, app: ASGIApp, cors_origins: Iterable[str] = ()) -> None:
+    __slots__ = ("status",)
+
+    def __init__(self) -> None:
+        self.status = 0
+
+
+class EdgeMiddleware:
+    """Adds X-Request-ID and security headers to every response, answers CORS for configured origins, and writes
+    one access-log line per request and per WebSocket connection (`access_log`, None when the level is above info).
+
+    `client_ip(peer, headers)` names the client by the trusted-proxy rule, for the log line.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        cors_origins: Iterable[str] = (),
+        *,
+        access_log: AccessLog | None = None,
+        client_ip: Callable[[str | None, Any], str] | None = None,
+    ) -> None:
         self.app = app
         origins = tuple(cors_origins)
         self.any_origin = "*" in origins
         self.origins = frozenset(origin.encode("latin-1") for origin in origins if origin != "*")
+        self.access_log = access_log
+        self.client_ip = client_ip or (lambda peer, _: peer or "unknown")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = scope["headers"]
         request_id = request_id_of(headers)
         scope.setdefault("state", {})["request_id"] = request_id
         if scope["type"] != ScopeType.HTTP:
-            await self.app(scope, receive, send)
+            if self.access_log is None or scope["type"] != ScopeType.WEBSOCKET:
+                await self.app(scope, receive, send)
+                return
+            await self._websocket(scope, receive, send, request_id)
             return
 
         origin = next((value for name, value in headers if name == b"origin"), None)
@@ -83,12 +111,20 @@ class EdgeMiddleware:
             await self._preflight(scope, send, request_id, origin, allowed_origin)
             return
 
-        if scope["method"] == "HEAD":
-            await self._head(scope, receive, send, request_id, allowed_origin)
-            return
-        await self.app(scope, receive, self._with_headers(send, request_id, allowed_origin))
+        started = perf_counter()
+        exchange = _Exchange()
+        seen = scope  # the scope the app saw: the router writes the route template into it
+        try:
+            if scope["method"] == "HEAD":
+                seen = {**scope, "method": "GET"}
+                await self._head(seen, send, receive, exchange, request_id, allowed_origin)
+            else:
+                await self.app(scope, receive, self._with_headers(send, exchange, request_id, allowed_origin))
+        finally:
+            if self.access_log is not None:
+                self._log(scope, seen, exchange.status or 500, started, request_id)
 
-    def _with_headers(self, send: Send, request_id: str, allowed_origin: bytes | None) -> Send:
+    def _with_headers(self, send: Send, exchange: _Exchange, request_id: str, allowed_origin: bytes | None) -> Send:
         extra = [(REQUEST_ID_HEADER, request_id.encode("ascii")), *SECURITY_HEADERS]
         if allowed_origin is not None:
             extra += [
@@ -101,21 +137,28 @@ class EdgeMiddleware:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", ()), *extra]
+                exchange.status = message["status"]
             await send(message)
 
         return send_with_headers
 
     async def _head(
-        self, scope: Scope, receive: Receive, send: Send, request_id: str, allowed_origin: bytes | None
+        self,
+        scope: Scope,
+        send: Send,
+        receive: Receive,
+        exchange: _Exchange,
+        request_id: str,
+        allowed_origin: bytes | None,
     ) -> None:
         """HEAD wherever GET works (RFC 9110 §9.3.2): the GET runs, its status and headers are sent, its body is not.
 
-        The app sees a GET (a copy of the scope: the handlers, compression and ETags then answer exactly as they
+        The app sees a GET (`scope` is a copy: the handlers, compression and ETags then answer exactly as they
         would), so Content-Length and Content-Encoding are the GET's. The response ends with its head, which also
         tells a streaming app that the client is gone (a server's `receive` then says `http.disconnect`), so HEAD
         on an event stream answers at once instead of streaming into the void.
         """
-        send_head = self._with_headers(send, request_id, allowed_origin)
+        send_head = self._with_headers(send, exchange, request_id, allowed_origin)
         done = False
 
         async def send_without_body(message: Message) -> None:
@@ -127,7 +170,42 @@ class EdgeMiddleware:
                 await send(HTTPResponseBodyEvent(type="http.response.body", body=b"", more_body=False))
                 done = True
 
-        await self.app({**scope, "method": "GET"}, receive, send_without_body)  # type: ignore[arg-type]
+        await self.app(scope, receive, send_without_body)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        """A WebSocket, logged when it ends: 101 if it was accepted, else the status of its refusal."""
+        started = perf_counter()
+        exchange = _Exchange()
+
+        async def send_noting_status(message: Any) -> None:
+            kind = message["type"]
+            if kind == "websocket.accept":
+                exchange.status = 101
+            elif kind == "websocket.http.response.start":
+                exchange.status = message["status"]
+            elif kind == "websocket.close" and not exchange.status:
+                exchange.status = 403  # refused without a body: what the server answers the handshake with
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_status)
+        finally:
+            self._log(scope, scope, exchange.status or 500, started, request_id)
+
+    def _log(self, scope: Scope, seen: Scope, status: int, started: float, request_id: str) -> None:
+        assert self.access_log is not None
+        client = scope.get("client")
+        claims = seen.get("auth")
+        self.access_log.request(
+            method=str(scope.get("method", "GET")),
+            route=seen.get("path_template") or _UNMATCHED,
+            path=scope["path"],
+            status=status,
+            duration=perf_counter() - started,
+            request_id=request_id,
+            user_id=str(claims.user_id) if claims is not None else None,
+            client_ip=self.client_ip(client[0] if client else None, scope["headers"]),
+        )
 
     def _allowed(self, origin: bytes | None) -> bytes | None:
         if origin is None:
@@ -165,6 +243,9 @@ class EdgeMiddleware:
         ]
         await send(HTTPResponseStartEvent(type="http.response.start", status=204, headers=headers))
         await send(HTTPResponseBodyEvent(type="http.response.body", body=b"", more_body=False))
+
+
+_UNMATCHED: Final = "<unmatched>"  # the route of a request no route matched: ids must never become labels
 
 
 def _header(headers: Iterable[tuple[bytes, bytes]], wanted: bytes) -> bytes | None:
