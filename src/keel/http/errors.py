@@ -26,9 +26,9 @@ from keel.errors import (
     Unauthorized,
     Unavailable,
 )
-from keel.http.requests import ClientDisconnected
+from keel.http.requests import DECODED_BODY, ClientDisconnected
+from keel.http.validation import sentence, split_path, struct_errors
 from keel.shared import BackendUnavailable
-from keel.types import NO_NUL, NO_NUL_MESSAGE
 
 log = logging.getLogger("keel.http")
 _encoder = msgspec.json.Encoder()
@@ -175,9 +175,25 @@ def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[
     return problem(status, detail=detail, headers=headers)
 
 
-def validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
+def validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
     errors = [_location(item) for item in exc.extra] if isinstance(exc.extra, list) else []
+    if any(error["loc"][:1] == ["body"] for error in errors):
+        # Litestar names a body's first error only; the body's struct names them all
+        every = _body_errors(request)
+        if every:
+            errors = [error for error in errors if error["loc"][:1] != ["body"]] + every
     return problem(422, detail="The request is not valid.", errors=errors)
+
+
+def _body_errors(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
+    state = request.scope.get("state", {})
+    if DECODED_BODY not in state:
+        return []
+    data = request.route_handler.parsed_fn_signature.parameters.get("data")
+    struct = data.annotation if data is not None else None
+    if not (isinstance(struct, type) and issubclass(struct, msgspec.Struct)):
+        return []
+    return struct_errors(struct, state[DECODED_BODY], ["body"])
 
 
 def _location(item: Any) -> dict[str, Any]:
@@ -185,34 +201,21 @@ def _location(item: Any) -> dict[str, Any]:
     # whole) and deeper fields arrive as a "- at `$.a[0].b`" suffix of msgspec's message
     if not isinstance(item, dict):
         return {"loc": [], "msg": str(item)}
-    message, _, path = str(item.get("message", "invalid")).partition(" - at `$")
+    if "loc" in item:  # already in keel's form (a handler that reads its body itself)
+        return item
+    message, path = split_path(str(item.get("message", "invalid")))
     source, key = item.get("source"), item.get("key")
     # the parameter kind is a str enum (ParamType.QUERY): its value is the word ("query")
     loc: list[str | int] = [str(getattr(source, "value", source))] if source else []
     if key and key != "data":
         loc.append(str(key))
     elif key == "data" and message in _NO_BODY:  # Litestar's words for a missing body: a KeyError's repr
-        message = "A JSON body is required."
-    message = _SENTENCES.get(message, message)
-    if path:
-        loc.extend(_json_path(path.rstrip("`")))
-    return {"loc": loc, "msg": message}
+        return {"loc": loc, "msg": "A JSON body is required."}
+    loc.extend(path)
+    return {"loc": loc, "msg": sentence(message)}
 
 
 _NO_BODY: Final = frozenset({"'data'", "Object missing required field `data`"})
-# msgspec's words for a broken rule, where a person needs a sentence instead (TODO(#13): every message)
-_SENTENCES: Final = {f"Expected `str` matching regex {NO_NUL!r}": f"The text {NO_NUL_MESSAGE}."}
-
-
-def _json_path(path: str) -> list[str | int]:
-    # msgspec paths look like ".items[2].name"
-    parts: list[str | int] = []
-    for segment in path.replace("[", ".[").split("."):
-        if segment.startswith("[") and segment.endswith("]") and segment[1:-1].isdigit():
-            parts.append(int(segment[1:-1]))
-        elif segment:
-            parts.append(segment)
-    return parts
 
 
 def unparseable_body(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:

@@ -16,6 +16,8 @@ _JSON: Final = RequestEncodingType.JSON.value
 ACCEPTS: Final = "accepts"
 # a handler limited by an extra policy besides the default one names it with opt (SPEC §5: "auth")
 RATE_LIMIT: Final = "rate_limit"
+# scope-state key: the JSON body as decoded, before its conversion to the handler's type
+DECODED_BODY: Final = "keel.decoded_body"
 
 
 def _accepted_media_types(handler: HTTPRouteHandler) -> tuple[str, ...]:
@@ -61,11 +63,13 @@ class KeelRequest(Request[Any, Any, Any]):
 
     async def json(self) -> Any:
         try:
-            return await super().json()
+            value = await super().json()
         except RecursionError:
             raise SerializationException("nested too deeply") from None
         except UnicodeDecodeError:
             raise SerializationException("not UTF-8") from None
+        self.scope["state"][DECODED_BODY] = value  # for a 422 that lists every bad field (keel.http.validation)
+        return value
 
     async def stream(self) -> AsyncGenerator[bytes, None]:
         # Litestar raises InternalServerException (a 500, logged with its traceback) when the client disconnects
