@@ -23,7 +23,7 @@ import msgspec
 from prometheus_client import Counter, Gauge
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from keel.accounts.denylist import session_key
+from keel.identity.denylist import session_key
 from keel.realtime import frames, service
 from keel.shared.broker import Broker, Subscription
 

@@ -15,8 +15,8 @@ import struct
 from contextlib import suppress
 from typing import Any, Final
 
-from keel.accounts.tokens import Claims
 from keel.http.errors import OUTAGES, problem_headers
+from keel.identity.tokens import Claims
 from keel.realtime import frames, service
 from keel.realtime.access import Realtime, Refused, admit, frame_allowed
 from keel.realtime.errors import ChannelNotFound
