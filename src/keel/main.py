@@ -101,7 +101,9 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
             keyring=keyring,
             hasher=hasher,
             verifier=verifier,
-            sessions=Sessions(keyring, denylist, settings.access_token_ttl, settings.refresh_token_ttl),
+            sessions=Sessions(
+                keyring, denylist, settings.access_token_ttl, settings.refresh_token_ttl, settings.refresh_grace
+            ),
             realtime=Realtime(
                 hub,
                 verifier,
