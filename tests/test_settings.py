@@ -19,6 +19,7 @@ def test_defaults_are_the_embedded_shape(monkeypatch: pytest.MonkeyPatch) -> Non
     assert (settings.host, settings.port, settings.workers) == ("127.0.0.1", 3000, 1)
     assert settings.access_token_ttl == timedelta(minutes=15)
     assert settings.refresh_token_ttl == timedelta(days=30)
+    assert settings.refresh_grace == timedelta(seconds=10)
     assert settings.rate_limit == RatePolicy(limit=10, period=1, burst=20)
     assert settings.auth_rate_limit == RatePolicy(limit=5, period=60, burst=10)
     assert settings.cors_origins == ()

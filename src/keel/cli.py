@@ -15,12 +15,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keel import db
 from keel.accounts import service as accounts
-from keel.accounts.keys import generate_ed25519_keypair, load_keyring
 from keel.accounts.models import User
 from keel.accounts.passwords import PasswordHasher
 from keel.accounts.schemas import UserCreate
 from keel.errors import KeelError
 from keel.http.server import KeelHttpToolsProtocol
+from keel.identity.keys import generate_ed25519_keypair, load_keyring
 from keel.logs import configure_logging
 from keel.main import create_app, keyring_options
 from keel.settings import ConfigError, Settings, load_settings

@@ -13,24 +13,24 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.types import ControllerRouterHandler, Method
 
 from keel import db
-from keel.accounts.denylist import Denylist
 from keel.accounts.deps import DEPENDENCIES as ACCOUNTS_DEPENDENCIES
-from keel.accounts.deps import AuthMiddleware, PasswordAdmission
-from keel.accounts.keys import load_keyring
+from keel.accounts.deps import PasswordAdmission
 from keel.accounts.passwords import PasswordHasher
 from keel.accounts.router import CONTROLLERS as ACCOUNTS
 from keel.accounts.router import LISTS as USER_LISTS
 from keel.accounts.router import jwks
 from keel.accounts.service import Sessions
-from keel.accounts.verifier import TokenVerifier
 from keel.health.router import HealthController
-from keel.http.auth import RequireCaller
+from keel.http.auth import AuthMiddleware, RequireCaller
 from keel.http.compression import CompressionMiddleware
 from keel.http.deps import DEPENDENCIES
 from keel.http.docs import docs_router, openapi_config
 from keel.http.errors import EXCEPTION_HANDLERS
 from keel.http.middleware import EdgeMiddleware
 from keel.http.requests import KeelRequest, require_declared_media_type
+from keel.identity.denylist import Denylist
+from keel.identity.keys import load_keyring
+from keel.identity.verifier import TokenVerifier
 from keel.logs import AccessLog
 from keel.ratelimit.clients import ClientResolver
 from keel.ratelimit.deps import AUTH_POLICY, DEFAULT_POLICY, NamedPolicy, RateLimitMiddleware, RateLimits
@@ -104,7 +104,9 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
             keyring=keyring,
             hasher=hasher,
             verifier=verifier,
-            sessions=Sessions(keyring, denylist, settings.access_token_ttl, settings.refresh_token_ttl),
+            sessions=Sessions(
+                keyring, denylist, settings.access_token_ttl, settings.refresh_token_ttl, settings.refresh_grace
+            ),
             realtime=Realtime(
                 hub,
                 verifier,

@@ -103,6 +103,8 @@ class Settings(BaseSettings):
     jwt_audience: str = Field("keel-api", validation_alias="KEEL_JWT_AUDIENCE", min_length=1)
     access_token_ttl: timedelta = Field(timedelta(minutes=15), validation_alias="KEEL_ACCESS_TOKEN_TTL")
     refresh_token_ttl: timedelta = Field(timedelta(days=30), validation_alias="KEEL_REFRESH_TOKEN_TTL")
+    # how long the last-spent refresh token of a family may be presented again (a lost response, SPEC §4)
+    refresh_grace: timedelta = Field(timedelta(seconds=10), validation_alias="KEEL_REFRESH_GRACE")
 
     # None ("off"): no limiting by keel, for deployments whose gateway already limits
     rate_limit: Annotated[RatePolicy | None, NoDecode] = Field(
@@ -154,7 +156,7 @@ class Settings(BaseSettings):
     def _lower(cls, value: object) -> object:
         return value.strip().lower() or None if isinstance(value, str) else value
 
-    @field_validator("access_token_ttl", "refresh_token_ttl", mode="before")
+    @field_validator("access_token_ttl", "refresh_token_ttl", "refresh_grace", mode="before")
     @classmethod
     def _duration(cls, value: object) -> timedelta:
         return parse_duration(value)

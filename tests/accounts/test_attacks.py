@@ -17,7 +17,7 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from keel.accounts.keys import generate_ed25519_keypair
+from keel.identity.keys import generate_ed25519_keypair
 from keel.main import create_app
 from keel.settings import Settings
 from tests.conftest import TEST_JWT_SECRET, Backend, make_settings

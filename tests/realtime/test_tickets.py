@@ -8,7 +8,7 @@ import uuid
 
 from litestar.testing import TestClient
 
-from keel.accounts.tokens import Claims
+from keel.identity.tokens import Claims
 from keel.main import create_app
 from keel.realtime import tickets
 from keel.shared import open_backends

@@ -22,14 +22,6 @@ class InvalidCredentials(Unauthorized):
     title = "Invalid credentials"
 
 
-class InvalidToken(Unauthorized):
-    """A bearer token was given but cannot be accepted (bad signature, expired, revoked, wrong type ...)."""
-
-    code = "accounts.invalid_token"
-    title = "Invalid token"
-    www_authenticate = 'Bearer error="invalid_token"'
-
-
 class InvalidRefreshToken(Unauthorized):
     code = "accounts.invalid_refresh_token"
     title = "Invalid refresh token"

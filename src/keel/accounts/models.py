@@ -1,4 +1,4 @@
-"""Accounts' tables: users, refresh tokens (rotated within a family), revocations (the durable denylist)."""
+"""Accounts' tables: users and refresh tokens (rotated within a family). Revocations belong to keel.identity."""
 
 from __future__ import annotations
 
@@ -45,22 +45,10 @@ class RefreshToken(Base):
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     family_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
-    parent_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    # indexed: a retried token's children are looked up to tell whether it is still the last spent
+    parent_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, index=True)
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
     spent_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
-
-
-class Revocation(Base):
-    """A revoked session (`sid:<uuid>`), kept until no access token of that session can be valid any more.
-
-    Every instance holds these in memory (kept current over the broker); this table is the copy that survives
-    a Redis outage or a restart (SPEC §10).
-    """
-
-    __tablename__ = "revocations"
-
-    key: Mapped[str] = mapped_column(String(80), primary_key=True)
-    expires_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)

@@ -16,7 +16,7 @@ from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, Requ
 from litestar.params import JSONBody
 
 from keel.accounts import service
-from keel.accounts.deps import HASHES_PASSWORD, Hasher, SessionPolicy, current_claims
+from keel.accounts.deps import HASHES_PASSWORD, Hasher, SessionPolicy
 from keel.accounts.schemas import (
     PasswordChange,
     ProtectedMessage,
@@ -27,13 +27,13 @@ from keel.accounts.schemas import (
     UserCreate,
     UserRead,
 )
-from keel.accounts.tokens import Keyring
 from keel.http.auth import ADMIN, SECURITY, USER, current_principal
 from keel.http.deps import DbSession
 from keel.http.errors import body_error, problem_response
 from keel.http.pagination import Cursor, Limit, Offset, Page, decode_cursor, encode_cursor
 from keel.http.requests import ACCEPTS, RATE_LIMIT
 from keel.http.validation import struct_errors
+from keel.identity.tokens import Keyring
 
 FORM = RequestEncodingType.URL_ENCODED.value
 JSON = RequestEncodingType.JSON.value
@@ -105,7 +105,7 @@ class UsersController(Controller):
             db_session,
             hasher,
             sessions,
-            claims=current_claims(),
+            claims=current_principal(),
             current_password=data.current_password,
             new_password=data.new_password,
         )
@@ -195,7 +195,7 @@ class AuthController(Controller):
     @post("/logout", status_code=204, opt=USER, security=SECURITY, responses=UNAUTHORIZED)
     async def logout(self, db_session: DbSession, sessions: SessionPolicy) -> None:
         """End this session: its refresh tokens and access tokens stop working at once, on every instance."""
-        await service.log_out(db_session, sessions, claims=current_claims())
+        await service.log_out(db_session, sessions, claims=current_principal())
 
 
 async def _read_token_request(request: Request[Any, Any, Any]) -> TokenRequest:

@@ -12,8 +12,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import QueryableAttribute
+from sqlalchemy.sql.selectable import ScalarSelect
 
-from keel.accounts.denylist import Denylist, session_key
 from keel.accounts.errors import (
     EmailTaken,
     InvalidCredentials,
@@ -22,22 +23,25 @@ from keel.accounts.errors import (
     UserNotFound,
     WrongPassword,
 )
-from keel.accounts.models import RefreshToken, Revocation, User
+from keel.accounts.models import RefreshToken, User
 from keel.accounts.names import canonical, login_key
 from keel.accounts.passwords import PasswordHasher
 from keel.accounts.schemas import TokenPair
-from keel.accounts.tokens import LEEWAY, Claims, Keyring
 from keel.db import utcnow
+from keel.identity.denylist import Denylist, session_key
+from keel.identity.models import Revocation
+from keel.identity.tokens import LEEWAY, Claims, Keyring
 
 
 @dataclass(frozen=True)
 class Sessions:
-    """What issuing and revoking sessions needs: keys, the denylist and the two lifetimes."""
+    """What issuing and revoking sessions needs: keys, the denylist, the two lifetimes and the retry grace."""
 
     keyring: Keyring
     denylist: Denylist
     access_ttl: timedelta
     refresh_ttl: timedelta
+    refresh_grace: timedelta  # KEEL_REFRESH_GRACE
 
 
 def _digest(refresh_token: str) -> str:
@@ -129,10 +133,14 @@ async def log_in(
 
 
 async def refresh(session: AsyncSession, sessions: Sessions, *, refresh_token: str) -> TokenPair:
-    """Rotate: spend `refresh_token` and return a new pair; a spent token's reuse revokes its whole family."""
+    """Rotate: spend `refresh_token` and return a new pair; a spent token's reuse revokes its whole family.
+
+    The exception is a retry (SPEC §4): the token spent last in its family, presented again within the grace of
+    that rotation, gets another child, a sibling of the one issued first, instead of ending the session.
+    """
     now = utcnow()
     digest = _digest(refresh_token)
-    # one atomic statement spends the token, so two concurrent refreshes cannot both succeed
+    # one atomic statement spends an unspent token, so of two concurrent refreshes exactly one rotates it
     spent = (
         await session.execute(
             update(RefreshToken)
@@ -146,24 +154,48 @@ async def refresh(session: AsyncSession, sessions: Sessions, *, refresh_token: s
             .returning(RefreshToken.id, RefreshToken.family_id, RefreshToken.user_id)
         )
     ).first()
-    if spent is None:
-        await session.rollback()
-        reused = await session.scalar(
-            select(RefreshToken).where(
-                RefreshToken.token_hash == digest, RefreshToken.spent_at.is_not(None), RefreshToken.revoked_at.is_(None)
-            )
-        )
-        if reused is not None:
-            # someone else holds a copy of this token (RFC 6819 §5.2.2.3): end the session for both
-            await revoke_sessions(session, sessions, [reused.family_id])
-        raise InvalidRefreshToken("The refresh token is invalid, expired or already used.")
-    token_id, family_id, user_id = spent
+    if spent is not None:
+        token_id, family_id, user_id = spent
+    else:
+        # No rollback: on SQLite the UPDATE above already holds the writer lock, so the check and the sibling
+        # below are one atomic step; on PostgreSQL the row locks taken by _retried do the same.
+        retried = await _retried(session, sessions, digest, now=now)
+        if retried is None:
+            raise InvalidRefreshToken("The refresh token is invalid, expired or already used.")
+        token_id, family_id, user_id = retried
     user = await session.get(User, user_id)
     if user is None:
         raise InvalidRefreshToken("The refresh token is invalid, expired or already used.")
     pair = await _issue(session, sessions, user, family_id=family_id, parent_id=token_id)
     await session.commit()
     return pair
+
+
+async def _retried(
+    session: AsyncSession, sessions: Sessions, digest: str, *, now: datetime
+) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID] | None:
+    """(id, family, user) of a spent token presented again that may have another child, else None.
+
+    The token spent last in its family may: it was spent less than the grace ago, its family is not revoked, and
+    none of its children has been spent yet. A retry gives it another child, so every retry within the grace
+    passes too, and each child stays usable; once one of them is spent, the token is an older one. Any other
+    spent token revokes its family (SPEC §4). Its row and its children's are locked first, so a concurrent
+    rotation of a child waits for this decision, or this decision waits for it and sees the child spent.
+    """
+    token = await session.scalar(select(RefreshToken).where(RefreshToken.token_hash == digest).with_for_update())
+    if token is None or token.spent_at is None or token.revoked_at is not None:
+        # unknown, expired, or its family already revoked (logout, password change, reuse): no grace, no news
+        await session.rollback()
+        return None
+    children = await session.scalars(
+        select(RefreshToken.spent_at).where(RefreshToken.parent_id == token.id).with_for_update()
+    )
+    is_last_spent = all(spent_at is None for spent_at in children)
+    if is_last_spent and token.spent_at > now - sessions.refresh_grace and token.expires_at > now:
+        return token.id, token.family_id, token.user_id
+    # someone else holds a copy of this token (RFC 6819 §5.2.2.3): end the session for both
+    await revoke_sessions(session, sessions, [token.family_id])
+    return None
 
 
 async def revoke_sessions(session: AsyncSession, sessions: Sessions, family_ids: Sequence[uuid.UUID]) -> None:
@@ -214,6 +246,15 @@ async def change_password(
     )
     await revoke_sessions(session, sessions, list(others))
     await session.commit()  # when there was no other session, revoke_sessions committed nothing
+
+
+def username_of(user_id: QueryableAttribute[uuid.UUID]) -> ScalarSelect[str]:
+    """The username of the user `user_id` names, as a column other domains select (message authors) in one query.
+
+    A correlated subquery rather than a join, so the users table stays accounts' own: every caller keeps its
+    foreign key to users.id with ON DELETE CASCADE, so the user is always there and the answer never NULL.
+    """
+    return select(User.username).where(User.id == user_id).scalar_subquery()
 
 
 async def get_user(session: AsyncSession, user_id: uuid.UUID) -> User:

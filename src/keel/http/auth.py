@@ -1,10 +1,10 @@
-"""Who the caller is, for every domain: who may call a handler, and the verified principal the auth middleware left.
+"""Who the caller is, for HTTP: the middleware that verifies a bearer token once, and who may call a handler.
 
-The accounts domain verifies bearer tokens (its AuthMiddleware); what handlers of any domain need is only
-the outcome, so it lives here at the shared edge: a `Principal` in `scope["auth"]`, or the reason there is
-none in the scope state. A handler says who may call it with `opt=USER` or `opt=ADMIN`, and RequireCaller
-refuses the others with 401/403 after the rate limiter ran, so refusals are limited too. For the rest it leaves
-the caller where `current_principal()` finds it without a `request` parameter: Litestar parses every handler's
+AuthMiddleware only verifies: the claims of a valid token land in the scope (keel.http.scope), where handlers
+and the rate limiter read them without verifying again, and a bad token's error waits there too. A handler says
+who may call it with `opt=USER` or `opt=ADMIN`, and RequireCaller refuses the others with 401/403 after the
+rate limiter ran, so refusals are limited too (a token-guessing client included). For the rest it leaves the
+caller where `current_principal()` finds it without a `request` parameter: Litestar parses every handler's
 parameters on each request, which cost /protected as much as verifying its token.
 
 Not Litestar guards: they run inside the framework's request handling, which copies the route handler for every
@@ -13,42 +13,33 @@ guard call, and /protected paid about a quarter of its throughput for them (BENC
 
 from __future__ import annotations
 
-import uuid
+from collections.abc import Iterable
 from contextvars import ContextVar
-from typing import Final, Protocol
+from typing import Final
 
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from keel.errors import Forbidden, KeelError, Unauthorized
+from keel.errors import BadRequest, Forbidden, KeelError
 from keel.http.errors import send_error
+from keel.http.scope import auth_error_of, caller_of, set_auth_error, set_caller
+from keel.identity.errors import AuthenticationRequired, InvalidToken
+from keel.identity.tokens import Claims
+from keel.identity.verifier import TokenVerifier
 
-AUTH_ERROR: Final = "auth_error"  # scope-state key: why a presented token was refused
 CALLER: Final = "caller"  # opt key: who may call the handler
 USER: Final = {CALLER: "user"}  # any valid bearer token
 ADMIN: Final = {CALLER: "admin"}  # a valid bearer token with the admin scope
 # what secured operations show in OpenAPI: a pasted bearer token, or Swagger's OAuth2 password dialog
 SECURITY: Final[list[dict[str, list[str]]]] = [{"BearerAuth": []}, {"OAuth2Password": []}]
 
-
-class Principal(Protocol):
-    """The verified caller: accounts' token claims satisfy it."""
-
-    @property
-    def user_id(self) -> uuid.UUID: ...
-    @property
-    def username(self) -> str: ...
-    @property
-    def is_admin(self) -> bool: ...
-
-
 # The caller of the request this task is handling. The ASGI server runs each request in a task of its own, which
 # starts from a copy of the server's context, so a value set here never reaches another request.
-_caller: ContextVar[Principal | None] = ContextVar("keel_caller", default=None)
+_caller: ContextVar[Claims | None] = ContextVar("keel_caller", default=None)
 
 
-class AuthenticationRequired(Unauthorized):
-    code = "accounts.authentication_required"
-    title = "Authentication required"
+class AmbiguousCredentials(BadRequest):
+    code = "http.ambiguous_credentials"
+    title = "Ambiguous credentials"
 
 
 class AdminRequired(Forbidden):
@@ -56,13 +47,57 @@ class AdminRequired(Forbidden):
     title = "Admin required"
 
 
+def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header (RFC 6750 §2.1), or None.
+
+    Two `Authorization` headers are refused (AmbiguousCredentials, 400) rather than one of them silently chosen:
+    a proxy or client library that adds its own next to the caller's would otherwise decide who the caller is.
+    """
+    found: bytes | None = None
+    for name, value in headers:
+        if name == b"authorization":
+            if found is not None:
+                raise AmbiguousCredentials("Send one Authorization header, not several.")
+            found = value
+    if found is None:
+        return None
+    scheme, _, token = found.partition(b" ")
+    if scheme.lower() != b"bearer":
+        return None
+    return token.strip().decode("latin-1")
+
+
+class AuthMiddleware:
+    """Pure ASGI, before the rate limiter: verify the bearer token, if any, and leave the outcome in the scope."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            token = bearer_token(scope["headers"])
+        except AmbiguousCredentials as error:
+            await send_error(send, error)
+            return
+        claims: Claims | None = None
+        if token is not None:
+            verifier: TokenVerifier = scope["litestar_app"].state.verifier
+            try:
+                if not token:
+                    raise InvalidToken("The bearer token is empty.")
+                claims = verifier.verify(token)
+            except InvalidToken as error:
+                set_auth_error(scope, error)
+        set_caller(scope, claims)
+        await self.app(scope, receive, send)
+
+
 def refusal(scope: Scope, caller: str) -> KeelError | None:
     """Why this connection may not call a handler that needs `caller` ("user" or "admin"), or None."""
-    principal: Principal | None = scope.get("auth")
-    if principal is None:
-        error: KeelError | None = scope["state"].get(AUTH_ERROR)
-        return error or AuthenticationRequired("This endpoint needs a bearer token.")
-    if caller == "admin" and not principal.is_admin:
+    claims = caller_of(scope)
+    if claims is None:
+        return auth_error_of(scope) or AuthenticationRequired("This endpoint needs a bearer token.")
+    if caller == "admin" and not claims.is_admin:
         return AdminRequired("This endpoint is for admins.")
     return None
 
@@ -82,13 +117,13 @@ class RequireCaller:
         if error is not None:
             await send_error(send, error)
             return
-        _caller.set(scope["auth"] if caller is not None else None)
+        _caller.set(caller_of(scope) if caller is not None else None)
         await self.app(scope, receive, send)
 
 
-def current_principal() -> Principal:
-    """The caller of the handler running now, which says opt=USER or opt=ADMIN."""
-    principal = _caller.get()
-    if principal is None:  # a handler read the caller without opt=USER: a programming error
+def current_principal() -> Claims:
+    """The verified claims of the caller of the handler running now, which says opt=USER or opt=ADMIN."""
+    claims = _caller.get()
+    if claims is None:  # a handler read the caller without opt=USER: a programming error
         raise RuntimeError("the handler reads the caller but does not say opt=USER")
-    return principal
+    return claims

@@ -14,13 +14,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from keel.http.errors import problem_body, send_problem
 from keel.http.requests import RATE_LIMIT
+from keel.http.scope import caller_of
 from keel.ratelimit.clients import ClientResolver
 from keel.ratelimit.gcra import Decision
 from keel.ratelimit.limiter import Limiter
@@ -54,7 +55,7 @@ class RateLimits:
     auth: NamedPolicy | None
 
     def client_key(self, scope: Scope) -> str:
-        claims: Any = scope.get("auth")
+        claims = caller_of(scope)
         if claims is not None:
             return f"user:{claims.user_id}"
         return self.address_key(scope)
@@ -74,7 +75,7 @@ class RateLimits:
             results.append((self.default, await self._check(self.client_key(scope), self.default)))
         if auth_policy and self.auth is not None:
             buckets = [self.address_key(scope)]
-            if scope.get("auth") is not None:
+            if caller_of(scope) is not None:
                 buckets.append(self.client_key(scope))  # user:<id>
             decisions = [await self._check(bucket, self.auth) for bucket in buckets]
             results.append((self.auth, min(decisions, key=_strictness)))

@@ -11,12 +11,13 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Final
 
-from keel.accounts.deps import AmbiguousCredentials, bearer_token
-from keel.accounts.errors import InvalidToken
-from keel.accounts.tokens import Claims
-from keel.accounts.verifier import TokenVerifier
-from keel.errors import KeelError, RateLimited, Unauthorized, Unavailable
+from keel.errors import KeelError, RateLimited, Unavailable
+from keel.http.auth import AmbiguousCredentials, bearer_token
 from keel.http.errors import OUTAGES, render_error
+from keel.http.scope import set_caller
+from keel.identity.errors import AuthenticationRequired, InvalidToken
+from keel.identity.tokens import Claims
+from keel.identity.verifier import TokenVerifier
 from keel.ratelimit.deps import RateLimits, rate_limit_headers, retry_after
 from keel.realtime import tickets
 from keel.realtime.hub import Hub
@@ -52,11 +53,6 @@ class Refused(Exception):
         """The 503 for a connection the database or Redis could not check: the same answer REST gives."""
         log.warning("realtime connection refused, a dependency is unavailable: %s: %s", type(exc).__name__, exc)
         return cls(Unavailable("A service keel depends on is not answering; retry shortly.", retry_after=2))
-
-
-class AuthenticationRequired(Unauthorized):
-    code = "realtime.authentication_required"
-    title = "Authentication required"
 
 
 # nothing frees a slot but the user closing one of their own streams; this only paces a client that retries
@@ -120,12 +116,12 @@ def query_params(scope: Any) -> dict[str, list[str]]:
 
 
 async def admit(realtime: Realtime, scope: Any) -> Claims:
-    """The claims a connection opens with, or Refused. Leaves them in scope["auth"] for the rate limiter."""
+    """The claims a connection opens with, or Refused. Leaves them in the scope for the rate limiter."""
     try:
         claims = await authenticate(realtime, scope)
     except OUTAGES as exc:  # a ticket cannot be redeemed while Redis is down
         raise Refused.outage(exc) from None
-    scope["auth"] = claims
+    set_caller(scope, claims)
     results = await realtime.rate_limits.check(scope)
     wait = retry_after(results)
     if wait is not None:
@@ -147,11 +143,17 @@ async def authenticate(realtime: Realtime, scope: Any) -> Claims:
             raise Refused(exc) from None
     ticket = query_params(scope).get("ticket")
     if not ticket:
-        raise Refused(AuthenticationRequired("Send a bearer token, or a ticket from POST /api/v1/realtime/tickets."))
+        raise Refused(
+            AuthenticationRequired(
+                "Send a bearer token, or a ticket from POST /api/v1/realtime/tickets.",
+                # the code /ws and /events have always refused with, which clients may branch on
+                code="realtime.authentication_required",
+            )
+        )
     claims = await tickets.redeem(realtime.kv, ticket[0])
     if claims is None:
         raise Refused(InvalidToken("The ticket is unknown, used or expired."))
-    if realtime.verifier.denylist.is_revoked(claims):
+    if realtime.verifier.is_revoked(claims):
         raise Refused(InvalidToken("The ticket's session has been revoked."))
     return claims
 

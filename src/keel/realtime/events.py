@@ -17,7 +17,7 @@ from typing import Any, Final
 from keel.errors import Invalid
 from keel.http.errors import OUTAGES, send_problem
 from keel.realtime.access import Realtime, Refused, admit, query_params
-from keel.realtime.errors import ChannelNotFound
+from keel.realtime.errors import CLOSE_GOING_AWAY, ChannelNotFound, TooSlow
 from keel.realtime.hub import Delivery, Peer
 from keel.types import MAX_INT64
 
@@ -52,7 +52,7 @@ class Stream(Peer):
         if self.closing:
             return
         if len(self.pending) >= self.send_queue:
-            self.close(1013, "too slow")  # ends the stream; the client resumes with Last-Event-ID
+            self.end(TooSlow("too slow"))  # ends the stream; the client resumes with Last-Event-ID
             return
         self.pending.append(b"event: message\nid: %s\ndata: %s\n\n" % (self.event_id(), delivery.payload))
         self._wakeup()
@@ -175,4 +175,4 @@ async def _refuse(send: Any, refusal: Refused) -> None:
 async def _watch(receive: Any, stream: Stream) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
-    stream.close(1001, "client gone")
+    stream.close(CLOSE_GOING_AWAY, "client gone")

@@ -23,17 +23,16 @@ import msgspec
 from prometheus_client import Counter, Gauge
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from keel.accounts.denylist import session_key
+from keel.errors import KeelError, Unavailable
+from keel.identity.denylist import session_key
 from keel.realtime import frames, service
+from keel.realtime.errors import CLOSE_GOING_AWAY, SessionRevoked, close_code
 from keel.shared.broker import Broker, Subscription
 
 log = logging.getLogger("keel.realtime")
 
 PAGE: Final = 500  # messages per history query when replaying or filling a gap
 DRAIN_TIMEOUT: Final = 5.0  # how long shutdown waits for in-flight publishes before closing sockets
-CLOSE_GOING_AWAY: Final = 1001
-CLOSE_TRY_AGAIN: Final = 1012  # "service restart": resume with since / Last-Event-ID
-CLOSE_REVOKED: Final = 4401
 
 CONNECTIONS: Final = {
     "ws": Gauge("keel_ws_connections", "Open WebSocket connections."),
@@ -96,6 +95,10 @@ class Peer:
         """Start closing (idempotent); the peer's own task then calls Hub.disconnect."""
         raise NotImplementedError
 
+    def end(self, error: KeelError) -> None:
+        """Close because of `error`, with the close code of its kind."""
+        self.close(close_code(error), error.detail)
+
 
 class Feed:
     __slots__ = ("_filling", "channel_id", "followers", "hub", "last_seq", "name", "opened", "pending", "refs")
@@ -154,7 +157,7 @@ class Feed:
                     break
         except Exception:
             log.exception("could not fill a gap in channel %s; closing its followers with 1012", self.name)
-            self.close_followers(CLOSE_TRY_AGAIN, "missed messages: resume")
+            self.end_followers(Unavailable("missed messages: resume"))
             self.pending.clear()
             return
         finally:
@@ -183,9 +186,9 @@ class Feed:
         if sent:
             DELIVERED.inc(sent)
 
-    def close_followers(self, code: int, reason: str) -> None:
+    def end_followers(self, error: KeelError) -> None:
         for peer in tuple(self.followers):
-            peer.close(code, reason)
+            peer.end(error)
 
 
 class Hub:
@@ -228,7 +231,7 @@ class Hub:
     def on_revoked(self, key: str) -> None:
         """The denylist's listener: close every socket and stream of a revoked session (SPEC §7: 4401)."""
         for peer in tuple(self._sessions.get(key, ())):
-            peer.close(CLOSE_REVOKED, "session revoked")
+            peer.end(SessionRevoked("session revoked"))
 
     # channels
 

@@ -8,7 +8,6 @@ from typing import Final
 from litestar import Controller, Response, get, post
 from litestar.params import FromPath, JSONBody
 
-from keel.accounts.deps import current_claims
 from keel.http.auth import SECURITY, USER, current_principal
 from keel.http.caching import NOT_MODIFIED, VALIDATOR_HEADERS
 from keel.http.deps import ConditionalReads, DbSession, SharedBackends
@@ -179,7 +178,7 @@ class TicketsController(Controller):
     @post()
     async def create_ticket(self, backends: SharedBackends) -> TicketRead:
         """A single-use ticket for `/ws?ticket=` or `/events?ticket=` (browsers cannot send a header there)."""
-        ticket = await tickets.issue(backends.kv, current_claims())
+        ticket = await tickets.issue(backends.kv, current_principal())
         return TicketRead(ticket, tickets.TICKET_TTL)
 
 

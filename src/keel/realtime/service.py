@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keel.accounts.models import User
+from keel.accounts import service as accounts
 from keel.realtime.errors import ChannelNameTaken, ChannelNotFound
 from keel.realtime.models import Channel, Message
 from keel.realtime.schemas import Author, MessageRead
@@ -113,8 +113,7 @@ async def list_messages(
 ) -> list[MessageRead]:
     """A channel's messages, newest first."""
     query = (
-        select(Message, User.username)
-        .join(User, User.id == Message.author_id)
+        select(Message, accounts.username_of(Message.author_id))
         .where(Message.channel_id == channel_id)
         .order_by(Message.seq.desc())
         .limit(limit)
@@ -133,8 +132,7 @@ async def messages_after(
 ) -> list[MessageRead]:
     """Up to `limit` of a channel's messages with seq > `after_seq`, oldest first: replay and gap filling."""
     query = (
-        select(Message, User.username)
-        .join(User, User.id == Message.author_id)
+        select(Message, accounts.username_of(Message.author_id))
         .where(Message.channel_id == channel_id, Message.seq > after_seq)
         .order_by(Message.seq)
         .limit(limit)

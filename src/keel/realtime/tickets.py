@@ -11,7 +11,7 @@ from typing import Final
 
 import msgspec
 
-from keel.accounts.tokens import Claims
+from keel.identity.tokens import Claims
 from keel.shared.kv import KeyValueStore
 
 TICKET_TTL: Final = 60

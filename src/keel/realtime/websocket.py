@@ -15,18 +15,18 @@ import struct
 from contextlib import suppress
 from typing import Any, Final
 
-from keel.accounts.tokens import Claims
+from keel.errors import Unavailable
 from keel.http.errors import OUTAGES, problem_headers
+from keel.identity.tokens import Claims
 from keel.realtime import frames, service
 from keel.realtime.access import Realtime, Refused, admit, frame_allowed
-from keel.realtime.errors import ChannelNotFound
-from keel.realtime.hub import CLOSE_TRY_AGAIN, Delivery, Peer
+from keel.realtime.errors import ChannelNotFound, TooSlow
+from keel.realtime.hub import Delivery, Peer
 from keel.realtime.schemas import Author
 
 log = logging.getLogger("keel.realtime")
 
 CLOSE_TIMEOUT: Final = 5.0  # a closing socket that has not taken its close frame by then is dropped
-CLOSE_TOO_SLOW: Final = 1013
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -104,7 +104,7 @@ class TransportSocket(Socket):
         if size > self._largest:
             self._largest = size
         if self._transport.get_write_buffer_size() + size > self.send_queue * self._largest:
-            self.close(CLOSE_TOO_SLOW, "too slow: send queue full")
+            self.end(TooSlow("too slow: send queue full"))
             return
         self._transport.write(frame)
 
@@ -140,7 +140,7 @@ class QueuedSocket(Socket):
         if self.closing:
             return
         if self._queue.qsize() >= self.send_queue:
-            self.close(CLOSE_TOO_SLOW, "too slow: send queue full")
+            self.end(TooSlow("too slow: send queue full"))
             return
         self._queue.put_nowait(frame)
 
@@ -228,7 +228,7 @@ async def _handle(realtime: Realtime, scope: Any, socket: Socket, claims: Claims
         # the database is down: nothing is lost (a publish did not commit, a replay did not finish), and the
         # client resumes with `since` once it reconnects
         log.warning("realtime frame failed, closing with 1012: %s: %s", type(exc).__name__, exc)
-        socket.close(CLOSE_TRY_AGAIN, "service unavailable: resume later")
+        socket.end(Unavailable("service unavailable: resume later"))
 
 
 async def _publish(realtime: Realtime, scope: Any, socket: Socket, claims: Claims, frame: frames.Publish) -> None:

@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives.serialization import (
 from hypothesis import given
 from hypothesis import strategies as st
 
-from keel.accounts.errors import InvalidToken
-from keel.accounts.tokens import LEEWAY, Claims, Keyring
+from keel.identity.errors import InvalidToken
+from keel.identity.tokens import LEEWAY, Claims, Keyring
 
 ISSUER: Final = "keel"
 AUDIENCE: Final = "keel-api"

@@ -13,9 +13,9 @@ from typing import Final
 import jwt
 import pytest
 
-from keel.accounts.errors import InvalidToken
-from keel.accounts.keys import generate_ed25519_keypair, load_keyring
-from keel.accounts.tokens import Claims, Keyring
+from keel.identity.errors import InvalidToken
+from keel.identity.keys import generate_ed25519_keypair, load_keyring
+from keel.identity.tokens import Claims, Keyring
 
 ISSUER: Final = "keel"
 AUDIENCE: Final = "keel-api"

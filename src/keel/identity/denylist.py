@@ -18,13 +18,13 @@ import msgspec
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from keel.accounts.models import Revocation
-from keel.accounts.tokens import Claims
 from keel.db import utcnow
+from keel.identity.models import Revocation
+from keel.identity.tokens import Claims
 from keel.shared import BackendUnavailable
 from keel.shared.broker import Broker, Subscription
 
-log = logging.getLogger("keel.accounts")
+log = logging.getLogger("keel.accounts")  # the name operators and tests already filter on
 
 CHANNEL: Final = "keel.revocations"
 RETRY_SECONDS: Final = 2.0

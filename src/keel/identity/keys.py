@@ -12,7 +12,7 @@ from typing import Final
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
-from keel.accounts.tokens import (
+from keel.identity.tokens import (
     MIN_SECRET_BYTES,
     Keyring,
     ed25519_thumbprint,
@@ -20,7 +20,7 @@ from keel.accounts.tokens import (
     parse_ed25519_public_key,
 )
 
-log = logging.getLogger("keel.accounts")
+log = logging.getLogger("keel.accounts")  # the name operators and tests already filter on
 
 DEVELOPMENT_KEY_FILE: Final = "jwt-secret"
 DEVELOPMENT_KEY_BYTES: Final = 64

@@ -10,9 +10,9 @@ from __future__ import annotations
 import time
 from typing import Final
 
-from keel.accounts.denylist import Denylist
-from keel.accounts.errors import InvalidToken
-from keel.accounts.tokens import LEEWAY, Claims, Keyring
+from keel.identity.denylist import Denylist
+from keel.identity.errors import InvalidToken
+from keel.identity.tokens import LEEWAY, Claims, Keyring
 
 CACHE_ENTRIES: Final = 10_000
 
@@ -20,7 +20,7 @@ CACHE_ENTRIES: Final = 10_000
 class TokenVerifier:
     def __init__(self, keyring: Keyring, denylist: Denylist, *, max_entries: int = CACHE_ENTRIES) -> None:
         self.keyring = keyring
-        self.denylist = denylist
+        self._denylist = denylist
         self._max_entries = max_entries
         self._cache: dict[str, Claims] = {}
 
@@ -36,6 +36,10 @@ class TokenVerifier:
         elif claims.expires_at + LEEWAY < time.time():
             del self._cache[token]
             raise InvalidToken("The token has expired.")
-        if self.denylist.is_revoked(claims):
+        if self._denylist.is_revoked(claims):
             raise InvalidToken("The token has been revoked.")
         return claims
+
+    def is_revoked(self, claims: Claims) -> bool:
+        """Whether the session of claims verified earlier (a ticket's) has been revoked since."""
+        return self._denylist.is_revoked(claims)

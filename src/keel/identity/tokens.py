@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from jwt.algorithms import Algorithm, HMACAlgorithm
 
-from keel.accounts.errors import InvalidToken
+from keel.identity.errors import InvalidToken
 
 LEEWAY: Final = 30  # seconds of clock skew allowed on exp, iat and nbf (SPEC §4)
 MIN_SECRET_BYTES: Final = 32  # RFC 7518 §3.2: an HS256 key at least as long as the hash

@@ -1,0 +1,37 @@
+"""What keel keeps in an ASGI scope, behind typed accessors: the only module that knows the keys.
+
+The auth middleware (keel.http.auth) and realtime's admission (keel.realtime.access) write the caller; the rate
+limiter and RequireCaller read it. A key nothing reads does not belong here.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from litestar.types import Scope
+
+from keel.errors import KeelError
+from keel.identity.tokens import Claims
+
+_AUTH_ERROR: Final = "keel.auth_error"  # scope-state key: why a presented token was refused
+
+
+def caller_of(scope: Scope) -> Claims | None:
+    """The verified claims of the connection's bearer token or ticket, or None (anonymous, or refused)."""
+    claims: Claims | None = scope.get("auth")
+    return claims
+
+
+def set_caller(scope: Scope, claims: Claims | None) -> None:
+    # ASGI's own slot for it (asgiref's AuthenticationMiddleware sets scope["user"] from it; nothing here does)
+    scope["auth"] = claims
+
+
+def auth_error_of(scope: Scope) -> KeelError | None:
+    """Why the token the connection presented was refused, if it presented one that was."""
+    error: KeelError | None = scope["state"].get(_AUTH_ERROR)
+    return error
+
+
+def set_auth_error(scope: Scope, error: KeelError) -> None:
+    scope["state"][_AUTH_ERROR] = error
