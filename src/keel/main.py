@@ -12,7 +12,7 @@ from litestar import Litestar, Router
 from litestar.handlers import HTTPRouteHandler
 from litestar.types import ControllerRouterHandler, Method
 
-from keel import db
+from keel import db, metrics
 from keel.accounts.denylist import Denylist
 from keel.accounts.deps import DEPENDENCIES as ACCOUNTS_DEPENDENCIES
 from keel.accounts.deps import AuthMiddleware, PasswordAdmission
@@ -123,6 +123,7 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
             hasher.close()
             await backends.close()
             await engine.dispose()
+            metrics.forget_this_worker()
 
     config = openapi_config(VERSION)
     config.operation_id_creator = operation_id  # type: ignore[assignment]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterable
+from time import perf_counter
 from typing import Final
 
 from litestar.enums import ScopeType
@@ -23,6 +24,7 @@ from litestar.types import (
     Send,
 )
 
+from keel import metrics
 from keel.http.errors import problem_body
 
 REQUEST_ID_HEADER: Final = b"x-request-id"
@@ -48,6 +50,27 @@ CORS_ALLOWED_HEADERS: Final = frozenset(
 )
 CORS_EXPOSED_HEADERS: Final = b"X-Request-ID, RateLimit, RateLimit-Policy, Retry-After, ETag, Location"
 CORS_MAX_AGE: Final = b"600"
+
+
+class _Exchange:
+    """What the request metrics need from a response: its status, and the scope the app routed (HEAD runs a copy)."""
+
+    __slots__ = ("scope", "status")
+
+    def __init__(self, scope: Scope) -> None:
+        self.scope = scope
+        self.status = 500  # uvicorn's answer when the app fails or ends before it starts a response
+
+    def route(self) -> str:
+        """The route template Litestar matched (ids never reach a label), the realtime paths, or one fixed value."""
+        template: str | None = self.scope.get("path_template")
+        if template:
+            return template
+        path: str = self.scope["path"]
+        return path if path in _REALTIME_PATHS else metrics.UNMATCHED_ROUTE
+
+
+_REALTIME_PATHS: Final = frozenset({"/ws", "/events"})  # served in front of Litestar's router (keel.realtime)
 
 
 def request_id_of(headers: Iterable[tuple[bytes, bytes]]) -> str:
@@ -83,12 +106,19 @@ class EdgeMiddleware:
             await self._preflight(scope, send, request_id, origin, allowed_origin)
             return
 
-        if scope["method"] == "HEAD":
-            await self._head(scope, receive, send, request_id, allowed_origin)
-            return
-        await self.app(scope, receive, self._with_headers(send, request_id, allowed_origin))
+        # metrics (SPEC §9): every request the app answers, /metrics and the probes included (the preflights above
+        # are the edge's own); WebSockets are not wrapped, so their frames keep the direct path to the transport
+        started = perf_counter()
+        exchange = _Exchange(scope)
+        try:
+            if scope["method"] == "HEAD":
+                await self._head(scope, receive, send, request_id, allowed_origin, exchange)
+            else:
+                await self.app(scope, receive, self._with_headers(send, request_id, allowed_origin, exchange))
+        finally:
+            metrics.observe_request(scope["method"], exchange.route(), exchange.status, perf_counter() - started)
 
-    def _with_headers(self, send: Send, request_id: str, allowed_origin: bytes | None) -> Send:
+    def _with_headers(self, send: Send, request_id: str, allowed_origin: bytes | None, exchange: _Exchange) -> Send:
         extra = [(REQUEST_ID_HEADER, request_id.encode("ascii")), *SECURITY_HEADERS]
         if allowed_origin is not None:
             extra += [
@@ -101,12 +131,19 @@ class EdgeMiddleware:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", ()), *extra]
+                exchange.status = message["status"]
             await send(message)
 
         return send_with_headers
 
     async def _head(
-        self, scope: Scope, receive: Receive, send: Send, request_id: str, allowed_origin: bytes | None
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        request_id: str,
+        allowed_origin: bytes | None,
+        exchange: _Exchange,
     ) -> None:
         """HEAD wherever GET works (RFC 9110 §9.3.2): the GET runs, its status and headers are sent, its body is not.
 
@@ -115,7 +152,7 @@ class EdgeMiddleware:
         tells a streaming app that the client is gone (a server's `receive` then says `http.disconnect`), so HEAD
         on an event stream answers at once instead of streaming into the void.
         """
-        send_head = self._with_headers(send, request_id, allowed_origin)
+        send_head = self._with_headers(send, request_id, allowed_origin, exchange)
         done = False
 
         async def send_without_body(message: Message) -> None:
@@ -127,7 +164,8 @@ class EdgeMiddleware:
                 await send(HTTPResponseBodyEvent(type="http.response.body", body=b"", more_body=False))
                 done = True
 
-        await self.app({**scope, "method": "GET"}, receive, send_without_body)  # type: ignore[arg-type]
+        exchange.scope = {**scope, "method": "GET"}  # type: ignore[assignment]
+        await self.app(exchange.scope, receive, send_without_body)
 
     def _allowed(self, origin: bytes | None) -> bytes | None:
         if origin is None:

@@ -23,11 +23,13 @@ from keel.http.errors import problem_body, send_problem
 from keel.http.requests import RATE_LIMIT
 from keel.ratelimit.clients import ClientResolver
 from keel.ratelimit.gcra import Decision
-from keel.ratelimit.limiter import Limiter
+from keel.ratelimit.limiter import RATE_LIMITED, Limiter
 from keel.settings import RatePolicy
 
 AUTH_POLICY: Final = "auth"
 DEFAULT_POLICY: Final = "default"
+for _policy in (AUTH_POLICY, DEFAULT_POLICY):  # exported at 0 from the start, so dashboards and rate() see them
+    RATE_LIMITED.labels(_policy)
 API_PREFIX: Final = "/api/"
 
 
