@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import NoReturn
 
@@ -13,7 +14,7 @@ import msgspec
 import uvicorn
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from keel import db
+from keel import db, metrics
 from keel.accounts import service as accounts
 from keel.accounts.models import User
 from keel.accounts.passwords import PasswordHasher
@@ -90,6 +91,22 @@ def serve(host: str | None, port: str | None, workers: str | None) -> None:
     configure_logging(settings.log_format, settings.log_level)
     base = f"http://{settings.host}:{settings.port}"
     click.echo(f"keel: serving on {base} (docs: {base}/swagger-ui)", err=True)
+    if settings.workers == 1:
+        _run_uvicorn(settings)
+        return
+    # Workers add up in one scrape (SPEC §9): each keeps its metrics in files under one fresh directory, which
+    # prometheus_client finds through its own variable. The only environment keel writes: uvicorn spawns the workers
+    # (multiprocessing "spawn"), so they inherit it and read it when they import prometheus_client, before any metric
+    # exists. Fresh per run, so no figure of an earlier run is added in; removed when the server stops.
+    with tempfile.TemporaryDirectory(prefix="keel-metrics-") as directory:
+        os.environ[metrics.MULTIPROCESS_DIR] = directory
+        try:
+            _run_uvicorn(settings)
+        finally:
+            del os.environ[metrics.MULTIPROCESS_DIR]
+
+
+def _run_uvicorn(settings: Settings) -> None:
     uvicorn.run(
         "keel.asgi:app",
         factory=True,

@@ -18,6 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.util import await_
 
+from keel import metrics
+
 # stable constraint names, so migrations can refer to them on both PostgreSQL and SQLite
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -64,6 +66,12 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     `hide_parameters`: a statement's error message never carries its bind values (user names, emails, message
     bodies), so a logged traceback holds no one's data.
     """
+    engine = _create_engine(url, pool_size)
+    _count_checkouts(engine)
+    return engine
+
+
+def _create_engine(url: str, pool_size: int) -> AsyncEngine:
     if url.startswith("sqlite"):
         database = make_url(url).database
         if database and database != ":memory:":
@@ -82,6 +90,14 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         hide_parameters=True,
         connect_args={"timeout": 5, "command_timeout": 30, "server_settings": {"application_name": "keel"}},
     )
+
+
+def _count_checkouts(engine: AsyncEngine) -> None:
+    """keel_db_pool_in_use follows the pool's checkouts, on both backends; a pool event is a plain call, and each
+    worker's figure must be written by that worker for `--workers N` to add up (keel.metrics)."""
+    in_use = metrics.DB_POOL_IN_USE
+    event.listen(engine.sync_engine, "checkout", lambda *_: in_use.inc())
+    event.listen(engine.sync_engine, "checkin", lambda *_: in_use.dec())
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:

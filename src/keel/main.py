@@ -12,7 +12,7 @@ from litestar import Litestar, Router
 from litestar.handlers import HTTPRouteHandler
 from litestar.types import ControllerRouterHandler, Method
 
-from keel import db
+from keel import db, metrics
 from keel.accounts.deps import DEPENDENCIES as ACCOUNTS_DEPENDENCIES
 from keel.accounts.deps import PasswordAdmission
 from keel.accounts.passwords import PasswordHasher
@@ -130,6 +130,7 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
             await engine.dispose()
             if access_log is not None:
                 access_log.flush()
+            metrics.forget_this_worker()
 
     config = openapi_config(VERSION)
     config.operation_id_creator = operation_id  # type: ignore[assignment]

@@ -82,6 +82,8 @@ async def test_no_secret_reaches_any_line_and_every_request_is_one(backend: Back
     # every piece of a JWT is secret enough: its signature above all
     assert refreshed["access_token"].rsplit(".", 1)[1] not in output
 
+    # the edge logs a WebSocket without wrapping its `send`, which would cost fan-out its direct transport writes
+    assert "websocket accepted: TransportSocket writes" in output
     access = access_lines(output)
     routes = [(line["method"], line["route"], line["status"]) for line in access]
     assert ("POST", "/api/v1/users", 201) in routes

@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Callable
 
 import pytest
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from keel.shared import Backends, BackendUnavailable
@@ -145,10 +146,12 @@ async def test_reconnects_after_losing_redis_and_calls_on_resume(
         await backends.broker.subscribe(channel, received.append)
     resumed = asyncio.Event()
     backends.broker.on_resume(resumed.set)
+    reconnects = REGISTRY.get_sample_value("keel_broker_reconnects_total") or 0.0
 
     await redis_admin.client_kill_filter(_type="pubsub")
     async with asyncio.timeout(3):
         await resumed.wait()
+    assert (REGISTRY.get_sample_value("keel_broker_reconnects_total") or 0.0) >= reconnects + 1
 
     # on_resume comes after every channel is subscribed again: publishing now must be delivered
     for channel in channels:

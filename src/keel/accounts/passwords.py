@@ -16,9 +16,14 @@ from typing import Final, NamedTuple, TypeVar
 import argon2
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from keel import metrics
 from keel.accounts.errors import PasswordPoolBusy
 
 _T = TypeVar("_T")
+
+WAITING: Final = metrics.PASSWORD_WAITING
+REFUSED_FULL: Final = metrics.PASSWORD_REFUSED.labels("queue_full")
+REFUSED_TIMEOUT: Final = metrics.PASSWORD_REFUSED.labels("timeout")
 
 # OWASP's minimum for Argon2id (Password Storage Cheat Sheet): 19 MiB, 2 iterations, 1 lane
 OWASP_MIN_MEMORY_COST: Final = 19456
@@ -164,11 +169,13 @@ class PasswordHasher:
         """PasswordPoolBusy now if a hash request would be refused anyway: lets callers shed load before any
         other work (parsing a login form, a database lookup), which keeps a login flood cheap for everyone else."""
         if self._admitted >= self._places:
+            REFUSED_FULL.inc()
             raise PasswordPoolBusy(retry_after=self._retry_after)
         self._check_queue()
 
     def _check_queue(self) -> None:
         if self._slots.locked() and self._waiting >= self._max_waiting:
+            REFUSED_FULL.inc()
             raise PasswordPoolBusy(retry_after=self._retry_after)
 
     @contextlib.contextmanager
@@ -192,15 +199,18 @@ class PasswordHasher:
         if self._slots.locked():
             self._check_queue()  # not admit(): an admitted login's own place would count against it
             self._waiting += 1
+            WAITING.inc()
             try:
                 if deadline is None:
                     deadline = asyncio.get_running_loop().time() + self._max_wait
                 async with asyncio.timeout_at(deadline):
                     await self._slots.acquire()
             except TimeoutError:
+                REFUSED_TIMEOUT.inc()
                 raise PasswordPoolBusy(retry_after=self._retry_after) from None
             finally:
                 self._waiting -= 1
+                WAITING.dec()
         else:
             await self._slots.acquire()  # a free slot: returns without suspending
         loop = asyncio.get_running_loop()

@@ -6,11 +6,11 @@ import asyncio
 from typing import Any, Literal
 
 import msgspec
-import prometheus_client
 from litestar import Controller, Response, get
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from keel import metrics
 from keel.http.deps import DbEngine, SharedBackends
 from keel.http.errors import problem, problem_response
 from keel.shared import Health as Check
@@ -62,5 +62,5 @@ class HealthController(Controller):
 
     @get("/metrics", sync_to_thread=False, include_in_schema=False)
     def metrics(self) -> Response[bytes]:
-        """Prometheus metrics of this process (text exposition format)."""
-        return Response(prometheus_client.generate_latest(), media_type=prometheus_client.CONTENT_TYPE_LATEST)
+        """Prometheus metrics (text exposition format): this process's, or every worker's added up (keel.metrics)."""
+        return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)

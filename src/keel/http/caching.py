@@ -19,10 +19,14 @@ from litestar.enums import MediaType
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.response import Response
 
+from keel import metrics
 from keel.shared import BackendUnavailable
 from keel.shared.cache import ReadCache
 
 _encoder = msgspec.json.Encoder()
+CACHE_HITS: Final = metrics.CACHE_LOOKUPS.labels("hit")
+CACHE_MISSES: Final = metrics.CACHE_LOOKUPS.labels("miss")
+CACHE_ERRORS: Final = metrics.CACHE_LOOKUPS.labels("error")
 ETAG_LENGTH: Final = 34  # '"' + 32 hex digits + '"'
 # bearer-authenticated data: no shared cache may keep it, and a client revalidates (cheaply, by ETag) before reuse
 CACHE_CONTROL: Final = "private, no-cache"
@@ -61,8 +65,12 @@ class Reads:
         """`load()`'s JSON with its ETag, or 304; with a `key`, from the cache while no write changed `scope`."""
         lookup = None
         if key is not None:
-            with suppress(BackendUnavailable):  # Redis is down: read through (SPEC §10)
+            try:
                 lookup = await self.cache.get(scope, key)
+            except BackendUnavailable:  # Redis is down: read through (SPEC §10)
+                CACHE_ERRORS.inc()
+            else:
+                (CACHE_MISSES if lookup.value is None else CACHE_HITS).inc()
         if lookup is not None and lookup.value is not None:
             etag, body = lookup.value[:ETAG_LENGTH].decode(), lookup.value[ETAG_LENGTH:]
         else:

@@ -1,5 +1,5 @@
-"""The edge middleware: request id, security headers, CORS, HEAD and the access log in one pure-ASGI layer with one
-send wrapper.
+"""The edge middleware: request id, security headers, CORS, HEAD, request metrics and the access log, in one
+pure-ASGI layer with one send wrapper.
 
 One layer, not three: each pure-ASGI layer costs a closure and an await per message (SPIKES.md). CORS is ours
 rather than Litestar's CORSConfig because a refused preflight must be problem+json like every other error
@@ -25,7 +25,9 @@ from litestar.types import (
     Send,
 )
 
+from keel import metrics
 from keel.http.errors import problem_body
+from keel.http.scope import caller_of, handshake_status_of
 from keel.logs import AccessLog
 
 REQUEST_ID_HEADER: Final = b"x-request-id"
@@ -53,6 +55,22 @@ CORS_EXPOSED_HEADERS: Final = b"X-Request-ID, RateLimit, RateLimit-Policy, Retry
 CORS_MAX_AGE: Final = b"600"
 
 
+class _Exchange:
+    """What the request metrics need from a response: its status, and the scope the app routed (HEAD runs a copy)."""
+
+    __slots__ = ("scope", "status")
+
+    def __init__(self, scope: Scope) -> None:
+        self.scope = scope
+        self.status = 500  # uvicorn's answer when the app fails or ends before it starts a response
+
+    def route(self) -> str:
+        """The route template the router matched (ids never reach a label or a log field: keel.realtime names its
+        own two), or one fixed value."""
+        template: str | None = self.scope.get("path_template")
+        return template or metrics.UNMATCHED_ROUTE
+
+
 def request_id_of(headers: Iterable[tuple[bytes, bytes]]) -> str:
     """The client's X-Request-ID when it is sane (SPEC §2), else a fresh one."""
     for name, value in headers:
@@ -63,18 +81,10 @@ def request_id_of(headers: Iterable[tuple[bytes, bytes]]) -> str:
     return uuid.uuid4().hex
 
 
-class _Exchange:
-    """What the edge learns of one response while passing it on: its status."""
-
-    __slots__ = ("status",)
-
-    def __init__(self) -> None:
-        self.status = 0
-
-
 class EdgeMiddleware:
-    """Adds X-Request-ID and security headers to every response, answers CORS for configured origins, and writes
-    one access-log line per request and per WebSocket connection (`access_log`, None when the level is above info).
+    """Adds X-Request-ID and security headers to every response, answers CORS for configured origins, counts every
+    request in the metrics, and writes one access-log line per request and per WebSocket (`access_log`, None when
+    the level is above info).
 
     `client_ip(peer, headers)` names the client by the trusted-proxy rule, for the log line.
     """
@@ -111,20 +121,22 @@ class EdgeMiddleware:
             await self._preflight(scope, send, request_id, origin, allowed_origin)
             return
 
+        # metrics (SPEC §9): every request the app answers, /metrics and the probes included (the preflights above
+        # are the edge's own); WebSockets are not wrapped, so their frames keep the direct path to the transport
         started = perf_counter()
-        exchange = _Exchange()
-        seen = scope  # the scope the app saw: the router writes the route template into it
+        exchange = _Exchange(scope)
         try:
             if scope["method"] == "HEAD":
-                seen = {**scope, "method": "GET"}
-                await self._head(seen, send, receive, exchange, request_id, allowed_origin)
+                await self._head(scope, receive, send, request_id, allowed_origin, exchange)
             else:
-                await self.app(scope, receive, self._with_headers(send, exchange, request_id, allowed_origin))
+                await self.app(scope, receive, self._with_headers(send, request_id, allowed_origin, exchange))
         finally:
+            elapsed, route = perf_counter() - started, exchange.route()
+            metrics.observe_request(scope["method"], route, exchange.status, elapsed)
             if self.access_log is not None:
-                self._log(scope, seen, exchange.status or 500, started, request_id)
+                self._log(exchange.scope, route, exchange.status, elapsed, request_id)
 
-    def _with_headers(self, send: Send, exchange: _Exchange, request_id: str, allowed_origin: bytes | None) -> Send:
+    def _with_headers(self, send: Send, request_id: str, allowed_origin: bytes | None, exchange: _Exchange) -> Send:
         extra = [(REQUEST_ID_HEADER, request_id.encode("ascii")), *SECURITY_HEADERS]
         if allowed_origin is not None:
             extra += [
@@ -145,20 +157,20 @@ class EdgeMiddleware:
     async def _head(
         self,
         scope: Scope,
-        send: Send,
         receive: Receive,
-        exchange: _Exchange,
+        send: Send,
         request_id: str,
         allowed_origin: bytes | None,
+        exchange: _Exchange,
     ) -> None:
         """HEAD wherever GET works (RFC 9110 §9.3.2): the GET runs, its status and headers are sent, its body is not.
 
-        The app sees a GET (`scope` is a copy: the handlers, compression and ETags then answer exactly as they
+        The app sees a GET (a copy of the scope: the handlers, compression and ETags then answer exactly as they
         would), so Content-Length and Content-Encoding are the GET's. The response ends with its head, which also
         tells a streaming app that the client is gone (a server's `receive` then says `http.disconnect`), so HEAD
         on an event stream answers at once instead of streaming into the void.
         """
-        send_head = self._with_headers(send, exchange, request_id, allowed_origin)
+        send_head = self._with_headers(send, request_id, allowed_origin, exchange)
         done = False
 
         async def send_without_body(message: Message) -> None:
@@ -170,38 +182,32 @@ class EdgeMiddleware:
                 await send(HTTPResponseBodyEvent(type="http.response.body", body=b"", more_body=False))
                 done = True
 
-        await self.app(scope, receive, send_without_body)
+        exchange.scope = {**scope, "method": "GET"}  # type: ignore[assignment]
+        await self.app(exchange.scope, receive, send_without_body)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
-        """A WebSocket, logged when it ends: 101 if it was accepted, else the status of its refusal."""
+        """A WebSocket, logged when it ends: 101 if it was accepted, else its refusal's status.
+
+        `send` is passed on as it came: fan-out writes frames straight to the server's own transport when `send` is
+        uvicorn's (keel.realtime.websocket), so the endpoint records the handshake's outcome in the scope instead.
+        """
         started = perf_counter()
-        exchange = _Exchange()
-
-        async def send_noting_status(message: Any) -> None:
-            kind = message["type"]
-            if kind == "websocket.accept":
-                exchange.status = 101
-            elif kind == "websocket.http.response.start":
-                exchange.status = message["status"]
-            elif kind == "websocket.close" and not exchange.status:
-                exchange.status = 403  # refused without a body: what the server answers the handshake with
-            await send(message)
-
         try:
-            await self.app(scope, receive, send_noting_status)
+            await self.app(scope, receive, send)
         finally:
-            self._log(scope, scope, exchange.status or 500, started, request_id)
+            route = scope.get("path_template") or metrics.UNMATCHED_ROUTE
+            self._log(scope, route, handshake_status_of(scope) or 403, perf_counter() - started, request_id)
 
-    def _log(self, scope: Scope, seen: Scope, status: int, started: float, request_id: str) -> None:
+    def _log(self, scope: Scope, route: str, status: int, elapsed: float, request_id: str) -> None:
         assert self.access_log is not None
         client = scope.get("client")
-        claims = seen.get("auth")
+        claims = caller_of(scope)
         self.access_log.request(
-            method=str(scope.get("method", "GET")),
-            route=seen.get("path_template") or _UNMATCHED,
+            method=scope.get("method", "GET") if scope["type"] == ScopeType.HTTP else "GET",
+            route=route,
             path=scope["path"],
             status=status,
-            duration=perf_counter() - started,
+            duration=elapsed,
             request_id=request_id,
             user_id=str(claims.user_id) if claims is not None else None,
             client_ip=self.client_ip(client[0] if client else None, scope["headers"]),
@@ -243,9 +249,6 @@ class EdgeMiddleware:
         ]
         await send(HTTPResponseStartEvent(type="http.response.start", status=204, headers=headers))
         await send(HTTPResponseBodyEvent(type="http.response.body", body=b"", more_body=False))
-
-
-_UNMATCHED: Final = "<unmatched>"  # the route of a request no route matched: ids must never become labels
 
 
 def _header(headers: Iterable[tuple[bytes, bytes]], wanted: bytes) -> bytes | None:

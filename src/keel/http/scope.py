@@ -14,6 +14,7 @@ from keel.errors import KeelError
 from keel.identity.tokens import Claims
 
 _AUTH_ERROR: Final = "keel.auth_error"  # scope-state key: why a presented token was refused
+_HANDSHAKE_STATUS: Final = "keel.handshake_status"  # scope-state key: how a WebSocket handshake was answered
 
 
 def caller_of(scope: Scope) -> Claims | None:
@@ -35,3 +36,13 @@ def auth_error_of(scope: Scope) -> KeelError | None:
 
 def set_auth_error(scope: Scope, error: KeelError) -> None:
     scope["state"][_AUTH_ERROR] = error
+
+
+def handshake_status_of(scope: Scope) -> int | None:
+    """How the WebSocket's handshake was answered (101 when accepted), for the access log; None if it never was."""
+    status: int | None = scope["state"].get(_HANDSHAKE_STATUS)
+    return status
+
+
+def set_handshake_status(scope: Scope, status: int) -> None:
+    scope["state"][_HANDSHAKE_STATUS] = status

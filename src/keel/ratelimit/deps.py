@@ -24,11 +24,13 @@ from keel.http.requests import RATE_LIMIT
 from keel.http.scope import caller_of
 from keel.ratelimit.clients import ClientResolver
 from keel.ratelimit.gcra import Decision
-from keel.ratelimit.limiter import Limiter
+from keel.ratelimit.limiter import RATE_LIMITED, Limiter
 from keel.settings import RatePolicy
 
 AUTH_POLICY: Final = "auth"
 DEFAULT_POLICY: Final = "default"
+for _policy in (AUTH_POLICY, DEFAULT_POLICY):  # exported at 0 from the start, so dashboards and rate() see them
+    RATE_LIMITED.labels(_policy)
 API_PREFIX: Final = "/api/"
 
 

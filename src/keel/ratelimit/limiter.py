@@ -8,8 +8,7 @@ import math
 import time
 from typing import Final
 
-from prometheus_client import Counter
-
+from keel import metrics
 from keel.ratelimit.gcra import GCRA, Decision, decisions
 from keel.settings import RatePolicy
 from keel.shared import BackendUnavailable
@@ -19,10 +18,8 @@ __all__ = ["LIMITER_ERRORS", "RATE_LIMITED", "Decision", "Limiter"]
 
 log = logging.getLogger("keel.ratelimit")
 
-RATE_LIMITED: Final = Counter("keel_rate_limited", "Requests the rate limiter rejected.", ["policy"])
-LIMITER_ERRORS: Final = Counter(
-    "keel_rate_limiter_errors", "Rate-limit checks that failed open because the limiter's backend was unavailable."
-)
+RATE_LIMITED: Final = metrics.RATE_LIMITED
+LIMITER_ERRORS: Final = metrics.LIMITER_ERRORS
 
 # one EVALSHA holds the Redis event loop for its whole run; past this many keys a tick's checks go as several
 MAX_BATCH: Final = 256

@@ -20,9 +20,9 @@ from contextlib import asynccontextmanager, suppress
 from typing import ClassVar, Final, Literal
 
 import msgspec
-from prometheus_client import Counter, Gauge
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from keel import metrics
 from keel.errors import KeelError, Unavailable
 from keel.identity.denylist import session_key
 from keel.realtime import frames, service
@@ -34,11 +34,8 @@ log = logging.getLogger("keel.realtime")
 PAGE: Final = 500  # messages per history query when replaying or filling a gap
 DRAIN_TIMEOUT: Final = 5.0  # how long shutdown waits for in-flight publishes before closing sockets
 
-CONNECTIONS: Final = {
-    "ws": Gauge("keel_ws_connections", "Open WebSocket connections."),
-    "sse": Gauge("keel_sse_connections", "Open Server-Sent Events streams."),
-}
-DELIVERED: Final = Counter("keel_realtime_messages", "Messages delivered to WebSocket and SSE clients.")
+CONNECTIONS: Final = {"ws": metrics.WS_CONNECTIONS, "sse": metrics.SSE_CONNECTIONS}
+DELIVERED: Final = metrics.REALTIME_MESSAGES
 
 
 class _Seq(msgspec.Struct):
@@ -156,12 +153,14 @@ class Feed:
                 if len(page) < PAGE:
                     break
         except Exception:
+            metrics.GAP_FILLS.labels("failed").inc()
             log.exception("could not fill a gap in channel %s; closing its followers with 1012", self.name)
             self.end_followers(Unavailable("missed messages: resume"))
             self.pending.clear()
             return
         finally:
             self._filling = False
+        metrics.GAP_FILLS.labels("filled").inc()
         if self.pending and self.last_seq == start:
             # cannot happen (a message is published after its row commits, and so did every lower seq); should
             # it anyway, deliver what is here rather than ask the database again and again

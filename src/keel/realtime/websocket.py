@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from keel.errors import Unavailable
 from keel.http.errors import OUTAGES, problem_headers
+from keel.http.scope import set_handshake_status
 from keel.identity.tokens import Claims
 from keel.realtime import frames, service
 from keel.realtime.access import Realtime, Refused, admit, frame_allowed
@@ -175,12 +176,14 @@ async def serve_websocket(realtime: Realtime, scope: Any, receive: Any, send: An
         return
     with slot:  # released however the socket ends: closed by either side, the client gone, or an error
         await send({"type": "websocket.accept"})
+        set_handshake_status(scope, 101)
         protocol = TransportSocket.supports(send)
         socket: Socket = (
             TransportSocket(protocol, claims, realtime.send_queue)
             if protocol is not None
             else QueuedSocket(send, claims, realtime.send_queue)
         )
+        log.debug("websocket accepted: %s writes", type(socket).__name__)  # a test holds the fast path to this
         hub = realtime.hub
         hub.connect(socket)
         try:
@@ -254,8 +257,10 @@ async def _publish(realtime: Realtime, scope: Any, socket: Socket, claims: Claim
 async def _refuse(scope: Any, send: Any, refusal: Refused) -> None:
     """Answer the handshake with the problem document, or a bare 403 where the server cannot send a body."""
     if "websocket.http.response" in scope.get("extensions", {}):
+        set_handshake_status(scope, refusal.status)
         headers = problem_headers(refusal.headers, refusal.body)
         await send({"type": "websocket.http.response.start", "status": refusal.status, "headers": headers})
         await send({"type": "websocket.http.response.body", "body": refusal.body, "more_body": False})
     else:
+        set_handshake_status(scope, 403)  # what the server answers a handshake closed before accept with
         await send({"type": "websocket.close", "code": 1008})

@@ -20,6 +20,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from keel import metrics
 from keel.shared.errors import outage_as_unavailable
 
 log = logging.getLogger(__name__)
@@ -265,6 +266,7 @@ class RedisBroker:
                 self._handle(await pubsub.get_message(timeout=None))
         if self._is_down:
             log.info("broker connection to Redis restored")
+            metrics.BROKER_RECONNECTS.inc()
             self._is_down = False
             for callback in tuple(self._resume_callbacks):
                 try:
