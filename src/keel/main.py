@@ -12,7 +12,7 @@ from litestar import Litestar, Router
 from litestar.handlers import HTTPRouteHandler
 from litestar.types import ControllerRouterHandler, Method
 
-from keel import db
+from keel import db, telemetry
 from keel.accounts.denylist import Denylist
 from keel.accounts.deps import DEPENDENCIES as ACCOUNTS_DEPENDENCIES
 from keel.accounts.deps import AuthMiddleware, PasswordAdmission
@@ -79,6 +79,7 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         engine = db.create_engine(settings.database_url)
+        telemetry.setup(settings, engine)  # first: Redis and SQL spans from the start
         sessionmaker = db.create_sessionmaker(engine)
         backends = await open_backends(settings.redis_url)
         keyring = load_keyring(**keyring_options(settings))
@@ -123,6 +124,7 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
             hasher.close()
             await backends.close()
             await engine.dispose()
+            telemetry.shutdown()  # last: flushes the spans of everything above
 
     config = openapi_config(VERSION)
     config.operation_id_creator = operation_id  # type: ignore[assignment]

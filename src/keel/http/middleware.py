@@ -23,6 +23,7 @@ from litestar.types import (
     Send,
 )
 
+from keel import telemetry
 from keel.http.errors import problem_body
 
 REQUEST_ID_HEADER: Final = b"x-request-id"
@@ -83,12 +84,24 @@ class EdgeMiddleware:
             await self._preflight(scope, send, request_id, origin, allowed_origin)
             return
 
-        if scope["method"] == "HEAD":
-            await self._head(scope, receive, send, request_id, allowed_origin)
-            return
-        await self.app(scope, receive, self._with_headers(send, request_id, allowed_origin))
+        span = telemetry.start_server_span(scope)  # None unless tracing is on
+        try:
+            if scope["method"] == "HEAD":
+                await self._head(scope, receive, send, request_id, allowed_origin, span)
+            else:
+                await self.app(scope, receive, self._with_headers(send, request_id, allowed_origin, span))
+        except BaseException as exc:
+            if span is not None:
+                span.end(exc)
+            raise
+        finally:
+            if span is not None:
+                span.end()
+                span.detach()
 
-    def _with_headers(self, send: Send, request_id: str, allowed_origin: bytes | None) -> Send:
+    def _with_headers(
+        self, send: Send, request_id: str, allowed_origin: bytes | None, span: telemetry.ServerSpan | None = None
+    ) -> Send:
         extra = [(REQUEST_ID_HEADER, request_id.encode("ascii")), *SECURITY_HEADERS]
         if allowed_origin is not None:
             extra += [
@@ -100,13 +113,21 @@ class EdgeMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), *extra]
+                headers = message["headers"] = [*message.get("headers", ()), *extra]
+                if span is not None:
+                    span.response_started(message["status"], headers)
             await send(message)
 
         return send_with_headers
 
     async def _head(
-        self, scope: Scope, receive: Receive, send: Send, request_id: str, allowed_origin: bytes | None
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        request_id: str,
+        allowed_origin: bytes | None,
+        span: telemetry.ServerSpan | None,
     ) -> None:
         """HEAD wherever GET works (RFC 9110 §9.3.2): the GET runs, its status and headers are sent, its body is not.
 
@@ -115,7 +136,7 @@ class EdgeMiddleware:
         tells a streaming app that the client is gone (a server's `receive` then says `http.disconnect`), so HEAD
         on an event stream answers at once instead of streaming into the void.
         """
-        send_head = self._with_headers(send, request_id, allowed_origin)
+        send_head = self._with_headers(send, request_id, allowed_origin, span)
         done = False
 
         async def send_without_body(message: Message) -> None:
@@ -127,7 +148,10 @@ class EdgeMiddleware:
                 await send(HTTPResponseBodyEvent(type="http.response.body", body=b"", more_body=False))
                 done = True
 
-        await self.app({**scope, "method": "GET"}, receive, send_without_body)  # type: ignore[arg-type]
+        get_scope = {**scope, "method": "GET"}
+        if span is not None:
+            span.scope = get_scope  # where the router leaves the route template
+        await self.app(get_scope, receive, send_without_body)  # type: ignore[arg-type]
 
     def _allowed(self, origin: bytes | None) -> bytes | None:
         if origin is None:

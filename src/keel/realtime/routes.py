@@ -17,8 +17,10 @@ class RealtimeRoutes:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         path, kind = scope.get("path"), scope["type"]
         if path == "/ws" and kind == "websocket":
+            scope["path_template"] = path  # as the framework's router would: the server span's route
             await serve_websocket(self.state.realtime, scope, receive, send)
         elif path == "/events" and kind == "http" and scope["method"] == "GET":
+            scope["path_template"] = path
             await serve_events(self.state.realtime, scope, receive, send)
         else:
             await self.app(scope, receive, send)
