@@ -12,7 +12,7 @@ from litestar import Litestar, Router
 from litestar.handlers import HTTPRouteHandler
 from litestar.types import ControllerRouterHandler, Method
 
-from keel import db, metrics
+from keel import db, metrics, telemetry
 from keel.accounts.deps import DEPENDENCIES as ACCOUNTS_DEPENDENCIES
 from keel.accounts.deps import PasswordAdmission
 from keel.accounts.passwords import PasswordHasher
@@ -82,6 +82,7 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         engine = db.create_engine(settings.database_url)
+        telemetry.setup(settings, engine)  # first: Redis and SQL spans from the start
         sessionmaker = db.create_sessionmaker(engine)
         backends = await open_backends(settings.redis_url)
         keyring = load_keyring(**keyring_options(settings))
@@ -131,6 +132,7 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
             if access_log is not None:
                 access_log.flush()
             metrics.forget_this_worker()
+            telemetry.shutdown()  # last: flushes the spans of everything above
 
     config = openapi_config(VERSION)
     config.operation_id_creator = operation_id  # type: ignore[assignment]

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, Settin
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 ProxyHeader = Literal["X-Forwarded-For", "Forwarded", "X-Real-IP"]
+OtlpProtocol = Literal["http/protobuf", "grpc"]  # the two OTLP exporters keel ships
 _PROXY_HEADERS: dict[str, ProxyHeader] = {name.lower(): name for name in ("X-Forwarded-For", "Forwarded", "X-Real-IP")}
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|min|h|d)?\s*$")
@@ -122,6 +123,18 @@ class Settings(BaseSettings):
     # open WebSockets + SSE streams per user, per process: each holds memory and a feed reference until it closes
     max_streams_per_user: int = Field(50, validation_alias="KEEL_MAX_STREAMS_PER_USER", ge=1)
 
+    # OpenTelemetry: the SDK reads its OTEL_* variables itself (sampler, batching, timeouts, headers, resource);
+    # these are only what keel decides on: an endpoint turns tracing on, the protocol picks the exporter, and
+    # without a sampler keel's default (parent-based, 10 % of new traces) applies
+    otel_exporter_otlp_endpoint: str | None = Field(None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
+    otel_exporter_otlp_traces_endpoint: str | None = Field(None, validation_alias="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    otel_exporter_otlp_protocol: OtlpProtocol = Field("http/protobuf", validation_alias="OTEL_EXPORTER_OTLP_PROTOCOL")
+    otel_exporter_otlp_traces_protocol: OtlpProtocol | None = Field(
+        None, validation_alias="OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
+    )
+    otel_traces_sampler: str | None = Field(None, validation_alias="OTEL_TRACES_SAMPLER")
+    otel_traces_sampler_arg: str | None = Field(None, validation_alias="OTEL_TRACES_SAMPLER_ARG")
+
     log_format: Literal["console", "json"] | None = Field(None, validation_alias="KEEL_LOG_FORMAT")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", validation_alias="KEEL_LOG_LEVEL")
 
@@ -150,6 +163,19 @@ class Settings(BaseSettings):
         if not url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("expected redis://host:port/db, rediss://… or unix://…")
         return url
+
+    @field_validator(
+        "otel_exporter_otlp_endpoint",
+        "otel_exporter_otlp_traces_endpoint",
+        "otel_exporter_otlp_traces_protocol",
+        "otel_traces_sampler",
+        "otel_traces_sampler_arg",
+        mode="before",
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        # OTEL_*= (empty) means unset in the OpenTelemetry spec
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("env", "log_level", "log_format", mode="before")
     @classmethod
@@ -197,6 +223,26 @@ class Settings(BaseSettings):
         if value is not None and len(value.get_secret_value().encode()) < 32:
             raise ValueError("must be at least 32 bytes")
         return value
+
+    @model_validator(mode="after")
+    def _sample_ratio(self) -> Settings:
+        # with no OTEL_TRACES_SAMPLER, keel's default sampler is a ratio: its argument must be one
+        if self.otel_traces_sampler is None and self.otel_traces_sampler_arg is not None:
+            ratio = self.otel_traces_sampler_arg
+            try:
+                valid = 0.0 <= float(ratio) <= 1.0
+            except ValueError:
+                valid = False
+            if not valid:
+                raise ValueError(f"OTEL_TRACES_SAMPLER_ARG: expected a ratio from 0 to 1, got {ratio!r}")
+        return self
+
+    @property
+    def otel_sample_ratio(self) -> float | None:
+        """The ratio of new traces keel's default sampler keeps; None when OTEL_TRACES_SAMPLER names another."""
+        if self.otel_traces_sampler is not None:
+            return None
+        return 0.1 if self.otel_traces_sampler_arg is None else float(self.otel_traces_sampler_arg)
 
     @model_validator(mode="after")
     def _production_is_safe(self) -> Settings:

@@ -16,7 +16,7 @@ from typing import Final, NamedTuple, TypeVar
 import argon2
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from keel import metrics
+from keel import metrics, telemetry
 from keel.accounts.errors import PasswordPoolBusy
 
 _T = TypeVar("_T")
@@ -126,14 +126,18 @@ class PasswordHasher:
 
     async def hash(self, password: str) -> str:
         """Hash a password into an Argon2id PHC string."""
-        return await self._run(partial(self._hash_sync, _encode(password)))
+        job = partial(self._hash_sync, _encode(password))
+        return await self._run(job if telemetry.tracer is None else telemetry.traced_job("password.hash", job))
 
     async def verify(self, password_hash: str | None, password: str, *, deadline: float | None = None) -> Verification:
         """Check a password against a stored hash (None for an unknown user), with a new hash if it is outdated.
 
         `deadline` (the loop's clock, from `admission`) ends the wait for a slot instead of `max_wait` from now.
         """
-        return await self._run(partial(self._verify_sync, password_hash, _encode(password)), deadline)
+        job = partial(self._verify_sync, password_hash, _encode(password))
+        return await self._run(
+            job if telemetry.tracer is None else telemetry.traced_job("password.verify", job), deadline
+        )
 
     def close(self) -> None:
         """Shut the thread pool down, dropping queued work and waiting for running hashes."""

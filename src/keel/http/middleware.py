@@ -1,5 +1,5 @@
-"""The edge middleware: request id, security headers, CORS, HEAD, request metrics and the access log, in one
-pure-ASGI layer with one send wrapper.
+"""The edge middleware: request id, security headers, CORS, HEAD, and what observes a request (metrics, the access
+log, the server span) in one pure-ASGI layer with one send wrapper.
 
 One layer, not three: each pure-ASGI layer costs a closure and an await per message (SPIKES.md). CORS is ours
 rather than Litestar's CORSConfig because a refused preflight must be problem+json like every other error
@@ -25,7 +25,7 @@ from litestar.types import (
     Send,
 )
 
-from keel import metrics
+from keel import metrics, telemetry
 from keel.http.errors import problem_body
 from keel.http.scope import caller_of, handshake_status_of
 from keel.logs import AccessLog
@@ -56,12 +56,14 @@ CORS_MAX_AGE: Final = b"600"
 
 
 class _Exchange:
-    """What the request metrics need from a response: its status, and the scope the app routed (HEAD runs a copy)."""
+    """What the edge learns of one request while passing it on: its status, the scope the app routed (HEAD runs a
+    copy, where the router leaves the route template), and its server span when tracing is on."""
 
-    __slots__ = ("scope", "status")
+    __slots__ = ("scope", "span", "status")
 
-    def __init__(self, scope: Scope) -> None:
+    def __init__(self, scope: Scope, span: telemetry.ServerSpan | None) -> None:
         self.scope = scope
+        self.span = span
         self.status = 500  # uvicorn's answer when the app fails or ends before it starts a response
 
     def route(self) -> str:
@@ -121,20 +123,27 @@ class EdgeMiddleware:
             await self._preflight(scope, send, request_id, origin, allowed_origin)
             return
 
-        # metrics (SPEC §9): every request the app answers, /metrics and the probes included (the preflights above
+        # observed (SPEC §9): every request the app answers, /metrics and the probes included (the preflights above
         # are the edge's own); WebSockets are not wrapped, so their frames keep the direct path to the transport
         started = perf_counter()
-        exchange = _Exchange(scope)
+        exchange = _Exchange(scope, telemetry.start_server_span(scope))  # no span unless tracing is on
         try:
             if scope["method"] == "HEAD":
                 await self._head(scope, receive, send, request_id, allowed_origin, exchange)
             else:
                 await self.app(scope, receive, self._with_headers(send, request_id, allowed_origin, exchange))
+        except BaseException as exc:
+            if exchange.span is not None:
+                exchange.span.end(exc)
+            raise
         finally:
             elapsed, route = perf_counter() - started, exchange.route()
             metrics.observe_request(scope["method"], route, exchange.status, elapsed)
             if self.access_log is not None:
                 self._log(exchange.scope, route, exchange.status, elapsed, request_id)
+            if exchange.span is not None:
+                exchange.span.end()
+                exchange.span.detach()
 
     def _with_headers(self, send: Send, request_id: str, allowed_origin: bytes | None, exchange: _Exchange) -> Send:
         extra = [(REQUEST_ID_HEADER, request_id.encode("ascii")), *SECURITY_HEADERS]
@@ -148,8 +157,10 @@ class EdgeMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), *extra]
+                headers = message["headers"] = [*message.get("headers", ()), *extra]
                 exchange.status = message["status"]
+                if exchange.span is not None:
+                    exchange.span.response_started(exchange.status, headers)
             await send(message)
 
         return send_with_headers
@@ -183,6 +194,8 @@ class EdgeMiddleware:
                 done = True
 
         exchange.scope = {**scope, "method": "GET"}  # type: ignore[assignment]
+        if exchange.span is not None:
+            exchange.span.scope = exchange.scope
         await self.app(exchange.scope, receive, send_without_body)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
@@ -202,6 +215,7 @@ class EdgeMiddleware:
         assert self.access_log is not None
         client = scope.get("client")
         claims = caller_of(scope)
+        trace_id, span_id = telemetry.current_ids() or (None, None)
         self.access_log.request(
             method=scope.get("method", "GET") if scope["type"] == ScopeType.HTTP else "GET",
             route=route,
@@ -211,6 +225,8 @@ class EdgeMiddleware:
             request_id=request_id,
             user_id=str(claims.user_id) if claims is not None else None,
             client_ip=self.client_ip(client[0] if client else None, scope["headers"]),
+            trace_id=trace_id,
+            span_id=span_id,
         )
 
     def _allowed(self, origin: bytes | None) -> bytes | None:

@@ -19,6 +19,7 @@ from typing import Final
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from keel import telemetry
 from keel.http.errors import problem_body, send_problem
 from keel.http.requests import RATE_LIMIT
 from keel.http.scope import caller_of
@@ -72,6 +73,17 @@ class RateLimits:
         The auth policy counts by address and, for an authenticated caller, by user too; it reports the
         stricter of the two, so the headers name each policy once.
         """
+        if telemetry.tracer is None:
+            return await self._check_all(scope, auth_policy)
+        span = telemetry.start_span("ratelimit.check")
+        try:
+            results = await self._check_all(scope, auth_policy)
+            span.set_attribute("keel.ratelimit.allowed", all(decision.allowed for _, decision in results))
+            return results
+        finally:
+            span.end()
+
+    async def _check_all(self, scope: Scope, auth_policy: bool) -> list[tuple[NamedPolicy, Decision]]:
         results = []
         if self.default is not None:
             results.append((self.default, await self._check(self.client_key(scope), self.default)))

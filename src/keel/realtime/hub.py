@@ -20,9 +20,10 @@ from contextlib import asynccontextmanager, suppress
 from typing import ClassVar, Final, Literal
 
 import msgspec
+from opentelemetry.trace import SpanKind
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from keel import metrics
+from keel import metrics, telemetry
 from keel.errors import KeelError, Unavailable
 from keel.identity.denylist import session_key
 from keel.realtime import frames, service
@@ -98,7 +99,18 @@ class Peer:
 
 
 class Feed:
-    __slots__ = ("_filling", "channel_id", "followers", "hub", "last_seq", "name", "opened", "pending", "refs")
+    __slots__ = (
+        "_filling",
+        "channel_id",
+        "followers",
+        "hub",
+        "last_seq",
+        "name",
+        "opened",
+        "pending",
+        "refs",
+        "traces",
+    )
 
     def __init__(self, hub: Hub, channel_id: uuid.UUID) -> None:
         self.hub = hub
@@ -108,6 +120,7 @@ class Feed:
         self.refs = 0  # followers plus subscribes still opening the feed: at 0 the feed is closed
         self.last_seq = 0
         self.pending: dict[int, bytes] = {}  # seq -> message, held while the feed opens or a gap is filled
+        self.traces: dict[int, bytes] = {}  # seq -> the traceparent of its publish, while tracing is on
         self.opened: asyncio.Future[Subscription] | None = None
         self._filling = False
 
@@ -120,10 +133,13 @@ class Feed:
 
     def on_message(self, data: bytes) -> None:
         """The broker's callback."""
+        data, parent = telemetry.split_traceparent(data)  # clients get the message's bytes, never the header
         seq = _seq_of.decode(data).seq
         if seq <= self.last_seq:
             return
         self.pending[seq] = data
+        if parent is not None and telemetry.tracer is not None:
+            self.traces[seq] = parent
         if self.subscription() is not None and not self._filling:
             self.settle()
 
@@ -134,6 +150,7 @@ class Feed:
         if self.pending:
             for seq in [s for s in self.pending if s <= self.last_seq]:
                 del self.pending[seq]
+                self.traces.pop(seq, None)
         if self.pending:
             self.fill()
 
@@ -157,6 +174,7 @@ class Feed:
             log.exception("could not fill a gap in channel %s; closing its followers with 1012", self.name)
             self.end_followers(Unavailable("missed messages: resume"))
             self.pending.clear()
+            self.traces.clear()
             return
         finally:
             self._filling = False
@@ -170,6 +188,25 @@ class Feed:
             self.settle()
 
     def fan_out(self, seq: int, data: bytes) -> None:
+        if telemetry.tracer is None:
+            self._fan_out(seq, data)
+            return
+        # one span per message, never per socket: a child of the publish that sent it, on whichever instance
+        parent = self.traces.pop(seq, None)
+        span = telemetry.start_span(
+            "realtime.fanout",
+            parent=telemetry.context_of(parent) if parent is not None else None,
+            kind=SpanKind.CONSUMER,
+        )
+        span.set_attribute("messaging.destination.name", service.topic(self.channel_id))
+        span.set_attribute("keel.realtime.seq", seq)
+        try:
+            span.set_attribute("keel.realtime.recipients", self._fan_out(seq, data))
+        finally:
+            span.end()
+
+    def _fan_out(self, seq: int, data: bytes) -> int:
+        """Write one message to every follower that is live; returns how many got it."""
         self.last_seq = seq
         self.hub.progress.set()
         delivery = Delivery(self.name, seq, data)
@@ -184,6 +221,7 @@ class Feed:
                 sent += 1
         if sent:
             DELIVERED.inc(sent)
+        return sent
 
     def end_followers(self, error: KeelError) -> None:
         for peer in tuple(self.followers):

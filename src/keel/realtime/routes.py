@@ -17,7 +17,7 @@ class RealtimeRoutes:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         path, kind = scope.get("path"), scope["type"]
         if path == "/ws" and kind == "websocket":
-            scope["path_template"] = path  # the route, for logs and metrics, as Litestar's router names its own
+            scope["path_template"] = path  # the route of logs, metrics and spans, as Litestar's router names its own
             await serve_websocket(self.state.realtime, scope, receive, send)
         elif path == "/events" and kind == "http" and scope["method"] == "GET":
             scope["path_template"] = path

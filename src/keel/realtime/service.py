@@ -8,10 +8,12 @@ from collections.abc import Sequence
 from typing import Final
 
 import msgspec
+from opentelemetry.trace import SpanKind
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from keel import telemetry
 from keel.accounts import service as accounts
 from keel.realtime.errors import ChannelNameTaken, ChannelNotFound
 from keel.realtime.models import Channel, Message
@@ -102,10 +104,27 @@ async def post_message(
         created_at=message.created_at,
     )
     try:  # published only after the row committed; live delivery is best effort, the database is the record
-        await broker.publish(topic(channel_id), encode_message(read))
+        if telemetry.tracer is None:
+            await broker.publish(topic(channel_id), encode_message(read))
+        else:
+            await _traced_publish(broker, read)
     except BackendUnavailable:
         log.warning("message %s/%d committed but not broadcast: broker unavailable", channel_id, seq)
     return read
+
+
+async def _traced_publish(broker: Broker, message: MessageRead) -> None:
+    # the message carries its span's traceparent, so every instance's fan-out joins this trace
+    span = telemetry.start_span("realtime.publish", kind=SpanKind.PRODUCER)
+    span.set_attribute("messaging.destination.name", topic(message.channel_id))
+    span.set_attribute("keel.realtime.seq", message.seq)
+    try:
+        await broker.publish(topic(message.channel_id), telemetry.with_traceparent(encode_message(message), span))
+    except BaseException as exc:
+        span.record_exception(exc)
+        raise
+    finally:
+        span.end()
 
 
 async def list_messages(

@@ -15,6 +15,7 @@ import struct
 from contextlib import suppress
 from typing import Any, Final
 
+from keel import telemetry
 from keel.errors import Unavailable
 from keel.http.errors import OUTAGES, problem_headers
 from keel.http.scope import set_handshake_status
@@ -168,12 +169,24 @@ class QueuedSocket(Socket):
 async def serve_websocket(realtime: Realtime, scope: Any, receive: Any, send: Any) -> None:
     if (await receive())["type"] != "websocket.connect":
         return
+    # the handshake's span ends once the socket is accepted or refused, and the socket's life is not in it
+    span = telemetry.start_server_span(scope)
     try:
         claims = await admit(realtime, scope)
         slot = realtime.streams.hold(claims.user_id)
     except Refused as refusal:
-        await _refuse(scope, send, refusal)
+        try:
+            await _refuse(scope, send, refusal)
+        finally:
+            if span is not None:
+                span.close(refusal.status)
         return
+    except BaseException as exc:
+        if span is not None:
+            span.close(error=exc)
+        raise
+    if span is not None:
+        span.close(101)
     with slot:  # released however the socket ends: closed by either side, the client gone, or an error
         await send({"type": "websocket.accept"})
         set_handshake_status(scope, 101)

@@ -1,0 +1,313 @@
+"""OpenTelemetry setup, called once from the lifespan, and the few span helpers keel's own code uses.
+
+Tracing is on only when an OTLP endpoint is configured. Off, `tracer` stays None: no provider, no exporter, no
+instrumentation, and every traced path in keel is one `if telemetry.tracer is None` away from its untraced self.
+On, spans go through a bounded batch processor to an OTLP exporter (http/protobuf or grpc) that runs in its own
+thread, so a slow or dead collector costs requests nothing: spans beyond the queue are dropped and counted.
+
+The SDK reads its own OTEL_* variables (sampler, batch sizes, timeouts, headers, resource attributes); Settings
+holds only what keel decides on: whether to trace, which exporter, and whether a sampler was chosen.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from importlib.metadata import version as package_version
+from typing import Any, Final, TypeVar
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, SERVICE_VERSION, Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from prometheus_client import Counter
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from keel.settings import Settings
+
+log = logging.getLogger("keel.telemetry")
+T = TypeVar("T")
+
+SHUTDOWN_TIMEOUT: Final = 3.0  # seconds the final flush may take; a dead collector must not hold shutdown up
+DROPPED: Final = Counter("keel_spans_dropped", "Spans lost: the export queue was full or the collector failed.")
+_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"})
+_propagator: Final = TraceContextTextMapPropagator()
+
+# The process's tracer while tracing is on, else None: the one thing hot paths look at.
+tracer: Tracer | None = None
+_provider: TracerProvider | None = None
+
+
+def setup(settings: Settings, engine: AsyncEngine) -> bool:
+    """Start tracing if an OTLP endpoint is configured: exporter, batch processor, instrumentations. True if on."""
+    global tracer, _provider
+    if not (settings.otel_exporter_otlp_endpoint or settings.otel_exporter_otlp_traces_endpoint):
+        return False
+    resource = Resource.create({SERVICE_VERSION: package_version("keel"), SERVICE_INSTANCE_ID: str(uuid.uuid4())})
+    if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):  # no OTEL_SERVICE_NAME
+        resource = resource.merge(Resource({SERVICE_NAME: "keel"}))
+    # shutdown_on_exit=False: shutdown() flushes, bounded in time; the SDK's atexit flush would not be
+    provider = TracerProvider(resource=resource, sampler=_sampler(settings), shutdown_on_exit=False)
+    provider.add_span_processor(_CountingBatchProcessor(_exporter(settings)))
+    _instrument(provider, engine)
+    _provider, tracer = provider, provider.get_tracer("keel", package_version("keel"))
+    return True
+
+
+def shutdown() -> None:
+    """Flush what is queued and stop tracing, waiting at most SHUTDOWN_TIMEOUT for the collector."""
+    global tracer, _provider
+    provider, tracer, _provider = _provider, None, None
+    if provider is None:
+        return
+    _uninstrument()
+    # the SDK's own shutdown waits up to 30 s, and an export to a collector that never answers as long as its
+    # timeout: run it in a daemon thread and leave it behind past the deadline
+    flush = threading.Thread(target=provider.shutdown, name="keel-otel-shutdown", daemon=True)
+    flush.start()
+    flush.join(SHUTDOWN_TIMEOUT)
+    if flush.is_alive():
+        log.warning("spans not flushed within %.0f s: the collector is not answering", SHUTDOWN_TIMEOUT)
+
+
+def current_ids() -> tuple[str, str] | None:
+    """(trace_id, span_id) in hex of the current span, for log lines; None when nothing is traced."""
+    if tracer is None:
+        return None
+    span_context = trace.get_current_span().get_span_context()
+    if not span_context.is_valid:
+        return None
+    return format(span_context.trace_id, "032x"), format(span_context.span_id, "016x")
+
+
+# -- spans of keel's own -------------------------------------------------------------------------------------
+
+
+class ServerSpan:
+    """A server span made current for the duration of a request (or a realtime handshake)."""
+
+    __slots__ = ("_token", "is_ended", "method", "scope", "span")
+
+    def __init__(self, span: Span, method: str, scope: Any) -> None:
+        self.span = span
+        self.method = method
+        self.scope = scope  # the router writes the matched route's template into it
+        self._token = otel_context.attach(trace.set_span_in_context(span))
+        self.is_ended = False
+
+    def status(self, status: int) -> None:
+        """The response status: 5xx marks the span as an error (4xx is the client's, per the conventions)."""
+        self.span.set_attribute("http.response.status_code", status)
+        if status >= 500:
+            self.span.set_status(Status(StatusCode.ERROR))
+
+    def response_started(self, status: int, headers: Sequence[tuple[bytes, bytes]]) -> None:
+        """The response head is going out: an event stream's span ends here (its handshake, not its lifetime)."""
+        self.status(status)
+        if any(name == b"content-type" and value.startswith(b"text/event-stream") for name, value in headers):
+            self.end()
+
+    def end(self, error: BaseException | None = None) -> None:
+        """End the span (once), named `{METHOD} {route template}`, or `{METHOD}` alone when no route matched."""
+        if not self.is_ended:
+            self.is_ended = True
+            route = self.scope.get("path_template")
+            if route:
+                self.span.set_attribute("http.route", route)
+                self.span.update_name(f"{self.method} {route}")
+            if error is not None:
+                self.span.record_exception(error)
+                self.span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+            self.span.end()
+
+    def close(self, status: int | None = None, error: BaseException | None = None) -> None:
+        """A handshake's end: record `status`, end the span and leave its context."""
+        if status is not None:
+            self.status(status)
+        self.end(error)
+        self.detach()
+
+    def detach(self) -> None:
+        """Leave the span's context; call from the task that started it, after end()."""
+        otel_context.detach(self._token)
+
+
+def start_server_span(scope: Any) -> ServerSpan | None:
+    """A server span for an HTTP request or WebSocket handshake, continuing the client's `traceparent`.
+
+    Named for the method only until end() learns the route template: raw paths hold ids and would make span
+    names unbounded. The query string is never recorded: /ws?ticket= and /events?ticket= carry credentials.
+    """
+    if tracer is None:
+        return None
+    carrier: dict[str, str] = {}
+    user_agent = None
+    for name, value in scope["headers"]:
+        if name == b"traceparent" or name == b"tracestate":
+            carrier[name.decode()] = value.decode("latin-1")
+        elif name == b"user-agent":
+            user_agent = value.decode("latin-1")
+    method = scope.get("method", "GET")  # a WebSocket handshake is a GET
+    method = method if method in _METHODS else "_OTHER"
+    attributes: dict[str, str | int] = {
+        "http.request.method": method,
+        "url.path": scope["path"],
+        "url.scheme": scope.get("scheme", "http"),
+    }
+    if server := scope.get("server"):
+        attributes["server.address"], attributes["server.port"] = server[0], server[1]
+    if client := scope.get("client"):
+        attributes["client.address"] = client[0]
+    if user_agent is not None:
+        attributes["user_agent.original"] = user_agent
+    parent = _propagator.extract(carrier) if carrier else None
+    span = tracer.start_span(method, context=parent, kind=SpanKind.SERVER, attributes=attributes)
+    return ServerSpan(span, method, scope)
+
+
+def start_span(name: str, *, parent: Context | None = None, kind: SpanKind = SpanKind.INTERNAL) -> Span:
+    """A span of keel's own under the current one (or `parent`); the caller has checked that tracing is on."""
+    assert tracer is not None
+    return tracer.start_span(name, context=parent, kind=kind)
+
+
+def traced_job(name: str, job: Callable[[], T]) -> Callable[[], T]:
+    """`job` in a span of its own, parented to the caller's span wherever it runs (a pool thread, say).
+
+    Executors do not carry contextvars over to their threads, so the parent is captured now, by the caller.
+    """
+    parent = otel_context.get_current()
+
+    def run() -> T:
+        span = start_span(name, parent=parent)
+        try:
+            return job()
+        finally:
+            span.end()
+
+    return run
+
+
+# A broker message from a traced publish: this byte, the publish span's 55-byte `traceparent`, then the
+# message itself. JSON never starts with it, so a subscriber tells the two apart by one byte, tracing on or off.
+TRACED: Final = 0x1E  # ASCII record separator
+_TRACEPARENT_LEN: Final = 55
+
+
+def with_traceparent(data: bytes, span: Span) -> bytes:
+    """`data` prefixed with `span`'s W3C `traceparent`, for a subscriber to continue the trace."""
+    ctx = span.get_span_context()
+    return b"%c00-%032x-%016x-%02x%b" % (TRACED, ctx.trace_id, ctx.span_id, int(ctx.trace_flags), data)
+
+
+def split_traceparent(data: bytes) -> tuple[bytes, bytes | None]:
+    """A broker message's own bytes, and the `traceparent` it carried (None if it carried none)."""
+    if not data or data[0] != TRACED:
+        return data, None
+    return data[1 + _TRACEPARENT_LEN :], data[1 : 1 + _TRACEPARENT_LEN]
+
+
+def context_of(parent: bytes) -> Context:
+    """The context a `traceparent` names, to start a child of a span in another task or process."""
+    return _propagator.extract({"traceparent": parent.decode("ascii", "replace")})
+
+
+# -- setup details -------------------------------------------------------------------------------------------
+
+
+def _sampler(settings: Settings) -> Sampler | None:
+    ratio = settings.otel_sample_ratio
+    if ratio is None:
+        return None  # the SDK builds the one OTEL_TRACES_SAMPLER names, with OTEL_TRACES_SAMPLER_ARG
+    return ParentBased(TraceIdRatioBased(ratio))
+
+
+def _exporter(settings: Settings) -> SpanExporter:
+    # the exporters read the endpoint, headers, timeout, compression and TLS variables themselves
+    protocol = settings.otel_exporter_otlp_traces_protocol or settings.otel_exporter_otlp_protocol
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+        return GrpcExporter()
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+
+    return HttpExporter()
+
+
+def _instrument(provider: TracerProvider, engine: AsyncEngine) -> None:
+    # imported here: instrumenting patches redis-py and hooks the engine, which only a traced process wants
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
+    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+    # skip_dep_check: the instrumentation declares SQLAlchemy < 2.1 but hooks only the stable engine events, and
+    # tests/test_telemetry.py checks that SQL spans arrive on keel's SQLAlchemy
+    SQLAlchemyInstrumentor().instrument(engine=engine.sync_engine, tracer_provider=provider, skip_dep_check=True)
+    RedisInstrumentor().instrument(tracer_provider=provider)
+
+
+def _uninstrument() -> None:
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
+    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+
+    SQLAlchemyInstrumentor().uninstrument()
+    RedisInstrumentor().uninstrument()
+
+
+class _DropCounter:
+    """The batch processor's metrics hook, counting what it drops (queue full) in keel_spans_dropped_total."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def register_queue_size(self, get_queue_size: Any) -> None:
+        self._inner.register_queue_size(get_queue_size)
+
+    def drop_items(self, count: int, error_type: str = "queue_full") -> None:
+        DROPPED.inc(count)
+        self._inner.drop_items(count, error_type)
+
+    def finish_items(self, count: int) -> None:
+        self._inner.finish_items(count)
+
+
+class _CountingExporter(SpanExporter):
+    """Counts the spans of every batch the collector did not take as dropped."""
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self._inner = inner
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self._inner.export(spans)
+        except Exception:
+            DROPPED.inc(len(spans))
+            raise
+        if result is not SpanExportResult.SUCCESS:
+            DROPPED.inc(len(spans))
+        return result
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+
+class _CountingBatchProcessor(BatchSpanProcessor):
+    """The SDK's batch processor (OTEL_BSP_* sized), with its drops counted.
+
+    The SDK reports queue-full drops only to an OpenTelemetry meter, behind an opt-in variable; keel's metrics
+    are Prometheus, so the hook is swapped for one that counts. tests/test_telemetry.py fails if the SDK moves it.
+    """
+
+    def __init__(self, exporter: SpanExporter) -> None:
+        super().__init__(_CountingExporter(exporter))
+        batch = self._batch_processor
+        batch._metrics = _DropCounter(batch._metrics)
