@@ -194,6 +194,7 @@ async def test_spans_reach_the_collector_as_one_tree_per_request(
         await asyncio.to_thread(collected.wait_for, "GET /ws")
         await asyncio.sleep(0.5)  # the batch that carried the fan-out may not have carried everything before it
         spans = list(collected.spans)
+        output = server.output()
 
     # every span from the same process, described by the resource
     resource = spans[0].resource
@@ -216,6 +217,11 @@ async def test_spans_reach_the_collector_as_one_tree_per_request(
     (login,) = collected.named("POST /api/v1/auth/token")
     assert "password.verify" in {span.name for span in children(spans, login)}
     assert "ratelimit.check" in {span.name for span in children(spans, login)}
+
+    # the access line of the sign-up names its server span
+    access = [json.loads(line) for line in output.splitlines() if line.startswith("{") and '"keel.access"' in line]
+    (register_line,) = [line for line in access if line["route"] == "/api/v1/users"]
+    assert (register_line["trace_id"], register_line["span_id"]) == (register.trace_id, register.span_id)
 
     # the publish: a route template in the name, never the raw path; the fan-out is the publish's child
     template = "/api/v1/channels/{channel_id}/messages"  # Litestar's spelling: the name without its type
