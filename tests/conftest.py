@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -161,3 +162,18 @@ def app(settings: Settings) -> Litestar:
 async def client(app: Litestar) -> AsyncIterator[AsyncTestClient[Litestar]]:
     async with AsyncTestClient(app=app, base_url="http://127.0.0.1") as client:
         yield client
+
+
+@pytest.fixture(params=["embedded", "scaled"])
+def empty_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """A database with no schema at all: a SQLite path that does not exist yet, or a new PostgreSQL database."""
+    if request.param == "embedded":
+        yield Backend("embedded", f"sqlite+aiosqlite:///{tmp_path / 'var' / 'empty.db'}", None)
+        return
+    base: str = request.getfixturevalue("pg_url")
+    url = base.rsplit("/", 1)[0] + f"/keel_empty_{uuid.uuid4().hex[:8]}"
+    asyncio.run(recreate_pg_database(url))
+    try:
+        yield Backend("scaled", url, request.getfixturevalue("redis_url"))
+    finally:
+        asyncio.run(drop_pg_database(url))

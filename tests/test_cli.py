@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -15,23 +13,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from keel import db
-from tests.conftest import Backend, drop_pg_database, recreate_pg_database
+from tests.conftest import Backend
 from tests.servers import keel_serve, run_keel
-
-
-@pytest.fixture(params=["embedded", "scaled"])
-def empty_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    """A database with no schema at all: a SQLite path that does not exist yet, or a new PostgreSQL database."""
-    if request.param == "embedded":
-        yield Backend("embedded", f"sqlite+aiosqlite:///{tmp_path / 'var' / 'empty.db'}", None)
-        return
-    base: str = request.getfixturevalue("pg_url")
-    url = base.rsplit("/", 1)[0] + f"/keel_cli_{uuid.uuid4().hex[:8]}"
-    asyncio.run(recreate_pg_database(url))
-    try:
-        yield Backend("scaled", url, request.getfixturevalue("redis_url"))
-    finally:
-        asyncio.run(drop_pg_database(url))
 
 
 def env_of(backend: Backend) -> dict[str, str | None]:

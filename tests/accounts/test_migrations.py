@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -16,7 +13,7 @@ from litestar.testing import AsyncTestClient
 from keel import db
 from keel.accounts.passwords import PasswordHasher
 from keel.main import create_app
-from tests.conftest import Backend, drop_pg_database, make_settings, recreate_pg_database
+from tests.conftest import Backend, make_settings
 from tests.factories import PASSWORD, bearer, log_in
 
 BEFORE_CANONICAL_NAMES = "0003_channels"
@@ -29,21 +26,6 @@ users = sa.table(
     sa.column("created_at", db.UtcDateTime()),
     sa.column("updated_at", db.UtcDateTime()),
 )
-
-
-@pytest.fixture(params=["embedded", "scaled"])
-def blank_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    """A database of its own with no schema yet, to migrate step by step (in-process broker and limiter)."""
-    if request.param == "embedded":
-        yield Backend("embedded", f"sqlite+aiosqlite:///{tmp_path / 'keel.db'}", None)
-        return
-    base: str = request.getfixturevalue("pg_url")
-    url = base.rsplit("/", 1)[0] + f"/keel_migration_{uuid.uuid4().hex[:8]}"
-    asyncio.run(recreate_pg_database(url))
-    try:
-        yield Backend("scaled", url, None)
-    finally:
-        asyncio.run(drop_pg_database(url))
 
 
 async def _users_made_before_canonical_names(url: str, *rows: tuple[str, str]) -> None:
@@ -75,18 +57,18 @@ async def _users_made_before_canonical_names(url: str, *rows: tuple[str, str]) -
 
 
 async def test_canonical_names_backfill_the_users_made_before(
-    blank_backend: Backend, caplog: pytest.LogCaptureFixture
+    empty_backend: Backend, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING):
         await _users_made_before_canonical_names(
-            blank_backend.database_url,
+            empty_backend.database_url,
             ("Ada", "Ada@Example.COM"),
             ("strasse_old", "straße@example.com"),
             # lower() told these two apart, so both registered; casefold() makes them one address
             ("strasse_new", "STRASSE@example.com"),
         )
     assert "can log in by username only" in caplog.text
-    async with AsyncTestClient(app=create_app(make_settings(blank_backend))) as client:
+    async with AsyncTestClient(app=create_app(make_settings(empty_backend))) as client:
         for login in ("ada", "ADA", "ada@example.com", "ADA@EXAMPLE.COM"):
             await log_in(client, login)
         taken = await client.post(
