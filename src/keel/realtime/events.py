@@ -18,7 +18,7 @@ from keel.errors import Invalid
 from keel.http.errors import OUTAGES, send_problem
 from keel.realtime.access import Realtime, Refused, admit, query_params
 from keel.realtime.errors import CLOSE_GOING_AWAY, ChannelNotFound, TooSlow
-from keel.realtime.hub import Delivery, Peer
+from keel.realtime.peers import Delivery, Peer
 from keel.types import MAX_INT64
 
 KEEP_ALIVE: Final = 15.0

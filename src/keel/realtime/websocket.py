@@ -23,7 +23,7 @@ from keel.identity.tokens import Claims
 from keel.realtime import frames, service
 from keel.realtime.access import Realtime, Refused, admit, frame_allowed
 from keel.realtime.errors import ChannelNotFound, TooSlow
-from keel.realtime.hub import Delivery, Peer
+from keel.realtime.peers import Delivery, Peer
 from keel.realtime.schemas import Author
 
 log = logging.getLogger("keel.realtime")
