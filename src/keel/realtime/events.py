@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from keel.errors import Invalid
 from keel.http.errors import OUTAGES, send_problem
+from keel.http.scope import set_cookies_of
 from keel.realtime.access import Realtime, Refused, admit, query_params
 from keel.realtime.errors import CLOSE_GOING_AWAY, ChannelNotFound, TooSlow
 from keel.realtime.hub import Delivery, Peer
@@ -124,7 +125,10 @@ async def serve_events(realtime: Realtime, scope: Any, receive: Any, send: Any) 
         stream = Stream(claims.session_id, realtime.send_queue)
         realtime.hub.connect(stream)
         try:
-            await _serve(realtime, stream, channels, resume, receive, send)
+            cookies = set_cookies_of(scope)  # a renewed session's, on the stream's own response
+            await _serve(
+                realtime, stream, channels, resume, receive, send, [*HEADERS, *cookies] if cookies else HEADERS
+            )
         finally:
             stream.closing = True
             await realtime.hub.disconnect(stream)
@@ -137,6 +141,7 @@ async def _serve(
     resume: dict[uuid.UUID, int],
     receive: Any,
     send: Any,
+    headers: list[tuple[bytes, bytes]],
 ) -> None:
     hub = realtime.hub
     try:
@@ -151,7 +156,7 @@ async def _serve(
 
     watcher = asyncio.get_running_loop().create_task(_watch(receive, stream))
     try:
-        await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b"retry: %d\n\n" % RETRY_MS, "more_body": True})
         for channel in channels:
             await hub.replay(stream, channel)

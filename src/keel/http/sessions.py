@@ -1,0 +1,193 @@
+"""Browser sessions (SPEC §4): the cookies, their verification and renewal, the CSRF and Origin rules.
+
+A browser session is a refresh family held in two HttpOnly cookies:
+
+- `keel_session` (SameSite=Lax, Path=/): an access JWT like the one `/auth/token` returns, verified by the same
+  TokenVerifier (claim cache and denylist), so a cookie costs a request what a bearer token costs and never a
+  database read;
+- `keel_refresh` (SameSite=Strict, Path=/): the family's refresh token. Path=/ and not /api/ because `/events`
+  and `/ws` must renew too: EventSource reconnects by itself and cannot call anything first.
+
+and `keel_csrf`, readable by scripts, the double-submit token for unsafe methods. Every cookie lives as long as
+the refresh token (KEEL_REFRESH_TOKEN_TTL); the access JWT inside `keel_session` expires sooner. When it has
+expired or is in the last quarter of its life, the request that carries it renews the session on the spot: the
+refresh token is rotated (a database write, once per access TTL per browser) and new cookies ride on that
+response. Concurrent renewals with the same refresh token share one rotation in a process; across processes
+(two tabs, two instances) the refresh grace (KEEL_REFRESH_GRACE) gives the second one a sibling pair.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Final
+
+from litestar.datastructures import Cookie
+
+from keel.errors import Forbidden, KeelError, Unavailable
+from keel.http.errors import OUTAGES
+from keel.identity.errors import InvalidToken
+from keel.identity.tokens import Claims
+from keel.identity.verifier import TokenVerifier
+
+SESSION_COOKIE: Final = "keel_session"
+REFRESH_COOKIE: Final = "keel_refresh"
+CSRF_COOKIE: Final = "keel_csrf"
+CSRF_HEADER: Final = b"x-csrf-token"
+UNSAFE_METHODS: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_NAMES: Final = frozenset({SESSION_COOKIE, REFRESH_COOKIE, CSRF_COOKIE})
+
+# refresh token → (access token, refresh token): accounts' rotation, handed in by the composition root
+Renew = Callable[[str], Awaitable[tuple[str, str]]]
+
+
+class CsrfFailed(Forbidden):
+    code = "http.csrf_failed"
+    title = "CSRF check failed"
+
+
+class OriginRefused(Forbidden):
+    code = "http.origin_refused"
+    title = "Origin not allowed"
+
+
+def session_cookies(header: bytes) -> dict[str, str]:
+    """keel's own cookies in a `Cookie` header; everything else in it is the application's, and ignored."""
+    found: dict[str, str] = {}
+    for part in header.decode("latin-1").split(";"):
+        name, _, value = part.strip().partition("=")
+        if name in _NAMES and name not in found:  # the first one wins, as in browsers' own order (RFC 6265 §5.4)
+            found[name] = value
+    return found
+
+
+class Session:
+    """What the cookies of one request said: the caller (or why not), and any cookies to set on the response."""
+
+    __slots__ = ("claims", "csrf", "error", "set_cookies")
+
+    def __init__(
+        self,
+        claims: Claims | None,
+        csrf: str,
+        error: KeelError | None = None,
+        set_cookies: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        self.claims = claims
+        self.csrf = csrf  # the keel_csrf cookie; "" when absent, which no header matches
+        self.error = error
+        self.set_cookies = set_cookies
+
+
+class SessionCookies:
+    """Issues, verifies and renews browser-session cookies; one per app, built by the lifespan."""
+
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        renew: Renew,
+        *,
+        max_age: int,
+        secure: bool,
+        cors_origins: Iterable[str] = (),
+    ) -> None:
+        self._verifier = verifier
+        self._renew = renew
+        self.max_age = max_age  # KEEL_REFRESH_TOKEN_TTL in seconds
+        self.secure = secure  # false only for KEEL_ENV=development, where http://127.0.0.1 must work
+        # "*" grants no cookie-authenticated stream: it allows reading public answers, never using a session
+        self._origins = frozenset(origin for origin in cors_origins if origin != "*")
+        self._renewals: dict[str, asyncio.Future[tuple[str, str]]] = {}
+
+    def cookies(self, access_token: str, refresh_token: str, csrf: str | None = None) -> list[Cookie]:
+        """The three cookies of a session (a fresh CSRF token unless the browser's is kept)."""
+        common = {"max_age": self.max_age, "path": "/", "secure": self.secure}
+        return [
+            Cookie(key=SESSION_COOKIE, value=access_token, httponly=True, samesite="lax", **common),  # type: ignore[arg-type]
+            Cookie(key=REFRESH_COOKIE, value=refresh_token, httponly=True, samesite="strict", **common),  # type: ignore[arg-type]
+            Cookie(key=CSRF_COOKIE, value=csrf or secrets.token_urlsafe(32), samesite="lax", **common),  # type: ignore[arg-type]
+        ]
+
+    def cleared(self) -> list[Cookie]:
+        """Cookies that delete the session's from the browser."""
+        return [
+            Cookie(key=name, value="", max_age=0, path="/", secure=self.secure, httponly=name != CSRF_COOKIE)
+            for name in (SESSION_COOKIE, REFRESH_COOKIE, CSRF_COOKIE)
+        ]
+
+    async def authenticate(self, header: bytes) -> Session | None:
+        """The session the `Cookie` header carries, renewed when its access token is (nearly) spent; None if the
+        header holds no session cookie."""
+        found = session_cookies(header)
+        access, refresh = found.get(SESSION_COOKIE), found.get(REFRESH_COOKIE)
+        if not access and not refresh:
+            return None
+        csrf = found.get(CSRF_COOKIE, "")
+        claims: Claims | None = None
+        error: KeelError | None = None
+        if access:
+            try:
+                claims = self._verifier.verify(access)
+            except InvalidToken as exc:
+                error = exc
+            else:
+                lifetime = claims.expires_at - claims.issued_at
+                if not refresh or time.time() < claims.expires_at - lifetime / 4:
+                    return Session(claims, csrf)  # the hot path: the verifier's cache and a clock read
+        if not refresh:
+            return Session(None, csrf, error or InvalidToken("The session has expired; sign in again."))
+        try:
+            access, refresh = await self._rotate(refresh)
+            renewed = self._verifier.verify(access)
+        except OUTAGES:
+            if claims is not None:  # still valid: renew on a later request
+                return Session(claims, csrf)
+            return Session(None, csrf, Unavailable("The session could not be renewed; retry shortly.", retry_after=2))
+        except KeelError as exc:  # spent beyond the grace, revoked, expired: the session is over
+            if claims is not None and not self._verifier.is_revoked(claims):
+                return Session(claims, csrf)  # another tab renewed it already; this access token is still good
+            cleared = [cookie.to_encoded_header() for cookie in self.cleared()]
+            return Session(None, "", InvalidToken(f"The session has ended: {exc.detail}"), cleared)
+        cookies = self.cookies(access, refresh, csrf or None)
+        return Session(renewed, cookies[2].value or "", None, [cookie.to_encoded_header() for cookie in cookies])
+
+    async def _rotate(self, refresh: str) -> tuple[str, str]:
+        """One rotation per refresh token at a time in this process: the requests of a page that all carry the
+        same spent access cookie share it (and its new cookies) instead of racing each other into the grace."""
+        renewal = self._renewals.get(refresh)
+        if renewal is None:
+            renewal = asyncio.ensure_future(self._renew(refresh))
+            self._renewals[refresh] = renewal
+            renewal.add_done_callback(lambda _: self._renewals.pop(refresh, None))
+        return await asyncio.shield(renewal)
+
+    def origin_allowed(self, scope_scheme: str, headers: Iterable[tuple[bytes, bytes]]) -> bool:
+        """Whether a cookie-authenticated stream may open from the request's Origin: none (not a cross-origin
+        browser request), the server's own (its scheme and Host), or one listed in KEEL_CORS_ORIGINS."""
+        origin: bytes | None = None
+        host: bytes | None = None
+        for name, value in headers:
+            if name == b"origin":
+                origin = value
+            elif name == b"host":
+                host = value
+        if origin is None:
+            return True
+        text = origin.decode("latin-1")
+        if text in self._origins:
+            return True
+        scheme = "https" if scope_scheme in ("https", "wss") else "http"
+        return host is not None and text == f"{scheme}://{host.decode('latin-1')}"
+
+
+def check_csrf(session_csrf: str, headers: Iterable[tuple[bytes, bytes]]) -> CsrfFailed | None:
+    """None when X-CSRF-Token equals the keel_csrf cookie (compared in constant time), else why not."""
+    sent = next((value for name, value in headers if name == CSRF_HEADER), None)
+    if sent is None:
+        return CsrfFailed("A request authenticated by the session cookie must send X-CSRF-Token.")
+    if not session_csrf or not hmac.compare_digest(sent, session_csrf.encode("latin-1")):
+        return CsrfFailed("X-CSRF-Token does not match the keel_csrf cookie.")
+    return None
