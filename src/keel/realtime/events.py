@@ -157,7 +157,10 @@ async def _serve(
     watcher = asyncio.get_running_loop().create_task(_watch(receive, stream))
     try:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": b"retry: %d\n\n" % RETRY_MS, "more_body": True})
+        # the position comes first too, with no data (no event fires, but EventSource keeps it): a stream dropped
+        # before its first message still reconnects with a Last-Event-ID, and misses nothing published meanwhile
+        opening = b"retry: %d\nid: %s\n\n" % (RETRY_MS, stream.event_id())
+        await send({"type": "http.response.body", "body": opening, "more_body": True})
         for channel in channels:
             await hub.replay(stream, channel)
         while not stream.closing:
