@@ -27,6 +27,7 @@ from keel.http.compression import CompressionMiddleware
 from keel.http.deps import DEPENDENCIES
 from keel.http.docs import docs_router, openapi_config
 from keel.http.errors import EXCEPTION_HANDLERS
+from keel.http.examples import examples_router
 from keel.http.middleware import EdgeMiddleware
 from keel.http.requests import KeelRequest, require_declared_media_type
 from keel.http.sessions import SessionCookies
@@ -160,6 +161,8 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
             jwks,
             docs_router(),
             *(api_router(v) for v in API_VERSIONS),
+            # the example chat page: development only, so a production deployment exposes nothing it did not ask for
+            *([examples_router()] if settings.env == "development" else []),
             *extra_handlers,
         ],
         lifespan=[lifespan],
