@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from keel.http.sessions import SessionCookies, check_csrf, session_cookies
+from keel.http.sessions import SessionCookies, check_csrf, cookie_value
 from keel.identity.denylist import Denylist
 from keel.identity.tokens import Keyring
 from keel.identity.verifier import TokenVerifier
@@ -12,17 +12,21 @@ from keel.shared.broker import InProcessBroker
 from tests.conftest import TEST_JWT_SECRET
 
 
-def test_only_keels_cookies_are_read_and_the_first_wins() -> None:
-    header = b"theme=dark; keel_session=a.b.c;keel_csrf=x; keel_session=other; keel_refresh=r"
-    assert session_cookies(header) == {"keel_session": "a.b.c", "keel_csrf": "x", "keel_refresh": "r"}
-    assert session_cookies(b"theme=dark") == {}
+def test_a_cookie_is_found_by_its_whole_name_and_the_first_wins() -> None:
+    header = b"my_keel_session=no; theme=dark; keel_session=a.b.c;keel_csrf=x ; keel_session=other; keel_refresh=r"
+    assert cookie_value(header, b"keel_session") == b"a.b.c"
+    assert cookie_value(header, b"keel_csrf") == b"x"
+    assert cookie_value(header, b"keel_refresh") == b"r"
+    assert cookie_value(b"keel_sessionx=1; theme=dark", b"keel_session") is None
+    assert cookie_value(b"keel_session=", b"keel_session") == b""
 
 
 def test_csrf_needs_the_header_equal_to_the_cookie() -> None:
-    assert check_csrf("token", [(b"x-csrf-token", b"token")]) is None
-    assert check_csrf("token", [(b"x-csrf-token", b"tokem")]) is not None
-    assert check_csrf("token", []) is not None
-    assert check_csrf("", [(b"x-csrf-token", b"")]) is not None  # a missing cookie matches nothing
+    cookie = b"keel_session=a.b.c; keel_csrf=token"
+    assert check_csrf(cookie, [(b"x-csrf-token", b"token")]) is None
+    assert check_csrf(cookie, [(b"x-csrf-token", b"tokem")]) is not None
+    assert check_csrf(cookie, []) is not None
+    assert check_csrf(b"keel_session=a.b.c", [(b"x-csrf-token", b"")]) is not None  # no cookie matches nothing
 
 
 def cookies_with(renew: object, origins: tuple[str, ...] = ()) -> SessionCookies:

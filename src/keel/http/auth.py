@@ -21,7 +21,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from keel.errors import BadRequest, Forbidden, KeelError
 from keel.http.errors import send_error
-from keel.http.scope import auth_error_of, caller_of, session_csrf_of, set_auth_error, set_caller, set_session_csrf
+from keel.http.scope import auth_error_of, caller_of, session_cookie_of, set_auth_error, set_caller, set_session_cookie
 from keel.http.sessions import UNSAFE_METHODS, SessionCookies, check_csrf
 from keel.identity.errors import AuthenticationRequired, InvalidToken
 from keel.identity.tokens import Claims
@@ -96,13 +96,15 @@ class AuthMiddleware:
                 set_auth_error(scope, error)
         elif cookie is not None:
             sessions: SessionCookies = scope["litestar_app"].state.session_cookies
-            session = await sessions.authenticate(cookie)
-            if session is not None:
+            claims = sessions.fresh(cookie)
+            if claims is not None:
+                set_session_cookie(scope, cookie)
+            elif (session := await sessions.authenticate(cookie)) is not None:  # to renew, or to refuse
                 claims = session.claims
                 if session.error is not None:
                     set_auth_error(scope, session.error)
                 else:
-                    set_session_csrf(scope, session.csrf)
+                    set_session_cookie(scope, cookie)
                 if session.set_cookies:
                     send = _with_cookies(send, session.set_cookies)
         set_caller(scope, claims)
@@ -141,10 +143,10 @@ class RequireCaller:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         caller = scope["route_handler"].opt.get(CALLER)
         error = refusal(scope, caller) if caller is not None else None
-        if error is None and caller is not None and scope.get("method") in UNSAFE_METHODS:
-            csrf = session_csrf_of(scope)
-            if csrf is not None:  # the session cookie named the caller: a page on another site could have sent it
-                error = check_csrf(csrf, scope["headers"])
+        # a session cookie named the caller of an unsafe method: a page on another site could have sent it
+        cookie = session_cookie_of(scope) if error is None and caller is not None else None
+        if cookie is not None and scope.get("method") in UNSAFE_METHODS:
+            error = check_csrf(cookie, scope["headers"])
         if error is not None:
             await send_error(send, error)
             return

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Final
 
 from litestar import Router, get
+from litestar.params import FromPath
 from litestar.response import Response
 
 from keel.errors import NotFound
@@ -34,7 +35,7 @@ def chat_page() -> Response[bytes]:
 
 
 @get("/{name:str}", include_in_schema=False, sync_to_thread=False)
-def chat_asset(name: str) -> Response[bytes]:
+def chat_asset(name: FromPath[str]) -> Response[bytes]:
     media_type = _TYPES.get(name)
     if media_type is None:
         raise NotFound(f"There is no example file {name!r}.")

@@ -15,7 +15,7 @@ from keel.identity.tokens import Claims
 
 _AUTH_ERROR: Final = "keel.auth_error"  # scope-state key: why a presented token was refused
 _HANDSHAKE_STATUS: Final = "keel.handshake_status"  # scope-state key: how a WebSocket handshake was answered
-_SESSION_CSRF: Final = "keel.session_csrf"  # scope-state key: the keel_csrf cookie of a cookie-authenticated caller
+_SESSION_COOKIE: Final = "keel.session_cookie"  # scope-state key: the Cookie header that named the caller
 _SET_COOKIES: Final = "keel.set_cookies"  # scope-state key: a renewed session's cookies, for /ws and /events
 
 
@@ -50,15 +50,15 @@ def set_handshake_status(scope: Scope, status: int) -> None:
     scope["state"][_HANDSHAKE_STATUS] = status
 
 
-def session_csrf_of(scope: Scope) -> str | None:
-    """The keel_csrf cookie when the caller was authenticated by a session cookie ("" if it was missing), else None:
-    what X-CSRF-Token must equal on an unsafe method."""
-    csrf: str | None = scope["state"].get(_SESSION_CSRF)
-    return csrf
+def session_cookie_of(scope: Scope) -> bytes | None:
+    """The `Cookie` header when a session cookie named the caller, else None: its keel_csrf is what X-CSRF-Token
+    must equal on an unsafe method (read only then, so the hot path parses nothing more)."""
+    header: bytes | None = scope["state"].get(_SESSION_COOKIE)
+    return header
 
 
-def set_session_csrf(scope: Scope, csrf: str) -> None:
-    scope["state"][_SESSION_CSRF] = csrf
+def set_session_cookie(scope: Scope, header: bytes) -> None:
+    scope["state"][_SESSION_COOKIE] = header
 
 
 def set_cookies_of(scope: Scope) -> list[tuple[bytes, bytes]]:

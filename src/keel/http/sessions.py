@@ -38,7 +38,9 @@ REFRESH_COOKIE: Final = "keel_refresh"
 CSRF_COOKIE: Final = "keel_csrf"
 CSRF_HEADER: Final = b"x-csrf-token"
 UNSAFE_METHODS: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-_NAMES: Final = frozenset({SESSION_COOKIE, REFRESH_COOKIE, CSRF_COOKIE})
+_SESSION: Final = SESSION_COOKIE.encode()
+_REFRESH: Final = REFRESH_COOKIE.encode()
+_CSRF: Final = CSRF_COOKIE.encode()
 
 # refresh token → (access token, refresh token): accounts' rotation, handed in by the composition root
 Renew = Callable[[str], Awaitable[tuple[str, str]]]
@@ -54,30 +56,31 @@ class OriginRefused(Forbidden):
     title = "Origin not allowed"
 
 
-def session_cookies(header: bytes) -> dict[str, str]:
-    """keel's own cookies in a `Cookie` header; everything else in it is the application's, and ignored."""
-    found: dict[str, str] = {}
-    for part in header.decode("latin-1").split(";"):
-        name, _, value = part.strip().partition("=")
-        if name in _NAMES and name not in found:  # the first one wins, as in browsers' own order (RFC 6265 §5.4)
-            found[name] = value
-    return found
+def cookie_value(header: bytes, name: bytes) -> bytes | None:
+    """The value of cookie `name` in a `Cookie` header (the first, as browsers order them: RFC 6265 §5.4), found
+    without splitting the header: it also carries the application's own cookies, and this runs on every request."""
+    start = 0
+    while (at := header.find(name, start)) >= 0:
+        end = at + len(name)
+        if (at == 0 or header[at - 1] in b"; ") and header[end : end + 1] == b"=":
+            stop = header.find(b";", end)
+            return header[end + 1 : stop if stop >= 0 else len(header)].strip()
+        start = end
+    return None
 
 
 class Session:
     """What the cookies of one request said: the caller (or why not), and any cookies to set on the response."""
 
-    __slots__ = ("claims", "csrf", "error", "set_cookies")
+    __slots__ = ("claims", "error", "set_cookies")
 
     def __init__(
         self,
         claims: Claims | None,
-        csrf: str,
         error: KeelError | None = None,
         set_cookies: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         self.claims = claims
-        self.csrf = csrf  # the keel_csrf cookie; "" when absent, which no header matches
         self.error = error
         self.set_cookies = set_cookies
 
@@ -118,14 +121,27 @@ class SessionCookies:
             for name in (SESSION_COOKIE, REFRESH_COOKIE, CSRF_COOKIE)
         ]
 
+    def fresh(self, header: bytes) -> Claims | None:
+        """The hot path: the claims of a valid `keel_session` that needs no renewal yet, else None (no cookie, or
+        one for `authenticate` to renew or refuse). Costs what a bearer token costs: the verifier's cache."""
+        access = cookie_value(header, _SESSION)
+        if not access:
+            return None
+        try:
+            claims = self._verifier.verify(access.decode("latin-1"))
+        except InvalidToken:
+            return None
+        if time.time() < claims.expires_at - (claims.expires_at - claims.issued_at) / 4:
+            return claims
+        return None
+
     async def authenticate(self, header: bytes) -> Session | None:
         """The session the `Cookie` header carries, renewed when its access token is (nearly) spent; None if the
         header holds no session cookie."""
-        found = session_cookies(header)
-        access, refresh = found.get(SESSION_COOKIE), found.get(REFRESH_COOKIE)
+        access = (cookie_value(header, _SESSION) or b"").decode("latin-1")
+        refresh = (cookie_value(header, _REFRESH) or b"").decode("latin-1")
         if not access and not refresh:
             return None
-        csrf = found.get(CSRF_COOKIE, "")
         claims: Claims | None = None
         error: KeelError | None = None
         if access:
@@ -136,23 +152,24 @@ class SessionCookies:
             else:
                 lifetime = claims.expires_at - claims.issued_at
                 if not refresh or time.time() < claims.expires_at - lifetime / 4:
-                    return Session(claims, csrf)  # the hot path: the verifier's cache and a clock read
+                    return Session(claims)
         if not refresh:
-            return Session(None, csrf, error or InvalidToken("The session has expired; sign in again."))
+            return Session(None, error or InvalidToken("The session has expired; sign in again."))
         try:
             access, refresh = await self._rotate(refresh)
             renewed = self._verifier.verify(access)
         except OUTAGES:
             if claims is not None:  # still valid: renew on a later request
-                return Session(claims, csrf)
-            return Session(None, csrf, Unavailable("The session could not be renewed; retry shortly.", retry_after=2))
+                return Session(claims)
+            return Session(None, Unavailable("The session could not be renewed; retry shortly.", retry_after=2))
         except KeelError as exc:  # spent beyond the grace, revoked, expired: the session is over
             if claims is not None and not self._verifier.is_revoked(claims):
-                return Session(claims, csrf)  # another tab renewed it already; this access token is still good
+                return Session(claims)  # another tab renewed it already; this access token is still good
             cleared = [cookie.to_encoded_header() for cookie in self.cleared()]
-            return Session(None, "", InvalidToken(f"The session has ended: {exc.detail}"), cleared)
-        cookies = self.cookies(access, refresh, csrf or None)
-        return Session(renewed, cookies[2].value or "", None, [cookie.to_encoded_header() for cookie in cookies])
+            return Session(None, InvalidToken(f"The session has ended: {exc.detail}"), cleared)
+        csrf = cookie_value(header, _CSRF)  # kept: the page's copy of it stays right
+        cookies = self.cookies(access, refresh, csrf.decode("latin-1") if csrf else None)
+        return Session(renewed, None, [cookie.to_encoded_header() for cookie in cookies])
 
     async def _rotate(self, refresh: str) -> tuple[str, str]:
         """One rotation per refresh token at a time in this process: the requests of a page that all carry the
@@ -183,11 +200,12 @@ class SessionCookies:
         return host is not None and text == f"{scheme}://{host.decode('latin-1')}"
 
 
-def check_csrf(session_csrf: str, headers: Iterable[tuple[bytes, bytes]]) -> CsrfFailed | None:
+def check_csrf(cookie_header: bytes, headers: Iterable[tuple[bytes, bytes]]) -> CsrfFailed | None:
     """None when X-CSRF-Token equals the keel_csrf cookie (compared in constant time), else why not."""
     sent = next((value for name, value in headers if name == CSRF_HEADER), None)
     if sent is None:
         return CsrfFailed("A request authenticated by the session cookie must send X-CSRF-Token.")
-    if not session_csrf or not hmac.compare_digest(sent, session_csrf.encode("latin-1")):
+    expected = cookie_value(cookie_header, _CSRF)
+    if not expected or not hmac.compare_digest(sent, expected):
         return CsrfFailed("X-CSRF-Token does not match the keel_csrf cookie.")
     return None
