@@ -187,7 +187,7 @@ async def test_requests_racing_with_the_same_spent_cookie_all_pass(short_client:
     assert (await client.get("/api/v1/protected")).status_code == 200
 
 
-async def test_an_expired_session_without_its_refresh_cookie_is_refused(short_client: Client) -> None:
+async def test_without_its_refresh_cookie_a_session_is_not_renewed(short_client: Client) -> None:
     client = short_client
     await register(client)
     await sign_in(client)
