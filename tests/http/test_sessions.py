@@ -41,7 +41,9 @@ def test_the_origin_rule() -> None:
     assert cookies.origin_allowed("http", [host])  # no Origin: not a cross-origin browser request
     assert cookies.origin_allowed("ws", [host, (b"origin", b"http://keel.example:3000")])
     assert cookies.origin_allowed("wss", [host, (b"origin", b"https://keel.example:3000")])
-    assert not cookies.origin_allowed("ws", [host, (b"origin", b"https://keel.example:3000")])  # another scheme
+    assert cookies.origin_allowed("ws", [host, (b"origin", b"https://keel.example:3000")])  # TLS ended at a proxy
+    assert not cookies.origin_allowed("wss", [host, (b"origin", b"http://keel.example:3000")])  # a downgrade
+    assert not cookies.origin_allowed("ws", [host, (b"origin", b"http://other.example:3000")])
     assert cookies.origin_allowed("http", [host, (b"origin", b"https://app.example")])
     assert not cookies.origin_allowed("http", [host, (b"origin", b"https://evil.example")])  # "*" grants no cookie
 

@@ -183,7 +183,8 @@ class SessionCookies:
 
     def origin_allowed(self, scope_scheme: str, headers: Iterable[tuple[bytes, bytes]]) -> bool:
         """Whether a cookie-authenticated stream may open from the request's Origin: none (not a cross-origin
-        browser request), the server's own (its scheme and Host), or one listed in KEEL_CORS_ORIGINS."""
+        browser request), the server's own (its Host, with the request's scheme or https: behind a proxy that
+        terminates TLS the request arrives as http), or one listed in KEEL_CORS_ORIGINS."""
         origin: bytes | None = None
         host: bytes | None = None
         for name, value in headers:
@@ -196,8 +197,10 @@ class SessionCookies:
         text = origin.decode("latin-1")
         if text in self._origins:
             return True
-        scheme = "https" if scope_scheme in ("https", "wss") else "http"
-        return host is not None and text == f"{scheme}://{host.decode('latin-1')}"
+        if host is None:
+            return False
+        own = host.decode("latin-1")
+        return text == f"https://{own}" or (scope_scheme in ("http", "ws") and text == f"http://{own}")
 
 
 def check_csrf(cookie_header: bytes, headers: Iterable[tuple[bytes, bytes]]) -> CsrfFailed | None:
