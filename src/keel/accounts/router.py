@@ -210,7 +210,11 @@ class AuthController(Controller):
         return Response(None, status_code=204, cookies=cookies.cookies(pair.access_token, pair.refresh_token))
 
     @delete(
-        "/session", status_code=204, opt=USER, responses={**UNAUTHORIZED, 403: problem_response("CSRF check failed")}
+        "/session",
+        status_code=204,
+        opt=USER,
+        security=SECURITY,
+        responses={**UNAUTHORIZED, 403: problem_response("X-CSRF-Token missing or not the keel_csrf cookie")},
     )
     async def end_session(self, db_session: DbSession, sessions: SessionPolicy, state: State) -> Response[None]:
         """Sign a browser out: its session is revoked everywhere and its cookies are cleared."""

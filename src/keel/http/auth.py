@@ -30,8 +30,9 @@ from keel.identity.verifier import TokenVerifier
 CALLER: Final = "caller"  # opt key: who may call the handler
 USER: Final = {CALLER: "user"}  # any valid bearer token or session cookie
 ADMIN: Final = {CALLER: "admin"}  # a valid bearer token or session cookie with the admin scope
-# what secured operations show in OpenAPI: a pasted bearer token, or Swagger's OAuth2 password dialog
-SECURITY: Final[list[dict[str, list[str]]]] = [{"BearerAuth": []}, {"OAuth2Password": []}]
+# what secured operations show in OpenAPI: a pasted bearer token, Swagger's OAuth2 password dialog, or a browser
+# session's cookie (POST /auth/session; unsafe methods then need X-CSRF-Token too)
+SECURITY: Final[list[dict[str, list[str]]]] = [{"BearerAuth": []}, {"OAuth2Password": []}, {"SessionCookie": []}]
 
 # The caller of the request this task is handling. The ASGI server runs each request in a task of its own, which
 # starts from a copy of the server's context, so a value set here never reaches another request.
