@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,7 +22,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from tests.conftest import IN_CI, Backend
 from tests.factories import PASSWORD
 from tests.realtime.conftest import backend_env
-from tests.servers import free_port, keel_serve, sign_up
+from tests.servers import Server, free_port, keel_serve, sign_up
 
 WAIT_MS = 30_000  # EventSource retries every 3 s, a restart takes a few
 
@@ -50,6 +51,18 @@ def other_origin() -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def access_line(server: Server, *parts: str) -> str:
+    """The server's log line holding every part, waited for: an access line is written after the response is
+    sent, so a moment after the browser has it."""
+    deadline = time.monotonic() + 5
+    while True:
+        for line in server.output().splitlines():
+            if all(part in line for part in parts):
+                return line
+        assert time.monotonic() < deadline, server.output()
+        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -166,8 +179,7 @@ def test_a_page_on_another_origin_cannot_use_the_session(backend: Backend, tmp_p
             )
         assert forged.value.status == 403
         # the cookie came along (else 401 and no user in the access log), the CSRF header could not
-        refusal = next(line for line in server.output().splitlines() if '"status":403' in line and "/messages" in line)
-        assert '"user_id":"' in refusal
+        assert '"user_id":"' in access_line(server, "/messages", '"status":403')
 
         opened = attacker.evaluate(
             """(url) => new Promise((resolve) => {
@@ -178,8 +190,7 @@ def test_a_page_on_another_origin_cannot_use_the_session(backend: Backend, tmp_p
             url,
         )
         assert opened == "closed 1006"  # refused at the handshake: never opened
-        assert '"route":"/ws"' in server.output()
-        assert any('"route":"/ws"' in line and '"status":403' in line for line in server.output().splitlines())
+        access_line(server, '"route":"/ws"', '"status":403')
 
         messages = httpx.get(
             f"{url}/api/v1/channels/{channel}/messages", headers={"Authorization": f"Bearer {bob}"}
