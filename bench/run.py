@@ -243,11 +243,20 @@ def keel_cases(workdir: Path, redis_url: str = REDIS_URL) -> list[Case]:
             off, id=f"{public.id}-redis-limiter-off", env={**redis_env, **LIMITER_OFF}, variant="Redis, limiter off"
         )
         redis_on = replace(public, id=f"{public.id}-redis", env=redis_env, compare=(), variant="Redis")
+        # the same token in a browser-session cookie: SPEC's goal is ≥ 0.95x the bearer row (the ratio column)
+        cookie = replace(
+            protected,
+            id=f"{protected.id}-cookie",
+            headers=(f"Cookie: keel_session={KEEL_TOKEN}",),
+            compare=(("bearer", protected.id),),
+            variant="session cookie",
+        )
         cases += [
             healthz,
             off,
             replace(public, limiter_off=off.id, cost_goal="in-process"),
             protected,
+            cookie,
             redis_off,
             replace(redis_on, limiter_off=redis_off.id, cost_goal="Redis"),
         ]

@@ -72,10 +72,13 @@ class Server:
 
 
 @contextmanager
-def keel_serve(env: Mapping[str, str | None], cwd: Path, *args: str, ready_timeout: float = 20) -> Iterator[Server]:
-    """`keel serve` on a free port, ready when /healthz answers; stopped with SIGTERM afterwards."""
-    port = free_port()
-    log = cwd / f"server-{port}.log"
+def keel_serve(
+    env: Mapping[str, str | None], cwd: Path, *args: str, ready_timeout: float = 20, port: int | None = None
+) -> Iterator[Server]:
+    """`keel serve` on a free port (or `port`: a restart where clients expect it), ready when /healthz answers;
+    stopped with SIGTERM afterwards."""
+    port = port or free_port()
+    log = cwd / f"server-{port}-{time.monotonic_ns()}.log"
     with log.open("w") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "keel", "serve", "--port", str(port), *args],

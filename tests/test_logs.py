@@ -98,6 +98,8 @@ def test_the_access_log_is_off_above_info(level: str, on: bool) -> None:
         ("grant_type=password&username=ada&password=hunter2", "hunter2"),
         ("cookie: keel_session=s3ss10n; keel_csrf=csrf", "s3ss10n"),
         ("Set-Cookie: keel_session=s3ss10n; HttpOnly", "s3ss10n"),
+        ("keel_csrf=csrf; keel_refresh=r3fr3sh", "r3fr3sh"),
+        ("Set-Cookie: keel_refresh=r3fr3sh; HttpOnly; SameSite=strict", "r3fr3sh"),
         ("token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl seen", "eyJzdWIiOiIxIn0"),
     ],
 )

@@ -21,7 +21,7 @@ _STANDARD: Final = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message
 _encoder = msgspec.json.Encoder()
 _CREDENTIAL_KEYS: Final = (
     r"ticket|access_token|refresh_token|id_token|token|password|current_password|new_password|secret|client_secret"
-    r"|keel_session|keel_csrf|authorization|cookie|set-cookie"
+    r"|keel_session|keel_refresh|keel_csrf|authorization|cookie|set-cookie"
 )
 # Credentials wherever they may show up in a message: a query string (uvicorn logs /ws?ticket=...), a form or JSON
 # body echoed in an error, a header dump, a bearer token or a bare JWT. Order matters: the named ones first.

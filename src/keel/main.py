@@ -13,6 +13,7 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.types import ControllerRouterHandler, Method
 
 from keel import db, metrics, telemetry
+from keel.accounts import service as accounts
 from keel.accounts.deps import DEPENDENCIES as ACCOUNTS_DEPENDENCIES
 from keel.accounts.deps import PasswordAdmission
 from keel.accounts.passwords import PasswordHasher
@@ -26,8 +27,10 @@ from keel.http.compression import CompressionMiddleware
 from keel.http.deps import DEPENDENCIES
 from keel.http.docs import docs_router, openapi_config
 from keel.http.errors import EXCEPTION_HANDLERS
+from keel.http.examples import examples_router
 from keel.http.middleware import EdgeMiddleware
 from keel.http.requests import KeelRequest, require_declared_media_type
+from keel.http.sessions import SessionCookies
 from keel.identity.denylist import Denylist
 from keel.identity.keys import load_keyring
 from keel.identity.verifier import TokenVerifier
@@ -95,6 +98,22 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
             auth=NamedPolicy.of(AUTH_POLICY, settings.auth_rate_limit) if settings.auth_rate_limit else None,
         )
         verifier = TokenVerifier(keyring, denylist)
+        sessions = Sessions(
+            keyring, denylist, settings.access_token_ttl, settings.refresh_token_ttl, settings.refresh_grace
+        )
+
+        async def renew_session(refresh_token: str) -> tuple[str, str]:
+            async with sessionmaker() as session:
+                pair = await accounts.refresh(session, sessions, refresh_token=refresh_token)
+            return pair.access_token, pair.refresh_token
+
+        session_cookies = SessionCookies(
+            verifier,
+            renew_session,
+            max_age=int(settings.refresh_token_ttl.total_seconds()),
+            secure=settings.env != "development",
+            cors_origins=settings.cors_origins,
+        )
         hub = Hub(backends.broker, sessionmaker)
         denylist.on_revoked(hub.on_revoked)
         app.state.update(
@@ -105,9 +124,8 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
             keyring=keyring,
             hasher=hasher,
             verifier=verifier,
-            sessions=Sessions(
-                keyring, denylist, settings.access_token_ttl, settings.refresh_token_ttl, settings.refresh_grace
-            ),
+            sessions=sessions,
+            session_cookies=session_cookies,
             realtime=Realtime(
                 hub,
                 verifier,
@@ -116,6 +134,7 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
                 rate_limits,
                 settings.ws_send_queue,
                 StreamCounts(settings.max_streams_per_user),
+                session_cookies,
             ),
         )
         await denylist.start()
@@ -142,6 +161,8 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
             jwks,
             docs_router(),
             *(api_router(v) for v in API_VERSIONS),
+            # the example chat page: development only, so a production deployment exposes nothing it did not ask for
+            *([examples_router()] if settings.env == "development" else []),
             *extra_handlers,
         ],
         lifespan=[lifespan],

@@ -273,7 +273,18 @@ async def test_openapi_documents_both_security_schemes(client: Client) -> None:
     document = (await client.get("/api-docs/openapi.json")).json()
     schemes = document["components"]["securitySchemes"]
     assert schemes["OAuth2Password"]["flows"]["password"]["tokenUrl"] == "/api/v1/auth/token"
-    assert document["paths"]["/api/v1/users/me"]["get"]["security"] == [{"BearerAuth": []}, {"OAuth2Password": []}]
+    assert document["paths"]["/api/v1/users/me"]["get"]["security"] == [
+        {"BearerAuth": []},
+        {"OAuth2Password": []},
+        {"SessionCookie": []},
+    ]
+    assert schemes["SessionCookie"] == {
+        "type": "apiKey",
+        "name": "keel_session",
+        "in": "cookie",
+        "description": schemes["SessionCookie"]["description"],
+    }
+    assert document["paths"]["/api/v1/auth/session"]["delete"]["security"][-1] == {"SessionCookie": []}
     token = document["paths"]["/api/v1/auth/token"]["post"]["requestBody"]["content"]
     assert {"application/x-www-form-urlencoded", "application/json"} <= token.keys()
 

@@ -7,6 +7,8 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from keel.http.middleware import request_id_of
+from keel.main import create_app
+from tests.conftest import Backend, make_settings
 
 Client = AsyncTestClient[Litestar]
 ALLOWED = "https://app.example"
@@ -49,13 +51,15 @@ async def test_cors_preflight_from_an_allowed_origin(client: Client) -> None:
         headers={
             "origin": ALLOWED,
             "access-control-request-method": "POST",
-            "access-control-request-headers": "Authorization, Content-Type",
+            "access-control-request-headers": "Authorization, Content-Type, X-CSRF-Token",
         },
     )
     assert response.status_code == 204
     assert response.headers["access-control-allow-origin"] == ALLOWED
     assert "POST" in response.headers["access-control-allow-methods"]
     assert "authorization" in response.headers["access-control-allow-headers"]
+    assert "x-csrf-token" in response.headers["access-control-allow-headers"]
+    assert response.headers["access-control-allow-credentials"] == "true"  # a listed origin may send the cookie
     assert "Origin" in response.headers["vary"]
 
 
@@ -82,6 +86,22 @@ async def test_cors_headers_on_requests_from_an_allowed_origin_only(client: Clie
     allowed = await client.get("/api/v1/public", headers={"origin": ALLOWED})
     assert allowed.headers["access-control-allow-origin"] == ALLOWED
     assert "X-Request-ID" in allowed.headers["access-control-expose-headers"]
+    assert allowed.headers["access-control-allow-credentials"] == "true"
     denied = await client.get("/api/v1/public", headers={"origin": "https://evil.example"})
     assert denied.status_code == 200
     assert "access-control-allow-origin" not in denied.headers
+    assert "access-control-allow-credentials" not in denied.headers
+
+
+async def test_any_origin_is_never_allowed_credentials(backend: Backend) -> None:
+    app = create_app(make_settings(backend, KEEL_CORS_ORIGINS="*"))
+    async with AsyncTestClient(app=app) as client:
+        response = await client.get("/api/v1/public", headers={"origin": "https://anyone.example"})
+        assert response.headers["access-control-allow-origin"] == "*"
+        assert "access-control-allow-credentials" not in response.headers
+        preflight = await client.options(
+            "/api/v1/public",
+            headers={"origin": "https://anyone.example", "access-control-request-method": "POST"},
+        )
+        assert preflight.status_code == 204
+        assert "access-control-allow-credentials" not in preflight.headers

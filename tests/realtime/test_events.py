@@ -199,3 +199,16 @@ def test_the_largest_last_event_id_seq_parses() -> None:
         "headers": [(b"last-event-id", f"{channel}:{2**63 - 1}".encode())],
     }
     assert parse_request(scope)[1] == {uuid.UUID(channel): 2**63 - 1}
+
+
+def test_the_opening_carries_the_position_so_a_stream_dropped_before_any_message_resumes(live: Live) -> None:
+    live.post("before")  # seq 1
+    query = {"channel": live.channel}
+    with httpx.stream("GET", f"{live.url}/events", params=query, headers=live.auth, timeout=10) as response:
+        opening = EventReader(response).next()
+    assert opening.retry == 3000
+    assert opening.data is None  # no event fires in a browser, but EventSource keeps the id
+    assert opening.id == f"{live.channel}:1"
+    missed = [live.post(f"missed {i}") for i in range(2)]
+    with events(live, live.channel, headers={"Last-Event-ID": opening.id}) as stream:
+        assert [stream.next().message for _ in range(2)] == missed

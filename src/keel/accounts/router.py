@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any, Final
 
 import msgspec
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import CacheControlHeader, State
 from litestar.enums import RequestEncodingType
 from litestar.exceptions import ValidationException
@@ -32,6 +32,7 @@ from keel.http.deps import DbSession
 from keel.http.errors import body_error, problem_response
 from keel.http.pagination import Cursor, Limit, Offset, Page, decode_cursor, encode_cursor
 from keel.http.requests import ACCEPTS, RATE_LIMIT
+from keel.http.sessions import SessionCookies
 from keel.http.validation import struct_errors
 from keel.identity.tokens import Keyring
 
@@ -184,6 +185,42 @@ class AuthController(Controller):
         return await service.log_in(
             db_session, hasher, sessions, login=credentials.username, password=credentials.password
         )
+
+    @post(
+        "/session",
+        status_code=204,
+        opt={ACCEPTS: (FORM, JSON), RATE_LIMIT: "auth", HASHES_PASSWORD: True},
+        operation_class=TokenOperation,
+        responses={401: problem_response("Wrong username or password"), **BUSY},
+    )
+    async def start_session(
+        self,
+        request: Request[Any, Any, Any],
+        db_session: DbSession,
+        hasher: Hasher,
+        sessions: SessionPolicy,
+        state: State,
+    ) -> Response[None]:
+        """Sign a browser in: the credentials of /auth/token; the session travels in HttpOnly cookies."""
+        credentials = await _read_token_request(request)
+        pair = await service.log_in(
+            db_session, hasher, sessions, login=credentials.username, password=credentials.password
+        )
+        cookies: SessionCookies = state.session_cookies
+        return Response(None, status_code=204, cookies=cookies.cookies(pair.access_token, pair.refresh_token))
+
+    @delete(
+        "/session",
+        status_code=204,
+        opt=USER,
+        security=SECURITY,
+        responses={**UNAUTHORIZED, 403: problem_response("X-CSRF-Token missing or not the keel_csrf cookie")},
+    )
+    async def end_session(self, db_session: DbSession, sessions: SessionPolicy, state: State) -> Response[None]:
+        """Sign a browser out: its session is revoked everywhere and its cookies are cleared."""
+        await service.log_out(db_session, sessions, claims=current_principal())
+        cookies: SessionCookies = state.session_cookies
+        return Response(None, status_code=204, cookies=cookies.cleared())
 
     @post("/refresh", status_code=200, responses={401: problem_response("Invalid, expired or reused token")})
     async def refresh(

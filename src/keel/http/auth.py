@@ -17,20 +17,22 @@ from collections.abc import Iterable
 from contextvars import ContextVar
 from typing import Final
 
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from keel.errors import BadRequest, Forbidden, KeelError
 from keel.http.errors import send_error
-from keel.http.scope import auth_error_of, caller_of, set_auth_error, set_caller
+from keel.http.scope import auth_error_of, caller_of, session_cookie_of, set_auth_error, set_caller, set_session_cookie
+from keel.http.sessions import UNSAFE_METHODS, SessionCookies, check_csrf
 from keel.identity.errors import AuthenticationRequired, InvalidToken
 from keel.identity.tokens import Claims
 from keel.identity.verifier import TokenVerifier
 
 CALLER: Final = "caller"  # opt key: who may call the handler
-USER: Final = {CALLER: "user"}  # any valid bearer token
-ADMIN: Final = {CALLER: "admin"}  # a valid bearer token with the admin scope
-# what secured operations show in OpenAPI: a pasted bearer token, or Swagger's OAuth2 password dialog
-SECURITY: Final[list[dict[str, list[str]]]] = [{"BearerAuth": []}, {"OAuth2Password": []}]
+USER: Final = {CALLER: "user"}  # any valid bearer token or session cookie
+ADMIN: Final = {CALLER: "admin"}  # a valid bearer token or session cookie with the admin scope
+# what secured operations show in OpenAPI: a pasted bearer token, Swagger's OAuth2 password dialog, or a browser
+# session's cookie (POST /auth/session; unsafe methods then need X-CSRF-Token too)
+SECURITY: Final[list[dict[str, list[str]]]] = [{"BearerAuth": []}, {"OAuth2Password": []}, {"SessionCookie": []}]
 
 # The caller of the request this task is handling. The ASGI server runs each request in a task of its own, which
 # starts from a copy of the server's context, so a value set here never reaches another request.
@@ -47,35 +49,40 @@ class AdminRequired(Forbidden):
     title = "Admin required"
 
 
-def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
-    """The token of an `Authorization: Bearer <token>` header (RFC 6750 §2.1), or None.
+def credentials(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, bytes | None]:
+    """The bearer token (RFC 6750 §2.1) and the `Cookie` header of a request, in one pass over its headers.
 
     Two `Authorization` headers are refused (AmbiguousCredentials, 400) rather than one of them silently chosen:
     a proxy or client library that adds its own next to the caller's would otherwise decide who the caller is.
     """
     found: bytes | None = None
+    cookie: bytes | None = None
     for name, value in headers:
         if name == b"authorization":
             if found is not None:
                 raise AmbiguousCredentials("Send one Authorization header, not several.")
             found = value
+        elif name == b"cookie":
+            cookie = value if cookie is None else cookie + b"; " + value  # HTTP/2 may split it (RFC 9113 §8.2.3)
     if found is None:
-        return None
+        return None, cookie
     scheme, _, token = found.partition(b" ")
     if scheme.lower() != b"bearer":
-        return None
-    return token.strip().decode("latin-1")
+        return None, cookie
+    return token.strip().decode("latin-1"), cookie
 
 
 class AuthMiddleware:
-    """Pure ASGI, before the rate limiter: verify the bearer token, if any, and leave the outcome in the scope."""
+    """Pure ASGI, before the rate limiter: verify the bearer token or else the session cookie, if any, and leave the
+    outcome in the scope. With both, the bearer decides (SPEC §4). A renewed session's cookies go on the response.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            token = bearer_token(scope["headers"])
+            token, cookie = credentials(scope["headers"])
         except AmbiguousCredentials as error:
             await send_error(send, error)
             return
@@ -88,8 +95,30 @@ class AuthMiddleware:
                 claims = verifier.verify(token)
             except InvalidToken as error:
                 set_auth_error(scope, error)
+        elif cookie is not None:
+            sessions: SessionCookies = scope["litestar_app"].state.session_cookies
+            claims = sessions.fresh(cookie)
+            if claims is not None:
+                set_session_cookie(scope, cookie)
+            elif (session := await sessions.authenticate(cookie)) is not None:  # to renew, or to refuse
+                claims = session.claims
+                if session.error is not None:
+                    set_auth_error(scope, session.error)
+                else:
+                    set_session_cookie(scope, cookie)
+                if session.set_cookies:
+                    send = _with_cookies(send, session.set_cookies)
         set_caller(scope, claims)
         await self.app(scope, receive, send)
+
+
+def _with_cookies(send: Send, cookies: list[tuple[bytes, bytes]]) -> Send:
+    async def send_with_cookies(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", ()), *cookies]
+        await send(message)
+
+    return send_with_cookies
 
 
 def refusal(scope: Scope, caller: str) -> KeelError | None:
@@ -103,7 +132,8 @@ def refusal(scope: Scope, caller: str) -> KeelError | None:
 
 
 class RequireCaller:
-    """Pure ASGI, after routing and the rate limiter: 401/403 for HTTP handlers whose opt says USER or ADMIN.
+    """Pure ASGI, after routing and the rate limiter: 401/403 for HTTP handlers whose opt says USER or ADMIN, and
+    403 `http.csrf_failed` for an unsafe method whose caller a session cookie named without X-CSRF-Token.
 
     keel's WebSocket and SSE endpoints sit in front of the framework and authenticate in keel.realtime.access.
     """
@@ -114,6 +144,10 @@ class RequireCaller:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         caller = scope["route_handler"].opt.get(CALLER)
         error = refusal(scope, caller) if caller is not None else None
+        # a session cookie named the caller of an unsafe method: a page on another site could have sent it
+        cookie = session_cookie_of(scope) if error is None and caller is not None else None
+        if cookie is not None and scope.get("method") in UNSAFE_METHODS:
+            error = check_csrf(cookie, scope["headers"])
         if error is not None:
             await send_error(send, error)
             return

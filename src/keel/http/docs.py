@@ -40,6 +40,14 @@ def openapi_config(version: str) -> OpenAPIConfig:
         components=Components(
             security_schemes={
                 "BearerAuth": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT"),
+                # a browser session (POST /api/v1/auth/session); unsafe methods also send X-CSRF-Token = keel_csrf
+                "SessionCookie": SecurityScheme(
+                    type="apiKey",
+                    name="keel_session",
+                    security_scheme_in="cookie",
+                    description="A browser session from POST /api/v1/auth/session. POST, PUT, PATCH and DELETE "
+                    "authenticated by it must also send X-CSRF-Token equal to the keel_csrf cookie.",
+                ),
                 # Swagger UI's Authorize dialog logs in with the password grant and then sends the bearer token
                 "OAuth2Password": SecurityScheme(
                     type="oauth2",

@@ -49,10 +49,12 @@ CORS_ALLOWED_HEADERS: Final = frozenset(
         "accept",
         "accept-language",
         "content-language",
+        "x-csrf-token",  # the double-submit header of session-cookie requests (SPEC §4)
     }
 )
 CORS_EXPOSED_HEADERS: Final = b"X-Request-ID, RateLimit, RateLimit-Policy, Retry-After, ETag, Location"
 CORS_MAX_AGE: Final = b"600"
+CORS_CREDENTIALS: Final = (b"access-control-allow-credentials", b"true")
 
 
 class _Exchange:
@@ -152,6 +154,8 @@ class EdgeMiddleware:
                 (b"access-control-allow-origin", allowed_origin),
                 (b"access-control-expose-headers", CORS_EXPOSED_HEADERS),
             ]
+            if allowed_origin != b"*":  # a listed origin may send the session cookie; "*" never with credentials
+                extra.append(CORS_CREDENTIALS)
         if self.origins:
             extra.append((b"vary", b"Origin"))
 
@@ -263,6 +267,8 @@ class EdgeMiddleware:
             (b"access-control-max-age", CORS_MAX_AGE),
             (b"content-length", b"0"),
         ]
+        if allowed_origin != b"*":
+            headers.append(CORS_CREDENTIALS)
         await send(HTTPResponseStartEvent(type="http.response.start", status=204, headers=headers))
         await send(HTTPResponseBodyEvent(type="http.response.body", body=b"", more_body=False))
 

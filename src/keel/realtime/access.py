@@ -1,4 +1,5 @@
-"""Who may open /ws and /events: a bearer header or a ticket, the rate limiter, then the cap on streams (SPEC §5).
+"""Who may open /ws and /events: a bearer header, a ticket or a session cookie (from an allowed Origin), the rate
+limiter, then the cap on streams (SPEC §5).
 
 Refusals happen before a socket is accepted or a stream starts, as problem+json with the status of the error.
 """
@@ -12,9 +13,10 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from keel.errors import KeelError, RateLimited, Unavailable
-from keel.http.auth import AmbiguousCredentials, bearer_token
+from keel.http.auth import AmbiguousCredentials, credentials
 from keel.http.errors import OUTAGES, render_error
-from keel.http.scope import set_caller
+from keel.http.scope import set_caller, set_set_cookies
+from keel.http.sessions import OriginRefused, SessionCookies
 from keel.identity.errors import AuthenticationRequired, InvalidToken
 from keel.identity.tokens import Claims
 from keel.identity.verifier import TokenVerifier
@@ -38,6 +40,7 @@ class Realtime:
     rate_limits: RateLimits
     send_queue: int  # KEEL_WS_SEND_QUEUE
     streams: StreamCounts
+    session_cookies: SessionCookies
 
 
 class Refused(Exception):
@@ -132,8 +135,9 @@ async def admit(realtime: Realtime, scope: Any) -> Claims:
 
 
 async def authenticate(realtime: Realtime, scope: Any) -> Claims:
+    """The caller by bearer header, else ticket, else session cookie: explicit credentials before ambient ones."""
     try:
-        token = bearer_token(scope["headers"])
+        token, cookie = credentials(scope["headers"])
     except AmbiguousCredentials as exc:
         raise Refused(exc) from None
     if token is not None:
@@ -142,20 +146,38 @@ async def authenticate(realtime: Realtime, scope: Any) -> Claims:
         except InvalidToken as exc:
             raise Refused(exc) from None
     ticket = query_params(scope).get("ticket")
-    if not ticket:
+    if ticket:
+        claims = await tickets.redeem(realtime.kv, ticket[0])
+        if claims is None:
+            raise Refused(InvalidToken("The ticket is unknown, used or expired."))
+        if realtime.verifier.is_revoked(claims):
+            raise Refused(InvalidToken("The ticket's session has been revoked."))
+        return claims
+    session = await _cookie_session(realtime, scope, cookie) if cookie is not None else None
+    if session is None:
         raise Refused(
             AuthenticationRequired(
-                "Send a bearer token, or a ticket from POST /api/v1/realtime/tickets.",
+                "Send a bearer token, a ticket from POST /api/v1/realtime/tickets, or a session cookie.",
                 # the code /ws and /events have always refused with, which clients may branch on
                 code="realtime.authentication_required",
             )
         )
-    claims = await tickets.redeem(realtime.kv, ticket[0])
-    if claims is None:
-        raise Refused(InvalidToken("The ticket is unknown, used or expired."))
-    if realtime.verifier.is_revoked(claims):
-        raise Refused(InvalidToken("The ticket's session has been revoked."))
-    return claims
+    return session
+
+
+async def _cookie_session(realtime: Realtime, scope: Any, cookie: bytes) -> Claims | None:
+    cookies = realtime.session_cookies
+    if not cookies.origin_allowed(scope["scheme"], scope["headers"]):
+        # a page on another site would open this with the victim's cookie (cross-site WebSocket hijacking)
+        raise Refused(OriginRefused("A session cookie is accepted only from this server's origin or a CORS origin."))
+    session = await cookies.authenticate(cookie)
+    if session is None:
+        return None
+    if session.set_cookies:
+        set_set_cookies(scope, session.set_cookies)
+    if session.claims is None:
+        raise Refused(session.error or InvalidToken("The session is not valid."), session.set_cookies)
+    return session.claims
 
 
 async def frame_allowed(realtime: Realtime, scope: Any) -> int | None:

@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from keel.errors import Invalid
 from keel.http.errors import OUTAGES, send_problem
+from keel.http.scope import set_cookies_of
 from keel.realtime.access import Realtime, Refused, admit, query_params
 from keel.realtime.errors import CLOSE_GOING_AWAY, ChannelNotFound, TooSlow
 from keel.realtime.peers import Delivery, Peer
@@ -124,7 +125,10 @@ async def serve_events(realtime: Realtime, scope: Any, receive: Any, send: Any) 
         stream = Stream(claims.session_id, realtime.send_queue)
         realtime.hub.connect(stream)
         try:
-            await _serve(realtime, stream, channels, resume, receive, send)
+            cookies = set_cookies_of(scope)  # a renewed session's, on the stream's own response
+            await _serve(
+                realtime, stream, channels, resume, receive, send, [*HEADERS, *cookies] if cookies else HEADERS
+            )
         finally:
             stream.closing = True
             await realtime.hub.disconnect(stream)
@@ -137,6 +141,7 @@ async def _serve(
     resume: dict[uuid.UUID, int],
     receive: Any,
     send: Any,
+    headers: list[tuple[bytes, bytes]],
 ) -> None:
     hub = realtime.hub
     try:
@@ -151,8 +156,11 @@ async def _serve(
 
     watcher = asyncio.get_running_loop().create_task(_watch(receive, stream))
     try:
-        await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
-        await send({"type": "http.response.body", "body": b"retry: %d\n\n" % RETRY_MS, "more_body": True})
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        # the position comes first too, with no data (no event fires, but EventSource keeps it): a stream dropped
+        # before its first message still reconnects with a Last-Event-ID, and misses nothing published meanwhile
+        opening = b"retry: %d\nid: %s\n\n" % (RETRY_MS, stream.event_id())
+        await send({"type": "http.response.body", "body": opening, "more_body": True})
         for channel in channels:
             await hub.replay(stream, channel)
         while not stream.closing:

@@ -18,7 +18,7 @@ from typing import Any, Final
 from keel import telemetry
 from keel.errors import Unavailable
 from keel.http.errors import OUTAGES, problem_headers
-from keel.http.scope import set_handshake_status
+from keel.http.scope import set_cookies_of, set_handshake_status
 from keel.identity.tokens import Claims
 from keel.realtime import frames, service
 from keel.realtime.access import Realtime, Refused, admit, frame_allowed
@@ -188,7 +188,8 @@ async def serve_websocket(realtime: Realtime, scope: Any, receive: Any, send: An
     if span is not None:
         span.close(101)
     with slot:  # released however the socket ends: closed by either side, the client gone, or an error
-        await send({"type": "websocket.accept"})
+        cookies = set_cookies_of(scope)  # a renewed session's, on the 101
+        await send({"type": "websocket.accept", "headers": cookies} if cookies else {"type": "websocket.accept"})
         set_handshake_status(scope, 101)
         protocol = TransportSocket.supports(send)
         socket: Socket = (
