@@ -44,6 +44,13 @@ from typing import Protocol, TypeVar
 
 import psutil
 import uvloop
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.client import ClientProtocol
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.uri import parse_uri
+
 from run import (
     CLIENT_CPU,
     HOST,
@@ -60,12 +67,6 @@ from run import (
     running,
     tree_rss,
 )
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.client import ClientProtocol
-from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.frames import Frame, Opcode
-from websockets.protocol import State
-from websockets.uri import parse_uri
 
 PUBLISHES = 20
 PUBLISH_GAP_S = 0.3
@@ -201,7 +202,7 @@ class Server:
 
     @property
     def name(self) -> str:
-        return self.case.name
+        return self.case.label  # "keel" for the standard configuration; a variant names itself
 
     @property
     def headers(self) -> dict[str, str]:
@@ -751,6 +752,28 @@ def raise_fd_limit(n: int) -> int:
     return hard
 
 
+def fan_out_rounds(targets: Sequence[tuple[Case, str]], ns: Sequence[int], logs: Path, rounds: int) -> list[FanOut]:
+    """The fan-out on a fresh server per (case, token) target, at every N, `rounds` times; the caller is on CPU 1.
+
+    A target is a Case, so a variant of keel (bench/observability.py: tracing on) is a Case with its own env.
+    """
+    fanouts = []
+    for i in range(rounds):
+        for n in ns:
+            for case, token in targets:
+                log = logs / f"realtime-fanout-{n}.{case.id}.r{i + 1}.server.log"
+                with serving(case, token, log) as server:
+                    f = fan_out(server, n)
+                fanouts.append(f)
+                print(
+                    f"  realtime  round {i + 1}/{rounds} fan-out N={n:<5} {f.target:14} "
+                    f"p50 {f.p50_median_ms:6.1f} ms  p99 {f.p99_median_ms:6.1f} ms  max {max(f.max_ms):6.1f} ms"
+                    f"  floor {f.floor_ms:5.1f} ms  {f.kib_per_conn:5.1f} KiB/WS",
+                    flush=True,
+                )
+    return fanouts
+
+
 def estimate_s(parts: Sequence[str], ns: Sequence[int], rounds: int) -> int:
     """A rough duration, for the operator: two servers per scenario."""
     seconds = 0.0
@@ -781,19 +804,7 @@ def measure(
     os.sched_setaffinity(0, {int(CLIENT_CPU)})  # the clients must not take the server's CPU
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            for i in range(rounds if FANOUT in parts else 0):
-                for n in ns:
-                    for case, token in targets:
-                        log = logs / f"realtime-fanout-{n}.{case.id}.r{i + 1}.server.log"
-                        with serving(case, token, log) as server:
-                            f = fan_out(server, n)
-                        fanouts.append(f)
-                        print(
-                            f"  realtime  round {i + 1}/{rounds} fan-out N={n:<5} {f.target:14} "
-                            f"p50 {f.p50_median_ms:6.1f} ms  p99 {f.p99_median_ms:6.1f} ms  max {max(f.max_ms):6.1f} ms"
-                            f"  floor {f.floor_ms:5.1f} ms  {f.kib_per_conn:5.1f} KiB/WS",
-                            flush=True,
-                        )
+            fanouts += fan_out_rounds(targets, ns, logs, rounds if FANOUT in parts else 0)
             for case, token in targets if SSE in parts else ():
                 with serving(case, token, logs / f"realtime-sse.{case.id}.server.log") as server:
                     s = runner.run(sse_memory(server, max(ns)))
