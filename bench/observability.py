@@ -328,7 +328,9 @@ def http_table(result: ObservabilityResult) -> str:
         v = variant(row.variant)
         base = next(r for r in result.rows if r.variant == "baseline" and r.path == row.path)
         label = f"{v.label} ({result.baseline_rev})" if v.key == "baseline" else v.label
-        cells = [label, f"`{row.path}`", f"**{row.median('rps'):.0f}**"]
+        errors = sum(m.sample.non_2xx for m in row.rounds), "; ".join(m.sample.socket_errors for m in row.rounds)
+        problems = ", ".join(p for p in (f"{errors[0]} non-2xx" if errors[0] else "", errors[1].strip("; ")) if p)
+        cells = [label, f"`{row.path}`", f"**{row.median('rps'):.0f}**" + (f" ({problems})" if problems else "")]
         if per_round:
             cells.append(" / ".join(f"{m.sample.rps:.0f}" for m in row.rounds))
         cells += [f"{row.median('p50_ms'):.2f}", f"{row.median('p99_ms'):.2f}"]
