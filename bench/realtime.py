@@ -80,6 +80,8 @@ SETTLE_S = 2.0  # idle time before an RSS reading; also how long deliveries may 
 RATE_SUBSCRIBERS, RATE_PUBLISHERS = 100, 8
 RATE_WARMUP_S, RATE_S = 2.0, 10.0
 CHANNEL_NAME = "bench"
+# keel refuses a user's streams beyond KEEL_MAX_STREAMS_PER_USER (429); every bench socket is the bench user's
+KEEL_REALTIME_ENV = {**KEEL_ENV, "KEEL_MAX_STREAMS_PER_USER": "100000"}
 # The goals of the realtime issue: fan-out p99 at GOAL_N subscribers, memory per idle WS and per idle SSE stream
 GOAL_N, GOAL_P99_MS, GOAL_KIB = 5000, 100.0, 24
 KIB, MIB = 1024, 1024 * 1024
@@ -795,7 +797,7 @@ def measure(
     memory and publish-rate scenarios run once.
     """
     fd_limit = raise_fd_limit(max(ns))
-    keel = Case("keel-realtime", "keel", "uvicorn", "/healthz", KEEL_SERVE, workdir, KEEL_ENV)
+    keel = Case("keel-realtime", "keel", "uvicorn", "/healthz", KEEL_SERVE, workdir, KEEL_REALTIME_ENV)
     peer_id = case_id("fastapi", "uvicorn", "/api/v1/public")
     peer = replace(next(c for c in peer_cases(workdir) if c.id == peer_id), name=PEER_NAME)
     targets = ((peer, ""), (keel, keel_token))
