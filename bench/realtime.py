@@ -44,6 +44,13 @@ from typing import Protocol, TypeVar
 
 import psutil
 import uvloop
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.client import ClientProtocol
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.uri import parse_uri
+
 from run import (
     CLIENT_CPU,
     HOST,
@@ -60,12 +67,6 @@ from run import (
     running,
     tree_rss,
 )
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.client import ClientProtocol
-from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.frames import Frame, Opcode
-from websockets.protocol import State
-from websockets.uri import parse_uri
 
 PUBLISHES = 20
 PUBLISH_GAP_S = 0.3
@@ -79,6 +80,8 @@ SETTLE_S = 2.0  # idle time before an RSS reading; also how long deliveries may 
 RATE_SUBSCRIBERS, RATE_PUBLISHERS = 100, 8
 RATE_WARMUP_S, RATE_S = 2.0, 10.0
 CHANNEL_NAME = "bench"
+# keel refuses a user's streams beyond KEEL_MAX_STREAMS_PER_USER (429); every bench socket is the bench user's
+KEEL_REALTIME_ENV = {**KEEL_ENV, "KEEL_MAX_STREAMS_PER_USER": "100000"}
 # The goals of the realtime issue: fan-out p99 at GOAL_N subscribers, memory per idle WS and per idle SSE stream
 GOAL_N, GOAL_P99_MS, GOAL_KIB = 5000, 100.0, 24
 KIB, MIB = 1024, 1024 * 1024
@@ -201,7 +204,7 @@ class Server:
 
     @property
     def name(self) -> str:
-        return self.case.name
+        return self.case.label  # "keel" for the standard configuration; a variant names itself
 
     @property
     def headers(self) -> dict[str, str]:
@@ -751,6 +754,28 @@ def raise_fd_limit(n: int) -> int:
     return hard
 
 
+def fan_out_rounds(targets: Sequence[tuple[Case, str]], ns: Sequence[int], logs: Path, rounds: int) -> list[FanOut]:
+    """The fan-out on a fresh server per (case, token) target, at every N, `rounds` times; the caller is on CPU 1.
+
+    A target is a Case, so a variant of keel (bench/observability.py: tracing on) is a Case with its own env.
+    """
+    fanouts = []
+    for i in range(rounds):
+        for n in ns:
+            for case, token in targets:
+                log = logs / f"realtime-fanout-{n}.{case.id}.r{i + 1}.server.log"
+                with serving(case, token, log) as server:
+                    f = fan_out(server, n)
+                fanouts.append(f)
+                print(
+                    f"  realtime  round {i + 1}/{rounds} fan-out N={n:<5} {f.target:14} "
+                    f"p50 {f.p50_median_ms:6.1f} ms  p99 {f.p99_median_ms:6.1f} ms  max {max(f.max_ms):6.1f} ms"
+                    f"  floor {f.floor_ms:5.1f} ms  {f.kib_per_conn:5.1f} KiB/WS",
+                    flush=True,
+                )
+    return fanouts
+
+
 def estimate_s(parts: Sequence[str], ns: Sequence[int], rounds: int) -> int:
     """A rough duration, for the operator: two servers per scenario."""
     seconds = 0.0
@@ -772,7 +797,7 @@ def measure(
     memory and publish-rate scenarios run once.
     """
     fd_limit = raise_fd_limit(max(ns))
-    keel = Case("keel-realtime", "keel", "uvicorn", "/healthz", KEEL_SERVE, workdir, KEEL_ENV)
+    keel = Case("keel-realtime", "keel", "uvicorn", "/healthz", KEEL_SERVE, workdir, KEEL_REALTIME_ENV)
     peer_id = case_id("fastapi", "uvicorn", "/api/v1/public")
     peer = replace(next(c for c in peer_cases(workdir) if c.id == peer_id), name=PEER_NAME)
     targets = ((peer, ""), (keel, keel_token))
@@ -781,19 +806,7 @@ def measure(
     os.sched_setaffinity(0, {int(CLIENT_CPU)})  # the clients must not take the server's CPU
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            for i in range(rounds if FANOUT in parts else 0):
-                for n in ns:
-                    for case, token in targets:
-                        log = logs / f"realtime-fanout-{n}.{case.id}.r{i + 1}.server.log"
-                        with serving(case, token, log) as server:
-                            f = fan_out(server, n)
-                        fanouts.append(f)
-                        print(
-                            f"  realtime  round {i + 1}/{rounds} fan-out N={n:<5} {f.target:14} "
-                            f"p50 {f.p50_median_ms:6.1f} ms  p99 {f.p99_median_ms:6.1f} ms  max {max(f.max_ms):6.1f} ms"
-                            f"  floor {f.floor_ms:5.1f} ms  {f.kib_per_conn:5.1f} KiB/WS",
-                            flush=True,
-                        )
+            fanouts += fan_out_rounds(targets, ns, logs, rounds if FANOUT in parts else 0)
             for case, token in targets if SSE in parts else ():
                 with serving(case, token, logs / f"realtime-sse.{case.id}.server.log") as server:
                     s = runner.run(sse_memory(server, max(ns)))

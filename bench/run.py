@@ -17,6 +17,10 @@ The login scenario (`--only login`) is separate and runs once: one keel server, 
 pool, then `GET /api/v1/public` p99 and the server's RSS while 200 clients flood the token endpoint (`login_scenario`):
 first wrk's clients, which ignore Retry-After, then well-behaved ones that honour it (bench/polite_login.py).
 
+The observability scenario (bench/observability.py, `--only observability`): keel at `--baseline-rev` (before
+observability) against today's keel with the access log, metrics and tracing in three configurations, HTTP and the
+WS fan-out, --rounds times, after everything else.
+
 The realtime scenarios (bench/realtime.py: WebSocket fan-out and publish rate, memory per idle WebSocket and SSE stream,
 keel against naive FastAPI) run after everything else, the fan-out --rounds times and the others once; `--only ws`,
 `--only sse`, `--only fanout` or `--only realtime` select them.
@@ -564,9 +568,9 @@ def flush_redis(url: str) -> None:
         raise BenchError(f"Redis at {url}: {exc}") from None
 
 
-def migrate_keel(workdir: Path) -> None:
+def migrate_keel(workdir: Path, bin_dir: Path = KEEL_BIN) -> None:
     """keel's default DATABASE_URL is SQLite under ./var/, so the temporary working directory holds it."""
-    keel = KEEL_BIN / "keel"
+    keel = bin_dir / "keel"
     if not keel.exists():
         raise BenchError(f"{keel.relative_to(ROOT)} is missing: run `make setup` first")
     (workdir / "var").mkdir(exist_ok=True)
@@ -594,14 +598,14 @@ def login_form() -> str:
     return urllib.parse.urlencode(fields)
 
 
-def keel_bench_token(workdir: Path, logs: Path) -> str:
+def keel_bench_token(workdir: Path, logs: Path, serve: tuple[str, ...] = KEEL_SERVE, name: str = "keel-setup") -> str:
     """Register the bench user on a short-lived keel server and log in once; return the access token.
 
     Every keel server of the run shares the SQLite file and KEEL_JWT_SECRET, so the token is valid on each of them.
     """
-    setup = Case("keel-setup", "keel", "uvicorn", "/healthz", KEEL_SERVE, workdir, KEEL_ENV)
+    setup = Case(name, "keel", "uvicorn", "/healthz", serve, workdir, KEEL_ENV)
     port = free_port()
-    with running(setup, port, logs / "keel-setup.server.log"):
+    with running(setup, port, logs / f"{name}.server.log"):
         status, body = http_request(port, "/api/v1/users", json.dumps(BENCH_USER).encode(), "application/json")
         if status != 201:
             raise BenchError(f"creating the bench user: POST /api/v1/users answered {status}: {body[:200]!r}")
@@ -1128,6 +1132,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="URL",
         help=f"the Redis of the limiter's Redis cases (default {REDIS_URL}); its database is flushed before each",
     )
+    parser.add_argument(
+        "--baseline-rev",
+        default="af44228",
+        metavar="REV",
+        help="the observability scenario's baseline: keel before observability (default af44228), built in a worktree "
+        "under bench/results/",
+    )
     parser.add_argument("--no-write", action="store_true", help="print the table, do not append to BENCHMARKS.md")
     parser.add_argument("--list", action="store_true", help="list the case ids and exit")
     args = parser.parse_args(argv)
@@ -1139,7 +1150,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import realtime  # here, not at the top: bench/realtime.py imports this module's helpers
+    import observability  # here, not at the top: bench/observability.py imports this module's helpers
+    import realtime
 
     args = parse_args(argv)
     if not SHARED_BENCH.is_dir():
@@ -1155,12 +1167,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "login flood (once, whatever --rounds)"
             )
             print("\n".join(f"{part:38} {text} (once)" for part, text in realtime.PARTS.items()))
+            print(f"{observability.OBSERVABILITY_ID:38} keel before observability against access log, metrics, tracing")
             return 0
         cases = [c for c in every if not args.only or any(s in c.id for s in args.only)]
         cases = with_limiter_twins(cases, every)  # a limiter cost needs both rows
         login = not args.only or any(s in LOGIN_ID for s in args.only)
         parts = [p for p in realtime.PARTS if not args.only or any(s in p for s in args.only)]
-        if not cases and not login and not parts:
+        observe = not args.only or any(s in observability.OBSERVABILITY_ID for s in args.only)
+        if not cases and not login and not parts and not observe:
             print(f"bench: no case id contains any of {args.only}; see --list")
             return 1
         return run(
@@ -1171,6 +1185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             write=not args.no_write,
             realtime_parts=parts,
             realtime_n=args.realtime_n,
+            baseline_rev=args.baseline_rev if observe else "",
         )
     except BenchError as exc:
         print(f"bench: {exc}")
@@ -1191,8 +1206,11 @@ def run(
     write: bool,
     realtime_parts: Sequence[str] = (),
     realtime_n: Sequence[int] = (),
+    baseline_rev: str = "",
 ) -> int:
-    import realtime  # see main()
+    """The selected cases and scenarios; the observability scenario runs when `baseline_rev` is given."""
+    import observability  # see main()
+    import realtime
 
     ensure_cpus()
     ensure_wrk()
@@ -1207,7 +1225,7 @@ def run(
             cases = [c for c in cases if c.id not in skipped]
             remarks.append(f"Not measured, since {exc}: {', '.join(skipped)}.")
             print(f"bench: {remarks[-1]}", flush=True)
-    if not cases and not login and not realtime_parts:
+    if not cases and not login and not realtime_parts and not baseline_rev:
         raise BenchError("nothing left to measure")
     if realtime_parts or any(not c.is_keel for c in cases):
         ensure_peers_venv()
@@ -1215,7 +1233,7 @@ def run(
     logs = RESULTS / f"{started:%Y%m%dT%H%M%SZ}"
     logs.mkdir(parents=True, exist_ok=True)
     tokens: dict[str, str] = {}
-    if login or realtime_parts or any(c.is_keel for c in cases):
+    if login or realtime_parts or baseline_rev or any(c.is_keel for c in cases):
         migrate_keel(workdir)
         tokens[KEEL_TOKEN] = keel_bench_token(workdir, logs)
     if any(PEER_TOKEN in h for c in cases for h in c.headers):
@@ -1224,8 +1242,10 @@ def run(
     samples: dict[str, list[Sample]] = {c.id: [] for c in cases}
     seconds = len(cases) * rounds * (WARMUP_S + DURATION_S + 2) + (LOGIN_SECONDS if login else 0)
     seconds += realtime.estimate_s(realtime_parts, realtime_n, rounds) if realtime_parts else 0
+    seconds += observability.estimate_s(rounds) if baseline_rev else 0
     what = f"{len(cases)} cases x {rounds} round(s)" + (" + the login scenario" if login else "")
     what += f" + {len(realtime_parts)} realtime scenario(s)" if realtime_parts else ""
+    what += " + the observability scenario" if baseline_rev else ""
     print(f"bench: {what}, about {math.ceil(seconds / 60)} min; logs in {logs}", flush=True)
     for n in range(rounds):
         for case in cases:
@@ -1255,13 +1275,18 @@ def run(
                 print(f"bench: {remarks[-1]}", flush=True)
             else:
                 raise
+    observed = None
+    if baseline_rev:
+        observed = observability.measure(workdir, logs, tokens[KEEL_TOKEN], rounds, baseline_rev)
     results = [Result(c, tuple(samples[c.id])) for c in cases]
     realtime_report = realtime.report(realtime_result) if realtime_result else []
+    realtime_report += observability.report(observed) if observed else []
     report = section(results, login_result, rounds, started, remarks, commit_at_start, realtime_report)
     raw: dict[str, object] = {
         "cases": [{"case": r.case.id, "samples": [asdict(s) for s in r.samples]} for r in results],
         "login": asdict(login_result) if login_result else None,
         "realtime": asdict(realtime_result) if realtime_result else None,
+        "observability": asdict(observed) if observed else None,
     }
     (logs / "results.json").write_text(json.dumps(raw, indent=2))
     print("\n" + report)
