@@ -55,9 +55,8 @@ async def test_sign_in_sets_the_session_cookies(client: Client) -> None:
     assert "httponly" not in cookies["keel_csrf"].lower()  # the page's script reads it
 
 
+@pytest.mark.parametrize("backend", ["scaled"], indirect=True)  # KEEL_ENV=production refuses SQLite
 async def test_session_cookies_are_secure_outside_development(backend: Backend) -> None:
-    if backend.name == "embedded":
-        pytest.skip("KEEL_ENV=production refuses SQLite")
     settings = make_settings(backend, KEEL_ENV="production", KEEL_JWT_SECRET="x" * 48)
     async with AsyncTestClient(app=create_app(settings), base_url="https://127.0.0.1") as client:
         await register(client)
