@@ -166,6 +166,14 @@ class TokenOperation(Operation):
         )
 
 
+# what the token endpoint and a browser sign-in share: the same credentials, limits and documented body
+PASSWORD_LOGIN: Final[dict[str, Any]] = {
+    "opt": {ACCEPTS: (FORM, JSON), RATE_LIMIT: "auth", HASHES_PASSWORD: True},
+    "operation_class": TokenOperation,
+    "responses": {401: problem_response("Wrong username or password"), **BUSY},
+}
+
+
 class AuthController(Controller):
     path = "/auth"
     tags = ["auth"]
@@ -173,9 +181,7 @@ class AuthController(Controller):
     @post(
         "/token",
         status_code=200,
-        opt={ACCEPTS: (FORM, JSON), RATE_LIMIT: "auth", HASHES_PASSWORD: True},
-        operation_class=TokenOperation,
-        responses={401: problem_response("Wrong username or password"), **BUSY},
+        **PASSWORD_LOGIN,
     )
     async def token(
         self, request: Request[Any, Any, Any], db_session: DbSession, hasher: Hasher, sessions: SessionPolicy
@@ -189,9 +195,7 @@ class AuthController(Controller):
     @post(
         "/session",
         status_code=204,
-        opt={ACCEPTS: (FORM, JSON), RATE_LIMIT: "auth", HASHES_PASSWORD: True},
-        operation_class=TokenOperation,
-        responses={401: problem_response("Wrong username or password"), **BUSY},
+        **PASSWORD_LOGIN,
     )
     async def start_session(
         self,
