@@ -55,14 +55,18 @@ VAR_DIR: Final = Path("var")  # relative to the working directory (SPEC §1)
 def api_router(version: str) -> Router:
     """One API version: the same domain controllers under /api/<version>; versions differ only in list shapes."""
     handlers: list[ControllerRouterHandler] = [*ACCOUNTS, *USER_LISTS[version], *CHANNELS, *CHANNEL_LISTS[version]]
-    return Router(path=f"/api/{version}", route_handlers=handlers, tags=[version])
+    return Router(path=f"/api/{version}", route_handlers=handlers)
 
 
 def operation_id(handler: HTTPRouteHandler, method: Method, path: list[object]) -> str:
-    """`<version>-<tag>-<function>`, unique although every version mounts the same handlers."""
-    version = next((str(part) for part in path if str(part) in API_VERSIONS), "")
-    tag = next((t for t in handler.resolve_tags() if t not in API_VERSIONS), "")
-    return "-".join(part for part in (version, tag, handler.handler_name) if part)
+    """`<tag>_<function>` (`users_register`): method names a generated client can use as they are.
+
+    Every version mounts the same handlers, so ids must still differ: the current version (the last of
+    API_VERSIONS) gets the plain name, an older one is prefixed with its version (`v1_users_register`).
+    """
+    version = next((str(part) for part in path if str(part) in API_VERSIONS[:-1]), "")
+    tag = next(iter(handler.resolve_tags()), "")
+    return "_".join(part for part in (version, tag, handler.handler_name) if part)
 
 
 def keyring_options(settings: Settings) -> dict[str, Any]:

@@ -44,7 +44,7 @@ BUSY = {503: problem_response("Too many passwords are being hashed; retry after 
 
 class PublicController(Controller):
     path = "/public"
-    tags = ["public"]
+    tags = ["auth"]
 
     @get(sync_to_thread=False)
     def public(self) -> PublicMessage:
@@ -54,7 +54,7 @@ class PublicController(Controller):
 
 class ProtectedController(Controller):
     path = "/protected"
-    tags = ["public"]
+    tags = ["auth"]
     opt = USER
     security = SECURITY
 

@@ -57,7 +57,13 @@ def openapi_config(version: str) -> OpenAPIConfig:
                 ),
             }
         ),
-        tags=[Tag(name="ops", description="Liveness, readiness and documentation")],
+        tags=[
+            Tag(name="auth", description="Tokens, browser sessions and signing keys"),
+            Tag(name="users", description="Accounts: sign-up, the caller's profile, passwords, the user list"),
+            Tag(name="channels", description="Channels and their messages"),
+            Tag(name="realtime", description="Tickets and streams for WebSocket and Server-Sent Events"),
+            Tag(name="ops", description="Liveness, readiness and documentation"),
+        ],
         use_handler_docstrings=True,
     )
 
