@@ -8,7 +8,6 @@ An expired session renewed on a WebSocket's 101 lands in the browser's cookie ja
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -19,9 +18,9 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Cookie, Page, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Cookie, Page
 
-from tests.conftest import IN_CI, Backend
+from tests.conftest import Backend
 from tests.factories import PASSWORD
 from tests.realtime.conftest import backend_env
 from tests.servers import Server, free_port, keel_serve, sign_up
@@ -65,21 +64,6 @@ def access_line(server: Server, *parts: str) -> str:
                 return line
         assert time.monotonic() < deadline, server.output()
         time.sleep(0.05)
-
-
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    path = shutil.which("chromium")
-    if path is None:
-        if IN_CI:
-            pytest.fail("chromium is not installed; .ci/run installs it", pytrace=False)
-        pytest.skip("chromium not installed (apt-get install chromium)")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=path, headless=True, args=["--no-sandbox"])
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 def publish(url: str, token: str, channel: str, body: str) -> int:
