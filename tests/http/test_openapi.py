@@ -155,6 +155,25 @@ def test_request_bodies_refuse_unknown_members_except_the_oauth2_form(document: 
     assert bodies >= 10
 
 
+def test_schemas_carry_examples_that_match_them(document: Document) -> None:
+    components = document["components"]
+    # whole-document examples: a schema's own, or those of the responses that use it
+    examples = {name: list(schema.get("examples", [])) for name, schema in components["schemas"].items()}
+    for _, _, operation in operations(document):
+        for response in operation["responses"].values():
+            for media_type in response.get("content", {}).values():
+                ref = media_type["schema"].get("$ref", "").rsplit("/", 1)[-1]
+                examples.setdefault(ref, []).extend(e["value"] for e in media_type.get("examples", {}).values())
+    for name, schema in components["schemas"].items():
+        for member, rules in schema.get("properties", {}).items():
+            if rules.get("type") in ("string", "integer", "boolean") and not {"const", "enum"} & rules.keys():
+                assert rules.get("examples") or examples[name], f"{name}.{member}"
+            for example in rules.get("examples", []):
+                jsonschema.Draft202012Validator(rules).validate(example)
+        for example in examples[name]:
+            jsonschema.Draft202012Validator({**schema, "components": components}).validate(example)
+
+
 def test_the_password_login_documents_both_of_its_bodies_as_token_request(document: Document) -> None:
     expected = msgspec.json.schema(TokenRequest)["$defs"]["TokenRequest"]
     for path in ("/api/v2/auth/token", "/api/v2/auth/session"):

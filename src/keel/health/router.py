@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import msgspec
 from litestar import Controller, Response, get
 from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import Example
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keel import metrics
 from keel.http.deps import DbEngine, SharedBackends
-from keel.http.errors import PROBLEM_JSON, ProblemDetails, problem
+from keel.http.errors import PROBLEM_JSON, ProblemDetails, problem, problem_document
 from keel.http.openapi import ANSWERS_OUTAGES
 from keel.shared import Health as Check
 
@@ -33,6 +34,12 @@ class NotReady(ProblemDetails):
     """A 503 from /readyz: the problem, and which dependency failed its check (documentation only)."""
 
     checks: dict[str, Check]
+
+
+NOT_READY: Final = "ops.not_ready"
+NOT_READY_EXAMPLE: Final = problem_document(
+    503, code=NOT_READY, detail="A dependency is not answering.", checks={"database": "ok", "redis": "error"}
+)
 
 
 async def database_check(engine: AsyncEngine) -> Check:
@@ -64,6 +71,7 @@ class HealthController(Controller):
                 description="The database or Redis is not answering; `checks` says which",
                 media_type=PROBLEM_JSON,
                 generate_examples=False,
+                examples=[Example(summary="Redis down", value=NOT_READY_EXAMPLE)],
             ),
         },
     )
@@ -74,7 +82,7 @@ class HealthController(Controller):
         if "error" in checks.values():
             return problem(
                 503,
-                code="ops.not_ready",
+                code=NOT_READY,
                 detail="A dependency is not answering.",
                 checks=checks,
                 headers={"Retry-After": "5"},

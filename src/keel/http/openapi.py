@@ -268,11 +268,11 @@ def _finish_response(status: int, response: Document, *, is_limited: bool) -> No
         if not response["headers"]:
             del response["headers"]
         return
-    content = response.get("content", {})
-    schema = content.get(PROBLEM_JSON, {}).get("schema")
+    media_type = response.get("content", {}).get(PROBLEM_JSON, {})
+    schema = media_type.get("schema")
     if schema is None or schema.get("$ref") == _SCHEMAS + PROBLEM:  # Litestar's 400, or keel's plain problem
         schema = {"$ref": _SCHEMAS + (VALIDATION_PROBLEM if status == 422 else PROBLEM)}
-    response["content"] = {PROBLEM_JSON: {"schema": schema}}
+    response["content"] = {PROBLEM_JSON: {**media_type, "schema": schema}}
     if status == 401:
         headers["WWW-Authenticate"] = _header("WWW-Authenticate")
     if status == 429:
