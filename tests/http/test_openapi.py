@@ -267,6 +267,16 @@ async def test_the_edge_answers_as_documented(client: Client, contract: Contract
     check(await client.get("/events", params={"channel": channel["id"]}), "/events")  # 401
     statuses = {status for _, _, status in contract.seen}
     assert {200, 201, 304, 401, 403, 404, 409, 413, 415, 422} <= statuses
+    # a 405 belongs to no operation: the document describes it once, as a reusable response
+    not_allowed = await client.delete("/api/v2/public")
+    assert not_allowed.status_code == 405
+    documented = contract.document["components"]["responses"]["MethodNotAllowed"]
+    assert all(header in not_allowed.headers for header in documented["headers"])
+    schema = {
+        **documented["content"]["application/problem+json"]["schema"],
+        "components": contract.document["components"],
+    }
+    jsonschema.Draft202012Validator(schema).validate(not_allowed.json())
 
 
 async def test_a_session_cookie_without_csrf_token_gets_the_documented_403(client: Client, contract: Contract) -> None:

@@ -38,8 +38,9 @@ Every operation lists every status it can answer. Every error is RFC 9457 `appli
 may meet 405 with `Allow` (a method the path does not serve), 431 or a closed connection (a header block over 64 KiB),
 and 500 (a fault of the server's, with nothing of its internals in the body).
 
-Responses under /api/ carry `RateLimit` and `RateLimit-Policy`; every response carries `X-Request-ID`. The WebSocket
-at /ws and the frames of /events are described by the AsyncAPI document at /api-docs/asyncapi.json."""
+`HEAD` works wherever `GET` does. Responses under /api/ carry `RateLimit` and `RateLimit-Policy`; every response
+carries `X-Request-ID`. The WebSocket at /ws and the frames of /events are described by the AsyncAPI document at
+/api-docs/asyncapi.json."""
 
 
 class OpenAPIDocument(JsonRenderPlugin):

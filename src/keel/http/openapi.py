@@ -187,9 +187,10 @@ def complete(document: Document, routes: Iterable[BaseRoute], edge: Edge) -> Doc
     """`document` (Litestar's, as a dict) with every status the edge answers, for the handlers of `routes`."""
     _rename_generic_schemas(document)
     components = document.setdefault("components", {})
-    components.setdefault("schemas", {}).update(SCHEMAS)
-    components["headers"] = HEADERS
-    components["responses"] = {"MethodNotAllowed": METHOD_NOT_ALLOWED}
+    # copies: the document is the caller's to change, the constants are not
+    components.setdefault("schemas", {}).update(copy.deepcopy(SCHEMAS))
+    components["headers"] = copy.deepcopy(HEADERS)
+    components["responses"] = {"MethodNotAllowed": copy.deepcopy(METHOD_NOT_ALLOWED)}
     for route in routes:
         if not isinstance(route, HTTPRoute):
             continue
@@ -203,7 +204,7 @@ def complete(document: Document, routes: Iterable[BaseRoute], edge: Edge) -> Doc
         for operation in item.values():
             for status, response in operation["responses"].items():
                 _finish_response(int(status), response, is_limited=False)
-            operation.setdefault("parameters", []).append(REQUEST_ID)
+            operation.setdefault("parameters", []).append(copy.deepcopy(REQUEST_ID))
         document["paths"][path] = item
     return document
 
@@ -244,8 +245,8 @@ def _complete_operation(
     operation["responses"] = dict(sorted(responses.items()))
     parameters_doc = operation.setdefault("parameters", [])
     if "304" in responses:
-        parameters_doc.append(IF_NONE_MATCH)
-    parameters_doc.append(REQUEST_ID)
+        parameters_doc.append(copy.deepcopy(IF_NONE_MATCH))
+    parameters_doc.append(copy.deepcopy(REQUEST_ID))
 
 
 def _merge(declared: Document | None, status: int, reasons: list[str]) -> Document:
