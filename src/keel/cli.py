@@ -23,7 +23,7 @@ from keel.errors import KeelError
 from keel.http.server import KeelHttpToolsProtocol
 from keel.identity.keys import generate_ed25519_keypair, load_keyring
 from keel.logs import configure_logging
-from keel.main import create_app, keyring_options
+from keel.main import create_app, keyring_options, openapi_document
 from keel.settings import ConfigError, Settings, load_settings
 
 
@@ -215,7 +215,7 @@ def generate_keys(directory: Path) -> None:
 def openapi(output: Path | None) -> None:
     """Print the OpenAPI 3.1 document."""
     app = create_app(settings_or_exit())
-    document = msgspec.json.format(msgspec.json.encode(app.openapi_schema.to_schema()), indent=2) + b"\n"
+    document = msgspec.json.format(msgspec.json.encode(openapi_document(app)), indent=2) + b"\n"
     if output is None:
         sys.stdout.buffer.write(document)
     else:

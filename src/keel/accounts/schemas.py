@@ -34,7 +34,13 @@ Email = Annotated[
         examples=["ada@example.com"],
     ),
 ]
-Password = Annotated[str, Meta(min_length=8, max_length=128, description="8 to 128 characters; never truncated")]
+Password = Annotated[
+    str,
+    Meta(min_length=8, max_length=128, description="8 to 128 characters; never truncated", examples=["correct horse"]),
+]
+# examples for OpenAPI (SPEC §3): what a client sees, so a reader of the document knows the shapes at a glance
+UserId = Annotated[uuid.UUID, Meta(examples=["0b6f3a52-8a0e-4d5b-9c1e-2f7d4a9e6c10"])]
+CreatedAt = Annotated[datetime, Meta(description="RFC 3339, UTC", examples=["2026-01-01T12:00:00Z"])]
 
 
 def field_error(field: str, message: str) -> ValueError:
@@ -57,11 +63,11 @@ class UserCreate(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class UserRead(msgspec.Struct):
-    id: uuid.UUID
-    username: str
-    email: str
-    is_admin: bool
-    created_at: datetime
+    id: UserId
+    username: Annotated[str, Meta(examples=["ada_l"])]
+    email: Annotated[str, Meta(examples=["ada@example.com"])]
+    is_admin: Annotated[bool, Meta(examples=[False])]
+    created_at: CreatedAt
 
     @classmethod
     def from_model(cls, user: User) -> UserRead:
@@ -71,8 +77,8 @@ class UserRead(msgspec.Struct):
 
 
 class PasswordChange(msgspec.Struct, forbid_unknown_fields=True):
-    current_password: Annotated[str, Meta(max_length=128)]
-    new_password: Password
+    current_password: Annotated[str, Meta(max_length=128, examples=["correct horse"])]
+    new_password: Annotated[Password, Meta(examples=["battery staple"])]
 
 
 class TokenRequest(msgspec.Struct):
@@ -89,22 +95,25 @@ class TokenRequest(msgspec.Struct):
             raise field_error("username", "The username must not contain a NUL character.")
 
 
+RefreshToken = Annotated[str, Meta(examples=["kq3Zl9xV0cT1b8Qm2rYw5HsPj7Ae4UoN6dFgLtXiBzE"])]
+
+
 class RefreshRequest(msgspec.Struct, forbid_unknown_fields=True):
-    refresh_token: Annotated[str, Meta(min_length=1, max_length=256)]
+    refresh_token: Annotated[RefreshToken, Meta(min_length=1, max_length=256)]
 
 
 class TokenPair(msgspec.Struct):
-    access_token: str
-    refresh_token: str
-    expires_in: int
+    access_token: Annotated[str, Meta(description="A JWT", examples=["eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIwYjZm…"])]
+    refresh_token: RefreshToken
+    expires_in: Annotated[int, Meta(description="Seconds the access token stays valid", examples=[900])]
     token_type: Literal["bearer"] = "bearer"  # noqa: S105 (a token type, not a secret)
 
 
 class ProtectedMessage(msgspec.Struct):
-    message: str
-    user_id: uuid.UUID
-    username: str
+    message: Annotated[str, Meta(examples=["Hello, ada_l."])]
+    user_id: UserId
+    username: Annotated[str, Meta(examples=["ada_l"])]
 
 
 class PublicMessage(msgspec.Struct):
-    message: str
+    message: Annotated[str, Meta(examples=["Hello from keel. This endpoint needs no token."])]
