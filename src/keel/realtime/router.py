@@ -50,7 +50,7 @@ class ChannelsController(Controller):
         )
         return ChannelRead.from_model(channel)
 
-    @get("/{channel_id:uuid}", responses=READ, response_headers=VALIDATOR_HEADERS)
+    @get("/{channel_id:str}", responses=READ, response_headers=VALIDATOR_HEADERS)
     async def get_channel(
         self, channel_id: FromPath[uuid.UUID], db_session: DbSession, reads: ConditionalReads
     ) -> Response[ChannelRead]:
@@ -61,7 +61,7 @@ class ChannelsController(Controller):
 
         return await reads.json(load, scope=service.channel_scope(channel_id), key="channel")
 
-    @post("/{channel_id:uuid}/messages", responses=NOT_FOUND)
+    @post("/{channel_id:str}/messages", responses=NOT_FOUND)
     async def post_message(
         self,
         channel_id: FromPath[uuid.UUID],
@@ -104,7 +104,7 @@ class ChannelListsV1(Controller):
 
         return await reads.json(load, scope=service.CHANNEL_LIST, key=f"v1 {limit}" if offset == 0 else None)
 
-    @get("/{channel_id:uuid}/messages", responses=READ, response_headers=VALIDATOR_HEADERS)
+    @get("/{channel_id:str}/messages", responses=READ, response_headers=VALIDATOR_HEADERS)
     async def list_messages(
         self,
         channel_id: FromPath[uuid.UUID],
@@ -148,7 +148,7 @@ class ChannelListsV2(Controller):
 
         return await reads.json(load, scope=service.CHANNEL_LIST, key=f"v2 {limit}" if cursor is None else None)
 
-    @get("/{channel_id:uuid}/messages", responses=READ, response_headers=VALIDATOR_HEADERS)
+    @get("/{channel_id:str}/messages", responses=READ, response_headers=VALIDATOR_HEADERS)
     async def list_messages(
         self,
         channel_id: FromPath[uuid.UUID],
