@@ -10,6 +10,7 @@ from typing import Any, Final
 
 from litestar import Litestar, Router
 from litestar.handlers import HTTPRouteHandler
+from litestar.routes import HTTPRoute
 from litestar.types import ControllerRouterHandler, Method
 
 from keel import db, metrics, telemetry
@@ -202,5 +203,6 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
         cors_origins=settings.cors_origins,
         access_log=access_log,
         client_ip=clients.client_ip,
+        methods={route.path_format: route.methods for route in app.routes if isinstance(route, HTTPRoute)},
     )
     return app

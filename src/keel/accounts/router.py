@@ -273,12 +273,15 @@ class AuthController(Controller):
 
 async def _read_token_request(request: Request[Any, Any, Any]) -> TokenRequest:
     """The credentials of a form or a JSON body; a 422 names every bad field of either."""
+    body = await request.body()
+    if not body:
+        raise ValidationException(extra=[{"loc": ["body"], "msg": "A body is required: a form or a JSON object."}])
     try:
-        if request.headers.get("content-type", "").startswith(FORM):
+        if request.headers.get("content-type", "").lower().startswith(FORM):
             form = await request.form()
             raw: object = {key: form.get(key) for key in form}
         else:
-            raw = msgspec.json.decode(await request.body())
+            raw = msgspec.json.decode(body)
     except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
         raise ValidationException(extra=[{"loc": ["body"], "msg": body_error(exc)}]) from None
     try:

@@ -89,9 +89,11 @@ def parse_request(scope: Any) -> tuple[list[uuid.UUID], dict[uuid.UUID, int]]:
     try:
         channels = list(dict.fromkeys(uuid.UUID(value) for value in params.get("channel", [])))
     except ValueError:
-        raise BadStreamRequest("Every `channel` is a channel id (a UUID).") from None
+        raise BadStreamRequest("Every `channel` is a channel id (a UUID).", loc=("query", "channel")) from None
     if not channels or len(channels) > MAX_CHANNELS:
-        raise BadStreamRequest(f"Follow 1 to {MAX_CHANNELS} channels: /events?channel=<id>&channel=<id>.")
+        raise BadStreamRequest(
+            f"Follow 1 to {MAX_CHANNELS} channels: /events?channel=<id>&channel=<id>.", loc=("query", "channel")
+        )
     header = next((value.decode("latin-1") for name, value in scope["headers"] if name == b"last-event-id"), None)
     last_event_id = header if header is not None else next(iter(params.get("last_event_id", [])), "")
     resume: dict[uuid.UUID, int] = {}
@@ -104,7 +106,8 @@ def parse_request(scope: Any) -> tuple[list[uuid.UUID], dict[uuid.UUID, int]]:
         if channel_id is None or _SEQ.fullmatch(seq) is None or int(seq) > MAX_INT64:
             raise BadStreamRequest(
                 "Last-Event-ID is a list of <channel id>:<seq> pairs joined by `,`, each seq a whole number "
-                f"from 0 to {MAX_INT64}."
+                f"from 0 to {MAX_INT64}.",
+                loc=("header", "Last-Event-ID") if header is not None else ("query", "last_event_id"),
             )
         resume[channel_id] = int(seq)
     return channels, resume

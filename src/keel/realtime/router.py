@@ -50,7 +50,7 @@ class ChannelsController(Controller):
         )
         return ChannelRead.from_model(channel)
 
-    @get("/{channel_id:uuid}", summary="Get a channel", responses=READ, response_headers=VALIDATOR_HEADERS)
+    @get("/{channel_id:str}", summary="Get a channel", responses=READ, response_headers=VALIDATOR_HEADERS)
     async def get_channel(
         self, channel_id: FromPath[uuid.UUID], db_session: DbSession, reads: ConditionalReads
     ) -> Response[ChannelRead]:
@@ -62,7 +62,7 @@ class ChannelsController(Controller):
 
         return await reads.json(load, scope=service.channel_scope(channel_id), key="channel")
 
-    @post("/{channel_id:uuid}/messages", summary="Post a message", responses=NOT_FOUND)
+    @post("/{channel_id:str}/messages", summary="Post a message", responses=NOT_FOUND)
     async def post_message(
         self,
         channel_id: FromPath[uuid.UUID],
@@ -106,7 +106,7 @@ class ChannelListsV1(Controller):
         return await reads.json(load, scope=service.CHANNEL_LIST, key=f"v1 {limit}" if offset == 0 else None)
 
     @get(
-        "/{channel_id:uuid}/messages",
+        "/{channel_id:str}/messages",
         summary="List a channel's messages",
         responses=READ,
         response_headers=VALIDATOR_HEADERS,
@@ -155,7 +155,7 @@ class ChannelListsV2(Controller):
         return await reads.json(load, scope=service.CHANNEL_LIST, key=f"v2 {limit}" if cursor is None else None)
 
     @get(
-        "/{channel_id:uuid}/messages",
+        "/{channel_id:str}/messages",
         summary="List a channel's messages",
         responses=READ,
         response_headers=VALIDATOR_HEADERS,
