@@ -35,6 +35,7 @@ from keel.http.requests import ACCEPTS, RATE_LIMIT
 from keel.http.sessions import CSRF_COOKIE, REFRESH_COOKIE, SESSION_COOKIE, SessionCookies
 from keel.http.validation import struct_errors
 from keel.identity.tokens import Keyring
+from keel.types import NO_NUL
 
 FORM = RequestEncodingType.URL_ENCODED.value
 JSON = RequestEncodingType.JSON.value
@@ -160,6 +161,7 @@ class TokenOperation(Operation):
                     type=OpenAPIType.STRING,
                     min_length=1,
                     max_length=320,
+                    pattern=NO_NUL,
                     description="the username or the email",
                     examples=["ada_l"],
                 ),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from keel.http.errors import allow_value, problem_body, send_problem
 from keel.realtime.events import KEEP_ALIVE, MAX_CHANNELS, RETRY_MS, serve_events
 from keel.realtime.websocket import serve_websocket
 
@@ -108,8 +109,13 @@ class RealtimeRoutes:
         if path == "/ws" and kind == "websocket":
             scope["path_template"] = path  # the route of logs, metrics and spans, as Litestar's router names its own
             await serve_websocket(self.state.realtime, scope, receive, send)
-        elif path == "/events" and kind == "http" and scope["method"] == "GET":
+        elif path == "/events" and kind == "http":
             scope["path_template"] = path
-            await serve_events(self.state.realtime, scope, receive, send)
+            if scope["method"] == "GET":  # the edge runs HEAD as a GET
+                await serve_events(self.state.realtime, scope, receive, send)
+            else:
+                detail = f"{scope['method']} is not allowed here."
+                body = problem_body(405, code="http.method_not_allowed", detail=detail)
+                await send_problem(send, 405, body, [(b"allow", allow_value(["GET"]).encode())])
         else:
             await self.app(scope, receive, send)
