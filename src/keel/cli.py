@@ -24,6 +24,7 @@ from keel.http.server import KeelHttpToolsProtocol
 from keel.identity.keys import generate_ed25519_keypair, load_keyring
 from keel.logs import configure_logging
 from keel.main import create_app, keyring_options
+from keel.realtime.websocket import MAX_FRAME_BYTES, PING_INTERVAL, PING_TIMEOUT
 from keel.settings import ConfigError, Settings, load_settings
 
 
@@ -120,9 +121,9 @@ def _run_uvicorn(settings: Settings) -> None:
         # socket and doubles fan-out time
         ws="wsproto",
         ws_per_message_deflate=False,
-        ws_max_size=64 * 1024,
-        ws_ping_interval=20,
-        ws_ping_timeout=20,
+        ws_max_size=MAX_FRAME_BYTES,
+        ws_ping_interval=PING_INTERVAL,
+        ws_ping_timeout=PING_TIMEOUT,
         # keel's trusted-proxy rule is the only one that may rewrite the client address (SPEC §5)
         proxy_headers=False,
         server_header=False,
