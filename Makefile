@@ -1,4 +1,4 @@
-# keel: `make run` and `make test` are all a new machine needs (Python 3.11+ and make).
+# keel: `make run` and `make test` are all a new machine needs (Python 3.11+ and make; `make test` also npm).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -14,6 +14,12 @@ $(VENV)/.synced: pyproject.toml uv.lock
 	$(BIN)/uv sync --frozen --inexact --quiet
 	@touch $@
 
+# test tooling from npm (the AsyncAPI JSON Schemas), reinstalled only when its lock changes
+node_modules/.synced: package.json package-lock.json
+	@command -v npm >/dev/null || { echo "make test needs npm (Node.js 18 or newer)"; exit 1; }
+	npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	@touch $@
+
 setup: $(VENV)/.synced
 
 run: setup
@@ -27,7 +33,7 @@ check: setup
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: check
+test: check node_modules/.synced
 	$(BIN)/pytest --cov --cov-report=term:skip-covered -p no:cacheprovider
 
 bench: setup
@@ -37,4 +43,4 @@ openapi: setup
 	$(BIN)/keel openapi -o openapi.json
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .coverage htmlcov
+	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .coverage htmlcov
