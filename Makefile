@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 UV_VERSION := 0.13.8
 
-.PHONY: run test setup check bench openapi clean
+.PHONY: run test setup check bench openapi asyncapi clean
 
 # the venv is rebuilt only when the lock changes; uv itself lives in the venv (kept by --inexact)
 $(VENV)/.synced: pyproject.toml uv.lock
@@ -41,6 +41,9 @@ bench: setup
 
 openapi: setup
 	$(BIN)/keel openapi -o openapi.json
+
+asyncapi: setup
+	$(BIN)/keel asyncapi -o asyncapi.json
 
 clean:
 	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .coverage htmlcov
