@@ -8,6 +8,7 @@ from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any, Final
 
+import msgspec
 from litestar import Litestar, Router
 from litestar.handlers import HTTPRouteHandler
 from litestar.routes import HTTPRoute
@@ -47,6 +48,7 @@ from keel.ratelimit.deps import (
     RateLimits,
 )
 from keel.ratelimit.limiter import Limiter
+from keel.realtime import asyncapi
 from keel.realtime.access import Realtime, StreamCounts
 from keel.realtime.hub import Hub
 from keel.realtime.router import COMMON as CHANNELS
@@ -179,7 +181,7 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
         route_handlers=[
             HealthController,
             jwks,
-            docs_router(),
+            docs_router(msgspec.json.encode(asyncapi.build(VERSION))),
             *(api_router(v) for v in API_VERSIONS),
             # the example chat page: development only, so a production deployment exposes nothing it did not ask for
             *([examples_router()] if settings.env == "development" else []),

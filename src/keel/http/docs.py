@@ -1,4 +1,5 @@
-"""OpenAPI 3.1 at /api-docs/openapi.json and Swagger UI at /swagger-ui, every asset served by keel (no CDN)."""
+"""OpenAPI 3.1 at /api-docs/openapi.json and Swagger UI at /swagger-ui, every asset served by keel (no CDN), and the
+AsyncAPI document at /api-docs/asyncapi.json (built by keel.realtime.asyncapi; this module only serves it)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ from pathlib import Path
 from typing import Any, Final
 
 from litestar import Litestar, Request, Router, get
+from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, OAuthFlow, OAuthFlows, SecurityScheme, Tag
 from litestar.response import Response
 from litestar.static_files import create_static_files_router
+
+from keel.http.caching import entity_tag, is_current
 
 ASSETS: Final = Path(__file__).parent / "static" / "swagger-ui"
 SWAGGER_PAGE: Final = b"""<!doctype html>
@@ -39,8 +43,8 @@ may meet 405 with `Allow` (a method the path does not serve), 431 or a closed co
 and 500 (a fault of the server's, with nothing of its internals in the body).
 
 `HEAD` works wherever `GET` does. Responses under /api/ carry `RateLimit` and `RateLimit-Policy`; every response
-carries `X-Request-ID`. The WebSocket at /ws and the frames of /events are described by the AsyncAPI document at
-/api-docs/asyncapi.json."""
+carries `X-Request-ID`. The WebSocket at /ws and the frames of /events are described by the
+[AsyncAPI document](/api-docs/asyncapi.json)."""
 
 
 class OpenAPIDocument(JsonRenderPlugin):
@@ -108,7 +112,22 @@ def swagger_ui() -> Response[bytes]:
     return Response(SWAGGER_PAGE, media_type="text/html", headers={"Cache-Control": "no-cache"})
 
 
-def docs_router() -> Router:
+def asyncapi_handler(document: bytes) -> HTTPRouteHandler:
+    """`GET /api-docs/asyncapi.json`: `document` as it is, revalidated by its ETag (it changes only with a deploy)."""
+    etag = entity_tag(document)
+    headers = {"Cache-Control": "no-cache", "ETag": etag}
+
+    @get("/api-docs/asyncapi.json", include_in_schema=False, sync_to_thread=False)
+    def asyncapi(request: Request[Any, Any, Any]) -> Response[bytes]:
+        if is_current(request.headers.get("if-none-match"), etag):
+            return Response(b"", status_code=304, headers=headers)
+        return Response(document, media_type="application/json", headers=headers)
+
+    return asyncapi
+
+
+def docs_router(asyncapi: bytes) -> Router:
+    """Swagger UI with its assets, and the AsyncAPI document `asyncapi`."""
     assets = create_static_files_router(
         path="/swagger-ui/assets",
         directories=[ASSETS],
@@ -116,4 +135,4 @@ def docs_router() -> Router:
         cache_control=None,
         name="swagger-ui-assets",
     )
-    return Router(path="/", route_handlers=[swagger_ui, assets])
+    return Router(path="/", route_handlers=[swagger_ui, assets, asyncapi_handler(asyncapi)])
