@@ -9,16 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
 from websockets.asyncio.client import connect
 
+from deploy import cluster as cluster_script
 from deploy.cluster import TEMPLATE, Cluster, cluster, render
+from tests.conftest import TEST_JWT_SECRET
 from tests.deploy.conftest import tool
 from tests.realtime.conftest import receive, send, subscribe
 from tests.servers import clean_env, free_port, scaled_env
@@ -157,3 +164,43 @@ def test_one_rate_limit_budget_per_real_client_whatever_forwarding_headers_it_se
         assert guess(someone_else, 0) == 401  # another real address has its own budget
     nginx_log = (shape.cluster.logs / "nginx.log").read_text()
     assert all(f"upstream={instance.removeprefix('http://')}" in nginx_log for instance in shape.cluster.instances)
+
+
+def free_port_pair() -> int:
+    """A port P such that P and P + 1 are both free: `--first-keel-port` takes consecutive ports."""
+    while True:
+        port = free_port()
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+
+
+def test_make_cluster_serves_until_ctrl_c_stops_it_all(pg_url: str, redis_url: str, tmp_path: Path) -> None:
+    tool("nginx", "nginx")
+    env = clean_env({"DATABASE_URL": pg_url, "REDIS_URL": redis_url, "KEEL_JWT_SECRET": TEST_JWT_SECRET})
+    port, first = free_port(), free_port_pair()
+    command = [sys.executable, cluster_script.__file__, "--port", str(port), "--first-keel-port", str(first)]
+    output = tmp_path / "cluster.out"
+    with output.open("wb") as out:
+        process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        urls = [f"http://127.0.0.1:{p}/readyz" for p in (port, first, first + 1)]
+        eventually(lambda: all(_answers(url) for url in urls), within=60)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=40) == 0, output.read_text()
+        assert not any(_answers(url) for url in urls)
+        assert (tmp_path / "var" / "cluster" / "logs" / "nginx.log").is_file()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
