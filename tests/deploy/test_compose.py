@@ -18,6 +18,8 @@ import jsonschema
 import pytest
 import yaml
 
+from keel.cli import GRACEFUL_SHUTDOWN
+from keel.realtime.hub import DRAIN_TIMEOUT
 from tests.deploy.conftest import tool
 
 DEPLOY = Path(__file__).parents[2] / "deploy"
@@ -85,6 +87,8 @@ def test_compose_runs_replicas_behind_nginx_with_their_services(compose: dict[st
             assert (context / spec["build"]["dockerfile"]).is_file()
     assert services["migrate"]["command"] == ["migrate"]
     assert services["keel"]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
+    # `docker compose stop` lets keel drain (its own drain, then uvicorn's wait) before it kills a replica
+    assert int(services["keel"]["stop_grace_period"].removesuffix("s")) > DRAIN_TIMEOUT + GRACEFUL_SHUTDOWN
 
 
 def test_keel_trusts_exactly_the_nginx_hop(compose: dict[str, Any]) -> None:
