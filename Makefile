@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 UV_VERSION := 0.13.8
 
-.PHONY: run test setup check bench openapi asyncapi clean
+.PHONY: run test setup check bench openapi asyncapi cluster clean
 
 # the venv is rebuilt only when the lock changes; uv itself lives in the venv (kept by --inexact)
 $(VENV)/.synced: pyproject.toml uv.lock
@@ -28,8 +28,8 @@ run: setup
 
 # format, lint, types, import contracts, then every test: the same in CI
 check: setup
-	$(BIN)/ruff format --check src tests bench
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench deploy
+	$(BIN)/ruff check src tests bench deploy
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
@@ -38,6 +38,11 @@ test: check node_modules/.synced
 
 bench: setup
 	$(BIN)/python bench/run.py
+
+# nginx in front of two keel instances on PostgreSQL and Redis (DATABASE_URL, REDIS_URL), as deploy/ describes; Ctrl-C
+# stops it all. Needs Debian's nginx.
+cluster: setup
+	$(BIN)/python deploy/cluster.py
 
 openapi: setup
 	$(BIN)/keel openapi -o openapi.json

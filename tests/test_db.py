@@ -1,4 +1,5 @@
-"""The embedded database's writer queue: one SQLite writer at a time per process, queued in asyncio."""
+"""The database engine: the embedded writer queue (one SQLite writer at a time per process, queued in asyncio), and
+the statement caches a transaction pooler needs off."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -77,3 +79,23 @@ async def test_reads_do_not_queue_behind_a_writer(engine: AsyncEngine) -> None:
         await writer.execute(WRITE)
         assert await reader.scalar(text("SELECT count(*) FROM t")) == 0  # WAL: the reader sees the last commit
         await writer.rollback()
+
+
+@pytest.mark.parametrize(
+    ("query", "sizes"),
+    [
+        ("", {}),
+        ("?prepared_statement_cache_size=0", {"prepared_statement_cache_size": 0, "statement_cache_size": 0}),
+        ("?statement_cache_size=0", {"prepared_statement_cache_size": 0, "statement_cache_size": 0}),
+        ("?statement_cache_size=500&ssl=require", {"statement_cache_size": 500}),
+    ],
+)
+def test_turning_off_either_statement_cache_turns_off_both(query: str, sizes: dict[str, int]) -> None:
+    url, found = db.statement_cache_sizes(make_url(f"postgresql+asyncpg://keel@db/keel{query}"))
+    assert found == sizes
+    assert not set(url.query) & set(db.STATEMENT_CACHES)  # asyncpg gets numbers through connect_args instead
+
+
+def test_a_statement_cache_size_that_is_not_a_number_is_refused() -> None:
+    with pytest.raises(ValueError, match="statement_cache_size must be a whole number"):
+        db.statement_cache_sizes(make_url("postgresql+asyncpg://keel@db/keel?statement_cache_size=lots"))

@@ -28,6 +28,10 @@ from keel.realtime import asyncapi as realtime_asyncapi
 from keel.realtime.websocket import MAX_FRAME_BYTES, PING_INTERVAL, PING_TIMEOUT
 from keel.settings import ConfigError, Settings, load_settings
 
+# seconds uvicorn waits for open connections after keel's own drain (keel.realtime.hub.DRAIN_TIMEOUT) on SIGTERM;
+# deploy/ sizes its stop grace periods from both
+GRACEFUL_SHUTDOWN = 10
+
 
 def fail(message: str, code: int = 1) -> NoReturn:
     click.echo(f"keel: {message}", err=True)
@@ -131,7 +135,7 @@ def _run_uvicorn(settings: Settings) -> None:
         access_log=False,
         log_config=None,
         lifespan="on",
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
     )
 
 

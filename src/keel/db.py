@@ -12,7 +12,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import DateTime, MetaData, TypeDecorator, event
-from sqlalchemy.engine import Connection, Dialect, make_url
+from sqlalchemy.engine import URL, Connection, Dialect, make_url
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
@@ -32,6 +32,8 @@ NAMING_CONVENTION = {
 
 POOL_TIMEOUT = 5  # seconds a request may wait for a pooled connection before it gets 503
 WRITE_LOCK_TIMEOUT = 5  # seconds a SQLite writer may queue, as busy_timeout allowed before: then 503
+# SQLAlchemy's per-connection cache of asyncpg prepared statements, and asyncpg's own: `DATABASE_URL` query parameters
+STATEMENT_CACHES = ("prepared_statement_cache_size", "statement_cache_size")
 _WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
 
 
@@ -81,15 +83,44 @@ def _create_engine(url: str, pool_size: int) -> AsyncEngine:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         _queue_sqlite_writers(engine)
         return engine
+    pg_url, statement_caches = statement_cache_sizes(make_url(url))
     return create_async_engine(
-        url,
+        pg_url,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_timeout=POOL_TIMEOUT,
         pool_recycle=1800,
         hide_parameters=True,
-        connect_args={"timeout": 5, "command_timeout": 30, "server_settings": {"application_name": "keel"}},
+        connect_args={
+            "timeout": 5,
+            "command_timeout": 30,
+            "server_settings": {"application_name": "keel"},
+            **statement_caches,
+        },
     )
+
+
+def statement_cache_sizes(url: URL) -> tuple[URL, dict[str, int]]:
+    """`url` without its statement-cache parameters, and their sizes as numbers; if either is 0, both are.
+
+    Behind PgBouncer in transaction mode each transaction may run on another server connection, where a named
+    prepared statement is missing or, named `__asyncpg_stmt_1__` by another client too, already exists. With both
+    caches off every statement is unnamed: asyncpg parses it and runs it in one exchange (Parse, Describe, Flush,
+    then Bind, Execute, Sync: no Sync, so no pooler switches connections in between) inside the transaction
+    SQLAlchemy began, and nothing outlives it. Either cache alone is not enough: SQLAlchemy's off still names
+    statements (asyncpg's cache decides that), and asyncpg's off with SQLAlchemy's on would reuse an unnamed
+    statement in a later transaction. asyncpg takes its size as an `int`, which a URL cannot carry.
+    """
+    sizes: dict[str, int] = {}
+    for name in STATEMENT_CACHES:
+        if name in url.query:
+            value = url.query[name]
+            if not isinstance(value, str) or not value.isdigit():
+                raise ValueError(f"DATABASE_URL: {name} must be a whole number, got {value!r}")
+            sizes[name] = int(value)
+    if 0 in sizes.values():
+        sizes = dict.fromkeys(STATEMENT_CACHES, 0)
+    return url.difference_update_query(STATEMENT_CACHES), sizes
 
 
 def _count_checkouts(engine: AsyncEngine) -> None:
