@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 UV_VERSION := 0.13.8
 
-.PHONY: run test setup check bench openapi clean
+.PHONY: run test setup check bench openapi clients clients-python clean
 
 # the venv is rebuilt only when the lock changes; uv itself lives in the venv (kept by --inexact)
 $(VENV)/.synced: pyproject.toml uv.lock
@@ -35,6 +35,12 @@ bench: setup
 
 openapi: setup
 	$(BIN)/keel openapi -o openapi.json
+
+# the SDKs generated from the OpenAPI document; a test fails while a committed one is stale
+clients: clients-python
+
+clients-python: setup
+	$(BIN)/python clients/python/generator/generate.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .coverage htmlcov
