@@ -68,7 +68,7 @@ def generate(output: Path) -> Path:
     target = output / PACKAGE
     with tempfile.TemporaryDirectory(prefix="keel-client-") as tmp:
         workdir = Path(tmp)
-        command = [
+        command: list[str | Path] = [
             BIN / "openapi-python-client",
             "generate",
             "--path",
