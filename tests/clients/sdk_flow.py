@@ -16,7 +16,7 @@ import asyncio
 import json
 import sys
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from keel_client import AuthenticatedClient, Client
 from keel_client.api.auth import auth_logout, auth_token, v1_auth_token
@@ -59,6 +59,21 @@ async def post(client: AuthenticatedClient, channel: UUID, body: str, *, v1: boo
     return message.seq
 
 
+def outcome(exc: RealtimeError) -> dict[str, Any]:
+    return {"error": type(exc).__name__, "status": getattr(exc, "status", None), "code": getattr(exc, "code", None)}
+
+
+async def refusal(messages: Subscription | EventStream) -> dict[str, Any]:
+    """How `messages` fails at once, without a retry."""
+    async with asyncio.timeout(10), messages:
+        try:
+            async for event in messages:
+                raise AssertionError(f"expected a refusal, got {event}")
+        except RealtimeError as exc:
+            return outcome(exc)
+    raise AssertionError("the iteration ended without a refusal")
+
+
 class Followers:
     """Three followers of one channel, collecting the seq of every message each yields, then how it ended."""
 
@@ -76,8 +91,7 @@ class Followers:
                 self.seqs[name].append(event.message.seq)
                 self.changed.set()
         except RealtimeError as exc:
-            status, code = getattr(exc, "status", None), getattr(exc, "code", None)
-            self.ended[name].update(error=type(exc).__name__, status=status, code=code)
+            self.ended[name] = outcome(exc)
 
     async def have(self, last: int) -> dict[str, list[int]]:
         """What each has received, once every one has received message `last`."""
@@ -135,6 +149,11 @@ async def main(url_a: str, url_b: str) -> dict[str, Any]:
         step("start-a")
         live = await post(client, channel.id, "after the restart")
         received = await followers.have(LAST)
+        refusals = {
+            "ws_unknown_channel": await refusal(Subscription(client, [uuid4()])),
+            "sse_unknown_channel": await refusal(EventStream(client, [uuid4()])),
+            "ws_bad_token": await refusal(Subscription(AuthenticatedClient(url_a, token="not-a-jwt"), [channel.id])),
+        }
 
         assert (await auth_logout.asyncio_detailed(client=client)).status_code == 204
         await asyncio.wait_for(asyncio.gather(*followers.tasks), 30)
@@ -144,6 +163,7 @@ async def main(url_a: str, url_b: str) -> dict[str, Any]:
             "posted_while_down": missed,
             "posted_live": live,
             "received": received,
+            "refusals": refusals,
             "reconnects": {name: follower.reconnects for name, follower in followers.followers.items()},
             "ended": followers.ended,
             "after_end": {name: len(seqs) - len(received[name]) for name, seqs in followers.seqs.items()},

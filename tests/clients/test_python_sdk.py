@@ -103,6 +103,12 @@ def test_sdk_follows_a_channel_across_a_server_restart(
     assert result["posted_live"] == 6
     # every message once and in order on every follower: the ones posted while it was cut off came on resume
     assert result["received"] == {name: [1, 2, 3, 4, 5, 6] for name in ("ws", "ws_ticket", "sse")}
+    # what retrying cannot mend ends the iteration at once
+    assert result["refusals"] == {
+        "ws_unknown_channel": {"error": "SubscribeFailed", "status": None, "code": "not_found"},
+        "sse_unknown_channel": {"error": "Refused", "status": 404, "code": None},
+        "ws_bad_token": {"error": "Refused", "status": 401, "code": None},
+    }
     assert all(count >= 1 for count in result["reconnects"].values()), result["reconnects"]
     # a logout is not retried: the sockets close with 4401, the stream's next connection is refused with 401
     assert result["ended"] == {
