@@ -7,12 +7,10 @@ a channel's last yielded seq are dropped all the same, so each is yielded once.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from typing import Final, Self
+from typing import Final
 from uuid import UUID
 
 import httpx
@@ -21,10 +19,9 @@ from keel_client import AuthenticatedClient
 from keel_client.models import MessageRead
 from keel_client_realtime.auth import authorization, ticket
 from keel_client_realtime.errors import RealtimeError, Refused
+from keel_client_realtime.follower import Follower
 from keel_client_realtime.frames import MessageEvent
 from keel_client_realtime.retry import RETRY_STATUSES, Backoff, Retryable, problem, retry_after
-
-log = logging.getLogger("keel_client_realtime")
 
 # keel sends a keep-alive comment every 15 s: three missed in a row means the connection is dead
 READ_TIMEOUT: Final = 45.0
@@ -88,7 +85,7 @@ def positions(last_event_id: str | None) -> dict[UUID, int]:
     return result
 
 
-class EventStream:
+class EventStream(Follower):
     """Messages of `channels` over Server-Sent Events, in order per channel, each once, across reconnects.
 
     `last_event_id` resumes a stream an earlier process followed (`stream.last_event_id` holds the position
@@ -106,35 +103,16 @@ class EventStream:
         use_ticket: bool = False,
         backoff: Backoff | None = None,
     ) -> None:
-        self._client = client
+        super().__init__(client, use_ticket=use_ticket, backoff=backoff)
         self._channels = [str(channel) for channel in channels]
         self._parser = EventParser(last_event_id)
         self._seen = positions(last_event_id)
-        self._use_ticket = use_ticket
-        self._backoff = backoff or Backoff()
         self._response: httpx.Response | None = None
         self._lines: AsyncIterator[str] | None = None
-        self._connected_before = False
-        self._closed = False
-        self.reconnects = 0  # connections opened after the first: a figure to log or export
 
     @property
     def last_event_id(self) -> str | None:
         return self._parser.last_event_id
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        """Stop: close the stream and end the iteration."""
-        self._closed = True
-        await self._disconnect()
-
-    def __aiter__(self) -> Self:
-        return self
 
     async def __anext__(self) -> MessageEvent:
         while not self._closed:
@@ -188,8 +166,7 @@ class EventStream:
         if not response.headers.get("content-type", "").startswith("text/event-stream"):
             await response.aclose()
             raise RealtimeError(f"/events answered {response.headers.get('content-type')!r}, not an event stream")
-        self.reconnects += self._connected_before
-        self._connected_before = True
+        self._connected()
         self._backoff.reset()
         self._response, self._lines = response, response.aiter_lines()
         return self._lines
@@ -201,13 +178,6 @@ class EventStream:
         self._parser.interrupted()
 
     async def _retry(self, reason: str, at_least: float = 0.0) -> None:
-        """Give up this connection (unless the caller closed the stream) and wait before the next; the server's
-        `retry:` is the first step of the backoff."""
-        await self._disconnect()
-        if self._closed:
-            return
-        if self._parser.retry_ms is not None:
+        if self._parser.retry_ms is not None:  # the server's `retry:` is the first step of the backoff
             self._backoff.initial = self._parser.retry_ms / 1000
-        delay = self._backoff.next_delay(at_least)
-        log.warning("realtime: %s; reconnecting in %.1f s", reason, delay)
-        await asyncio.sleep(delay)
+        await super()._retry(reason, at_least)

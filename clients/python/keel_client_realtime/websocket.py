@@ -7,10 +7,8 @@ Messages at or below that position are dropped, so each is yielded once even if 
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import Iterable, Mapping
-from typing import Final, Self
+from typing import Final
 from uuid import UUID
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -20,10 +18,9 @@ from keel_client import AuthenticatedClient
 from keel_client_realtime import frames
 from keel_client_realtime.auth import authorization, ticket
 from keel_client_realtime.errors import Closed, Refused, SubscribeFailed
+from keel_client_realtime.follower import Follower
 from keel_client_realtime.frames import ErrorFrame, MessageEvent, Subscribed
 from keel_client_realtime.retry import RETRY_STATUSES, Backoff, Retryable, problem, retry_after
-
-log = logging.getLogger("keel_client_realtime")
 
 # Close codes after which connecting again cannot help: the client broke the protocol (1002, 1003, 1007, 1009,
 # 1010), the server's policy refused it (1008), or an application code 4400-4499 (keel: 4000 + the HTTP status,
@@ -36,7 +33,7 @@ def is_fatal(code: int) -> bool:
     return code in FATAL_CLOSE_CODES or 4400 <= code < 4500
 
 
-class Subscription:
+class Subscription(Follower):
     """Messages of `channels` over one WebSocket, in order per channel, each once, across reconnects.
 
     `since` maps channels to the seq to resume after (every later message is replayed first); a channel without
@@ -54,33 +51,12 @@ class Subscription:
         use_ticket: bool = False,
         backoff: Backoff | None = None,
     ) -> None:
-        self._client = client
+        super().__init__(client, use_ticket=use_ticket, backoff=backoff)
         resume = {UUID(str(channel)): seq for channel, seq in (since or {}).items()}
         # the last seq yielded (or the position subscribed at) per channel: where a reconnect resumes
         self.positions: dict[UUID, int | None] = {UUID(str(c)): None for c in channels} | resume
-        self._use_ticket = use_ticket
-        self._backoff = backoff or Backoff()
         self._socket: ClientConnection | None = None
         self._unconfirmed: set[UUID] = set()
-        self._closed = False
-        self._connected_before = False
-        self.reconnects = 0  # connections opened after the first: a figure to log or export
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        """Stop: close the socket (1000) and end the iteration."""
-        self._closed = True
-        if self._socket is not None:
-            await self._socket.close()
-            self._socket = None
-
-    def __aiter__(self) -> Self:
-        return self
 
     async def __anext__(self) -> MessageEvent:
         while not self._closed:
@@ -102,8 +78,7 @@ class Subscription:
     async def _open(self) -> ClientConnection:
         """Connect, and subscribe to every channel at its position."""
         self._socket = socket = await self._connect()
-        self.reconnects += self._connected_before
-        self._connected_before = True
+        self._connected()
         self._unconfirmed = set(self.positions)
         for channel, seq in self.positions.items():
             await socket.send(frames.subscribe(channel, seq))
@@ -147,13 +122,7 @@ class Subscription:
             raise SubscribeFailed(frame.code, frame.detail)
         return None
 
-    async def _retry(self, reason: str, at_least: float = 0.0) -> None:
-        """Give up this connection (unless the caller closed the subscription) and wait before the next."""
+    async def _disconnect(self) -> None:
         if self._socket is not None:
-            await self._socket.close()
+            await self._socket.close()  # 1000
             self._socket = None
-        if self._closed:
-            return
-        delay = self._backoff.next_delay(at_least)
-        log.warning("realtime: %s; reconnecting in %.1f s", reason, delay)
-        await asyncio.sleep(delay)
