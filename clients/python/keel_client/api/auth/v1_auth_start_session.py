@@ -1,0 +1,184 @@
+from http import HTTPStatus
+from typing import Any, cast
+
+import httpx
+
+from ... import errors
+from ...client import AuthenticatedClient, Client
+from ...models.problem_details import ProblemDetails
+from ...models.v1_auth_start_session_data_body import V1AuthStartSessionDataBody
+from ...models.v1_auth_start_session_json_body import V1AuthStartSessionJsonBody
+from ...types import Response
+
+
+def _get_kwargs(
+    *,
+    body: V1AuthStartSessionDataBody | V1AuthStartSessionJsonBody,
+) -> dict[str, Any]:
+    headers: dict[str, Any] = {}
+
+    _kwargs: dict[str, Any] = {
+        "method": "post",
+        "url": "/api/v1/auth/session",
+    }
+
+    if isinstance(body, V1AuthStartSessionDataBody):
+        _kwargs["data"] = body.to_dict()
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+    if isinstance(body, V1AuthStartSessionJsonBody):
+        _kwargs["json"] = body.to_dict()
+
+        headers["Content-Type"] = "application/json"
+
+    _kwargs["headers"] = headers
+    return _kwargs
+
+
+def _parse_response(*, client: AuthenticatedClient | Client, response: httpx.Response) -> None | ProblemDetails | None:
+    if response.status_code == 204:
+        response_204 = cast(None, response.json())
+        return response_204
+
+    if response.status_code == 401:
+        response_401 = ProblemDetails.from_dict(response.json())
+
+        return response_401
+
+    if response.status_code == 503:
+        response_503 = ProblemDetails.from_dict(response.json())
+
+        return response_503
+
+    if client.raise_on_unexpected_status:
+        raise errors.UnexpectedStatus(response.status_code, response.content)
+    else:
+        return None
+
+
+def _build_response(
+    *, client: AuthenticatedClient | Client, response: httpx.Response
+) -> Response[None | ProblemDetails]:
+    return Response(
+        status_code=HTTPStatus(response.status_code),
+        content=response.content,
+        headers=response.headers,
+        parsed=_parse_response(client=client, response=response),
+    )
+
+
+def sync_detailed(
+    *,
+    client: AuthenticatedClient | Client,
+    body: V1AuthStartSessionDataBody | V1AuthStartSessionJsonBody,
+) -> Response[None | ProblemDetails]:
+    """StartSession
+
+     Sign a browser in: the credentials of /auth/token; the session travels in HttpOnly cookies.
+
+    Args:
+        body (V1AuthStartSessionDataBody):
+        body (V1AuthStartSessionJsonBody):
+
+    Raises:
+        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        httpx.TimeoutException: If the request takes longer than Client.timeout.
+
+    Returns:
+        Response[None | ProblemDetails]
+    """
+
+    kwargs = _get_kwargs(
+        body=body,
+    )
+
+    response = client.get_httpx_client().request(
+        **kwargs,
+    )
+
+    return _build_response(client=client, response=response)
+
+
+def sync(
+    *,
+    client: AuthenticatedClient | Client,
+    body: V1AuthStartSessionDataBody | V1AuthStartSessionJsonBody,
+) -> None | ProblemDetails | None:
+    """StartSession
+
+     Sign a browser in: the credentials of /auth/token; the session travels in HttpOnly cookies.
+
+    Args:
+        body (V1AuthStartSessionDataBody):
+        body (V1AuthStartSessionJsonBody):
+
+    Raises:
+        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        httpx.TimeoutException: If the request takes longer than Client.timeout.
+
+    Returns:
+        None | ProblemDetails
+    """
+
+    return sync_detailed(
+        client=client,
+        body=body,
+    ).parsed
+
+
+async def asyncio_detailed(
+    *,
+    client: AuthenticatedClient | Client,
+    body: V1AuthStartSessionDataBody | V1AuthStartSessionJsonBody,
+) -> Response[None | ProblemDetails]:
+    """StartSession
+
+     Sign a browser in: the credentials of /auth/token; the session travels in HttpOnly cookies.
+
+    Args:
+        body (V1AuthStartSessionDataBody):
+        body (V1AuthStartSessionJsonBody):
+
+    Raises:
+        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        httpx.TimeoutException: If the request takes longer than Client.timeout.
+
+    Returns:
+        Response[None | ProblemDetails]
+    """
+
+    kwargs = _get_kwargs(
+        body=body,
+    )
+
+    response = await client.get_async_httpx_client().request(**kwargs)
+
+    return _build_response(client=client, response=response)
+
+
+async def asyncio(
+    *,
+    client: AuthenticatedClient | Client,
+    body: V1AuthStartSessionDataBody | V1AuthStartSessionJsonBody,
+) -> None | ProblemDetails | None:
+    """StartSession
+
+     Sign a browser in: the credentials of /auth/token; the session travels in HttpOnly cookies.
+
+    Args:
+        body (V1AuthStartSessionDataBody):
+        body (V1AuthStartSessionJsonBody):
+
+    Raises:
+        errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
+        httpx.TimeoutException: If the request takes longer than Client.timeout.
+
+    Returns:
+        None | ProblemDetails
+    """
+
+    return (
+        await asyncio_detailed(
+            client=client,
+            body=body,
+        )
+    ).parsed

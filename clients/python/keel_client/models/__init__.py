@@ -1,0 +1,77 @@
+"""Contains all the data models used in inputs/outputs"""
+
+from .auth_jwks_response_200 import AuthJwksResponse200
+from .auth_jwks_response_200_additional_property_item import AuthJwksResponse200AdditionalPropertyItem
+from .auth_start_session_data_body import AuthStartSessionDataBody
+from .auth_start_session_data_body_grant_type import AuthStartSessionDataBodyGrantType
+from .auth_start_session_json_body import AuthStartSessionJsonBody
+from .auth_start_session_json_body_grant_type import AuthStartSessionJsonBodyGrantType
+from .auth_token_data_body import AuthTokenDataBody
+from .auth_token_data_body_grant_type import AuthTokenDataBodyGrantType
+from .auth_token_json_body import AuthTokenJsonBody
+from .auth_token_json_body_grant_type import AuthTokenJsonBodyGrantType
+from .author import Author
+from .channel_create import ChannelCreate
+from .channel_read import ChannelRead
+from .liveness import Liveness
+from .message_create import MessageCreate
+from .message_read import MessageRead
+from .page_channel_read import PageChannelRead
+from .page_message_read import PageMessageRead
+from .page_user_read import PageUserRead
+from .password_change import PasswordChange
+from .problem_details import ProblemDetails
+from .protected_message import ProtectedMessage
+from .public_message import PublicMessage
+from .refresh_request import RefreshRequest
+from .ticket_read import TicketRead
+from .token_pair import TokenPair
+from .user_create import UserCreate
+from .user_read import UserRead
+from .v1_auth_start_session_data_body import V1AuthStartSessionDataBody
+from .v1_auth_start_session_data_body_grant_type import V1AuthStartSessionDataBodyGrantType
+from .v1_auth_start_session_json_body import V1AuthStartSessionJsonBody
+from .v1_auth_start_session_json_body_grant_type import V1AuthStartSessionJsonBodyGrantType
+from .v1_auth_token_data_body import V1AuthTokenDataBody
+from .v1_auth_token_data_body_grant_type import V1AuthTokenDataBodyGrantType
+from .v1_auth_token_json_body import V1AuthTokenJsonBody
+from .v1_auth_token_json_body_grant_type import V1AuthTokenJsonBodyGrantType
+
+__all__ = (
+    "AuthJwksResponse200",
+    "AuthJwksResponse200AdditionalPropertyItem",
+    "Author",
+    "AuthStartSessionDataBody",
+    "AuthStartSessionDataBodyGrantType",
+    "AuthStartSessionJsonBody",
+    "AuthStartSessionJsonBodyGrantType",
+    "AuthTokenDataBody",
+    "AuthTokenDataBodyGrantType",
+    "AuthTokenJsonBody",
+    "AuthTokenJsonBodyGrantType",
+    "ChannelCreate",
+    "ChannelRead",
+    "Liveness",
+    "MessageCreate",
+    "MessageRead",
+    "PageChannelRead",
+    "PageMessageRead",
+    "PageUserRead",
+    "PasswordChange",
+    "ProblemDetails",
+    "ProtectedMessage",
+    "PublicMessage",
+    "RefreshRequest",
+    "TicketRead",
+    "TokenPair",
+    "UserCreate",
+    "UserRead",
+    "V1AuthStartSessionDataBody",
+    "V1AuthStartSessionDataBodyGrantType",
+    "V1AuthStartSessionJsonBody",
+    "V1AuthStartSessionJsonBodyGrantType",
+    "V1AuthTokenDataBody",
+    "V1AuthTokenDataBodyGrantType",
+    "V1AuthTokenJsonBody",
+    "V1AuthTokenJsonBodyGrantType",
+)
