@@ -4,7 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 UV_VERSION := 0.13.8
 
-.PHONY: run test setup check bench openapi clean
+TS_CLIENT := clients/typescript
+
+.PHONY: run test setup check bench openapi clients clients-typescript clean
 
 # the venv is rebuilt only when the lock changes; uv itself lives in the venv (kept by --inexact)
 $(VENV)/.synced: pyproject.toml uv.lock
@@ -15,6 +17,11 @@ $(VENV)/.synced: pyproject.toml uv.lock
 	@touch $@
 
 setup: $(VENV)/.synced
+
+# the TypeScript SDK's toolchain (generator, tsc, ws, eventsource), reinstalled only when its lock changes
+$(TS_CLIENT)/node_modules/.synced: $(TS_CLIENT)/package.json $(TS_CLIENT)/package-lock.json
+	npm ci --prefix $(TS_CLIENT) --no-audit --no-fund --loglevel=error
+	@touch $@
 
 run: setup
 	$(BIN)/keel migrate
@@ -27,7 +34,7 @@ check: setup
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: check
+test: check $(TS_CLIENT)/node_modules/.synced
 	$(BIN)/pytest --cov --cov-report=term:skip-covered -p no:cacheprovider
 
 bench: setup
@@ -36,5 +43,12 @@ bench: setup
 openapi: setup
 	$(BIN)/keel openapi -o openapi.json
 
+clients: clients-typescript
+
+# regenerate the committed TypeScript client from the document keel serves
+clients-typescript: setup $(TS_CLIENT)/node_modules/.synced
+	$(BIN)/keel openapi -o $(TS_CLIENT)/openapi.json
+	cd $(TS_CLIENT) && node_modules/.bin/openapi-ts --silent
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .coverage htmlcov
+	rm -rf $(VENV) .mypy_cache .ruff_cache .coverage htmlcov $(TS_CLIENT)/node_modules $(TS_CLIENT)/dist
