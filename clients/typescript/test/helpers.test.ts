@@ -9,6 +9,8 @@ import {
   type MessageRead,
   subscribeEvents,
   subscribeWebSocket,
+  type Subscription,
+  type WebSocketOptions,
 } from '../src/index.js';
 
 type Listener = (event: never) => void;
@@ -76,6 +78,20 @@ function message(channel: string, seq: number): MessageRead {
 const tick = (ms = 20) => new Promise((resolve) => setTimeout(resolve, ms));
 const backoff = { initialMs: 1, maxMs: 1 };
 
+/** A socket helper on a fresh set of scripted sockets; `options` override a cookie-authenticated default. */
+function followOverSocket(options: Partial<WebSocketOptions> = {}): Subscription {
+  FakeSocket.made = [];
+  return subscribeWebSocket({
+    baseUrl: 'http://keel.example',
+    channels: ['c1'],
+    auth: 'cookie',
+    WebSocket: FakeSocket,
+    onMessage: () => undefined,
+    backoff,
+    ...options,
+  });
+}
+
 function last<T>(made: T[]): T {
   const item = made.at(-1);
   assert.ok(item !== undefined, 'nothing was constructed');
@@ -88,16 +104,12 @@ test('close codes: shutdown, drops, restarts and rate limits are retried; refusa
 });
 
 test('a reconnected socket subscribes since the last seq delivered, and repeats are dropped', async () => {
-  FakeSocket.made = [];
   const seqs: number[] = [];
-  const subscription = subscribeWebSocket({
+  const subscription = followOverSocket({
     baseUrl: 'https://keel.example',
-    channels: ['c1'],
     since: { c1: 0 },
     auth: { bearer: () => 'token' },
-    WebSocket: FakeSocket,
     onMessage: (m) => seqs.push(m.seq),
-    backoff,
   });
   await tick();
   const first = last(FakeSocket.made);
@@ -121,15 +133,7 @@ test('a reconnected socket subscribes since the last seq delivered, and repeats 
 });
 
 test('a channel followed live starts at the last_seq of its subscribed frame', async () => {
-  FakeSocket.made = [];
-  const subscription = subscribeWebSocket({
-    baseUrl: 'http://keel.example',
-    channels: ['c1'],
-    auth: 'cookie',
-    WebSocket: FakeSocket,
-    onMessage: () => undefined,
-    backoff,
-  });
+  const subscription = followOverSocket();
   await tick();
   const socket = last(FakeSocket.made);
   socket.emit('open');
@@ -140,15 +144,7 @@ test('a channel followed live starts at the last_seq of its subscribed frame', a
 });
 
 test('a revoked session (4401) ends the socket helper without another attempt', async () => {
-  FakeSocket.made = [];
-  const subscription = subscribeWebSocket({
-    baseUrl: 'http://keel.example',
-    channels: ['c1'],
-    auth: 'cookie',
-    WebSocket: FakeSocket,
-    onMessage: () => undefined,
-    backoff,
-  });
+  const subscription = followOverSocket();
   await tick();
   last(FakeSocket.made).emit('close', { code: 4401, reason: 'session revoked' });
   assert.deepEqual(await subscription.ended, { code: 4401, reason: 'session revoked' });
@@ -157,15 +153,7 @@ test('a revoked session (4401) ends the socket helper without another attempt', 
 });
 
 test('a handshake refused with 403 ends the socket helper; one refused with 503 is retried', async () => {
-  FakeSocket.made = [];
-  const subscription = subscribeWebSocket({
-    baseUrl: 'http://keel.example',
-    channels: ['c1'],
-    auth: 'cookie',
-    WebSocket: FakeSocket,
-    onMessage: () => undefined,
-    backoff,
-  });
+  const subscription = followOverSocket();
   await tick();
   const unavailable = last(FakeSocket.made);
   unavailable.emit('error', { message: 'Unexpected server response: 503' });

@@ -174,14 +174,16 @@ export async function credentials(auth: Auth): Promise<{ ticket?: string; author
 }
 
 /**
- * The connect-drop-wait loop both helpers run: `open` starts one attempt and reports, through `drop`, how it
- * ended; a final `drop` (or `close()`) settles `ended`.
+ * The connect-drop-wait loop both helpers run: `attempt` opens one connection and `adopt`s it; its events report,
+ * through `drop`, how it ended, and events of a connection no longer current are ignored. A final `stop` (or
+ * `close()`) settles `ended`.
  */
 export class Lifecycle {
   private stopped = false;
   private timer: ReturnType<typeof setTimeout> | undefined;
+  private connection: { close(): void } | undefined;
   private settle!: (ended: Ended) => void;
-  readonly ended: Promise<Ended> = new Promise((resolve) => {
+  private readonly ended: Promise<Ended> = new Promise((resolve) => {
     this.settle = resolve;
   });
   readonly retry: Retry;
@@ -189,7 +191,6 @@ export class Lifecycle {
   constructor(
     private readonly options: RealtimeOptions,
     private readonly attempt: () => Promise<void>,
-    private readonly teardown: () => void,
   ) {
     this.retry = new Retry(options.backoff);
   }
@@ -198,7 +199,25 @@ export class Lifecycle {
     return this.stopped;
   }
 
-  start(): void {
+  adopt(connection: { close(): void }): void {
+    this.connection = connection;
+  }
+
+  isCurrent(connection: object): boolean {
+    return this.connection === connection;
+  }
+
+  /** Start the first attempt and hand out the subscription. */
+  run(positions: Positions): Subscription {
+    this.start();
+    return {
+      close: () => this.stop(1000, 'closed by the client'),
+      ended: this.ended,
+      positions: () => positions.toRecord(),
+    };
+  }
+
+  private start(): void {
     if (this.stopped) return;
     this.attempt().catch((error: unknown) => {
       if (error instanceof AuthRefused) this.stop(4000 + error.status, error.message);
@@ -225,5 +244,11 @@ export class Lifecycle {
     this.timer = undefined;
     this.teardown();
     this.settle({ code, reason });
+  }
+
+  private teardown(): void {
+    const current = this.connection;
+    this.connection = undefined;
+    current?.close();
   }
 }

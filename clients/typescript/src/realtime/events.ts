@@ -40,13 +40,7 @@ export interface EventSourceOptions extends RealtimeOptions {
 export function subscribeEvents(options: EventSourceOptions): Subscription {
   const Impl = implementation(options.EventSource, 'EventSource', 'eventsource');
   const positions = new Positions(options.since);
-  let source: EventSourceLike | undefined;
-
-  const lifecycle = new Lifecycle(options, attempt, () => {
-    const current = source;
-    source = undefined; // events of a stream that is no longer current are ignored
-    current?.close();
-  });
+  const lifecycle = new Lifecycle(options, attempt);
 
   async function attempt(): Promise<void> {
     const { ticket, authorization } = await credentials(options.auth);
@@ -64,14 +58,14 @@ export function subscribeEvents(options: EventSourceOptions): Subscription {
         ? { fetch: (input, init) => fetch(input, { ...init, headers: { ...init.headers, Authorization: authorization } }) }
         : { withCredentials: options.auth === 'cookie' };
     const stream = new Impl(url.href, init);
-    source = stream;
+    lifecycle.adopt(stream);
     stream.addEventListener('open', () => {
-      if (source !== stream) return;
+      if (!lifecycle.isCurrent(stream)) return;
       lifecycle.retry.reset();
       options.onOpen?.();
     });
     stream.addEventListener('message', (event) => {
-      if (source !== stream) return;
+      if (!lifecycle.isCurrent(stream)) return;
       const message = JSON.parse(event.data) as MessageRead;
       const isNew = positions.advance(message.channel_id, message.seq);
       // the id holds the position in every followed channel, including ones with nothing delivered yet
@@ -82,7 +76,7 @@ export function subscribeEvents(options: EventSourceOptions): Subscription {
       if (isNew) options.onMessage(message);
     });
     stream.addEventListener('error', (event) => {
-      if (source !== stream) return;
+      if (!lifecycle.isCurrent(stream)) return;
       // `eventsource` gives the status of a refused request; a browser does not (a refused ticket ends it there)
       const status = (event as { code?: unknown }).code;
       if (typeof status === 'number' && isFinalStatus(status)) {
@@ -93,10 +87,5 @@ export function subscribeEvents(options: EventSourceOptions): Subscription {
     });
   }
 
-  lifecycle.start();
-  return {
-    close: () => lifecycle.stop(1000, 'closed by the client'),
-    ended: lifecycle.ended,
-    positions: () => positions.toRecord(),
-  };
+  return lifecycle.run(positions);
 }

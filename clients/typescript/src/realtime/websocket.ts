@@ -49,13 +49,7 @@ const REFUSED_HANDSHAKE = /server response: (\d{3})/;
 export function subscribeWebSocket(options: WebSocketOptions): Subscription {
   const Impl = implementation(options.WebSocket, 'WebSocket', 'ws');
   const positions = new Positions(options.since);
-  let socket: WebSocketLike | undefined;
-
-  const lifecycle = new Lifecycle(options, attempt, () => {
-    const current = socket;
-    socket = undefined; // events of a socket that is no longer current are ignored
-    current?.close(1000);
-  });
+  const lifecycle = new Lifecycle(options, attempt);
 
   async function attempt(): Promise<void> {
     const { ticket, authorization } = await credentials(options.auth);
@@ -66,10 +60,10 @@ export function subscribeWebSocket(options: WebSocketOptions): Subscription {
       authorization === undefined
         ? new Impl(url.href)
         : new Impl(url.href, [], { headers: { Authorization: authorization } });
-    socket = ws;
+    lifecycle.adopt(ws);
     let refusedWith: number | undefined;
     ws.addEventListener('open', () => {
-      if (socket !== ws) return;
+      if (!lifecycle.isCurrent(ws)) return;
       for (const channel of options.channels) {
         const since = positions.get(channel);
         ws.send(JSON.stringify(since === undefined ? { type: 'subscribe', channel } : { type: 'subscribe', channel, since }));
@@ -77,14 +71,14 @@ export function subscribeWebSocket(options: WebSocketOptions): Subscription {
       options.onOpen?.();
     });
     ws.addEventListener('message', (event) => {
-      if (socket === ws && typeof event.data === 'string') receive(JSON.parse(event.data) as ServerFrame);
+      if (lifecycle.isCurrent(ws) && typeof event.data === 'string') receive(JSON.parse(event.data) as ServerFrame);
     });
     ws.addEventListener('error', (event) => {
       const match = REFUSED_HANDSHAKE.exec(String((event as { message?: unknown }).message));
       if (match?.[1] !== undefined) refusedWith = Number(match[1]);
     });
     ws.addEventListener('close', (event) => {
-      if (socket !== ws) return;
+      if (!lifecycle.isCurrent(ws)) return;
       if (refusedWith !== undefined && isFinalStatus(refusedWith)) {
         lifecycle.stop(4000 + refusedWith, `handshake refused with ${refusedWith}`);
       } else if (!isRetryable(event.code)) {
@@ -113,10 +107,5 @@ export function subscribeWebSocket(options: WebSocketOptions): Subscription {
     }
   }
 
-  lifecycle.start();
-  return {
-    close: () => lifecycle.stop(1000, 'closed by the client'),
-    ended: lifecycle.ended,
-    positions: () => positions.toRecord(),
-  };
+  return lifecycle.run(positions);
 }
