@@ -159,11 +159,13 @@ def test_the_sdk_works_end_to_end_and_its_helpers_resume_across_a_restart(
         script.tell("7")
         done = script.event("done")
 
-    # every message once and in order, then a refusal (the session logged out) that is not retried
+    # every message once and in order (5-7 only through the resume: they were posted before the reconnect),
+    # then a refusal (the session logged out) that is not retried. A helper may also reconnect to the server
+    # while it drains, so it opens at least twice.
     for transport in ("ws", "sse"):
         received = done[transport]
-        assert received["seqs"] == list(range(1, 9)), transport
-        assert received["opens"] == 2, received
+        assert received["seqs"] == list(range(1, 9)), received
+        assert received["opens"] >= 2, received
         assert len(received["retries"]) >= 2, received
         assert received["ended"]["code"] == 4401, transport
         assert received["positions"] == {ready["channel"]: 8}, transport
