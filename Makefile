@@ -6,7 +6,9 @@ UV_VERSION := 0.13.8
 # the Python SDK's hand-written half is held to keel's rules; its generated half (keel_client) is not
 CODE   := src tests bench deploy clients/python/keel_client_realtime clients/python/generator
 
-.PHONY: run test setup check bench openapi asyncapi cluster clients clients-python clean
+TS_CLIENT := clients/typescript
+
+.PHONY: run test setup check bench openapi asyncapi cluster clients clients-python clients-typescript clean
 
 # the venv is rebuilt only when the lock changes; uv itself lives in the venv (kept by --inexact)
 $(VENV)/.synced: pyproject.toml uv.lock
@@ -24,6 +26,11 @@ node_modules/.synced: package.json package-lock.json
 
 setup: $(VENV)/.synced
 
+# the TypeScript SDK's toolchain (generator, tsc, ws, eventsource), reinstalled only when its lock changes
+$(TS_CLIENT)/node_modules/.synced: $(TS_CLIENT)/package.json $(TS_CLIENT)/package-lock.json
+	npm ci --prefix $(TS_CLIENT) --no-audit --no-fund --loglevel=error
+	@touch $@
+
 run: setup
 	$(BIN)/keel migrate
 	$(BIN)/keel serve
@@ -35,7 +42,7 @@ check: setup
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: check node_modules/.synced
+test: check node_modules/.synced $(TS_CLIENT)/node_modules/.synced
 	$(BIN)/pytest --cov --cov-report=term:skip-covered -p no:cacheprovider
 
 bench: setup
@@ -53,10 +60,14 @@ asyncapi: setup
 	$(BIN)/keel asyncapi -o asyncapi.json
 
 # the SDKs generated from the OpenAPI document; a test fails while a committed one is stale
-clients: clients-python
+clients: clients-python clients-typescript
 
 clients-python: setup
 	$(BIN)/python clients/python/generator/generate.py
 
+clients-typescript: setup $(TS_CLIENT)/node_modules/.synced
+	$(BIN)/keel openapi -o $(TS_CLIENT)/openapi.json
+	cd $(TS_CLIENT) && node_modules/.bin/openapi-ts --silent
+
 clean:
-	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .coverage htmlcov
+	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .coverage htmlcov $(TS_CLIENT)/node_modules $(TS_CLIENT)/dist
