@@ -16,6 +16,9 @@ from .channel_read import ChannelRead
 from .liveness import Liveness
 from .message_create import MessageCreate
 from .message_read import MessageRead
+from .not_ready import NotReady
+from .not_ready_checks import NotReadyChecks
+from .not_ready_checks_additional_property import NotReadyChecksAdditionalProperty
 from .page_channel_read import PageChannelRead
 from .page_message_read import PageMessageRead
 from .page_user_read import PageUserRead
@@ -23,6 +26,9 @@ from .password_change import PasswordChange
 from .problem_details import ProblemDetails
 from .protected_message import ProtectedMessage
 from .public_message import PublicMessage
+from .readiness import Readiness
+from .readiness_checks import ReadinessChecks
+from .readiness_checks_additional_property import ReadinessChecksAdditionalProperty
 from .refresh_request import RefreshRequest
 from .ticket_read import TicketRead
 from .token_pair import TokenPair
@@ -36,6 +42,8 @@ from .v1_auth_token_data_body import V1AuthTokenDataBody
 from .v1_auth_token_data_body_grant_type import V1AuthTokenDataBodyGrantType
 from .v1_auth_token_json_body import V1AuthTokenJsonBody
 from .v1_auth_token_json_body_grant_type import V1AuthTokenJsonBodyGrantType
+from .validation_problem import ValidationProblem
+from .validation_problem_errors_item import ValidationProblemErrorsItem
 
 __all__ = (
     "AuthJwksResponse200",
@@ -54,6 +62,9 @@ __all__ = (
     "Liveness",
     "MessageCreate",
     "MessageRead",
+    "NotReady",
+    "NotReadyChecks",
+    "NotReadyChecksAdditionalProperty",
     "PageChannelRead",
     "PageMessageRead",
     "PageUserRead",
@@ -61,6 +72,9 @@ __all__ = (
     "ProblemDetails",
     "ProtectedMessage",
     "PublicMessage",
+    "Readiness",
+    "ReadinessChecks",
+    "ReadinessChecksAdditionalProperty",
     "RefreshRequest",
     "TicketRead",
     "TokenPair",
@@ -74,4 +88,6 @@ __all__ = (
     "V1AuthTokenDataBodyGrantType",
     "V1AuthTokenJsonBody",
     "V1AuthTokenJsonBodyGrantType",
+    "ValidationProblem",
+    "ValidationProblemErrorsItem",
 )

@@ -16,16 +16,16 @@ T = TypeVar("T", bound="AuthStartSessionJsonBody")
 class AuthStartSessionJsonBody:
     """
     Attributes:
-        username (str): username or email
+        username (str): the username or the email
         password (str):
-        grant_type (AuthStartSessionJsonBodyGrantType | Unset):
-        scope (str | Unset):
+        grant_type (AuthStartSessionJsonBodyGrantType | Unset):  Default: AuthStartSessionJsonBodyGrantType.PASSWORD.
+        scope (str | Unset): ignored: scopes follow the account Default: ''.
     """
 
     username: str
     password: str
-    grant_type: AuthStartSessionJsonBodyGrantType | Unset = UNSET
-    scope: str | Unset = UNSET
+    grant_type: AuthStartSessionJsonBodyGrantType | Unset = AuthStartSessionJsonBodyGrantType.PASSWORD
+    scope: str | Unset = ""
     additional_properties: dict[str, Any] = _attrs_field(init=False, factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

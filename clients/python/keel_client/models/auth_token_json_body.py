@@ -16,16 +16,16 @@ T = TypeVar("T", bound="AuthTokenJsonBody")
 class AuthTokenJsonBody:
     """
     Attributes:
-        username (str): username or email
+        username (str): the username or the email
         password (str):
-        grant_type (AuthTokenJsonBodyGrantType | Unset):
-        scope (str | Unset):
+        grant_type (AuthTokenJsonBodyGrantType | Unset):  Default: AuthTokenJsonBodyGrantType.PASSWORD.
+        scope (str | Unset): ignored: scopes follow the account Default: ''.
     """
 
     username: str
     password: str
-    grant_type: AuthTokenJsonBodyGrantType | Unset = UNSET
-    scope: str | Unset = UNSET
+    grant_type: AuthTokenJsonBodyGrantType | Unset = AuthTokenJsonBodyGrantType.PASSWORD
+    scope: str | Unset = ""
     additional_properties: dict[str, Any] = _attrs_field(init=False, factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

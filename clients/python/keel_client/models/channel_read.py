@@ -18,8 +18,8 @@ class ChannelRead:
         id (UUID):
         name (str):
         description (str):
-        created_at (datetime.datetime):
-        last_seq (int):
+        created_at (datetime.datetime): RFC 3339, UTC
+        last_seq (int): The seq of the latest message; 0 before the first
     """
 
     id: UUID

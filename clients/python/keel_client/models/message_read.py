@@ -21,10 +21,10 @@ class MessageRead:
     Attributes:
         id (UUID):
         channel_id (UUID):
-        seq (int):
+        seq (int): 1, 2, 3 … per channel, with no gaps
         author (Author):
         body (str):
-        created_at (datetime.datetime):
+        created_at (datetime.datetime): RFC 3339, UTC
     """
 
     id: UUID

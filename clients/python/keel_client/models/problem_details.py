@@ -11,13 +11,14 @@ T = TypeVar("T", bound="ProblemDetails")
 
 @_attrs_define
 class ProblemDetails:
-    """
+    """RFC 9457 problem details; a problem may carry extension members besides these.
+
     Attributes:
-        type_ (str):
-        title (str):
-        status (int):
-        detail (str):
-        code (str):
+        type_ (str): A URI naming the kind of problem: `urn:keel:problem:<code>`
+        title (str): A short summary of the kind of problem
+        status (int): The HTTP status
+        detail (str): What went wrong this time, for a person
+        code (str): A stable machine-readable code clients may branch on (`accounts.email_taken`)
     """
 
     type_: str

@@ -13,8 +13,8 @@ T = TypeVar("T", bound="TicketRead")
 class TicketRead:
     """
     Attributes:
-        ticket (str):
-        expires_in (int):
+        ticket (str): Single use
+        expires_in (int): Seconds the ticket stays valid
     """
 
     ticket: str

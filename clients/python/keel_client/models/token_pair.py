@@ -15,9 +15,9 @@ T = TypeVar("T", bound="TokenPair")
 class TokenPair:
     """
     Attributes:
-        access_token (str):
+        access_token (str): A JWT
         refresh_token (str):
-        expires_in (int):
+        expires_in (int): Seconds the access token stays valid
         token_type (Literal['bearer'] | Unset):  Default: 'bearer'.
     """
 

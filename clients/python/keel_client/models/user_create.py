@@ -4,7 +4,6 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from attrs import define as _attrs_define
-from attrs import field as _attrs_field
 
 T = TypeVar("T", bound="UserCreate")
 
@@ -14,14 +13,15 @@ class UserCreate:
     """
     Attributes:
         username (str): 3 to 32 of A-Z a-z 0-9 _ . - (full-width look-alikes are refused, not folded)
-        email (str): an email address; stored with its domain lower-cased (email-validator's normal form)
+        email (str): an email address (RFC 5322 dot-atom syntax, a public domain: no IP literals, quoted local parts or
+            special-use domains such as .local and .test); stored with its domain lower-cased (email-validator's normal
+            form)
         password (str): 8 to 128 characters; never truncated
     """
 
     username: str
     email: str
     password: str
-    additional_properties: dict[str, Any] = _attrs_field(init=False, factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         username = self.username
@@ -31,7 +31,7 @@ class UserCreate:
         password = self.password
 
         field_dict: dict[str, Any] = {}
-        field_dict.update(self.additional_properties)
+
         field_dict.update(
             {
                 "username": username,
@@ -57,21 +57,4 @@ class UserCreate:
             password=password,
         )
 
-        user_create.additional_properties = d
         return user_create
-
-    @property
-    def additional_keys(self) -> list[str]:
-        return list(self.additional_properties.keys())
-
-    def __getitem__(self, key: str) -> Any:
-        return self.additional_properties[key]
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self.additional_properties[key] = value
-
-    def __delitem__(self, key: str) -> None:
-        del self.additional_properties[key]
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.additional_properties

@@ -19,7 +19,7 @@ class UserRead:
         username (str):
         email (str):
         is_admin (bool):
-        created_at (datetime.datetime):
+        created_at (datetime.datetime): RFC 3339, UTC
     """
 
     id: UUID

@@ -16,16 +16,17 @@ T = TypeVar("T", bound="V1AuthStartSessionDataBody")
 class V1AuthStartSessionDataBody:
     """
     Attributes:
-        username (str): username or email
+        username (str): the username or the email
         password (str):
-        grant_type (V1AuthStartSessionDataBodyGrantType | Unset):
-        scope (str | Unset):
+        grant_type (V1AuthStartSessionDataBodyGrantType | Unset):  Default:
+            V1AuthStartSessionDataBodyGrantType.PASSWORD.
+        scope (str | Unset): ignored: scopes follow the account Default: ''.
     """
 
     username: str
     password: str
-    grant_type: V1AuthStartSessionDataBodyGrantType | Unset = UNSET
-    scope: str | Unset = UNSET
+    grant_type: V1AuthStartSessionDataBodyGrantType | Unset = V1AuthStartSessionDataBodyGrantType.PASSWORD
+    scope: str | Unset = ""
     additional_properties: dict[str, Any] = _attrs_field(init=False, factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

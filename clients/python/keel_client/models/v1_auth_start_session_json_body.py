@@ -16,16 +16,17 @@ T = TypeVar("T", bound="V1AuthStartSessionJsonBody")
 class V1AuthStartSessionJsonBody:
     """
     Attributes:
-        username (str): username or email
+        username (str): the username or the email
         password (str):
-        grant_type (V1AuthStartSessionJsonBodyGrantType | Unset):
-        scope (str | Unset):
+        grant_type (V1AuthStartSessionJsonBodyGrantType | Unset):  Default:
+            V1AuthStartSessionJsonBodyGrantType.PASSWORD.
+        scope (str | Unset): ignored: scopes follow the account Default: ''.
     """
 
     username: str
     password: str
-    grant_type: V1AuthStartSessionJsonBodyGrantType | Unset = UNSET
-    scope: str | Unset = UNSET
+    grant_type: V1AuthStartSessionJsonBodyGrantType | Unset = V1AuthStartSessionJsonBodyGrantType.PASSWORD
+    scope: str | Unset = ""
     additional_properties: dict[str, Any] = _attrs_field(init=False, factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -16,16 +16,16 @@ T = TypeVar("T", bound="V1AuthTokenDataBody")
 class V1AuthTokenDataBody:
     """
     Attributes:
-        username (str): username or email
+        username (str): the username or the email
         password (str):
-        grant_type (V1AuthTokenDataBodyGrantType | Unset):
-        scope (str | Unset):
+        grant_type (V1AuthTokenDataBodyGrantType | Unset):  Default: V1AuthTokenDataBodyGrantType.PASSWORD.
+        scope (str | Unset): ignored: scopes follow the account Default: ''.
     """
 
     username: str
     password: str
-    grant_type: V1AuthTokenDataBodyGrantType | Unset = UNSET
-    scope: str | Unset = UNSET
+    grant_type: V1AuthTokenDataBodyGrantType | Unset = V1AuthTokenDataBodyGrantType.PASSWORD
+    scope: str | Unset = ""
     additional_properties: dict[str, Any] = _attrs_field(init=False, factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -16,16 +16,16 @@ T = TypeVar("T", bound="V1AuthTokenJsonBody")
 class V1AuthTokenJsonBody:
     """
     Attributes:
-        username (str): username or email
+        username (str): the username or the email
         password (str):
-        grant_type (V1AuthTokenJsonBodyGrantType | Unset):
-        scope (str | Unset):
+        grant_type (V1AuthTokenJsonBodyGrantType | Unset):  Default: V1AuthTokenJsonBodyGrantType.PASSWORD.
+        scope (str | Unset): ignored: scopes follow the account Default: ''.
     """
 
     username: str
     password: str
-    grant_type: V1AuthTokenJsonBodyGrantType | Unset = UNSET
-    scope: str | Unset = UNSET
+    grant_type: V1AuthTokenJsonBodyGrantType | Unset = V1AuthTokenJsonBodyGrantType.PASSWORD
+    scope: str | Unset = ""
     additional_properties: dict[str, Any] = _attrs_field(init=False, factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 import { client } from './client.gen.js';
 import type { Client, Options as Options2, TDataShape } from './client/index.js';
-import type { AuthEndSessionData, AuthEndSessionErrors, AuthEndSessionResponses, AuthJwksData, AuthJwksResponses, AuthLogoutData, AuthLogoutErrors, AuthLogoutResponses, AuthProtectedData, AuthProtectedErrors, AuthProtectedResponses, AuthPublicData, AuthPublicResponses, AuthRefreshData, AuthRefreshErrors, AuthRefreshResponses, AuthStartSessionData, AuthStartSessionErrors, AuthStartSessionResponses, AuthTokenData, AuthTokenErrors, AuthTokenResponses, ChannelsCreateChannelData, ChannelsCreateChannelErrors, ChannelsCreateChannelResponses, ChannelsGetChannelData, ChannelsGetChannelErrors, ChannelsGetChannelResponses, ChannelsListChannelsData, ChannelsListChannelsErrors, ChannelsListChannelsResponses, ChannelsListMessagesData, ChannelsListMessagesErrors, ChannelsListMessagesResponses, ChannelsPostMessageData, ChannelsPostMessageErrors, ChannelsPostMessageResponses, OpsHealthzData, OpsHealthzResponses, OpsReadyzData, OpsReadyzErrors, OpsReadyzResponses, RealtimeCreateTicketData, RealtimeCreateTicketResponses, UsersChangePasswordData, UsersChangePasswordErrors, UsersChangePasswordResponses, UsersListUsersData, UsersListUsersErrors, UsersListUsersResponses, UsersMeData, UsersMeErrors, UsersMeResponses, UsersRegisterData, UsersRegisterErrors, UsersRegisterResponses, V1AuthEndSessionData, V1AuthEndSessionErrors, V1AuthEndSessionResponses, V1AuthLogoutData, V1AuthLogoutErrors, V1AuthLogoutResponses, V1AuthProtectedData, V1AuthProtectedErrors, V1AuthProtectedResponses, V1AuthPublicData, V1AuthPublicResponses, V1AuthRefreshData, V1AuthRefreshErrors, V1AuthRefreshResponses, V1AuthStartSessionData, V1AuthStartSessionErrors, V1AuthStartSessionResponses, V1AuthTokenData, V1AuthTokenErrors, V1AuthTokenResponses, V1ChannelsCreateChannelData, V1ChannelsCreateChannelErrors, V1ChannelsCreateChannelResponses, V1ChannelsGetChannelData, V1ChannelsGetChannelErrors, V1ChannelsGetChannelResponses, V1ChannelsListChannelsData, V1ChannelsListChannelsErrors, V1ChannelsListChannelsResponses, V1ChannelsListMessagesData, V1ChannelsListMessagesErrors, V1ChannelsListMessagesResponses, V1ChannelsPostMessageData, V1ChannelsPostMessageErrors, V1ChannelsPostMessageResponses, V1RealtimeCreateTicketData, V1RealtimeCreateTicketResponses, V1UsersChangePasswordData, V1UsersChangePasswordErrors, V1UsersChangePasswordResponses, V1UsersListUsersData, V1UsersListUsersErrors, V1UsersListUsersResponses, V1UsersMeData, V1UsersMeErrors, V1UsersMeResponses, V1UsersRegisterData, V1UsersRegisterErrors, V1UsersRegisterResponses } from './types.gen.js';
+import type { AuthEndSessionData, AuthEndSessionErrors, AuthEndSessionResponses, AuthJwksData, AuthJwksErrors, AuthJwksResponses, AuthLogoutData, AuthLogoutErrors, AuthLogoutResponses, AuthProtectedData, AuthProtectedErrors, AuthProtectedResponses, AuthPublicData, AuthPublicErrors, AuthPublicResponses, AuthRefreshData, AuthRefreshErrors, AuthRefreshResponses, AuthStartSessionData, AuthStartSessionErrors, AuthStartSessionResponses, AuthTokenData, AuthTokenErrors, AuthTokenResponses, ChannelsCreateChannelData, ChannelsCreateChannelErrors, ChannelsCreateChannelResponses, ChannelsGetChannelData, ChannelsGetChannelErrors, ChannelsGetChannelResponses, ChannelsListChannelsData, ChannelsListChannelsErrors, ChannelsListChannelsResponses, ChannelsListMessagesData, ChannelsListMessagesErrors, ChannelsListMessagesResponses, ChannelsPostMessageData, ChannelsPostMessageErrors, ChannelsPostMessageResponses, OpsHealthzData, OpsHealthzErrors, OpsHealthzResponses, OpsReadyzData, OpsReadyzErrors, OpsReadyzResponses, RealtimeCreateTicketData, RealtimeCreateTicketErrors, RealtimeCreateTicketResponses, RealtimeEventsData, RealtimeEventsErrors, RealtimeEventsResponse, RealtimeEventsResponses, UsersChangePasswordData, UsersChangePasswordErrors, UsersChangePasswordResponses, UsersListUsersData, UsersListUsersErrors, UsersListUsersResponses, UsersMeData, UsersMeErrors, UsersMeResponses, UsersRegisterData, UsersRegisterErrors, UsersRegisterResponses, V1AuthEndSessionData, V1AuthEndSessionErrors, V1AuthEndSessionResponses, V1AuthLogoutData, V1AuthLogoutErrors, V1AuthLogoutResponses, V1AuthProtectedData, V1AuthProtectedErrors, V1AuthProtectedResponses, V1AuthPublicData, V1AuthPublicErrors, V1AuthPublicResponses, V1AuthRefreshData, V1AuthRefreshErrors, V1AuthRefreshResponses, V1AuthStartSessionData, V1AuthStartSessionErrors, V1AuthStartSessionResponses, V1AuthTokenData, V1AuthTokenErrors, V1AuthTokenResponses, V1ChannelsCreateChannelData, V1ChannelsCreateChannelErrors, V1ChannelsCreateChannelResponses, V1ChannelsGetChannelData, V1ChannelsGetChannelErrors, V1ChannelsGetChannelResponses, V1ChannelsListChannelsData, V1ChannelsListChannelsErrors, V1ChannelsListChannelsResponses, V1ChannelsListMessagesData, V1ChannelsListMessagesErrors, V1ChannelsListMessagesResponses, V1ChannelsPostMessageData, V1ChannelsPostMessageErrors, V1ChannelsPostMessageResponses, V1RealtimeCreateTicketData, V1RealtimeCreateTicketErrors, V1RealtimeCreateTicketResponses, V1UsersChangePasswordData, V1UsersChangePasswordErrors, V1UsersChangePasswordResponses, V1UsersListUsersData, V1UsersListUsersErrors, V1UsersListUsersResponses, V1UsersMeData, V1UsersMeErrors, V1UsersMeResponses, V1UsersRegisterData, V1UsersRegisterErrors, V1UsersRegisterResponses } from './types.gen.js';
 
 export type Options<TData extends TDataShape = TDataShape, ThrowOnError extends boolean = boolean, TResponse = unknown> = Options2<TData, ThrowOnError, TResponse> & {
     /**
@@ -19,35 +19,35 @@ export type Options<TData extends TDataShape = TDataShape, ThrowOnError extends 
 };
 
 /**
- * Healthz
+ * Check liveness
  *
  * Liveness: 200 while the process can serve.
  */
-export const opsHealthz = <ThrowOnError extends boolean = false>(options?: Options<OpsHealthzData, ThrowOnError>) => (options?.client ?? client).get<OpsHealthzResponses, unknown, ThrowOnError>({ url: '/healthz', ...options });
+export const opsHealthz = <ThrowOnError extends boolean = false>(options?: Options<OpsHealthzData, ThrowOnError>) => (options?.client ?? client).get<OpsHealthzResponses, OpsHealthzErrors, ThrowOnError>({ url: '/healthz', ...options });
 
 /**
- * Readyz
+ * Check readiness
  *
  * Readiness: 200 when the database and Redis (if configured) answer, else 503 problem+json.
  */
 export const opsReadyz = <ThrowOnError extends boolean = false>(options?: Options<OpsReadyzData, ThrowOnError>) => (options?.client ?? client).get<OpsReadyzResponses, OpsReadyzErrors, ThrowOnError>({ url: '/readyz', ...options });
 
 /**
- * Jwks
+ * Get the token verification keys
  *
  * The public keys that verify access tokens (RFC 7517); empty in HS256 mode.
  */
-export const authJwks = <ThrowOnError extends boolean = false>(options?: Options<AuthJwksData, ThrowOnError>) => (options?.client ?? client).get<AuthJwksResponses, unknown, ThrowOnError>({ url: '/.well-known/jwks.json', ...options });
+export const authJwks = <ThrowOnError extends boolean = false>(options?: Options<AuthJwksData, ThrowOnError>) => (options?.client ?? client).get<AuthJwksResponses, AuthJwksErrors, ThrowOnError>({ url: '/.well-known/jwks.json', ...options });
 
 /**
- * Public
+ * Read the public greeting
  *
  * A greeting anyone may read: no auth.
  */
-export const v1AuthPublic = <ThrowOnError extends boolean = false>(options?: Options<V1AuthPublicData, ThrowOnError>) => (options?.client ?? client).get<V1AuthPublicResponses, unknown, ThrowOnError>({ url: '/api/v1/public', ...options });
+export const v1AuthPublic = <ThrowOnError extends boolean = false>(options?: Options<V1AuthPublicData, ThrowOnError>) => (options?.client ?? client).get<V1AuthPublicResponses, V1AuthPublicErrors, ThrowOnError>({ url: '/api/v1/public', ...options });
 
 /**
- * Protected
+ * Read the greeting for a signed-in caller
  *
  * A greeting for the bearer of a valid access token.
  */
@@ -66,7 +66,7 @@ export const v1AuthProtected = <ThrowOnError extends boolean = false>(options?: 
 });
 
 /**
- * ChangePassword
+ * Change the password
  *
  * Change the password; every other session of this account ends.
  */
@@ -89,7 +89,7 @@ export const v1UsersChangePassword = <ThrowOnError extends boolean = false>(opti
 });
 
 /**
- * Me
+ * Get the current user
  *
  * The account of the token's bearer.
  */
@@ -108,7 +108,7 @@ export const v1UsersMe = <ThrowOnError extends boolean = false>(options?: Option
 });
 
 /**
- * ListUsers
+ * List users
  *
  * Every account, in sign-up order (admins only).
  */
@@ -127,9 +127,10 @@ export const v1UsersListUsers = <ThrowOnError extends boolean = false>(options?:
 });
 
 /**
- * Register
+ * Register a user
  *
- * Create an account.
+ * Create an account. The username and the email must both be free (compared case-insensitively); the
+ * password is hashed with Argon2id and never stored or returned.
  */
 export const v1UsersRegister = <ThrowOnError extends boolean = false>(options: Options<V1UsersRegisterData, ThrowOnError>) => (options.client ?? client).post<V1UsersRegisterResponses, V1UsersRegisterErrors, ThrowOnError>({
     url: '/api/v1/users',
@@ -141,7 +142,7 @@ export const v1UsersRegister = <ThrowOnError extends boolean = false>(options: O
 });
 
 /**
- * EndSession
+ * Sign a browser out
  *
  * Sign a browser out: its session is revoked everywhere and its cookies are cleared.
  */
@@ -160,9 +161,11 @@ export const v1AuthEndSession = <ThrowOnError extends boolean = false>(options?:
 });
 
 /**
- * StartSession
+ * Sign a browser in
  *
- * Sign a browser in: the credentials of /auth/token; the session travels in HttpOnly cookies.
+ * Sign a browser in with the credentials of the token endpoint. The session travels in cookies: `keel_session`
+ * and `keel_refresh` (HttpOnly) and `keel_csrf`, which scripts read and send back as X-CSRF-Token on POST, PUT,
+ * PATCH and DELETE.
  */
 export const v1AuthStartSession = <ThrowOnError extends boolean = false>(options: Options<V1AuthStartSessionData, ThrowOnError>) => (options.client ?? client).post<V1AuthStartSessionResponses, V1AuthStartSessionErrors, ThrowOnError>({
     url: '/api/v1/auth/session',
@@ -174,7 +177,7 @@ export const v1AuthStartSession = <ThrowOnError extends boolean = false>(options
 });
 
 /**
- * Logout
+ * Log out
  *
  * End this session: its refresh tokens and access tokens stop working at once, on every instance.
  */
@@ -193,9 +196,10 @@ export const v1AuthLogout = <ThrowOnError extends boolean = false>(options?: Opt
 });
 
 /**
- * Refresh
+ * Refresh a token pair
  *
- * Trade a refresh token for a new pair; presenting a spent one ends the whole session.
+ * Trade a refresh token for a new pair; the old one is spent. Presenting a spent one ends the whole session,
+ * unless it is the last one spent and KEEL_REFRESH_GRACE has not passed (a retry after a lost response).
  */
 export const v1AuthRefresh = <ThrowOnError extends boolean = false>(options: Options<V1AuthRefreshData, ThrowOnError>) => (options.client ?? client).post<V1AuthRefreshResponses, V1AuthRefreshErrors, ThrowOnError>({
     url: '/api/v1/auth/refresh',
@@ -207,9 +211,10 @@ export const v1AuthRefresh = <ThrowOnError extends boolean = false>(options: Opt
 });
 
 /**
- * Token
+ * Log in for a token pair
  *
- * Log in with the OAuth2 password grant (form or JSON); `username` may be the email.
+ * Log in with the OAuth2 password grant, as a form or as JSON; `username` may be the email. A wrong password
+ * and an unknown user get the same answer in similar time. Limited by the auth policy per client address.
  */
 export const v1AuthToken = <ThrowOnError extends boolean = false>(options: Options<V1AuthTokenData, ThrowOnError>) => (options.client ?? client).post<V1AuthTokenResponses, V1AuthTokenErrors, ThrowOnError>({
     url: '/api/v1/auth/token',
@@ -221,7 +226,7 @@ export const v1AuthToken = <ThrowOnError extends boolean = false>(options: Optio
 });
 
 /**
- * ListChannels
+ * List channels
  *
  * Channels by name (byte order).
  */
@@ -240,9 +245,9 @@ export const v1ChannelsListChannels = <ThrowOnError extends boolean = false>(opt
 });
 
 /**
- * CreateChannel
+ * Create a channel
  *
- * Create a channel.
+ * Create a channel. Its name is unique; `description` is optional.
  */
 export const v1ChannelsCreateChannel = <ThrowOnError extends boolean = false>(options: Options<V1ChannelsCreateChannelData, ThrowOnError>) => (options.client ?? client).post<V1ChannelsCreateChannelResponses, V1ChannelsCreateChannelErrors, ThrowOnError>({
     security: [
@@ -263,9 +268,10 @@ export const v1ChannelsCreateChannel = <ThrowOnError extends boolean = false>(op
 });
 
 /**
- * GetChannel
+ * Get a channel
  *
- * One channel.
+ * One channel, with the seq of its latest message (`last_seq`). Send its ETag in If-None-Match to get 304
+ * while it has not changed.
  */
 export const v1ChannelsGetChannel = <ThrowOnError extends boolean = false>(options: Options<V1ChannelsGetChannelData, ThrowOnError>) => (options.client ?? client).get<V1ChannelsGetChannelResponses, V1ChannelsGetChannelErrors, ThrowOnError>({
     security: [
@@ -282,7 +288,7 @@ export const v1ChannelsGetChannel = <ThrowOnError extends boolean = false>(optio
 });
 
 /**
- * ListMessages
+ * List a channel's messages
  *
  * A channel's messages, newest first.
  */
@@ -301,7 +307,7 @@ export const v1ChannelsListMessages = <ThrowOnError extends boolean = false>(opt
 });
 
 /**
- * PostMessage
+ * Post a message
  *
  * Post a message; it gets the channel's next seq and goes live to every subscriber.
  */
@@ -324,11 +330,11 @@ export const v1ChannelsPostMessage = <ThrowOnError extends boolean = false>(opti
 });
 
 /**
- * CreateTicket
+ * Get a ticket for a realtime connection
  *
  * A single-use ticket for `/ws?ticket=` or `/events?ticket=` (browsers cannot send a header there).
  */
-export const v1RealtimeCreateTicket = <ThrowOnError extends boolean = false>(options?: Options<V1RealtimeCreateTicketData, ThrowOnError>) => (options?.client ?? client).post<V1RealtimeCreateTicketResponses, unknown, ThrowOnError>({
+export const v1RealtimeCreateTicket = <ThrowOnError extends boolean = false>(options?: Options<V1RealtimeCreateTicketData, ThrowOnError>) => (options?.client ?? client).post<V1RealtimeCreateTicketResponses, V1RealtimeCreateTicketErrors, ThrowOnError>({
     security: [
         { scheme: 'bearer', type: 'http' },
         { scheme: 'bearer', type: 'http' },
@@ -343,14 +349,14 @@ export const v1RealtimeCreateTicket = <ThrowOnError extends boolean = false>(opt
 });
 
 /**
- * Public
+ * Read the public greeting
  *
  * A greeting anyone may read: no auth.
  */
-export const authPublic = <ThrowOnError extends boolean = false>(options?: Options<AuthPublicData, ThrowOnError>) => (options?.client ?? client).get<AuthPublicResponses, unknown, ThrowOnError>({ url: '/api/v2/public', ...options });
+export const authPublic = <ThrowOnError extends boolean = false>(options?: Options<AuthPublicData, ThrowOnError>) => (options?.client ?? client).get<AuthPublicResponses, AuthPublicErrors, ThrowOnError>({ url: '/api/v2/public', ...options });
 
 /**
- * Protected
+ * Read the greeting for a signed-in caller
  *
  * A greeting for the bearer of a valid access token.
  */
@@ -369,7 +375,7 @@ export const authProtected = <ThrowOnError extends boolean = false>(options?: Op
 });
 
 /**
- * ChangePassword
+ * Change the password
  *
  * Change the password; every other session of this account ends.
  */
@@ -392,7 +398,7 @@ export const usersChangePassword = <ThrowOnError extends boolean = false>(option
 });
 
 /**
- * Me
+ * Get the current user
  *
  * The account of the token's bearer.
  */
@@ -411,7 +417,7 @@ export const usersMe = <ThrowOnError extends boolean = false>(options?: Options<
 });
 
 /**
- * ListUsers
+ * List users
  *
  * Every account, in sign-up order, a page at a time (admins only).
  */
@@ -430,9 +436,10 @@ export const usersListUsers = <ThrowOnError extends boolean = false>(options?: O
 });
 
 /**
- * Register
+ * Register a user
  *
- * Create an account.
+ * Create an account. The username and the email must both be free (compared case-insensitively); the
+ * password is hashed with Argon2id and never stored or returned.
  */
 export const usersRegister = <ThrowOnError extends boolean = false>(options: Options<UsersRegisterData, ThrowOnError>) => (options.client ?? client).post<UsersRegisterResponses, UsersRegisterErrors, ThrowOnError>({
     url: '/api/v2/users',
@@ -444,7 +451,7 @@ export const usersRegister = <ThrowOnError extends boolean = false>(options: Opt
 });
 
 /**
- * EndSession
+ * Sign a browser out
  *
  * Sign a browser out: its session is revoked everywhere and its cookies are cleared.
  */
@@ -463,9 +470,11 @@ export const authEndSession = <ThrowOnError extends boolean = false>(options?: O
 });
 
 /**
- * StartSession
+ * Sign a browser in
  *
- * Sign a browser in: the credentials of /auth/token; the session travels in HttpOnly cookies.
+ * Sign a browser in with the credentials of the token endpoint. The session travels in cookies: `keel_session`
+ * and `keel_refresh` (HttpOnly) and `keel_csrf`, which scripts read and send back as X-CSRF-Token on POST, PUT,
+ * PATCH and DELETE.
  */
 export const authStartSession = <ThrowOnError extends boolean = false>(options: Options<AuthStartSessionData, ThrowOnError>) => (options.client ?? client).post<AuthStartSessionResponses, AuthStartSessionErrors, ThrowOnError>({
     url: '/api/v2/auth/session',
@@ -477,7 +486,7 @@ export const authStartSession = <ThrowOnError extends boolean = false>(options: 
 });
 
 /**
- * Logout
+ * Log out
  *
  * End this session: its refresh tokens and access tokens stop working at once, on every instance.
  */
@@ -496,9 +505,10 @@ export const authLogout = <ThrowOnError extends boolean = false>(options?: Optio
 });
 
 /**
- * Refresh
+ * Refresh a token pair
  *
- * Trade a refresh token for a new pair; presenting a spent one ends the whole session.
+ * Trade a refresh token for a new pair; the old one is spent. Presenting a spent one ends the whole session,
+ * unless it is the last one spent and KEEL_REFRESH_GRACE has not passed (a retry after a lost response).
  */
 export const authRefresh = <ThrowOnError extends boolean = false>(options: Options<AuthRefreshData, ThrowOnError>) => (options.client ?? client).post<AuthRefreshResponses, AuthRefreshErrors, ThrowOnError>({
     url: '/api/v2/auth/refresh',
@@ -510,9 +520,10 @@ export const authRefresh = <ThrowOnError extends boolean = false>(options: Optio
 });
 
 /**
- * Token
+ * Log in for a token pair
  *
- * Log in with the OAuth2 password grant (form or JSON); `username` may be the email.
+ * Log in with the OAuth2 password grant, as a form or as JSON; `username` may be the email. A wrong password
+ * and an unknown user get the same answer in similar time. Limited by the auth policy per client address.
  */
 export const authToken = <ThrowOnError extends boolean = false>(options: Options<AuthTokenData, ThrowOnError>) => (options.client ?? client).post<AuthTokenResponses, AuthTokenErrors, ThrowOnError>({
     url: '/api/v2/auth/token',
@@ -524,7 +535,7 @@ export const authToken = <ThrowOnError extends boolean = false>(options: Options
 });
 
 /**
- * ListChannels
+ * List channels
  *
  * Channels by name (byte order), a page at a time.
  */
@@ -543,9 +554,9 @@ export const channelsListChannels = <ThrowOnError extends boolean = false>(optio
 });
 
 /**
- * CreateChannel
+ * Create a channel
  *
- * Create a channel.
+ * Create a channel. Its name is unique; `description` is optional.
  */
 export const channelsCreateChannel = <ThrowOnError extends boolean = false>(options: Options<ChannelsCreateChannelData, ThrowOnError>) => (options.client ?? client).post<ChannelsCreateChannelResponses, ChannelsCreateChannelErrors, ThrowOnError>({
     security: [
@@ -566,9 +577,10 @@ export const channelsCreateChannel = <ThrowOnError extends boolean = false>(opti
 });
 
 /**
- * GetChannel
+ * Get a channel
  *
- * One channel.
+ * One channel, with the seq of its latest message (`last_seq`). Send its ETag in If-None-Match to get 304
+ * while it has not changed.
  */
 export const channelsGetChannel = <ThrowOnError extends boolean = false>(options: Options<ChannelsGetChannelData, ThrowOnError>) => (options.client ?? client).get<ChannelsGetChannelResponses, ChannelsGetChannelErrors, ThrowOnError>({
     security: [
@@ -585,7 +597,7 @@ export const channelsGetChannel = <ThrowOnError extends boolean = false>(options
 });
 
 /**
- * ListMessages
+ * List a channel's messages
  *
  * A channel's messages, newest first, a page at a time.
  */
@@ -604,7 +616,7 @@ export const channelsListMessages = <ThrowOnError extends boolean = false>(optio
 });
 
 /**
- * PostMessage
+ * Post a message
  *
  * Post a message; it gets the channel's next seq and goes live to every subscriber.
  */
@@ -627,11 +639,11 @@ export const channelsPostMessage = <ThrowOnError extends boolean = false>(option
 });
 
 /**
- * CreateTicket
+ * Get a ticket for a realtime connection
  *
  * A single-use ticket for `/ws?ticket=` or `/events?ticket=` (browsers cannot send a header there).
  */
-export const realtimeCreateTicket = <ThrowOnError extends boolean = false>(options?: Options<RealtimeCreateTicketData, ThrowOnError>) => (options?.client ?? client).post<RealtimeCreateTicketResponses, unknown, ThrowOnError>({
+export const realtimeCreateTicket = <ThrowOnError extends boolean = false>(options?: Options<RealtimeCreateTicketData, ThrowOnError>) => (options?.client ?? client).post<RealtimeCreateTicketResponses, RealtimeCreateTicketErrors, ThrowOnError>({
     security: [
         { scheme: 'bearer', type: 'http' },
         { scheme: 'bearer', type: 'http' },
@@ -642,5 +654,31 @@ export const realtimeCreateTicket = <ThrowOnError extends boolean = false>(optio
         }
     ],
     url: '/api/v2/realtime/tickets',
+    ...options
+});
+
+/**
+ * Follow channels as Server-Sent Events
+ *
+ * A `text/event-stream` of every new message in the channels named by `channel`. Each message is `event: message` with the Message JSON as `data:` and an `id:` holding the stream's position in every channel it follows (`<channel id>:<seq>` pairs joined by `,`). The stream opens with `retry:` and that position, and sends a `: keep-alive` comment every 15 s. Reconnecting with `Last-Event-ID` (as EventSource does by itself) resumes every channel in it with nothing missed and nothing twice.
+ *
+ * Authenticate with a bearer token, a ticket from the tickets endpoint (`?ticket=`, single use), or a browser session cookie from this server's origin or a CORS origin. Opening a stream counts against the rate limit, and one user holds at most KEEL_MAX_STREAMS_PER_USER streams and WebSockets per instance.
+ */
+export const realtimeEvents = <ThrowOnError extends boolean = false>(options: Options<RealtimeEventsData, ThrowOnError, RealtimeEventsResponse>) => (options.client ?? client).sse.get<RealtimeEventsResponses, RealtimeEventsErrors, ThrowOnError>({
+    security: [
+        { scheme: 'bearer', type: 'http' },
+        { scheme: 'bearer', type: 'http' },
+        {
+            in: 'cookie',
+            name: 'keel_session',
+            type: 'apiKey'
+        },
+        {
+            in: 'query',
+            name: 'ticket',
+            type: 'apiKey'
+        }
+    ],
+    url: '/events',
     ...options
 });

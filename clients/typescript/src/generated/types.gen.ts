@@ -30,7 +30,13 @@ export type ChannelRead = {
     id: string;
     name: string;
     description: string;
+    /**
+     * RFC 3339, UTC
+     */
     created_at: string;
+    /**
+     * The seq of the latest message; 0 before the first
+     */
     last_seq: number;
 };
 
@@ -57,34 +63,30 @@ export type MessageCreate = {
 export type MessageRead = {
     id: string;
     channel_id: string;
+    /**
+     * 1, 2, 3 … per channel, with no gaps
+     */
     seq: number;
     author: Author;
     body: string;
+    /**
+     * RFC 3339, UTC
+     */
     created_at: string;
 };
 
 /**
- * Page[UserRead]
+ * NotReady
  */
-export type PageKeelAccountsSchemasUserRead = {
-    data: Array<UserRead>;
-    next_cursor: string | null;
-};
-
-/**
- * Page[ChannelRead]
- */
-export type PageKeelRealtimeSchemasChannelRead = {
-    data: Array<ChannelRead>;
-    next_cursor: string | null;
-};
-
-/**
- * Page[MessageRead]
- */
-export type PageKeelRealtimeSchemasMessageRead = {
-    data: Array<MessageRead>;
-    next_cursor: string | null;
+export type NotReady = {
+    type: string;
+    title: string;
+    status: number;
+    detail: string;
+    code: string;
+    checks: {
+        [key: string]: 'ok' | 'error' | 'disabled';
+    };
 };
 
 /**
@@ -100,12 +102,29 @@ export type PasswordChange = {
 
 /**
  * ProblemDetails
+ *
+ * RFC 9457 problem details; a problem may carry extension members besides these.
  */
 export type ProblemDetails = {
+    /**
+     * A URI naming the kind of problem: `urn:keel:problem:<code>`
+     */
     type: string;
+    /**
+     * A short summary of the kind of problem
+     */
     title: string;
+    /**
+     * The HTTP status
+     */
     status: number;
+    /**
+     * What went wrong this time, for a person
+     */
     detail: string;
+    /**
+     * A stable machine-readable code clients may branch on (`accounts.email_taken`)
+     */
     code: string;
 };
 
@@ -126,6 +145,16 @@ export type PublicMessage = {
 };
 
 /**
+ * Readiness
+ */
+export type Readiness = {
+    status: 'ready';
+    checks: {
+        [key: string]: 'ok' | 'error' | 'disabled';
+    };
+};
+
+/**
  * RefreshRequest
  */
 export type RefreshRequest = {
@@ -136,7 +165,13 @@ export type RefreshRequest = {
  * TicketRead
  */
 export type TicketRead = {
+    /**
+     * Single use
+     */
     ticket: string;
+    /**
+     * Seconds the ticket stays valid
+     */
     expires_in: number;
 };
 
@@ -144,8 +179,14 @@ export type TicketRead = {
  * TokenPair
  */
 export type TokenPair = {
+    /**
+     * A JWT
+     */
     access_token: string;
     refresh_token: string;
+    /**
+     * Seconds the access token stays valid
+     */
     expires_in: number;
     token_type?: 'bearer';
 };
@@ -159,7 +200,7 @@ export type UserCreate = {
      */
     username: string;
     /**
-     * an email address; stored with its domain lower-cased (email-validator's normal form)
+     * an email address (RFC 5322 dot-atom syntax, a public domain: no IP literals, quoted local parts or special-use domains such as .local and .test); stored with its domain lower-cased (email-validator's normal form)
      */
     email: string;
     /**
@@ -176,15 +217,98 @@ export type UserRead = {
     username: string;
     email: string;
     is_admin: boolean;
+    /**
+     * RFC 3339, UTC
+     */
     created_at: string;
+};
+
+/**
+ * Page[UserRead]
+ */
+export type PageUserRead = {
+    data: Array<UserRead>;
+    next_cursor: string | null;
+};
+
+/**
+ * Page[ChannelRead]
+ */
+export type PageChannelRead = {
+    data: Array<ChannelRead>;
+    next_cursor: string | null;
+};
+
+/**
+ * Page[MessageRead]
+ */
+export type PageMessageRead = {
+    data: Array<MessageRead>;
+    next_cursor: string | null;
+};
+
+/**
+ * ValidationProblem
+ *
+ * A 422: RFC 9457 problem details and, when fields are at fault, every one of them in `errors`.
+ */
+export type ValidationProblem = {
+    /**
+     * A URI naming the kind of problem: `urn:keel:problem:<code>`
+     */
+    type: string;
+    /**
+     * A short summary of the kind of problem
+     */
+    title: string;
+    /**
+     * The HTTP status
+     */
+    status: number;
+    /**
+     * What went wrong this time, for a person
+     */
+    detail: string;
+    /**
+     * A stable machine-readable code clients may branch on (`accounts.email_taken`)
+     */
+    code: string;
+    /**
+     * Every invalid, missing or unknown field of the request
+     */
+    errors?: Array<{
+        /**
+         * Where: `["body", "email"]`, `["query", "limit"]`
+         */
+        loc: Array<string | number>;
+        /**
+         * What is wrong, as a sentence for a person
+         */
+        msg: string;
+    }>;
 };
 
 export type OpsHealthzData = {
     body?: never;
+    headers?: {
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
+    };
     path?: never;
     query?: never;
     url: '/healthz';
 };
+
+export type OpsHealthzErrors = {
+    /**
+     * More than one Authorization header
+     */
+    400: ProblemDetails;
+};
+
+export type OpsHealthzError = OpsHealthzErrors[keyof OpsHealthzErrors];
 
 export type OpsHealthzResponses = {
     /**
@@ -197,6 +321,12 @@ export type OpsHealthzResponse = OpsHealthzResponses[keyof OpsHealthzResponses];
 
 export type OpsReadyzData = {
     body?: never;
+    headers?: {
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
+    };
     path?: never;
     query?: never;
     url: '/readyz';
@@ -204,26 +334,47 @@ export type OpsReadyzData = {
 
 export type OpsReadyzErrors = {
     /**
-     * A dependency is not answering; `checks` says which
+     * More than one Authorization header
      */
-    503: ProblemDetails;
+    400: ProblemDetails;
+    /**
+     * The database or Redis is not answering; `checks` says which
+     */
+    503: NotReady;
 };
 
 export type OpsReadyzError = OpsReadyzErrors[keyof OpsReadyzErrors];
 
 export type OpsReadyzResponses = {
     /**
-     * Request fulfilled, document follows
+     * The database and Redis (if configured) answer
      */
-    200: unknown;
+    200: Readiness;
 };
+
+export type OpsReadyzResponse = OpsReadyzResponses[keyof OpsReadyzResponses];
 
 export type AuthJwksData = {
     body?: never;
+    headers?: {
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
+    };
     path?: never;
     query?: never;
     url: '/.well-known/jwks.json';
 };
+
+export type AuthJwksErrors = {
+    /**
+     * More than one Authorization header
+     */
+    400: ProblemDetails;
+};
+
+export type AuthJwksError = AuthJwksErrors[keyof AuthJwksErrors];
 
 export type AuthJwksResponses = {
     /**
@@ -240,10 +391,29 @@ export type AuthJwksResponse = AuthJwksResponses[keyof AuthJwksResponses];
 
 export type V1AuthPublicData = {
     body?: never;
+    headers?: {
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
+    };
     path?: never;
     query?: never;
     url: '/api/v1/public';
 };
+
+export type V1AuthPublicErrors = {
+    /**
+     * More than one Authorization header
+     */
+    400: ProblemDetails;
+    /**
+     * Too many requests: wait Retry-After seconds
+     */
+    429: ProblemDetails;
+};
+
+export type V1AuthPublicError = V1AuthPublicErrors[keyof V1AuthPublicErrors];
 
 export type V1AuthPublicResponses = {
     /**
@@ -256,6 +426,12 @@ export type V1AuthPublicResponse = V1AuthPublicResponses[keyof V1AuthPublicRespo
 
 export type V1AuthProtectedData = {
     body?: never;
+    headers?: {
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
+    };
     path?: never;
     query?: never;
     url: '/api/v1/protected';
@@ -263,9 +439,21 @@ export type V1AuthProtectedData = {
 
 export type V1AuthProtectedErrors = {
     /**
-     * No valid bearer token
+     * More than one Authorization header
+     */
+    400: ProblemDetails;
+    /**
+     * No valid credentials: the bearer token or session cookie is missing, expired or revoked
      */
     401: ProblemDetails;
+    /**
+     * Too many requests: wait Retry-After seconds
+     */
+    429: ProblemDetails;
+    /**
+     * A session cookie could not be renewed
+     */
+    503: ProblemDetails;
 };
 
 export type V1AuthProtectedError = V1AuthProtectedErrors[keyof V1AuthProtectedErrors];
@@ -281,6 +469,12 @@ export type V1AuthProtectedResponse = V1AuthProtectedResponses[keyof V1AuthProte
 
 export type V1UsersChangePasswordData = {
     body: PasswordChange;
+    headers?: {
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
+    };
     path?: never;
     query?: never;
     url: '/api/v1/users/me/password';
@@ -288,25 +482,35 @@ export type V1UsersChangePasswordData = {
 
 export type V1UsersChangePasswordErrors = {
     /**
-     * Validation Exception
+     * More than one Authorization header
      */
-    400: {
-        status_code: number;
-        detail: string;
-        extra?: null | {
-            [key: string]: unknown;
-        } | Array<unknown>;
-    };
+    400: ProblemDetails;
     /**
-     * No valid bearer token
+     * No valid credentials: the bearer token or session cookie is missing, expired or revoked
      */
     401: ProblemDetails;
     /**
-     * The current password is wrong
+     * The current password is wrong; a session-cookie request without X-CSRF-Token equal to the keel_csrf cookie
      */
     403: ProblemDetails;
     /**
-     * Too many passwords are being hashed; retry after Retry-After seconds
+     * The body is larger than KEEL_MAX_BODY_BYTES
+     */
+    413: ProblemDetails;
+    /**
+     * The body is not application/json
+     */
+    415: ProblemDetails;
+    /**
+     * The body is not valid JSON, or some of its fields are invalid, missing or unknown (`errors` lists all)
+     */
+    422: ValidationProblem;
+    /**
+     * Too many requests: wait Retry-After seconds
+     */
+    429: ProblemDetails;
+    /**
+     * Too many passwords are being hashed; retry after Retry-After seconds; the database or Redis is not answering: retry after Retry-After seconds; a session cookie could not be renewed
      */
     503: ProblemDetails;
 };
@@ -324,6 +528,12 @@ export type V1UsersChangePasswordResponse = V1UsersChangePasswordResponses[keyof
 
 export type V1UsersMeData = {
     body?: never;
+    headers?: {
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
+    };
     path?: never;
     query?: never;
     url: '/api/v1/users/me';
@@ -331,9 +541,21 @@ export type V1UsersMeData = {
 
 export type V1UsersMeErrors = {
     /**
-     * No valid bearer token
+     * More than one Authorization header
+     */
+    400: ProblemDetails;
+    /**
+     * No valid credentials: the bearer token or session cookie is missing, expired or revoked
      */
     401: ProblemDetails;
+    /**
+     * Too many requests: wait Retry-After seconds
+     */
+    429: ProblemDetails;
+    /**
+     * The database or Redis is not answering: retry after Retry-After seconds; a session cookie could not be renewed
+     */
+    503: ProblemDetails;
 };
 
 export type V1UsersMeError = V1UsersMeErrors[keyof V1UsersMeErrors];
@@ -349,6 +571,12 @@ export type V1UsersMeResponse = V1UsersMeResponses[keyof V1UsersMeResponses];
 
 export type V1UsersListUsersData = {
     body?: never;
+    headers?: {
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
+    };
     path?: never;
     query?: {
         /**
@@ -362,23 +590,29 @@ export type V1UsersListUsersData = {
 
 export type V1UsersListUsersErrors = {
     /**
-     * Validation Exception
+     * More than one Authorization header
      */
-    400: {
-        status_code: number;
-        detail: string;
-        extra?: null | {
-            [key: string]: unknown;
-        } | Array<unknown>;
-    };
+    400: ProblemDetails;
     /**
-     * No valid bearer token
+     * No valid credentials: the bearer token or session cookie is missing, expired or revoked
      */
     401: ProblemDetails;
     /**
-     * Not an admin
+     * The caller is not an admin
      */
     403: ProblemDetails;
+    /**
+     * A query parameter is invalid (`errors` says which)
+     */
+    422: ValidationProblem;
+    /**
+     * Too many requests: wait Retry-After seconds
+     */
+    429: ProblemDetails;
+    /**
+     * The database or Redis is not answering: retry after Retry-After seconds; a session cookie could not be renewed
+     */
+    503: ProblemDetails;
 };
 
 export type V1UsersListUsersError = V1UsersListUsersErrors[keyof V1UsersListUsersErrors];
@@ -394,6 +628,12 @@ export type V1UsersListUsersResponse = V1UsersListUsersResponses[keyof V1UsersLi
 
 export type V1UsersRegisterData = {
     body: UserCreate;
+    headers?: {
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
+    };
     path?: never;
     query?: never;
     url: '/api/v1/users';
@@ -401,21 +641,31 @@ export type V1UsersRegisterData = {
 
 export type V1UsersRegisterErrors = {
     /**
-     * Validation Exception
+     * More than one Authorization header
      */
-    400: {
-        status_code: number;
-        detail: string;
-        extra?: null | {
-            [key: string]: unknown;
-        } | Array<unknown>;
-    };
+    400: ProblemDetails;
     /**
      * The username or email is taken
      */
     409: ProblemDetails;
     /**
-     * Too many passwords are being hashed; retry after Retry-After seconds
+     * The body is larger than KEEL_MAX_BODY_BYTES
+     */
+    413: ProblemDetails;
+    /**
+     * The body is not application/json
+     */
+    415: ProblemDetails;
+    /**
+     * The body is not valid JSON, or some of its fields are invalid, missing or unknown (`errors` lists all)
+     */
+    422: ValidationProblem;
+    /**
+     * Too many requests: wait Retry-After seconds
+     */
+    429: ProblemDetails;
+    /**
+     * Too many passwords are being hashed; retry after Retry-After seconds; the database or Redis is not answering: retry after Retry-After seconds
      */
     503: ProblemDetails;
 };
@@ -433,6 +683,12 @@ export type V1UsersRegisterResponse = V1UsersRegisterResponses[keyof V1UsersRegi
 
 export type V1AuthEndSessionData = {
     body?: never;
+    headers?: {
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
+    };
     path?: never;
     query?: never;
     url: '/api/v1/auth/session';
@@ -440,13 +696,25 @@ export type V1AuthEndSessionData = {
 
 export type V1AuthEndSessionErrors = {
     /**
-     * No valid bearer token
+     * More than one Authorization header
+     */
+    400: ProblemDetails;
+    /**
+     * No valid credentials: the bearer token or session cookie is missing, expired or revoked
      */
     401: ProblemDetails;
     /**
-     * X-CSRF-Token missing or not the keel_csrf cookie
+     * A session-cookie request without X-CSRF-Token equal to the keel_csrf cookie
      */
     403: ProblemDetails;
+    /**
+     * Too many requests: wait Retry-After seconds
+     */
+    429: ProblemDetails;
+    /**
+     * The database or Redis is not answering: retry after Retry-After seconds; a session cookie could not be renewed
+     */
+    503: ProblemDetails;
 };
 
 export type V1AuthEndSessionError = V1AuthEndSessionErrors[keyof V1AuthEndSessionErrors];
@@ -455,7 +723,7 @@ export type V1AuthEndSessionResponses = {
     /**
      * Request fulfilled, nothing follows
      */
-    204: null;
+    204: void;
 };
 
 export type V1AuthEndSessionResponse = V1AuthEndSessionResponses[keyof V1AuthEndSessionResponses];
@@ -464,11 +732,20 @@ export type V1AuthStartSessionData = {
     body: {
         grant_type?: 'password';
         /**
-         * username or email
+         * the username or the email
          */
         username: string;
         password: string;
+        /**
+         * ignored: scopes follow the account
+         */
         scope?: string;
+    };
+    headers?: {
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
     };
     path?: never;
     query?: never;
@@ -477,11 +754,31 @@ export type V1AuthStartSessionData = {
 
 export type V1AuthStartSessionErrors = {
     /**
+     * More than one Authorization header
+     */
+    400: ProblemDetails;
+    /**
      * Wrong username or password
      */
     401: ProblemDetails;
     /**
-     * Too many passwords are being hashed; retry after Retry-After seconds
+     * The body is larger than KEEL_MAX_BODY_BYTES
+     */
+    413: ProblemDetails;
+    /**
+     * The body is not application/x-www-form-urlencoded or application/json
+     */
+    415: ProblemDetails;
+    /**
+     * The body is not valid JSON, or some of its fields are invalid, missing or unknown (`errors` lists all)
+     */
+    422: ValidationProblem;
+    /**
+     * Too many requests: wait Retry-After seconds
+     */
+    429: ProblemDetails;
+    /**
+     * Too many passwords are being hashed; retry after Retry-After seconds; the database or Redis is not answering: retry after Retry-After seconds
      */
     503: ProblemDetails;
 };
@@ -492,13 +789,19 @@ export type V1AuthStartSessionResponses = {
     /**
      * Request fulfilled, nothing follows
      */
-    204: null;
+    204: void;
 };
 
 export type V1AuthStartSessionResponse = V1AuthStartSessionResponses[keyof V1AuthStartSessionResponses];
 
 export type V1AuthLogoutData = {
     body?: never;
+    headers?: {
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
+    };
     path?: never;
     query?: never;
     url: '/api/v1/auth/logout';
@@ -506,9 +809,25 @@ export type V1AuthLogoutData = {
 
 export type V1AuthLogoutErrors = {
     /**
-     * No valid bearer token
+     * More than one Authorization header
+     */
+    400: ProblemDetails;
+    /**
+     * No valid credentials: the bearer token or session cookie is missing, expired or revoked
      */
     401: ProblemDetails;
+    /**
+     * A session-cookie request without X-CSRF-Token equal to the keel_csrf cookie
+     */
+    403: ProblemDetails;
+    /**
+     * Too many requests: wait Retry-After seconds
+     */
+    429: ProblemDetails;
+    /**
+     * The database or Redis is not answering: retry after Retry-After seconds; a session cookie could not be renewed
+     */
+    503: ProblemDetails;
 };
 
 export type V1AuthLogoutError = V1AuthLogoutErrors[keyof V1AuthLogoutErrors];
@@ -524,6 +843,12 @@ export type V1AuthLogoutResponse = V1AuthLogoutResponses[keyof V1AuthLogoutRespo
 
 export type V1AuthRefreshData = {
     body: RefreshRequest;
+    headers?: {
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
+    };
     path?: never;
     query?: never;
     url: '/api/v1/auth/refresh';
@@ -531,19 +856,33 @@ export type V1AuthRefreshData = {
 
 export type V1AuthRefreshErrors = {
     /**
-     * Validation Exception
+     * More than one Authorization header
      */
-    400: {
-        status_code: number;
-        detail: string;
-        extra?: null | {
-            [key: string]: unknown;
-        } | Array<unknown>;
-    };
+    400: ProblemDetails;
     /**
-     * Invalid, expired or reused token
+     * The refresh token is invalid, expired or spent (its session then ends)
      */
     401: ProblemDetails;
+    /**
+     * The body is larger than KEEL_MAX_BODY_BYTES
+     */
+    413: ProblemDetails;
+    /**
+     * The body is not application/json
+     */
+    415: ProblemDetails;
+    /**
+     * The body is not valid JSON, or some of its fields are invalid, missing or unknown (`errors` lists all)
+     */
+    422: ValidationProblem;
+    /**
+     * Too many requests: wait Retry-After seconds
+     */
+    429: ProblemDetails;
+    /**
+     * The database or Redis is not answering: retry after Retry-After seconds
+     */
+    503: ProblemDetails;
 };
 
 export type V1AuthRefreshError = V1AuthRefreshErrors[keyof V1AuthRefreshErrors];
@@ -561,11 +900,20 @@ export type V1AuthTokenData = {
     body: {
         grant_type?: 'password';
         /**
-         * username or email
+         * the username or the email
          */
         username: string;
         password: string;
+        /**
+         * ignored: scopes follow the account
+         */
         scope?: string;
+    };
+    headers?: {
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
     };
     path?: never;
     query?: never;
@@ -574,11 +922,31 @@ export type V1AuthTokenData = {
 
 export type V1AuthTokenErrors = {
     /**
+     * More than one Authorization header
+     */
+    400: ProblemDetails;
+    /**
      * Wrong username or password
      */
     401: ProblemDetails;
     /**
-     * Too many passwords are being hashed; retry after Retry-After seconds
+     * The body is larger than KEEL_MAX_BODY_BYTES
+     */
+    413: ProblemDetails;
+    /**
+     * The body is not application/x-www-form-urlencoded or application/json
+     */
+    415: ProblemDetails;
+    /**
+     * The body is not valid JSON, or some of its fields are invalid, missing or unknown (`errors` lists all)
+     */
+    422: ValidationProblem;
+    /**
+     * Too many requests: wait Retry-After seconds
+     */
+    429: ProblemDetails;
+    /**
+     * Too many passwords are being hashed; retry after Retry-After seconds; the database or Redis is not answering: retry after Retry-After seconds
      */
     503: ProblemDetails;
 };
@@ -596,6 +964,16 @@ export type V1AuthTokenResponse = V1AuthTokenResponses[keyof V1AuthTokenResponse
 
 export type V1ChannelsListChannelsData = {
     body?: never;
+    headers?: {
+        /**
+         * The ETag of the copy you hold: 304 with no body while it is current
+         */
+        'If-None-Match'?: string;
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
+    };
     path?: never;
     query?: {
         /**
@@ -609,15 +987,25 @@ export type V1ChannelsListChannelsData = {
 
 export type V1ChannelsListChannelsErrors = {
     /**
-     * Validation Exception
+     * More than one Authorization header
      */
-    400: {
-        status_code: number;
-        detail: string;
-        extra?: null | {
-            [key: string]: unknown;
-        } | Array<unknown>;
-    };
+    400: ProblemDetails;
+    /**
+     * No valid credentials: the bearer token or session cookie is missing, expired or revoked
+     */
+    401: ProblemDetails;
+    /**
+     * A query parameter is invalid (`errors` says which)
+     */
+    422: ValidationProblem;
+    /**
+     * Too many requests: wait Retry-After seconds
+     */
+    429: ProblemDetails;
+    /**
+     * The database or Redis is not answering: retry after Retry-After seconds; a session cookie could not be renewed
+     */
+    503: ProblemDetails;
 };
 
 export type V1ChannelsListChannelsError = V1ChannelsListChannelsErrors[keyof V1ChannelsListChannelsErrors];
@@ -633,6 +1021,12 @@ export type V1ChannelsListChannelsResponse = V1ChannelsListChannelsResponses[key
 
 export type V1ChannelsCreateChannelData = {
     body: ChannelCreate;
+    headers?: {
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
+    };
     path?: never;
     query?: never;
     url: '/api/v1/channels';
@@ -640,19 +1034,41 @@ export type V1ChannelsCreateChannelData = {
 
 export type V1ChannelsCreateChannelErrors = {
     /**
-     * Validation Exception
+     * More than one Authorization header
      */
-    400: {
-        status_code: number;
-        detail: string;
-        extra?: null | {
-            [key: string]: unknown;
-        } | Array<unknown>;
-    };
+    400: ProblemDetails;
+    /**
+     * No valid credentials: the bearer token or session cookie is missing, expired or revoked
+     */
+    401: ProblemDetails;
+    /**
+     * A session-cookie request without X-CSRF-Token equal to the keel_csrf cookie
+     */
+    403: ProblemDetails;
     /**
      * The name is taken
      */
     409: ProblemDetails;
+    /**
+     * The body is larger than KEEL_MAX_BODY_BYTES
+     */
+    413: ProblemDetails;
+    /**
+     * The body is not application/json
+     */
+    415: ProblemDetails;
+    /**
+     * The body is not valid JSON, or some of its fields are invalid, missing or unknown (`errors` lists all)
+     */
+    422: ValidationProblem;
+    /**
+     * Too many requests: wait Retry-After seconds
+     */
+    429: ProblemDetails;
+    /**
+     * The database or Redis is not answering: retry after Retry-After seconds; a session cookie could not be renewed
+     */
+    503: ProblemDetails;
 };
 
 export type V1ChannelsCreateChannelError = V1ChannelsCreateChannelErrors[keyof V1ChannelsCreateChannelErrors];
@@ -668,6 +1084,16 @@ export type V1ChannelsCreateChannelResponse = V1ChannelsCreateChannelResponses[k
 
 export type V1ChannelsGetChannelData = {
     body?: never;
+    headers?: {
+        /**
+         * The ETag of the copy you hold: 304 with no body while it is current
+         */
+        'If-None-Match'?: string;
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
+    };
     path: {
         channel_id: string;
     };
@@ -677,19 +1103,25 @@ export type V1ChannelsGetChannelData = {
 
 export type V1ChannelsGetChannelErrors = {
     /**
-     * Validation Exception
+     * More than one Authorization header
      */
-    400: {
-        status_code: number;
-        detail: string;
-        extra?: null | {
-            [key: string]: unknown;
-        } | Array<unknown>;
-    };
+    400: ProblemDetails;
+    /**
+     * No valid credentials: the bearer token or session cookie is missing, expired or revoked
+     */
+    401: ProblemDetails;
     /**
      * No such channel
      */
     404: ProblemDetails;
+    /**
+     * Too many requests: wait Retry-After seconds
+     */
+    429: ProblemDetails;
+    /**
+     * The database or Redis is not answering: retry after Retry-After seconds; a session cookie could not be renewed
+     */
+    503: ProblemDetails;
 };
 
 export type V1ChannelsGetChannelError = V1ChannelsGetChannelErrors[keyof V1ChannelsGetChannelErrors];
@@ -705,6 +1137,16 @@ export type V1ChannelsGetChannelResponse = V1ChannelsGetChannelResponses[keyof V
 
 export type V1ChannelsListMessagesData = {
     body?: never;
+    headers?: {
+        /**
+         * The ETag of the copy you hold: 304 with no body while it is current
+         */
+        'If-None-Match'?: string;
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
+    };
     path: {
         channel_id: string;
     };
@@ -720,19 +1162,29 @@ export type V1ChannelsListMessagesData = {
 
 export type V1ChannelsListMessagesErrors = {
     /**
-     * Validation Exception
+     * More than one Authorization header
      */
-    400: {
-        status_code: number;
-        detail: string;
-        extra?: null | {
-            [key: string]: unknown;
-        } | Array<unknown>;
-    };
+    400: ProblemDetails;
+    /**
+     * No valid credentials: the bearer token or session cookie is missing, expired or revoked
+     */
+    401: ProblemDetails;
     /**
      * No such channel
      */
     404: ProblemDetails;
+    /**
+     * A query parameter is invalid (`errors` says which)
+     */
+    422: ValidationProblem;
+    /**
+     * Too many requests: wait Retry-After seconds
+     */
+    429: ProblemDetails;
+    /**
+     * The database or Redis is not answering: retry after Retry-After seconds; a session cookie could not be renewed
+     */
+    503: ProblemDetails;
 };
 
 export type V1ChannelsListMessagesError = V1ChannelsListMessagesErrors[keyof V1ChannelsListMessagesErrors];
@@ -748,6 +1200,12 @@ export type V1ChannelsListMessagesResponse = V1ChannelsListMessagesResponses[key
 
 export type V1ChannelsPostMessageData = {
     body: MessageCreate;
+    headers?: {
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
+    };
     path: {
         channel_id: string;
     };
@@ -757,19 +1215,41 @@ export type V1ChannelsPostMessageData = {
 
 export type V1ChannelsPostMessageErrors = {
     /**
-     * Validation Exception
+     * More than one Authorization header
      */
-    400: {
-        status_code: number;
-        detail: string;
-        extra?: null | {
-            [key: string]: unknown;
-        } | Array<unknown>;
-    };
+    400: ProblemDetails;
+    /**
+     * No valid credentials: the bearer token or session cookie is missing, expired or revoked
+     */
+    401: ProblemDetails;
+    /**
+     * A session-cookie request without X-CSRF-Token equal to the keel_csrf cookie
+     */
+    403: ProblemDetails;
     /**
      * No such channel
      */
     404: ProblemDetails;
+    /**
+     * The body is larger than KEEL_MAX_BODY_BYTES
+     */
+    413: ProblemDetails;
+    /**
+     * The body is not application/json
+     */
+    415: ProblemDetails;
+    /**
+     * The body is not valid JSON, or some of its fields are invalid, missing or unknown (`errors` lists all)
+     */
+    422: ValidationProblem;
+    /**
+     * Too many requests: wait Retry-After seconds
+     */
+    429: ProblemDetails;
+    /**
+     * The database or Redis is not answering: retry after Retry-After seconds; a session cookie could not be renewed
+     */
+    503: ProblemDetails;
 };
 
 export type V1ChannelsPostMessageError = V1ChannelsPostMessageErrors[keyof V1ChannelsPostMessageErrors];
@@ -785,10 +1265,41 @@ export type V1ChannelsPostMessageResponse = V1ChannelsPostMessageResponses[keyof
 
 export type V1RealtimeCreateTicketData = {
     body?: never;
+    headers?: {
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
+    };
     path?: never;
     query?: never;
     url: '/api/v1/realtime/tickets';
 };
+
+export type V1RealtimeCreateTicketErrors = {
+    /**
+     * More than one Authorization header
+     */
+    400: ProblemDetails;
+    /**
+     * No valid credentials: the bearer token or session cookie is missing, expired or revoked
+     */
+    401: ProblemDetails;
+    /**
+     * A session-cookie request without X-CSRF-Token equal to the keel_csrf cookie
+     */
+    403: ProblemDetails;
+    /**
+     * Too many requests: wait Retry-After seconds
+     */
+    429: ProblemDetails;
+    /**
+     * The database or Redis is not answering: retry after Retry-After seconds; a session cookie could not be renewed
+     */
+    503: ProblemDetails;
+};
+
+export type V1RealtimeCreateTicketError = V1RealtimeCreateTicketErrors[keyof V1RealtimeCreateTicketErrors];
 
 export type V1RealtimeCreateTicketResponses = {
     /**
@@ -801,10 +1312,29 @@ export type V1RealtimeCreateTicketResponse = V1RealtimeCreateTicketResponses[key
 
 export type AuthPublicData = {
     body?: never;
+    headers?: {
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
+    };
     path?: never;
     query?: never;
     url: '/api/v2/public';
 };
+
+export type AuthPublicErrors = {
+    /**
+     * More than one Authorization header
+     */
+    400: ProblemDetails;
+    /**
+     * Too many requests: wait Retry-After seconds
+     */
+    429: ProblemDetails;
+};
+
+export type AuthPublicError = AuthPublicErrors[keyof AuthPublicErrors];
 
 export type AuthPublicResponses = {
     /**
@@ -817,6 +1347,12 @@ export type AuthPublicResponse = AuthPublicResponses[keyof AuthPublicResponses];
 
 export type AuthProtectedData = {
     body?: never;
+    headers?: {
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
+    };
     path?: never;
     query?: never;
     url: '/api/v2/protected';
@@ -824,9 +1360,21 @@ export type AuthProtectedData = {
 
 export type AuthProtectedErrors = {
     /**
-     * No valid bearer token
+     * More than one Authorization header
+     */
+    400: ProblemDetails;
+    /**
+     * No valid credentials: the bearer token or session cookie is missing, expired or revoked
      */
     401: ProblemDetails;
+    /**
+     * Too many requests: wait Retry-After seconds
+     */
+    429: ProblemDetails;
+    /**
+     * A session cookie could not be renewed
+     */
+    503: ProblemDetails;
 };
 
 export type AuthProtectedError = AuthProtectedErrors[keyof AuthProtectedErrors];
@@ -842,6 +1390,12 @@ export type AuthProtectedResponse = AuthProtectedResponses[keyof AuthProtectedRe
 
 export type UsersChangePasswordData = {
     body: PasswordChange;
+    headers?: {
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
+    };
     path?: never;
     query?: never;
     url: '/api/v2/users/me/password';
@@ -849,25 +1403,35 @@ export type UsersChangePasswordData = {
 
 export type UsersChangePasswordErrors = {
     /**
-     * Validation Exception
+     * More than one Authorization header
      */
-    400: {
-        status_code: number;
-        detail: string;
-        extra?: null | {
-            [key: string]: unknown;
-        } | Array<unknown>;
-    };
+    400: ProblemDetails;
     /**
-     * No valid bearer token
+     * No valid credentials: the bearer token or session cookie is missing, expired or revoked
      */
     401: ProblemDetails;
     /**
-     * The current password is wrong
+     * The current password is wrong; a session-cookie request without X-CSRF-Token equal to the keel_csrf cookie
      */
     403: ProblemDetails;
     /**
-     * Too many passwords are being hashed; retry after Retry-After seconds
+     * The body is larger than KEEL_MAX_BODY_BYTES
+     */
+    413: ProblemDetails;
+    /**
+     * The body is not application/json
+     */
+    415: ProblemDetails;
+    /**
+     * The body is not valid JSON, or some of its fields are invalid, missing or unknown (`errors` lists all)
+     */
+    422: ValidationProblem;
+    /**
+     * Too many requests: wait Retry-After seconds
+     */
+    429: ProblemDetails;
+    /**
+     * Too many passwords are being hashed; retry after Retry-After seconds; the database or Redis is not answering: retry after Retry-After seconds; a session cookie could not be renewed
      */
     503: ProblemDetails;
 };
@@ -885,6 +1449,12 @@ export type UsersChangePasswordResponse = UsersChangePasswordResponses[keyof Use
 
 export type UsersMeData = {
     body?: never;
+    headers?: {
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
+    };
     path?: never;
     query?: never;
     url: '/api/v2/users/me';
@@ -892,9 +1462,21 @@ export type UsersMeData = {
 
 export type UsersMeErrors = {
     /**
-     * No valid bearer token
+     * More than one Authorization header
+     */
+    400: ProblemDetails;
+    /**
+     * No valid credentials: the bearer token or session cookie is missing, expired or revoked
      */
     401: ProblemDetails;
+    /**
+     * Too many requests: wait Retry-After seconds
+     */
+    429: ProblemDetails;
+    /**
+     * The database or Redis is not answering: retry after Retry-After seconds; a session cookie could not be renewed
+     */
+    503: ProblemDetails;
 };
 
 export type UsersMeError = UsersMeErrors[keyof UsersMeErrors];
@@ -910,6 +1492,12 @@ export type UsersMeResponse = UsersMeResponses[keyof UsersMeResponses];
 
 export type UsersListUsersData = {
     body?: never;
+    headers?: {
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
+    };
     path?: never;
     query?: {
         /**
@@ -926,23 +1514,29 @@ export type UsersListUsersData = {
 
 export type UsersListUsersErrors = {
     /**
-     * Validation Exception
+     * More than one Authorization header
      */
-    400: {
-        status_code: number;
-        detail: string;
-        extra?: null | {
-            [key: string]: unknown;
-        } | Array<unknown>;
-    };
+    400: ProblemDetails;
     /**
-     * No valid bearer token
+     * No valid credentials: the bearer token or session cookie is missing, expired or revoked
      */
     401: ProblemDetails;
     /**
-     * Not an admin
+     * The caller is not an admin
      */
     403: ProblemDetails;
+    /**
+     * A query parameter is invalid (`errors` says which)
+     */
+    422: ValidationProblem;
+    /**
+     * Too many requests: wait Retry-After seconds
+     */
+    429: ProblemDetails;
+    /**
+     * The database or Redis is not answering: retry after Retry-After seconds; a session cookie could not be renewed
+     */
+    503: ProblemDetails;
 };
 
 export type UsersListUsersError = UsersListUsersErrors[keyof UsersListUsersErrors];
@@ -951,13 +1545,19 @@ export type UsersListUsersResponses = {
     /**
      * Request fulfilled, document follows
      */
-    200: PageKeelAccountsSchemasUserRead;
+    200: PageUserRead;
 };
 
 export type UsersListUsersResponse = UsersListUsersResponses[keyof UsersListUsersResponses];
 
 export type UsersRegisterData = {
     body: UserCreate;
+    headers?: {
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
+    };
     path?: never;
     query?: never;
     url: '/api/v2/users';
@@ -965,21 +1565,31 @@ export type UsersRegisterData = {
 
 export type UsersRegisterErrors = {
     /**
-     * Validation Exception
+     * More than one Authorization header
      */
-    400: {
-        status_code: number;
-        detail: string;
-        extra?: null | {
-            [key: string]: unknown;
-        } | Array<unknown>;
-    };
+    400: ProblemDetails;
     /**
      * The username or email is taken
      */
     409: ProblemDetails;
     /**
-     * Too many passwords are being hashed; retry after Retry-After seconds
+     * The body is larger than KEEL_MAX_BODY_BYTES
+     */
+    413: ProblemDetails;
+    /**
+     * The body is not application/json
+     */
+    415: ProblemDetails;
+    /**
+     * The body is not valid JSON, or some of its fields are invalid, missing or unknown (`errors` lists all)
+     */
+    422: ValidationProblem;
+    /**
+     * Too many requests: wait Retry-After seconds
+     */
+    429: ProblemDetails;
+    /**
+     * Too many passwords are being hashed; retry after Retry-After seconds; the database or Redis is not answering: retry after Retry-After seconds
      */
     503: ProblemDetails;
 };
@@ -997,6 +1607,12 @@ export type UsersRegisterResponse = UsersRegisterResponses[keyof UsersRegisterRe
 
 export type AuthEndSessionData = {
     body?: never;
+    headers?: {
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
+    };
     path?: never;
     query?: never;
     url: '/api/v2/auth/session';
@@ -1004,13 +1620,25 @@ export type AuthEndSessionData = {
 
 export type AuthEndSessionErrors = {
     /**
-     * No valid bearer token
+     * More than one Authorization header
+     */
+    400: ProblemDetails;
+    /**
+     * No valid credentials: the bearer token or session cookie is missing, expired or revoked
      */
     401: ProblemDetails;
     /**
-     * X-CSRF-Token missing or not the keel_csrf cookie
+     * A session-cookie request without X-CSRF-Token equal to the keel_csrf cookie
      */
     403: ProblemDetails;
+    /**
+     * Too many requests: wait Retry-After seconds
+     */
+    429: ProblemDetails;
+    /**
+     * The database or Redis is not answering: retry after Retry-After seconds; a session cookie could not be renewed
+     */
+    503: ProblemDetails;
 };
 
 export type AuthEndSessionError = AuthEndSessionErrors[keyof AuthEndSessionErrors];
@@ -1019,7 +1647,7 @@ export type AuthEndSessionResponses = {
     /**
      * Request fulfilled, nothing follows
      */
-    204: null;
+    204: void;
 };
 
 export type AuthEndSessionResponse = AuthEndSessionResponses[keyof AuthEndSessionResponses];
@@ -1028,11 +1656,20 @@ export type AuthStartSessionData = {
     body: {
         grant_type?: 'password';
         /**
-         * username or email
+         * the username or the email
          */
         username: string;
         password: string;
+        /**
+         * ignored: scopes follow the account
+         */
         scope?: string;
+    };
+    headers?: {
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
     };
     path?: never;
     query?: never;
@@ -1041,11 +1678,31 @@ export type AuthStartSessionData = {
 
 export type AuthStartSessionErrors = {
     /**
+     * More than one Authorization header
+     */
+    400: ProblemDetails;
+    /**
      * Wrong username or password
      */
     401: ProblemDetails;
     /**
-     * Too many passwords are being hashed; retry after Retry-After seconds
+     * The body is larger than KEEL_MAX_BODY_BYTES
+     */
+    413: ProblemDetails;
+    /**
+     * The body is not application/x-www-form-urlencoded or application/json
+     */
+    415: ProblemDetails;
+    /**
+     * The body is not valid JSON, or some of its fields are invalid, missing or unknown (`errors` lists all)
+     */
+    422: ValidationProblem;
+    /**
+     * Too many requests: wait Retry-After seconds
+     */
+    429: ProblemDetails;
+    /**
+     * Too many passwords are being hashed; retry after Retry-After seconds; the database or Redis is not answering: retry after Retry-After seconds
      */
     503: ProblemDetails;
 };
@@ -1056,13 +1713,19 @@ export type AuthStartSessionResponses = {
     /**
      * Request fulfilled, nothing follows
      */
-    204: null;
+    204: void;
 };
 
 export type AuthStartSessionResponse = AuthStartSessionResponses[keyof AuthStartSessionResponses];
 
 export type AuthLogoutData = {
     body?: never;
+    headers?: {
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
+    };
     path?: never;
     query?: never;
     url: '/api/v2/auth/logout';
@@ -1070,9 +1733,25 @@ export type AuthLogoutData = {
 
 export type AuthLogoutErrors = {
     /**
-     * No valid bearer token
+     * More than one Authorization header
+     */
+    400: ProblemDetails;
+    /**
+     * No valid credentials: the bearer token or session cookie is missing, expired or revoked
      */
     401: ProblemDetails;
+    /**
+     * A session-cookie request without X-CSRF-Token equal to the keel_csrf cookie
+     */
+    403: ProblemDetails;
+    /**
+     * Too many requests: wait Retry-After seconds
+     */
+    429: ProblemDetails;
+    /**
+     * The database or Redis is not answering: retry after Retry-After seconds; a session cookie could not be renewed
+     */
+    503: ProblemDetails;
 };
 
 export type AuthLogoutError = AuthLogoutErrors[keyof AuthLogoutErrors];
@@ -1088,6 +1767,12 @@ export type AuthLogoutResponse = AuthLogoutResponses[keyof AuthLogoutResponses];
 
 export type AuthRefreshData = {
     body: RefreshRequest;
+    headers?: {
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
+    };
     path?: never;
     query?: never;
     url: '/api/v2/auth/refresh';
@@ -1095,19 +1780,33 @@ export type AuthRefreshData = {
 
 export type AuthRefreshErrors = {
     /**
-     * Validation Exception
+     * More than one Authorization header
      */
-    400: {
-        status_code: number;
-        detail: string;
-        extra?: null | {
-            [key: string]: unknown;
-        } | Array<unknown>;
-    };
+    400: ProblemDetails;
     /**
-     * Invalid, expired or reused token
+     * The refresh token is invalid, expired or spent (its session then ends)
      */
     401: ProblemDetails;
+    /**
+     * The body is larger than KEEL_MAX_BODY_BYTES
+     */
+    413: ProblemDetails;
+    /**
+     * The body is not application/json
+     */
+    415: ProblemDetails;
+    /**
+     * The body is not valid JSON, or some of its fields are invalid, missing or unknown (`errors` lists all)
+     */
+    422: ValidationProblem;
+    /**
+     * Too many requests: wait Retry-After seconds
+     */
+    429: ProblemDetails;
+    /**
+     * The database or Redis is not answering: retry after Retry-After seconds
+     */
+    503: ProblemDetails;
 };
 
 export type AuthRefreshError = AuthRefreshErrors[keyof AuthRefreshErrors];
@@ -1125,11 +1824,20 @@ export type AuthTokenData = {
     body: {
         grant_type?: 'password';
         /**
-         * username or email
+         * the username or the email
          */
         username: string;
         password: string;
+        /**
+         * ignored: scopes follow the account
+         */
         scope?: string;
+    };
+    headers?: {
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
     };
     path?: never;
     query?: never;
@@ -1138,11 +1846,31 @@ export type AuthTokenData = {
 
 export type AuthTokenErrors = {
     /**
+     * More than one Authorization header
+     */
+    400: ProblemDetails;
+    /**
      * Wrong username or password
      */
     401: ProblemDetails;
     /**
-     * Too many passwords are being hashed; retry after Retry-After seconds
+     * The body is larger than KEEL_MAX_BODY_BYTES
+     */
+    413: ProblemDetails;
+    /**
+     * The body is not application/x-www-form-urlencoded or application/json
+     */
+    415: ProblemDetails;
+    /**
+     * The body is not valid JSON, or some of its fields are invalid, missing or unknown (`errors` lists all)
+     */
+    422: ValidationProblem;
+    /**
+     * Too many requests: wait Retry-After seconds
+     */
+    429: ProblemDetails;
+    /**
+     * Too many passwords are being hashed; retry after Retry-After seconds; the database or Redis is not answering: retry after Retry-After seconds
      */
     503: ProblemDetails;
 };
@@ -1160,6 +1888,16 @@ export type AuthTokenResponse = AuthTokenResponses[keyof AuthTokenResponses];
 
 export type ChannelsListChannelsData = {
     body?: never;
+    headers?: {
+        /**
+         * The ETag of the copy you hold: 304 with no body while it is current
+         */
+        'If-None-Match'?: string;
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
+    };
     path?: never;
     query?: {
         /**
@@ -1176,15 +1914,25 @@ export type ChannelsListChannelsData = {
 
 export type ChannelsListChannelsErrors = {
     /**
-     * Validation Exception
+     * More than one Authorization header
      */
-    400: {
-        status_code: number;
-        detail: string;
-        extra?: null | {
-            [key: string]: unknown;
-        } | Array<unknown>;
-    };
+    400: ProblemDetails;
+    /**
+     * No valid credentials: the bearer token or session cookie is missing, expired or revoked
+     */
+    401: ProblemDetails;
+    /**
+     * A query parameter is invalid (`errors` says which)
+     */
+    422: ValidationProblem;
+    /**
+     * Too many requests: wait Retry-After seconds
+     */
+    429: ProblemDetails;
+    /**
+     * The database or Redis is not answering: retry after Retry-After seconds; a session cookie could not be renewed
+     */
+    503: ProblemDetails;
 };
 
 export type ChannelsListChannelsError = ChannelsListChannelsErrors[keyof ChannelsListChannelsErrors];
@@ -1193,13 +1941,19 @@ export type ChannelsListChannelsResponses = {
     /**
      * Request fulfilled, document follows
      */
-    200: PageKeelRealtimeSchemasChannelRead;
+    200: PageChannelRead;
 };
 
 export type ChannelsListChannelsResponse = ChannelsListChannelsResponses[keyof ChannelsListChannelsResponses];
 
 export type ChannelsCreateChannelData = {
     body: ChannelCreate;
+    headers?: {
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
+    };
     path?: never;
     query?: never;
     url: '/api/v2/channels';
@@ -1207,19 +1961,41 @@ export type ChannelsCreateChannelData = {
 
 export type ChannelsCreateChannelErrors = {
     /**
-     * Validation Exception
+     * More than one Authorization header
      */
-    400: {
-        status_code: number;
-        detail: string;
-        extra?: null | {
-            [key: string]: unknown;
-        } | Array<unknown>;
-    };
+    400: ProblemDetails;
+    /**
+     * No valid credentials: the bearer token or session cookie is missing, expired or revoked
+     */
+    401: ProblemDetails;
+    /**
+     * A session-cookie request without X-CSRF-Token equal to the keel_csrf cookie
+     */
+    403: ProblemDetails;
     /**
      * The name is taken
      */
     409: ProblemDetails;
+    /**
+     * The body is larger than KEEL_MAX_BODY_BYTES
+     */
+    413: ProblemDetails;
+    /**
+     * The body is not application/json
+     */
+    415: ProblemDetails;
+    /**
+     * The body is not valid JSON, or some of its fields are invalid, missing or unknown (`errors` lists all)
+     */
+    422: ValidationProblem;
+    /**
+     * Too many requests: wait Retry-After seconds
+     */
+    429: ProblemDetails;
+    /**
+     * The database or Redis is not answering: retry after Retry-After seconds; a session cookie could not be renewed
+     */
+    503: ProblemDetails;
 };
 
 export type ChannelsCreateChannelError = ChannelsCreateChannelErrors[keyof ChannelsCreateChannelErrors];
@@ -1235,6 +2011,16 @@ export type ChannelsCreateChannelResponse = ChannelsCreateChannelResponses[keyof
 
 export type ChannelsGetChannelData = {
     body?: never;
+    headers?: {
+        /**
+         * The ETag of the copy you hold: 304 with no body while it is current
+         */
+        'If-None-Match'?: string;
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
+    };
     path: {
         channel_id: string;
     };
@@ -1244,19 +2030,25 @@ export type ChannelsGetChannelData = {
 
 export type ChannelsGetChannelErrors = {
     /**
-     * Validation Exception
+     * More than one Authorization header
      */
-    400: {
-        status_code: number;
-        detail: string;
-        extra?: null | {
-            [key: string]: unknown;
-        } | Array<unknown>;
-    };
+    400: ProblemDetails;
+    /**
+     * No valid credentials: the bearer token or session cookie is missing, expired or revoked
+     */
+    401: ProblemDetails;
     /**
      * No such channel
      */
     404: ProblemDetails;
+    /**
+     * Too many requests: wait Retry-After seconds
+     */
+    429: ProblemDetails;
+    /**
+     * The database or Redis is not answering: retry after Retry-After seconds; a session cookie could not be renewed
+     */
+    503: ProblemDetails;
 };
 
 export type ChannelsGetChannelError = ChannelsGetChannelErrors[keyof ChannelsGetChannelErrors];
@@ -1272,6 +2064,16 @@ export type ChannelsGetChannelResponse = ChannelsGetChannelResponses[keyof Chann
 
 export type ChannelsListMessagesData = {
     body?: never;
+    headers?: {
+        /**
+         * The ETag of the copy you hold: 304 with no body while it is current
+         */
+        'If-None-Match'?: string;
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
+    };
     path: {
         channel_id: string;
     };
@@ -1290,19 +2092,29 @@ export type ChannelsListMessagesData = {
 
 export type ChannelsListMessagesErrors = {
     /**
-     * Validation Exception
+     * More than one Authorization header
      */
-    400: {
-        status_code: number;
-        detail: string;
-        extra?: null | {
-            [key: string]: unknown;
-        } | Array<unknown>;
-    };
+    400: ProblemDetails;
+    /**
+     * No valid credentials: the bearer token or session cookie is missing, expired or revoked
+     */
+    401: ProblemDetails;
     /**
      * No such channel
      */
     404: ProblemDetails;
+    /**
+     * A query parameter is invalid (`errors` says which)
+     */
+    422: ValidationProblem;
+    /**
+     * Too many requests: wait Retry-After seconds
+     */
+    429: ProblemDetails;
+    /**
+     * The database or Redis is not answering: retry after Retry-After seconds; a session cookie could not be renewed
+     */
+    503: ProblemDetails;
 };
 
 export type ChannelsListMessagesError = ChannelsListMessagesErrors[keyof ChannelsListMessagesErrors];
@@ -1311,13 +2123,19 @@ export type ChannelsListMessagesResponses = {
     /**
      * Request fulfilled, document follows
      */
-    200: PageKeelRealtimeSchemasMessageRead;
+    200: PageMessageRead;
 };
 
 export type ChannelsListMessagesResponse = ChannelsListMessagesResponses[keyof ChannelsListMessagesResponses];
 
 export type ChannelsPostMessageData = {
     body: MessageCreate;
+    headers?: {
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
+    };
     path: {
         channel_id: string;
     };
@@ -1327,19 +2145,41 @@ export type ChannelsPostMessageData = {
 
 export type ChannelsPostMessageErrors = {
     /**
-     * Validation Exception
+     * More than one Authorization header
      */
-    400: {
-        status_code: number;
-        detail: string;
-        extra?: null | {
-            [key: string]: unknown;
-        } | Array<unknown>;
-    };
+    400: ProblemDetails;
+    /**
+     * No valid credentials: the bearer token or session cookie is missing, expired or revoked
+     */
+    401: ProblemDetails;
+    /**
+     * A session-cookie request without X-CSRF-Token equal to the keel_csrf cookie
+     */
+    403: ProblemDetails;
     /**
      * No such channel
      */
     404: ProblemDetails;
+    /**
+     * The body is larger than KEEL_MAX_BODY_BYTES
+     */
+    413: ProblemDetails;
+    /**
+     * The body is not application/json
+     */
+    415: ProblemDetails;
+    /**
+     * The body is not valid JSON, or some of its fields are invalid, missing or unknown (`errors` lists all)
+     */
+    422: ValidationProblem;
+    /**
+     * Too many requests: wait Retry-After seconds
+     */
+    429: ProblemDetails;
+    /**
+     * The database or Redis is not answering: retry after Retry-After seconds; a session cookie could not be renewed
+     */
+    503: ProblemDetails;
 };
 
 export type ChannelsPostMessageError = ChannelsPostMessageErrors[keyof ChannelsPostMessageErrors];
@@ -1355,10 +2195,41 @@ export type ChannelsPostMessageResponse = ChannelsPostMessageResponses[keyof Cha
 
 export type RealtimeCreateTicketData = {
     body?: never;
+    headers?: {
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
+    };
     path?: never;
     query?: never;
     url: '/api/v2/realtime/tickets';
 };
+
+export type RealtimeCreateTicketErrors = {
+    /**
+     * More than one Authorization header
+     */
+    400: ProblemDetails;
+    /**
+     * No valid credentials: the bearer token or session cookie is missing, expired or revoked
+     */
+    401: ProblemDetails;
+    /**
+     * A session-cookie request without X-CSRF-Token equal to the keel_csrf cookie
+     */
+    403: ProblemDetails;
+    /**
+     * Too many requests: wait Retry-After seconds
+     */
+    429: ProblemDetails;
+    /**
+     * The database or Redis is not answering: retry after Retry-After seconds; a session cookie could not be renewed
+     */
+    503: ProblemDetails;
+};
+
+export type RealtimeCreateTicketError = RealtimeCreateTicketErrors[keyof RealtimeCreateTicketErrors];
 
 export type RealtimeCreateTicketResponses = {
     /**
@@ -1368,3 +2239,75 @@ export type RealtimeCreateTicketResponses = {
 };
 
 export type RealtimeCreateTicketResponse = RealtimeCreateTicketResponses[keyof RealtimeCreateTicketResponses];
+
+export type RealtimeEventsData = {
+    body?: never;
+    headers?: {
+        /**
+         * The last `id:` received: `<channel id>:<seq>` pairs joined by `,`
+         */
+        'Last-Event-ID'?: string;
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
+    };
+    path?: never;
+    query: {
+        /**
+         * A channel id; repeat it to follow up to 50 channels
+         */
+        channel: Array<string>;
+        /**
+         * A single-use ticket, for clients that cannot send a header
+         */
+        ticket?: string;
+        /**
+         * The Last-Event-ID header's value, for clients that cannot send a header
+         */
+        last_event_id?: string;
+    };
+    url: '/events';
+};
+
+export type RealtimeEventsErrors = {
+    /**
+     * More than one Authorization header
+     */
+    400: ProblemDetails;
+    /**
+     * No valid bearer token, ticket or session cookie
+     */
+    401: ProblemDetails;
+    /**
+     * A session cookie sent from an origin that is neither this server's nor a CORS one
+     */
+    403: ProblemDetails;
+    /**
+     * A channel does not exist (answered before the stream starts)
+     */
+    404: ProblemDetails;
+    /**
+     * `channel` is missing, not a UUID, or more than 50; or Last-Event-ID is not `<channel id>:<seq>` pairs
+     */
+    422: ValidationProblem;
+    /**
+     * Too many requests, or too many open streams and WebSockets for this user
+     */
+    429: ProblemDetails;
+    /**
+     * The database or Redis is not answering: retry after Retry-After seconds
+     */
+    503: ProblemDetails;
+};
+
+export type RealtimeEventsError = RealtimeEventsErrors[keyof RealtimeEventsErrors];
+
+export type RealtimeEventsResponses = {
+    /**
+     * Server-Sent Events
+     */
+    200: string;
+};
+
+export type RealtimeEventsResponse = RealtimeEventsResponses[keyof RealtimeEventsResponses];

@@ -8,14 +8,18 @@ from ...client import AuthenticatedClient, Client
 from ...models.problem_details import ProblemDetails
 from ...models.refresh_request import RefreshRequest
 from ...models.token_pair import TokenPair
-from ...types import Response
+from ...models.validation_problem import ValidationProblem
+from ...types import UNSET, Response, Unset
 
 
 def _get_kwargs(
     *,
     body: RefreshRequest,
+    x_request_id: str | Unset = UNSET,
 ) -> dict[str, Any]:
     headers: dict[str, Any] = {}
+    if not isinstance(x_request_id, Unset):
+        headers["X-Request-ID"] = x_request_id
 
     _kwargs: dict[str, Any] = {
         "method": "post",
@@ -32,16 +36,46 @@ def _get_kwargs(
 
 def _parse_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> ProblemDetails | TokenPair | None:
+) -> ProblemDetails | TokenPair | ValidationProblem | None:
     if response.status_code == 200:
         response_200 = TokenPair.from_dict(response.json())
 
         return response_200
 
+    if response.status_code == 400:
+        response_400 = ProblemDetails.from_dict(response.json())
+
+        return response_400
+
     if response.status_code == 401:
         response_401 = ProblemDetails.from_dict(response.json())
 
         return response_401
+
+    if response.status_code == 413:
+        response_413 = ProblemDetails.from_dict(response.json())
+
+        return response_413
+
+    if response.status_code == 415:
+        response_415 = ProblemDetails.from_dict(response.json())
+
+        return response_415
+
+    if response.status_code == 422:
+        response_422 = ValidationProblem.from_dict(response.json())
+
+        return response_422
+
+    if response.status_code == 429:
+        response_429 = ProblemDetails.from_dict(response.json())
+
+        return response_429
+
+    if response.status_code == 503:
+        response_503 = ProblemDetails.from_dict(response.json())
+
+        return response_503
 
     if client.raise_on_unexpected_status:
         raise errors.UnexpectedStatus(response.status_code, response.content)
@@ -51,7 +85,7 @@ def _parse_response(
 
 def _build_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> Response[ProblemDetails | TokenPair]:
+) -> Response[ProblemDetails | TokenPair | ValidationProblem]:
     return Response(
         status_code=HTTPStatus(response.status_code),
         content=response.content,
@@ -64,12 +98,17 @@ def sync_detailed(
     *,
     client: AuthenticatedClient | Client,
     body: RefreshRequest,
-) -> Response[ProblemDetails | TokenPair]:
-    """Refresh
+    x_request_id: str | Unset = UNSET,
+) -> Response[ProblemDetails | TokenPair | ValidationProblem]:
+    """Refresh a token pair
 
-     Trade a refresh token for a new pair; presenting a spent one ends the whole session.
+     Trade a refresh token for a new pair; the old one is spent. Presenting a spent one ends the whole
+    session,
+    unless it is the last one spent and KEEL_REFRESH_GRACE has not passed (a retry after a lost
+    response).
 
     Args:
+        x_request_id (str | Unset):
         body (RefreshRequest):
 
     Raises:
@@ -77,11 +116,12 @@ def sync_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[ProblemDetails | TokenPair]
+        Response[ProblemDetails | TokenPair | ValidationProblem]
     """
 
     kwargs = _get_kwargs(
         body=body,
+        x_request_id=x_request_id,
     )
 
     response = client.get_httpx_client().request(
@@ -95,12 +135,17 @@ def sync(
     *,
     client: AuthenticatedClient | Client,
     body: RefreshRequest,
-) -> ProblemDetails | TokenPair | None:
-    """Refresh
+    x_request_id: str | Unset = UNSET,
+) -> ProblemDetails | TokenPair | ValidationProblem | None:
+    """Refresh a token pair
 
-     Trade a refresh token for a new pair; presenting a spent one ends the whole session.
+     Trade a refresh token for a new pair; the old one is spent. Presenting a spent one ends the whole
+    session,
+    unless it is the last one spent and KEEL_REFRESH_GRACE has not passed (a retry after a lost
+    response).
 
     Args:
+        x_request_id (str | Unset):
         body (RefreshRequest):
 
     Raises:
@@ -108,12 +153,13 @@ def sync(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        ProblemDetails | TokenPair
+        ProblemDetails | TokenPair | ValidationProblem
     """
 
     return sync_detailed(
         client=client,
         body=body,
+        x_request_id=x_request_id,
     ).parsed
 
 
@@ -121,12 +167,17 @@ async def asyncio_detailed(
     *,
     client: AuthenticatedClient | Client,
     body: RefreshRequest,
-) -> Response[ProblemDetails | TokenPair]:
-    """Refresh
+    x_request_id: str | Unset = UNSET,
+) -> Response[ProblemDetails | TokenPair | ValidationProblem]:
+    """Refresh a token pair
 
-     Trade a refresh token for a new pair; presenting a spent one ends the whole session.
+     Trade a refresh token for a new pair; the old one is spent. Presenting a spent one ends the whole
+    session,
+    unless it is the last one spent and KEEL_REFRESH_GRACE has not passed (a retry after a lost
+    response).
 
     Args:
+        x_request_id (str | Unset):
         body (RefreshRequest):
 
     Raises:
@@ -134,11 +185,12 @@ async def asyncio_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[ProblemDetails | TokenPair]
+        Response[ProblemDetails | TokenPair | ValidationProblem]
     """
 
     kwargs = _get_kwargs(
         body=body,
+        x_request_id=x_request_id,
     )
 
     response = await client.get_async_httpx_client().request(**kwargs)
@@ -150,12 +202,17 @@ async def asyncio(
     *,
     client: AuthenticatedClient | Client,
     body: RefreshRequest,
-) -> ProblemDetails | TokenPair | None:
-    """Refresh
+    x_request_id: str | Unset = UNSET,
+) -> ProblemDetails | TokenPair | ValidationProblem | None:
+    """Refresh a token pair
 
-     Trade a refresh token for a new pair; presenting a spent one ends the whole session.
+     Trade a refresh token for a new pair; the old one is spent. Presenting a spent one ends the whole
+    session,
+    unless it is the last one spent and KEEL_REFRESH_GRACE has not passed (a retry after a lost
+    response).
 
     Args:
+        x_request_id (str | Unset):
         body (RefreshRequest):
 
     Raises:
@@ -163,12 +220,13 @@ async def asyncio(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        ProblemDetails | TokenPair
+        ProblemDetails | TokenPair | ValidationProblem
     """
 
     return (
         await asyncio_detailed(
             client=client,
             body=body,
+            x_request_id=x_request_id,
         )
     ).parsed

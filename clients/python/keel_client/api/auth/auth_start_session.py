@@ -8,14 +8,18 @@ from ...client import AuthenticatedClient, Client
 from ...models.auth_start_session_data_body import AuthStartSessionDataBody
 from ...models.auth_start_session_json_body import AuthStartSessionJsonBody
 from ...models.problem_details import ProblemDetails
-from ...types import Response
+from ...models.validation_problem import ValidationProblem
+from ...types import UNSET, Response, Unset
 
 
 def _get_kwargs(
     *,
     body: AuthStartSessionDataBody | AuthStartSessionJsonBody,
+    x_request_id: str | Unset = UNSET,
 ) -> dict[str, Any]:
     headers: dict[str, Any] = {}
+    if not isinstance(x_request_id, Unset):
+        headers["X-Request-ID"] = x_request_id
 
     _kwargs: dict[str, Any] = {
         "method": "post",
@@ -34,15 +38,42 @@ def _get_kwargs(
     return _kwargs
 
 
-def _parse_response(*, client: AuthenticatedClient | Client, response: httpx.Response) -> None | ProblemDetails | None:
+def _parse_response(
+    *, client: AuthenticatedClient | Client, response: httpx.Response
+) -> Any | ProblemDetails | ValidationProblem | None:
     if response.status_code == 204:
-        response_204 = cast(None, response.json())
+        response_204 = cast(Any, None)
         return response_204
+
+    if response.status_code == 400:
+        response_400 = ProblemDetails.from_dict(response.json())
+
+        return response_400
 
     if response.status_code == 401:
         response_401 = ProblemDetails.from_dict(response.json())
 
         return response_401
+
+    if response.status_code == 413:
+        response_413 = ProblemDetails.from_dict(response.json())
+
+        return response_413
+
+    if response.status_code == 415:
+        response_415 = ProblemDetails.from_dict(response.json())
+
+        return response_415
+
+    if response.status_code == 422:
+        response_422 = ValidationProblem.from_dict(response.json())
+
+        return response_422
+
+    if response.status_code == 429:
+        response_429 = ProblemDetails.from_dict(response.json())
+
+        return response_429
 
     if response.status_code == 503:
         response_503 = ProblemDetails.from_dict(response.json())
@@ -57,7 +88,7 @@ def _parse_response(*, client: AuthenticatedClient | Client, response: httpx.Res
 
 def _build_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> Response[None | ProblemDetails]:
+) -> Response[Any | ProblemDetails | ValidationProblem]:
     return Response(
         status_code=HTTPStatus(response.status_code),
         content=response.content,
@@ -70,12 +101,18 @@ def sync_detailed(
     *,
     client: AuthenticatedClient | Client,
     body: AuthStartSessionDataBody | AuthStartSessionJsonBody,
-) -> Response[None | ProblemDetails]:
-    """StartSession
+    x_request_id: str | Unset = UNSET,
+) -> Response[Any | ProblemDetails | ValidationProblem]:
+    """Sign a browser in
 
-     Sign a browser in: the credentials of /auth/token; the session travels in HttpOnly cookies.
+     Sign a browser in with the credentials of the token endpoint. The session travels in cookies:
+    `keel_session`
+    and `keel_refresh` (HttpOnly) and `keel_csrf`, which scripts read and send back as X-CSRF-Token on
+    POST, PUT,
+    PATCH and DELETE.
 
     Args:
+        x_request_id (str | Unset):
         body (AuthStartSessionDataBody):
         body (AuthStartSessionJsonBody):
 
@@ -84,11 +121,12 @@ def sync_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[None | ProblemDetails]
+        Response[Any | ProblemDetails | ValidationProblem]
     """
 
     kwargs = _get_kwargs(
         body=body,
+        x_request_id=x_request_id,
     )
 
     response = client.get_httpx_client().request(
@@ -102,12 +140,18 @@ def sync(
     *,
     client: AuthenticatedClient | Client,
     body: AuthStartSessionDataBody | AuthStartSessionJsonBody,
-) -> None | ProblemDetails | None:
-    """StartSession
+    x_request_id: str | Unset = UNSET,
+) -> Any | ProblemDetails | ValidationProblem | None:
+    """Sign a browser in
 
-     Sign a browser in: the credentials of /auth/token; the session travels in HttpOnly cookies.
+     Sign a browser in with the credentials of the token endpoint. The session travels in cookies:
+    `keel_session`
+    and `keel_refresh` (HttpOnly) and `keel_csrf`, which scripts read and send back as X-CSRF-Token on
+    POST, PUT,
+    PATCH and DELETE.
 
     Args:
+        x_request_id (str | Unset):
         body (AuthStartSessionDataBody):
         body (AuthStartSessionJsonBody):
 
@@ -116,12 +160,13 @@ def sync(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        None | ProblemDetails
+        Any | ProblemDetails | ValidationProblem
     """
 
     return sync_detailed(
         client=client,
         body=body,
+        x_request_id=x_request_id,
     ).parsed
 
 
@@ -129,12 +174,18 @@ async def asyncio_detailed(
     *,
     client: AuthenticatedClient | Client,
     body: AuthStartSessionDataBody | AuthStartSessionJsonBody,
-) -> Response[None | ProblemDetails]:
-    """StartSession
+    x_request_id: str | Unset = UNSET,
+) -> Response[Any | ProblemDetails | ValidationProblem]:
+    """Sign a browser in
 
-     Sign a browser in: the credentials of /auth/token; the session travels in HttpOnly cookies.
+     Sign a browser in with the credentials of the token endpoint. The session travels in cookies:
+    `keel_session`
+    and `keel_refresh` (HttpOnly) and `keel_csrf`, which scripts read and send back as X-CSRF-Token on
+    POST, PUT,
+    PATCH and DELETE.
 
     Args:
+        x_request_id (str | Unset):
         body (AuthStartSessionDataBody):
         body (AuthStartSessionJsonBody):
 
@@ -143,11 +194,12 @@ async def asyncio_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[None | ProblemDetails]
+        Response[Any | ProblemDetails | ValidationProblem]
     """
 
     kwargs = _get_kwargs(
         body=body,
+        x_request_id=x_request_id,
     )
 
     response = await client.get_async_httpx_client().request(**kwargs)
@@ -159,12 +211,18 @@ async def asyncio(
     *,
     client: AuthenticatedClient | Client,
     body: AuthStartSessionDataBody | AuthStartSessionJsonBody,
-) -> None | ProblemDetails | None:
-    """StartSession
+    x_request_id: str | Unset = UNSET,
+) -> Any | ProblemDetails | ValidationProblem | None:
+    """Sign a browser in
 
-     Sign a browser in: the credentials of /auth/token; the session travels in HttpOnly cookies.
+     Sign a browser in with the credentials of the token endpoint. The session travels in cookies:
+    `keel_session`
+    and `keel_refresh` (HttpOnly) and `keel_csrf`, which scripts read and send back as X-CSRF-Token on
+    POST, PUT,
+    PATCH and DELETE.
 
     Args:
+        x_request_id (str | Unset):
         body (AuthStartSessionDataBody):
         body (AuthStartSessionJsonBody):
 
@@ -173,12 +231,13 @@ async def asyncio(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        None | ProblemDetails
+        Any | ProblemDetails | ValidationProblem
     """
 
     return (
         await asyncio_detailed(
             client=client,
             body=body,
+            x_request_id=x_request_id,
         )
     ).parsed

@@ -9,14 +9,18 @@ from ...models.problem_details import ProblemDetails
 from ...models.token_pair import TokenPair
 from ...models.v1_auth_token_data_body import V1AuthTokenDataBody
 from ...models.v1_auth_token_json_body import V1AuthTokenJsonBody
-from ...types import Response
+from ...models.validation_problem import ValidationProblem
+from ...types import UNSET, Response, Unset
 
 
 def _get_kwargs(
     *,
     body: V1AuthTokenDataBody | V1AuthTokenJsonBody,
+    x_request_id: str | Unset = UNSET,
 ) -> dict[str, Any]:
     headers: dict[str, Any] = {}
+    if not isinstance(x_request_id, Unset):
+        headers["X-Request-ID"] = x_request_id
 
     _kwargs: dict[str, Any] = {
         "method": "post",
@@ -37,16 +41,41 @@ def _get_kwargs(
 
 def _parse_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> ProblemDetails | TokenPair | None:
+) -> ProblemDetails | TokenPair | ValidationProblem | None:
     if response.status_code == 200:
         response_200 = TokenPair.from_dict(response.json())
 
         return response_200
 
+    if response.status_code == 400:
+        response_400 = ProblemDetails.from_dict(response.json())
+
+        return response_400
+
     if response.status_code == 401:
         response_401 = ProblemDetails.from_dict(response.json())
 
         return response_401
+
+    if response.status_code == 413:
+        response_413 = ProblemDetails.from_dict(response.json())
+
+        return response_413
+
+    if response.status_code == 415:
+        response_415 = ProblemDetails.from_dict(response.json())
+
+        return response_415
+
+    if response.status_code == 422:
+        response_422 = ValidationProblem.from_dict(response.json())
+
+        return response_422
+
+    if response.status_code == 429:
+        response_429 = ProblemDetails.from_dict(response.json())
+
+        return response_429
 
     if response.status_code == 503:
         response_503 = ProblemDetails.from_dict(response.json())
@@ -61,7 +90,7 @@ def _parse_response(
 
 def _build_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> Response[ProblemDetails | TokenPair]:
+) -> Response[ProblemDetails | TokenPair | ValidationProblem]:
     return Response(
         status_code=HTTPStatus(response.status_code),
         content=response.content,
@@ -74,12 +103,17 @@ def sync_detailed(
     *,
     client: AuthenticatedClient | Client,
     body: V1AuthTokenDataBody | V1AuthTokenJsonBody,
-) -> Response[ProblemDetails | TokenPair]:
-    """Token
+    x_request_id: str | Unset = UNSET,
+) -> Response[ProblemDetails | TokenPair | ValidationProblem]:
+    """Log in for a token pair
 
-     Log in with the OAuth2 password grant (form or JSON); `username` may be the email.
+     Log in with the OAuth2 password grant, as a form or as JSON; `username` may be the email. A wrong
+    password
+    and an unknown user get the same answer in similar time. Limited by the auth policy per client
+    address.
 
     Args:
+        x_request_id (str | Unset):
         body (V1AuthTokenDataBody):
         body (V1AuthTokenJsonBody):
 
@@ -88,11 +122,12 @@ def sync_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[ProblemDetails | TokenPair]
+        Response[ProblemDetails | TokenPair | ValidationProblem]
     """
 
     kwargs = _get_kwargs(
         body=body,
+        x_request_id=x_request_id,
     )
 
     response = client.get_httpx_client().request(
@@ -106,12 +141,17 @@ def sync(
     *,
     client: AuthenticatedClient | Client,
     body: V1AuthTokenDataBody | V1AuthTokenJsonBody,
-) -> ProblemDetails | TokenPair | None:
-    """Token
+    x_request_id: str | Unset = UNSET,
+) -> ProblemDetails | TokenPair | ValidationProblem | None:
+    """Log in for a token pair
 
-     Log in with the OAuth2 password grant (form or JSON); `username` may be the email.
+     Log in with the OAuth2 password grant, as a form or as JSON; `username` may be the email. A wrong
+    password
+    and an unknown user get the same answer in similar time. Limited by the auth policy per client
+    address.
 
     Args:
+        x_request_id (str | Unset):
         body (V1AuthTokenDataBody):
         body (V1AuthTokenJsonBody):
 
@@ -120,12 +160,13 @@ def sync(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        ProblemDetails | TokenPair
+        ProblemDetails | TokenPair | ValidationProblem
     """
 
     return sync_detailed(
         client=client,
         body=body,
+        x_request_id=x_request_id,
     ).parsed
 
 
@@ -133,12 +174,17 @@ async def asyncio_detailed(
     *,
     client: AuthenticatedClient | Client,
     body: V1AuthTokenDataBody | V1AuthTokenJsonBody,
-) -> Response[ProblemDetails | TokenPair]:
-    """Token
+    x_request_id: str | Unset = UNSET,
+) -> Response[ProblemDetails | TokenPair | ValidationProblem]:
+    """Log in for a token pair
 
-     Log in with the OAuth2 password grant (form or JSON); `username` may be the email.
+     Log in with the OAuth2 password grant, as a form or as JSON; `username` may be the email. A wrong
+    password
+    and an unknown user get the same answer in similar time. Limited by the auth policy per client
+    address.
 
     Args:
+        x_request_id (str | Unset):
         body (V1AuthTokenDataBody):
         body (V1AuthTokenJsonBody):
 
@@ -147,11 +193,12 @@ async def asyncio_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[ProblemDetails | TokenPair]
+        Response[ProblemDetails | TokenPair | ValidationProblem]
     """
 
     kwargs = _get_kwargs(
         body=body,
+        x_request_id=x_request_id,
     )
 
     response = await client.get_async_httpx_client().request(**kwargs)
@@ -163,12 +210,17 @@ async def asyncio(
     *,
     client: AuthenticatedClient | Client,
     body: V1AuthTokenDataBody | V1AuthTokenJsonBody,
-) -> ProblemDetails | TokenPair | None:
-    """Token
+    x_request_id: str | Unset = UNSET,
+) -> ProblemDetails | TokenPair | ValidationProblem | None:
+    """Log in for a token pair
 
-     Log in with the OAuth2 password grant (form or JSON); `username` may be the email.
+     Log in with the OAuth2 password grant, as a form or as JSON; `username` may be the email. A wrong
+    password
+    and an unknown user get the same answer in similar time. Limited by the auth policy per client
+    address.
 
     Args:
+        x_request_id (str | Unset):
         body (V1AuthTokenDataBody):
         body (V1AuthTokenJsonBody):
 
@@ -177,12 +229,13 @@ async def asyncio(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        ProblemDetails | TokenPair
+        ProblemDetails | TokenPair | ValidationProblem
     """
 
     return (
         await asyncio_detailed(
             client=client,
             body=body,
+            x_request_id=x_request_id,
         )
     ).parsed

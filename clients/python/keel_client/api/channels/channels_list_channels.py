@@ -6,6 +6,8 @@ import httpx
 from ... import errors
 from ...client import AuthenticatedClient, Client
 from ...models.page_channel_read import PageChannelRead
+from ...models.problem_details import ProblemDetails
+from ...models.validation_problem import ValidationProblem
 from ...types import UNSET, Response, Unset
 
 
@@ -13,7 +15,15 @@ def _get_kwargs(
     *,
     limit: int | Unset = 50,
     cursor: None | str | Unset = UNSET,
+    if_none_match: str | Unset = UNSET,
+    x_request_id: str | Unset = UNSET,
 ) -> dict[str, Any]:
+    headers: dict[str, Any] = {}
+    if not isinstance(if_none_match, Unset):
+        headers["If-None-Match"] = if_none_match
+
+    if not isinstance(x_request_id, Unset):
+        headers["X-Request-ID"] = x_request_id
 
     params: dict[str, Any] = {}
 
@@ -34,10 +44,13 @@ def _get_kwargs(
         "params": params,
     }
 
+    _kwargs["headers"] = headers
     return _kwargs
 
 
-def _parse_response(*, client: AuthenticatedClient | Client, response: httpx.Response) -> Any | PageChannelRead | None:
+def _parse_response(
+    *, client: AuthenticatedClient | Client, response: httpx.Response
+) -> Any | PageChannelRead | ProblemDetails | ValidationProblem | None:
     if response.status_code == 200:
         response_200 = PageChannelRead.from_dict(response.json())
 
@@ -47,6 +60,31 @@ def _parse_response(*, client: AuthenticatedClient | Client, response: httpx.Res
         response_304 = cast(Any, None)
         return response_304
 
+    if response.status_code == 400:
+        response_400 = ProblemDetails.from_dict(response.json())
+
+        return response_400
+
+    if response.status_code == 401:
+        response_401 = ProblemDetails.from_dict(response.json())
+
+        return response_401
+
+    if response.status_code == 422:
+        response_422 = ValidationProblem.from_dict(response.json())
+
+        return response_422
+
+    if response.status_code == 429:
+        response_429 = ProblemDetails.from_dict(response.json())
+
+        return response_429
+
+    if response.status_code == 503:
+        response_503 = ProblemDetails.from_dict(response.json())
+
+        return response_503
+
     if client.raise_on_unexpected_status:
         raise errors.UnexpectedStatus(response.status_code, response.content)
     else:
@@ -55,7 +93,7 @@ def _parse_response(*, client: AuthenticatedClient | Client, response: httpx.Res
 
 def _build_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> Response[Any | PageChannelRead]:
+) -> Response[Any | PageChannelRead | ProblemDetails | ValidationProblem]:
     return Response(
         status_code=HTTPStatus(response.status_code),
         content=response.content,
@@ -69,26 +107,32 @@ def sync_detailed(
     client: AuthenticatedClient,
     limit: int | Unset = 50,
     cursor: None | str | Unset = UNSET,
-) -> Response[Any | PageChannelRead]:
-    """ListChannels
+    if_none_match: str | Unset = UNSET,
+    x_request_id: str | Unset = UNSET,
+) -> Response[Any | PageChannelRead | ProblemDetails | ValidationProblem]:
+    """List channels
 
      Channels by name (byte order), a page at a time.
 
     Args:
         limit (int | Unset): 1 to 100 Default: 50.
         cursor (None | str | Unset): next_cursor of the previous page
+        if_none_match (str | Unset):
+        x_request_id (str | Unset):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[Any | PageChannelRead]
+        Response[Any | PageChannelRead | ProblemDetails | ValidationProblem]
     """
 
     kwargs = _get_kwargs(
         limit=limit,
         cursor=cursor,
+        if_none_match=if_none_match,
+        x_request_id=x_request_id,
     )
 
     response = client.get_httpx_client().request(
@@ -103,27 +147,33 @@ def sync(
     client: AuthenticatedClient,
     limit: int | Unset = 50,
     cursor: None | str | Unset = UNSET,
-) -> Any | PageChannelRead | None:
-    """ListChannels
+    if_none_match: str | Unset = UNSET,
+    x_request_id: str | Unset = UNSET,
+) -> Any | PageChannelRead | ProblemDetails | ValidationProblem | None:
+    """List channels
 
      Channels by name (byte order), a page at a time.
 
     Args:
         limit (int | Unset): 1 to 100 Default: 50.
         cursor (None | str | Unset): next_cursor of the previous page
+        if_none_match (str | Unset):
+        x_request_id (str | Unset):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Any | PageChannelRead
+        Any | PageChannelRead | ProblemDetails | ValidationProblem
     """
 
     return sync_detailed(
         client=client,
         limit=limit,
         cursor=cursor,
+        if_none_match=if_none_match,
+        x_request_id=x_request_id,
     ).parsed
 
 
@@ -132,26 +182,32 @@ async def asyncio_detailed(
     client: AuthenticatedClient,
     limit: int | Unset = 50,
     cursor: None | str | Unset = UNSET,
-) -> Response[Any | PageChannelRead]:
-    """ListChannels
+    if_none_match: str | Unset = UNSET,
+    x_request_id: str | Unset = UNSET,
+) -> Response[Any | PageChannelRead | ProblemDetails | ValidationProblem]:
+    """List channels
 
      Channels by name (byte order), a page at a time.
 
     Args:
         limit (int | Unset): 1 to 100 Default: 50.
         cursor (None | str | Unset): next_cursor of the previous page
+        if_none_match (str | Unset):
+        x_request_id (str | Unset):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[Any | PageChannelRead]
+        Response[Any | PageChannelRead | ProblemDetails | ValidationProblem]
     """
 
     kwargs = _get_kwargs(
         limit=limit,
         cursor=cursor,
+        if_none_match=if_none_match,
+        x_request_id=x_request_id,
     )
 
     response = await client.get_async_httpx_client().request(**kwargs)
@@ -164,21 +220,25 @@ async def asyncio(
     client: AuthenticatedClient,
     limit: int | Unset = 50,
     cursor: None | str | Unset = UNSET,
-) -> Any | PageChannelRead | None:
-    """ListChannels
+    if_none_match: str | Unset = UNSET,
+    x_request_id: str | Unset = UNSET,
+) -> Any | PageChannelRead | ProblemDetails | ValidationProblem | None:
+    """List channels
 
      Channels by name (byte order), a page at a time.
 
     Args:
         limit (int | Unset): 1 to 100 Default: 50.
         cursor (None | str | Unset): next_cursor of the previous page
+        if_none_match (str | Unset):
+        x_request_id (str | Unset):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Any | PageChannelRead
+        Any | PageChannelRead | ProblemDetails | ValidationProblem
     """
 
     return (
@@ -186,5 +246,7 @@ async def asyncio(
             client=client,
             limit=limit,
             cursor=cursor,
+            if_none_match=if_none_match,
+            x_request_id=x_request_id,
         )
     ).parsed

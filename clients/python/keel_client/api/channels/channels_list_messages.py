@@ -9,6 +9,7 @@ from ... import errors
 from ...client import AuthenticatedClient, Client
 from ...models.page_message_read import PageMessageRead
 from ...models.problem_details import ProblemDetails
+from ...models.validation_problem import ValidationProblem
 from ...types import UNSET, Response, Unset
 
 
@@ -17,7 +18,15 @@ def _get_kwargs(
     *,
     limit: int | Unset = 50,
     cursor: None | str | Unset = UNSET,
+    if_none_match: str | Unset = UNSET,
+    x_request_id: str | Unset = UNSET,
 ) -> dict[str, Any]:
+    headers: dict[str, Any] = {}
+    if not isinstance(if_none_match, Unset):
+        headers["If-None-Match"] = if_none_match
+
+    if not isinstance(x_request_id, Unset):
+        headers["X-Request-ID"] = x_request_id
 
     params: dict[str, Any] = {}
 
@@ -40,12 +49,13 @@ def _get_kwargs(
         "params": params,
     }
 
+    _kwargs["headers"] = headers
     return _kwargs
 
 
 def _parse_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> Any | PageMessageRead | ProblemDetails | None:
+) -> Any | PageMessageRead | ProblemDetails | ValidationProblem | None:
     if response.status_code == 200:
         response_200 = PageMessageRead.from_dict(response.json())
 
@@ -55,10 +65,35 @@ def _parse_response(
         response_304 = cast(Any, None)
         return response_304
 
+    if response.status_code == 400:
+        response_400 = ProblemDetails.from_dict(response.json())
+
+        return response_400
+
+    if response.status_code == 401:
+        response_401 = ProblemDetails.from_dict(response.json())
+
+        return response_401
+
     if response.status_code == 404:
         response_404 = ProblemDetails.from_dict(response.json())
 
         return response_404
+
+    if response.status_code == 422:
+        response_422 = ValidationProblem.from_dict(response.json())
+
+        return response_422
+
+    if response.status_code == 429:
+        response_429 = ProblemDetails.from_dict(response.json())
+
+        return response_429
+
+    if response.status_code == 503:
+        response_503 = ProblemDetails.from_dict(response.json())
+
+        return response_503
 
     if client.raise_on_unexpected_status:
         raise errors.UnexpectedStatus(response.status_code, response.content)
@@ -68,7 +103,7 @@ def _parse_response(
 
 def _build_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> Response[Any | PageMessageRead | ProblemDetails]:
+) -> Response[Any | PageMessageRead | ProblemDetails | ValidationProblem]:
     return Response(
         status_code=HTTPStatus(response.status_code),
         content=response.content,
@@ -83,8 +118,10 @@ def sync_detailed(
     client: AuthenticatedClient,
     limit: int | Unset = 50,
     cursor: None | str | Unset = UNSET,
-) -> Response[Any | PageMessageRead | ProblemDetails]:
-    """ListMessages
+    if_none_match: str | Unset = UNSET,
+    x_request_id: str | Unset = UNSET,
+) -> Response[Any | PageMessageRead | ProblemDetails | ValidationProblem]:
+    """List a channel's messages
 
      A channel's messages, newest first, a page at a time.
 
@@ -92,19 +129,23 @@ def sync_detailed(
         channel_id (UUID):
         limit (int | Unset): 1 to 100 Default: 50.
         cursor (None | str | Unset): next_cursor of the previous page
+        if_none_match (str | Unset):
+        x_request_id (str | Unset):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[Any | PageMessageRead | ProblemDetails]
+        Response[Any | PageMessageRead | ProblemDetails | ValidationProblem]
     """
 
     kwargs = _get_kwargs(
         channel_id=channel_id,
         limit=limit,
         cursor=cursor,
+        if_none_match=if_none_match,
+        x_request_id=x_request_id,
     )
 
     response = client.get_httpx_client().request(
@@ -120,8 +161,10 @@ def sync(
     client: AuthenticatedClient,
     limit: int | Unset = 50,
     cursor: None | str | Unset = UNSET,
-) -> Any | PageMessageRead | ProblemDetails | None:
-    """ListMessages
+    if_none_match: str | Unset = UNSET,
+    x_request_id: str | Unset = UNSET,
+) -> Any | PageMessageRead | ProblemDetails | ValidationProblem | None:
+    """List a channel's messages
 
      A channel's messages, newest first, a page at a time.
 
@@ -129,13 +172,15 @@ def sync(
         channel_id (UUID):
         limit (int | Unset): 1 to 100 Default: 50.
         cursor (None | str | Unset): next_cursor of the previous page
+        if_none_match (str | Unset):
+        x_request_id (str | Unset):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Any | PageMessageRead | ProblemDetails
+        Any | PageMessageRead | ProblemDetails | ValidationProblem
     """
 
     return sync_detailed(
@@ -143,6 +188,8 @@ def sync(
         client=client,
         limit=limit,
         cursor=cursor,
+        if_none_match=if_none_match,
+        x_request_id=x_request_id,
     ).parsed
 
 
@@ -152,8 +199,10 @@ async def asyncio_detailed(
     client: AuthenticatedClient,
     limit: int | Unset = 50,
     cursor: None | str | Unset = UNSET,
-) -> Response[Any | PageMessageRead | ProblemDetails]:
-    """ListMessages
+    if_none_match: str | Unset = UNSET,
+    x_request_id: str | Unset = UNSET,
+) -> Response[Any | PageMessageRead | ProblemDetails | ValidationProblem]:
+    """List a channel's messages
 
      A channel's messages, newest first, a page at a time.
 
@@ -161,19 +210,23 @@ async def asyncio_detailed(
         channel_id (UUID):
         limit (int | Unset): 1 to 100 Default: 50.
         cursor (None | str | Unset): next_cursor of the previous page
+        if_none_match (str | Unset):
+        x_request_id (str | Unset):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[Any | PageMessageRead | ProblemDetails]
+        Response[Any | PageMessageRead | ProblemDetails | ValidationProblem]
     """
 
     kwargs = _get_kwargs(
         channel_id=channel_id,
         limit=limit,
         cursor=cursor,
+        if_none_match=if_none_match,
+        x_request_id=x_request_id,
     )
 
     response = await client.get_async_httpx_client().request(**kwargs)
@@ -187,8 +240,10 @@ async def asyncio(
     client: AuthenticatedClient,
     limit: int | Unset = 50,
     cursor: None | str | Unset = UNSET,
-) -> Any | PageMessageRead | ProblemDetails | None:
-    """ListMessages
+    if_none_match: str | Unset = UNSET,
+    x_request_id: str | Unset = UNSET,
+) -> Any | PageMessageRead | ProblemDetails | ValidationProblem | None:
+    """List a channel's messages
 
      A channel's messages, newest first, a page at a time.
 
@@ -196,13 +251,15 @@ async def asyncio(
         channel_id (UUID):
         limit (int | Unset): 1 to 100 Default: 50.
         cursor (None | str | Unset): next_cursor of the previous page
+        if_none_match (str | Unset):
+        x_request_id (str | Unset):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Any | PageMessageRead | ProblemDetails
+        Any | PageMessageRead | ProblemDetails | ValidationProblem
     """
 
     return (
@@ -211,5 +268,7 @@ async def asyncio(
             client=client,
             limit=limit,
             cursor=cursor,
+            if_none_match=if_none_match,
+            x_request_id=x_request_id,
         )
     ).parsed

@@ -8,14 +8,18 @@ from ...client import AuthenticatedClient, Client
 from ...models.channel_create import ChannelCreate
 from ...models.channel_read import ChannelRead
 from ...models.problem_details import ProblemDetails
-from ...types import Response
+from ...models.validation_problem import ValidationProblem
+from ...types import UNSET, Response, Unset
 
 
 def _get_kwargs(
     *,
     body: ChannelCreate,
+    x_request_id: str | Unset = UNSET,
 ) -> dict[str, Any]:
     headers: dict[str, Any] = {}
+    if not isinstance(x_request_id, Unset):
+        headers["X-Request-ID"] = x_request_id
 
     _kwargs: dict[str, Any] = {
         "method": "post",
@@ -32,16 +36,56 @@ def _get_kwargs(
 
 def _parse_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> ChannelRead | ProblemDetails | None:
+) -> ChannelRead | ProblemDetails | ValidationProblem | None:
     if response.status_code == 201:
         response_201 = ChannelRead.from_dict(response.json())
 
         return response_201
 
+    if response.status_code == 400:
+        response_400 = ProblemDetails.from_dict(response.json())
+
+        return response_400
+
+    if response.status_code == 401:
+        response_401 = ProblemDetails.from_dict(response.json())
+
+        return response_401
+
+    if response.status_code == 403:
+        response_403 = ProblemDetails.from_dict(response.json())
+
+        return response_403
+
     if response.status_code == 409:
         response_409 = ProblemDetails.from_dict(response.json())
 
         return response_409
+
+    if response.status_code == 413:
+        response_413 = ProblemDetails.from_dict(response.json())
+
+        return response_413
+
+    if response.status_code == 415:
+        response_415 = ProblemDetails.from_dict(response.json())
+
+        return response_415
+
+    if response.status_code == 422:
+        response_422 = ValidationProblem.from_dict(response.json())
+
+        return response_422
+
+    if response.status_code == 429:
+        response_429 = ProblemDetails.from_dict(response.json())
+
+        return response_429
+
+    if response.status_code == 503:
+        response_503 = ProblemDetails.from_dict(response.json())
+
+        return response_503
 
     if client.raise_on_unexpected_status:
         raise errors.UnexpectedStatus(response.status_code, response.content)
@@ -51,7 +95,7 @@ def _parse_response(
 
 def _build_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> Response[ChannelRead | ProblemDetails]:
+) -> Response[ChannelRead | ProblemDetails | ValidationProblem]:
     return Response(
         status_code=HTTPStatus(response.status_code),
         content=response.content,
@@ -64,12 +108,14 @@ def sync_detailed(
     *,
     client: AuthenticatedClient,
     body: ChannelCreate,
-) -> Response[ChannelRead | ProblemDetails]:
-    """CreateChannel
+    x_request_id: str | Unset = UNSET,
+) -> Response[ChannelRead | ProblemDetails | ValidationProblem]:
+    """Create a channel
 
-     Create a channel.
+     Create a channel. Its name is unique; `description` is optional.
 
     Args:
+        x_request_id (str | Unset):
         body (ChannelCreate):
 
     Raises:
@@ -77,11 +123,12 @@ def sync_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[ChannelRead | ProblemDetails]
+        Response[ChannelRead | ProblemDetails | ValidationProblem]
     """
 
     kwargs = _get_kwargs(
         body=body,
+        x_request_id=x_request_id,
     )
 
     response = client.get_httpx_client().request(
@@ -95,12 +142,14 @@ def sync(
     *,
     client: AuthenticatedClient,
     body: ChannelCreate,
-) -> ChannelRead | ProblemDetails | None:
-    """CreateChannel
+    x_request_id: str | Unset = UNSET,
+) -> ChannelRead | ProblemDetails | ValidationProblem | None:
+    """Create a channel
 
-     Create a channel.
+     Create a channel. Its name is unique; `description` is optional.
 
     Args:
+        x_request_id (str | Unset):
         body (ChannelCreate):
 
     Raises:
@@ -108,12 +157,13 @@ def sync(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        ChannelRead | ProblemDetails
+        ChannelRead | ProblemDetails | ValidationProblem
     """
 
     return sync_detailed(
         client=client,
         body=body,
+        x_request_id=x_request_id,
     ).parsed
 
 
@@ -121,12 +171,14 @@ async def asyncio_detailed(
     *,
     client: AuthenticatedClient,
     body: ChannelCreate,
-) -> Response[ChannelRead | ProblemDetails]:
-    """CreateChannel
+    x_request_id: str | Unset = UNSET,
+) -> Response[ChannelRead | ProblemDetails | ValidationProblem]:
+    """Create a channel
 
-     Create a channel.
+     Create a channel. Its name is unique; `description` is optional.
 
     Args:
+        x_request_id (str | Unset):
         body (ChannelCreate):
 
     Raises:
@@ -134,11 +186,12 @@ async def asyncio_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[ChannelRead | ProblemDetails]
+        Response[ChannelRead | ProblemDetails | ValidationProblem]
     """
 
     kwargs = _get_kwargs(
         body=body,
+        x_request_id=x_request_id,
     )
 
     response = await client.get_async_httpx_client().request(**kwargs)
@@ -150,12 +203,14 @@ async def asyncio(
     *,
     client: AuthenticatedClient,
     body: ChannelCreate,
-) -> ChannelRead | ProblemDetails | None:
-    """CreateChannel
+    x_request_id: str | Unset = UNSET,
+) -> ChannelRead | ProblemDetails | ValidationProblem | None:
+    """Create a channel
 
-     Create a channel.
+     Create a channel. Its name is unique; `description` is optional.
 
     Args:
+        x_request_id (str | Unset):
         body (ChannelCreate):
 
     Raises:
@@ -163,12 +218,13 @@ async def asyncio(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        ChannelRead | ProblemDetails
+        ChannelRead | ProblemDetails | ValidationProblem
     """
 
     return (
         await asyncio_detailed(
             client=client,
             body=body,
+            x_request_id=x_request_id,
         )
     ).parsed

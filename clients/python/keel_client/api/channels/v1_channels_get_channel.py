@@ -9,12 +9,21 @@ from ... import errors
 from ...client import AuthenticatedClient, Client
 from ...models.channel_read import ChannelRead
 from ...models.problem_details import ProblemDetails
-from ...types import Response
+from ...types import UNSET, Response, Unset
 
 
 def _get_kwargs(
     channel_id: UUID,
+    *,
+    if_none_match: str | Unset = UNSET,
+    x_request_id: str | Unset = UNSET,
 ) -> dict[str, Any]:
+    headers: dict[str, Any] = {}
+    if not isinstance(if_none_match, Unset):
+        headers["If-None-Match"] = if_none_match
+
+    if not isinstance(x_request_id, Unset):
+        headers["X-Request-ID"] = x_request_id
 
     _kwargs: dict[str, Any] = {
         "method": "get",
@@ -23,6 +32,7 @@ def _get_kwargs(
         ),
     }
 
+    _kwargs["headers"] = headers
     return _kwargs
 
 
@@ -38,10 +48,30 @@ def _parse_response(
         response_304 = cast(Any, None)
         return response_304
 
+    if response.status_code == 400:
+        response_400 = ProblemDetails.from_dict(response.json())
+
+        return response_400
+
+    if response.status_code == 401:
+        response_401 = ProblemDetails.from_dict(response.json())
+
+        return response_401
+
     if response.status_code == 404:
         response_404 = ProblemDetails.from_dict(response.json())
 
         return response_404
+
+    if response.status_code == 429:
+        response_429 = ProblemDetails.from_dict(response.json())
+
+        return response_429
+
+    if response.status_code == 503:
+        response_503 = ProblemDetails.from_dict(response.json())
+
+        return response_503
 
     if client.raise_on_unexpected_status:
         raise errors.UnexpectedStatus(response.status_code, response.content)
@@ -64,13 +94,19 @@ def sync_detailed(
     channel_id: UUID,
     *,
     client: AuthenticatedClient,
+    if_none_match: str | Unset = UNSET,
+    x_request_id: str | Unset = UNSET,
 ) -> Response[Any | ChannelRead | ProblemDetails]:
-    """GetChannel
+    """Get a channel
 
-     One channel.
+     One channel, with the seq of its latest message (`last_seq`). Send its ETag in If-None-Match to get
+    304
+    while it has not changed.
 
     Args:
         channel_id (UUID):
+        if_none_match (str | Unset):
+        x_request_id (str | Unset):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
@@ -82,6 +118,8 @@ def sync_detailed(
 
     kwargs = _get_kwargs(
         channel_id=channel_id,
+        if_none_match=if_none_match,
+        x_request_id=x_request_id,
     )
 
     response = client.get_httpx_client().request(
@@ -95,13 +133,19 @@ def sync(
     channel_id: UUID,
     *,
     client: AuthenticatedClient,
+    if_none_match: str | Unset = UNSET,
+    x_request_id: str | Unset = UNSET,
 ) -> Any | ChannelRead | ProblemDetails | None:
-    """GetChannel
+    """Get a channel
 
-     One channel.
+     One channel, with the seq of its latest message (`last_seq`). Send its ETag in If-None-Match to get
+    304
+    while it has not changed.
 
     Args:
         channel_id (UUID):
+        if_none_match (str | Unset):
+        x_request_id (str | Unset):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
@@ -114,6 +158,8 @@ def sync(
     return sync_detailed(
         channel_id=channel_id,
         client=client,
+        if_none_match=if_none_match,
+        x_request_id=x_request_id,
     ).parsed
 
 
@@ -121,13 +167,19 @@ async def asyncio_detailed(
     channel_id: UUID,
     *,
     client: AuthenticatedClient,
+    if_none_match: str | Unset = UNSET,
+    x_request_id: str | Unset = UNSET,
 ) -> Response[Any | ChannelRead | ProblemDetails]:
-    """GetChannel
+    """Get a channel
 
-     One channel.
+     One channel, with the seq of its latest message (`last_seq`). Send its ETag in If-None-Match to get
+    304
+    while it has not changed.
 
     Args:
         channel_id (UUID):
+        if_none_match (str | Unset):
+        x_request_id (str | Unset):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
@@ -139,6 +191,8 @@ async def asyncio_detailed(
 
     kwargs = _get_kwargs(
         channel_id=channel_id,
+        if_none_match=if_none_match,
+        x_request_id=x_request_id,
     )
 
     response = await client.get_async_httpx_client().request(**kwargs)
@@ -150,13 +204,19 @@ async def asyncio(
     channel_id: UUID,
     *,
     client: AuthenticatedClient,
+    if_none_match: str | Unset = UNSET,
+    x_request_id: str | Unset = UNSET,
 ) -> Any | ChannelRead | ProblemDetails | None:
-    """GetChannel
+    """Get a channel
 
-     One channel.
+     One channel, with the seq of its latest message (`last_seq`). Send its ETag in If-None-Match to get
+    304
+    while it has not changed.
 
     Args:
         channel_id (UUID):
+        if_none_match (str | Unset):
+        x_request_id (str | Unset):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
@@ -170,5 +230,7 @@ async def asyncio(
         await asyncio_detailed(
             channel_id=channel_id,
             client=client,
+            if_none_match=if_none_match,
+            x_request_id=x_request_id,
         )
     ).parsed

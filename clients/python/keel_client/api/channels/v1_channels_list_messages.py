@@ -9,6 +9,7 @@ from ... import errors
 from ...client import AuthenticatedClient, Client
 from ...models.message_read import MessageRead
 from ...models.problem_details import ProblemDetails
+from ...models.validation_problem import ValidationProblem
 from ...types import UNSET, Response, Unset
 
 
@@ -17,7 +18,15 @@ def _get_kwargs(
     *,
     limit: int | Unset = 50,
     offset: int | Unset = 0,
+    if_none_match: str | Unset = UNSET,
+    x_request_id: str | Unset = UNSET,
 ) -> dict[str, Any]:
+    headers: dict[str, Any] = {}
+    if not isinstance(if_none_match, Unset):
+        headers["If-None-Match"] = if_none_match
+
+    if not isinstance(x_request_id, Unset):
+        headers["X-Request-ID"] = x_request_id
 
     params: dict[str, Any] = {}
 
@@ -35,12 +44,13 @@ def _get_kwargs(
         "params": params,
     }
 
+    _kwargs["headers"] = headers
     return _kwargs
 
 
 def _parse_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> Any | ProblemDetails | list[MessageRead] | None:
+) -> Any | ProblemDetails | ValidationProblem | list[MessageRead] | None:
     if response.status_code == 200:
         response_200 = []
         _response_200 = response.json()
@@ -55,10 +65,35 @@ def _parse_response(
         response_304 = cast(Any, None)
         return response_304
 
+    if response.status_code == 400:
+        response_400 = ProblemDetails.from_dict(response.json())
+
+        return response_400
+
+    if response.status_code == 401:
+        response_401 = ProblemDetails.from_dict(response.json())
+
+        return response_401
+
     if response.status_code == 404:
         response_404 = ProblemDetails.from_dict(response.json())
 
         return response_404
+
+    if response.status_code == 422:
+        response_422 = ValidationProblem.from_dict(response.json())
+
+        return response_422
+
+    if response.status_code == 429:
+        response_429 = ProblemDetails.from_dict(response.json())
+
+        return response_429
+
+    if response.status_code == 503:
+        response_503 = ProblemDetails.from_dict(response.json())
+
+        return response_503
 
     if client.raise_on_unexpected_status:
         raise errors.UnexpectedStatus(response.status_code, response.content)
@@ -68,7 +103,7 @@ def _parse_response(
 
 def _build_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> Response[Any | ProblemDetails | list[MessageRead]]:
+) -> Response[Any | ProblemDetails | ValidationProblem | list[MessageRead]]:
     return Response(
         status_code=HTTPStatus(response.status_code),
         content=response.content,
@@ -83,8 +118,10 @@ def sync_detailed(
     client: AuthenticatedClient,
     limit: int | Unset = 50,
     offset: int | Unset = 0,
-) -> Response[Any | ProblemDetails | list[MessageRead]]:
-    """ListMessages
+    if_none_match: str | Unset = UNSET,
+    x_request_id: str | Unset = UNSET,
+) -> Response[Any | ProblemDetails | ValidationProblem | list[MessageRead]]:
+    """List a channel's messages
 
      A channel's messages, newest first.
 
@@ -92,19 +129,23 @@ def sync_detailed(
         channel_id (UUID):
         limit (int | Unset): 1 to 100 Default: 50.
         offset (int | Unset):  Default: 0.
+        if_none_match (str | Unset):
+        x_request_id (str | Unset):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[Any | ProblemDetails | list[MessageRead]]
+        Response[Any | ProblemDetails | ValidationProblem | list[MessageRead]]
     """
 
     kwargs = _get_kwargs(
         channel_id=channel_id,
         limit=limit,
         offset=offset,
+        if_none_match=if_none_match,
+        x_request_id=x_request_id,
     )
 
     response = client.get_httpx_client().request(
@@ -120,8 +161,10 @@ def sync(
     client: AuthenticatedClient,
     limit: int | Unset = 50,
     offset: int | Unset = 0,
-) -> Any | ProblemDetails | list[MessageRead] | None:
-    """ListMessages
+    if_none_match: str | Unset = UNSET,
+    x_request_id: str | Unset = UNSET,
+) -> Any | ProblemDetails | ValidationProblem | list[MessageRead] | None:
+    """List a channel's messages
 
      A channel's messages, newest first.
 
@@ -129,13 +172,15 @@ def sync(
         channel_id (UUID):
         limit (int | Unset): 1 to 100 Default: 50.
         offset (int | Unset):  Default: 0.
+        if_none_match (str | Unset):
+        x_request_id (str | Unset):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Any | ProblemDetails | list[MessageRead]
+        Any | ProblemDetails | ValidationProblem | list[MessageRead]
     """
 
     return sync_detailed(
@@ -143,6 +188,8 @@ def sync(
         client=client,
         limit=limit,
         offset=offset,
+        if_none_match=if_none_match,
+        x_request_id=x_request_id,
     ).parsed
 
 
@@ -152,8 +199,10 @@ async def asyncio_detailed(
     client: AuthenticatedClient,
     limit: int | Unset = 50,
     offset: int | Unset = 0,
-) -> Response[Any | ProblemDetails | list[MessageRead]]:
-    """ListMessages
+    if_none_match: str | Unset = UNSET,
+    x_request_id: str | Unset = UNSET,
+) -> Response[Any | ProblemDetails | ValidationProblem | list[MessageRead]]:
+    """List a channel's messages
 
      A channel's messages, newest first.
 
@@ -161,19 +210,23 @@ async def asyncio_detailed(
         channel_id (UUID):
         limit (int | Unset): 1 to 100 Default: 50.
         offset (int | Unset):  Default: 0.
+        if_none_match (str | Unset):
+        x_request_id (str | Unset):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[Any | ProblemDetails | list[MessageRead]]
+        Response[Any | ProblemDetails | ValidationProblem | list[MessageRead]]
     """
 
     kwargs = _get_kwargs(
         channel_id=channel_id,
         limit=limit,
         offset=offset,
+        if_none_match=if_none_match,
+        x_request_id=x_request_id,
     )
 
     response = await client.get_async_httpx_client().request(**kwargs)
@@ -187,8 +240,10 @@ async def asyncio(
     client: AuthenticatedClient,
     limit: int | Unset = 50,
     offset: int | Unset = 0,
-) -> Any | ProblemDetails | list[MessageRead] | None:
-    """ListMessages
+    if_none_match: str | Unset = UNSET,
+    x_request_id: str | Unset = UNSET,
+) -> Any | ProblemDetails | ValidationProblem | list[MessageRead] | None:
+    """List a channel's messages
 
      A channel's messages, newest first.
 
@@ -196,13 +251,15 @@ async def asyncio(
         channel_id (UUID):
         limit (int | Unset): 1 to 100 Default: 50.
         offset (int | Unset):  Default: 0.
+        if_none_match (str | Unset):
+        x_request_id (str | Unset):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Any | ProblemDetails | list[MessageRead]
+        Any | ProblemDetails | ValidationProblem | list[MessageRead]
     """
 
     return (
@@ -211,5 +268,7 @@ async def asyncio(
             client=client,
             limit=limit,
             offset=offset,
+            if_none_match=if_none_match,
+            x_request_id=x_request_id,
         )
     ).parsed

@@ -10,15 +10,19 @@ from ...client import AuthenticatedClient, Client
 from ...models.message_create import MessageCreate
 from ...models.message_read import MessageRead
 from ...models.problem_details import ProblemDetails
-from ...types import Response
+from ...models.validation_problem import ValidationProblem
+from ...types import UNSET, Response, Unset
 
 
 def _get_kwargs(
     channel_id: UUID,
     *,
     body: MessageCreate,
+    x_request_id: str | Unset = UNSET,
 ) -> dict[str, Any]:
     headers: dict[str, Any] = {}
+    if not isinstance(x_request_id, Unset):
+        headers["X-Request-ID"] = x_request_id
 
     _kwargs: dict[str, Any] = {
         "method": "post",
@@ -37,16 +41,56 @@ def _get_kwargs(
 
 def _parse_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> MessageRead | ProblemDetails | None:
+) -> MessageRead | ProblemDetails | ValidationProblem | None:
     if response.status_code == 201:
         response_201 = MessageRead.from_dict(response.json())
 
         return response_201
 
+    if response.status_code == 400:
+        response_400 = ProblemDetails.from_dict(response.json())
+
+        return response_400
+
+    if response.status_code == 401:
+        response_401 = ProblemDetails.from_dict(response.json())
+
+        return response_401
+
+    if response.status_code == 403:
+        response_403 = ProblemDetails.from_dict(response.json())
+
+        return response_403
+
     if response.status_code == 404:
         response_404 = ProblemDetails.from_dict(response.json())
 
         return response_404
+
+    if response.status_code == 413:
+        response_413 = ProblemDetails.from_dict(response.json())
+
+        return response_413
+
+    if response.status_code == 415:
+        response_415 = ProblemDetails.from_dict(response.json())
+
+        return response_415
+
+    if response.status_code == 422:
+        response_422 = ValidationProblem.from_dict(response.json())
+
+        return response_422
+
+    if response.status_code == 429:
+        response_429 = ProblemDetails.from_dict(response.json())
+
+        return response_429
+
+    if response.status_code == 503:
+        response_503 = ProblemDetails.from_dict(response.json())
+
+        return response_503
 
     if client.raise_on_unexpected_status:
         raise errors.UnexpectedStatus(response.status_code, response.content)
@@ -56,7 +100,7 @@ def _parse_response(
 
 def _build_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> Response[MessageRead | ProblemDetails]:
+) -> Response[MessageRead | ProblemDetails | ValidationProblem]:
     return Response(
         status_code=HTTPStatus(response.status_code),
         content=response.content,
@@ -70,13 +114,15 @@ def sync_detailed(
     *,
     client: AuthenticatedClient,
     body: MessageCreate,
-) -> Response[MessageRead | ProblemDetails]:
-    """PostMessage
+    x_request_id: str | Unset = UNSET,
+) -> Response[MessageRead | ProblemDetails | ValidationProblem]:
+    """Post a message
 
      Post a message; it gets the channel's next seq and goes live to every subscriber.
 
     Args:
         channel_id (UUID):
+        x_request_id (str | Unset):
         body (MessageCreate):
 
     Raises:
@@ -84,12 +130,13 @@ def sync_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[MessageRead | ProblemDetails]
+        Response[MessageRead | ProblemDetails | ValidationProblem]
     """
 
     kwargs = _get_kwargs(
         channel_id=channel_id,
         body=body,
+        x_request_id=x_request_id,
     )
 
     response = client.get_httpx_client().request(
@@ -104,13 +151,15 @@ def sync(
     *,
     client: AuthenticatedClient,
     body: MessageCreate,
-) -> MessageRead | ProblemDetails | None:
-    """PostMessage
+    x_request_id: str | Unset = UNSET,
+) -> MessageRead | ProblemDetails | ValidationProblem | None:
+    """Post a message
 
      Post a message; it gets the channel's next seq and goes live to every subscriber.
 
     Args:
         channel_id (UUID):
+        x_request_id (str | Unset):
         body (MessageCreate):
 
     Raises:
@@ -118,13 +167,14 @@ def sync(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        MessageRead | ProblemDetails
+        MessageRead | ProblemDetails | ValidationProblem
     """
 
     return sync_detailed(
         channel_id=channel_id,
         client=client,
         body=body,
+        x_request_id=x_request_id,
     ).parsed
 
 
@@ -133,13 +183,15 @@ async def asyncio_detailed(
     *,
     client: AuthenticatedClient,
     body: MessageCreate,
-) -> Response[MessageRead | ProblemDetails]:
-    """PostMessage
+    x_request_id: str | Unset = UNSET,
+) -> Response[MessageRead | ProblemDetails | ValidationProblem]:
+    """Post a message
 
      Post a message; it gets the channel's next seq and goes live to every subscriber.
 
     Args:
         channel_id (UUID):
+        x_request_id (str | Unset):
         body (MessageCreate):
 
     Raises:
@@ -147,12 +199,13 @@ async def asyncio_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[MessageRead | ProblemDetails]
+        Response[MessageRead | ProblemDetails | ValidationProblem]
     """
 
     kwargs = _get_kwargs(
         channel_id=channel_id,
         body=body,
+        x_request_id=x_request_id,
     )
 
     response = await client.get_async_httpx_client().request(**kwargs)
@@ -165,13 +218,15 @@ async def asyncio(
     *,
     client: AuthenticatedClient,
     body: MessageCreate,
-) -> MessageRead | ProblemDetails | None:
-    """PostMessage
+    x_request_id: str | Unset = UNSET,
+) -> MessageRead | ProblemDetails | ValidationProblem | None:
+    """Post a message
 
      Post a message; it gets the channel's next seq and goes live to every subscriber.
 
     Args:
         channel_id (UUID):
+        x_request_id (str | Unset):
         body (MessageCreate):
 
     Raises:
@@ -179,7 +234,7 @@ async def asyncio(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        MessageRead | ProblemDetails
+        MessageRead | ProblemDetails | ValidationProblem
     """
 
     return (
@@ -187,5 +242,6 @@ async def asyncio(
             channel_id=channel_id,
             client=client,
             body=body,
+            x_request_id=x_request_id,
         )
     ).parsed

@@ -5,25 +5,60 @@ import httpx
 
 from ... import errors
 from ...client import AuthenticatedClient, Client
+from ...models.problem_details import ProblemDetails
 from ...models.ticket_read import TicketRead
-from ...types import Response
+from ...types import UNSET, Response, Unset
 
 
-def _get_kwargs() -> dict[str, Any]:
+def _get_kwargs(
+    *,
+    x_request_id: str | Unset = UNSET,
+) -> dict[str, Any]:
+    headers: dict[str, Any] = {}
+    if not isinstance(x_request_id, Unset):
+        headers["X-Request-ID"] = x_request_id
 
     _kwargs: dict[str, Any] = {
         "method": "post",
         "url": "/api/v1/realtime/tickets",
     }
 
+    _kwargs["headers"] = headers
     return _kwargs
 
 
-def _parse_response(*, client: AuthenticatedClient | Client, response: httpx.Response) -> TicketRead | None:
+def _parse_response(
+    *, client: AuthenticatedClient | Client, response: httpx.Response
+) -> ProblemDetails | TicketRead | None:
     if response.status_code == 201:
         response_201 = TicketRead.from_dict(response.json())
 
         return response_201
+
+    if response.status_code == 400:
+        response_400 = ProblemDetails.from_dict(response.json())
+
+        return response_400
+
+    if response.status_code == 401:
+        response_401 = ProblemDetails.from_dict(response.json())
+
+        return response_401
+
+    if response.status_code == 403:
+        response_403 = ProblemDetails.from_dict(response.json())
+
+        return response_403
+
+    if response.status_code == 429:
+        response_429 = ProblemDetails.from_dict(response.json())
+
+        return response_429
+
+    if response.status_code == 503:
+        response_503 = ProblemDetails.from_dict(response.json())
+
+        return response_503
 
     if client.raise_on_unexpected_status:
         raise errors.UnexpectedStatus(response.status_code, response.content)
@@ -31,7 +66,9 @@ def _parse_response(*, client: AuthenticatedClient | Client, response: httpx.Res
         return None
 
 
-def _build_response(*, client: AuthenticatedClient | Client, response: httpx.Response) -> Response[TicketRead]:
+def _build_response(
+    *, client: AuthenticatedClient | Client, response: httpx.Response
+) -> Response[ProblemDetails | TicketRead]:
     return Response(
         status_code=HTTPStatus(response.status_code),
         content=response.content,
@@ -43,20 +80,26 @@ def _build_response(*, client: AuthenticatedClient | Client, response: httpx.Res
 def sync_detailed(
     *,
     client: AuthenticatedClient,
-) -> Response[TicketRead]:
-    """CreateTicket
+    x_request_id: str | Unset = UNSET,
+) -> Response[ProblemDetails | TicketRead]:
+    """Get a ticket for a realtime connection
 
      A single-use ticket for `/ws?ticket=` or `/events?ticket=` (browsers cannot send a header there).
+
+    Args:
+        x_request_id (str | Unset):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[TicketRead]
+        Response[ProblemDetails | TicketRead]
     """
 
-    kwargs = _get_kwargs()
+    kwargs = _get_kwargs(
+        x_request_id=x_request_id,
+    )
 
     response = client.get_httpx_client().request(
         **kwargs,
@@ -68,41 +111,52 @@ def sync_detailed(
 def sync(
     *,
     client: AuthenticatedClient,
-) -> TicketRead | None:
-    """CreateTicket
+    x_request_id: str | Unset = UNSET,
+) -> ProblemDetails | TicketRead | None:
+    """Get a ticket for a realtime connection
 
      A single-use ticket for `/ws?ticket=` or `/events?ticket=` (browsers cannot send a header there).
+
+    Args:
+        x_request_id (str | Unset):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        TicketRead
+        ProblemDetails | TicketRead
     """
 
     return sync_detailed(
         client=client,
+        x_request_id=x_request_id,
     ).parsed
 
 
 async def asyncio_detailed(
     *,
     client: AuthenticatedClient,
-) -> Response[TicketRead]:
-    """CreateTicket
+    x_request_id: str | Unset = UNSET,
+) -> Response[ProblemDetails | TicketRead]:
+    """Get a ticket for a realtime connection
 
      A single-use ticket for `/ws?ticket=` or `/events?ticket=` (browsers cannot send a header there).
+
+    Args:
+        x_request_id (str | Unset):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[TicketRead]
+        Response[ProblemDetails | TicketRead]
     """
 
-    kwargs = _get_kwargs()
+    kwargs = _get_kwargs(
+        x_request_id=x_request_id,
+    )
 
     response = await client.get_async_httpx_client().request(**kwargs)
 
@@ -112,21 +166,26 @@ async def asyncio_detailed(
 async def asyncio(
     *,
     client: AuthenticatedClient,
-) -> TicketRead | None:
-    """CreateTicket
+    x_request_id: str | Unset = UNSET,
+) -> ProblemDetails | TicketRead | None:
+    """Get a ticket for a realtime connection
 
      A single-use ticket for `/ws?ticket=` or `/events?ticket=` (browsers cannot send a header there).
+
+    Args:
+        x_request_id (str | Unset):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        TicketRead
+        ProblemDetails | TicketRead
     """
 
     return (
         await asyncio_detailed(
             client=client,
+            x_request_id=x_request_id,
         )
     ).parsed

@@ -7,14 +7,18 @@ from ... import errors
 from ...client import AuthenticatedClient, Client
 from ...models.password_change import PasswordChange
 from ...models.problem_details import ProblemDetails
-from ...types import Response
+from ...models.validation_problem import ValidationProblem
+from ...types import UNSET, Response, Unset
 
 
 def _get_kwargs(
     *,
     body: PasswordChange,
+    x_request_id: str | Unset = UNSET,
 ) -> dict[str, Any]:
     headers: dict[str, Any] = {}
+    if not isinstance(x_request_id, Unset):
+        headers["X-Request-ID"] = x_request_id
 
     _kwargs: dict[str, Any] = {
         "method": "post",
@@ -29,10 +33,17 @@ def _get_kwargs(
     return _kwargs
 
 
-def _parse_response(*, client: AuthenticatedClient | Client, response: httpx.Response) -> Any | ProblemDetails | None:
+def _parse_response(
+    *, client: AuthenticatedClient | Client, response: httpx.Response
+) -> Any | ProblemDetails | ValidationProblem | None:
     if response.status_code == 204:
         response_204 = cast(Any, None)
         return response_204
+
+    if response.status_code == 400:
+        response_400 = ProblemDetails.from_dict(response.json())
+
+        return response_400
 
     if response.status_code == 401:
         response_401 = ProblemDetails.from_dict(response.json())
@@ -43,6 +54,26 @@ def _parse_response(*, client: AuthenticatedClient | Client, response: httpx.Res
         response_403 = ProblemDetails.from_dict(response.json())
 
         return response_403
+
+    if response.status_code == 413:
+        response_413 = ProblemDetails.from_dict(response.json())
+
+        return response_413
+
+    if response.status_code == 415:
+        response_415 = ProblemDetails.from_dict(response.json())
+
+        return response_415
+
+    if response.status_code == 422:
+        response_422 = ValidationProblem.from_dict(response.json())
+
+        return response_422
+
+    if response.status_code == 429:
+        response_429 = ProblemDetails.from_dict(response.json())
+
+        return response_429
 
     if response.status_code == 503:
         response_503 = ProblemDetails.from_dict(response.json())
@@ -57,7 +88,7 @@ def _parse_response(*, client: AuthenticatedClient | Client, response: httpx.Res
 
 def _build_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> Response[Any | ProblemDetails]:
+) -> Response[Any | ProblemDetails | ValidationProblem]:
     return Response(
         status_code=HTTPStatus(response.status_code),
         content=response.content,
@@ -70,12 +101,14 @@ def sync_detailed(
     *,
     client: AuthenticatedClient,
     body: PasswordChange,
-) -> Response[Any | ProblemDetails]:
-    """ChangePassword
+    x_request_id: str | Unset = UNSET,
+) -> Response[Any | ProblemDetails | ValidationProblem]:
+    """Change the password
 
      Change the password; every other session of this account ends.
 
     Args:
+        x_request_id (str | Unset):
         body (PasswordChange):
 
     Raises:
@@ -83,11 +116,12 @@ def sync_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[Any | ProblemDetails]
+        Response[Any | ProblemDetails | ValidationProblem]
     """
 
     kwargs = _get_kwargs(
         body=body,
+        x_request_id=x_request_id,
     )
 
     response = client.get_httpx_client().request(
@@ -101,12 +135,14 @@ def sync(
     *,
     client: AuthenticatedClient,
     body: PasswordChange,
-) -> Any | ProblemDetails | None:
-    """ChangePassword
+    x_request_id: str | Unset = UNSET,
+) -> Any | ProblemDetails | ValidationProblem | None:
+    """Change the password
 
      Change the password; every other session of this account ends.
 
     Args:
+        x_request_id (str | Unset):
         body (PasswordChange):
 
     Raises:
@@ -114,12 +150,13 @@ def sync(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Any | ProblemDetails
+        Any | ProblemDetails | ValidationProblem
     """
 
     return sync_detailed(
         client=client,
         body=body,
+        x_request_id=x_request_id,
     ).parsed
 
 
@@ -127,12 +164,14 @@ async def asyncio_detailed(
     *,
     client: AuthenticatedClient,
     body: PasswordChange,
-) -> Response[Any | ProblemDetails]:
-    """ChangePassword
+    x_request_id: str | Unset = UNSET,
+) -> Response[Any | ProblemDetails | ValidationProblem]:
+    """Change the password
 
      Change the password; every other session of this account ends.
 
     Args:
+        x_request_id (str | Unset):
         body (PasswordChange):
 
     Raises:
@@ -140,11 +179,12 @@ async def asyncio_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[Any | ProblemDetails]
+        Response[Any | ProblemDetails | ValidationProblem]
     """
 
     kwargs = _get_kwargs(
         body=body,
+        x_request_id=x_request_id,
     )
 
     response = await client.get_async_httpx_client().request(**kwargs)
@@ -156,12 +196,14 @@ async def asyncio(
     *,
     client: AuthenticatedClient,
     body: PasswordChange,
-) -> Any | ProblemDetails | None:
-    """ChangePassword
+    x_request_id: str | Unset = UNSET,
+) -> Any | ProblemDetails | ValidationProblem | None:
+    """Change the password
 
      Change the password; every other session of this account ends.
 
     Args:
+        x_request_id (str | Unset):
         body (PasswordChange):
 
     Raises:
@@ -169,12 +211,13 @@ async def asyncio(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Any | ProblemDetails
+        Any | ProblemDetails | ValidationProblem
     """
 
     return (
         await asyncio_detailed(
             client=client,
             body=body,
+            x_request_id=x_request_id,
         )
     ).parsed

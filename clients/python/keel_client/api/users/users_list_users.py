@@ -7,6 +7,7 @@ from ... import errors
 from ...client import AuthenticatedClient, Client
 from ...models.page_user_read import PageUserRead
 from ...models.problem_details import ProblemDetails
+from ...models.validation_problem import ValidationProblem
 from ...types import UNSET, Response, Unset
 
 
@@ -14,7 +15,11 @@ def _get_kwargs(
     *,
     limit: int | Unset = 50,
     cursor: None | str | Unset = UNSET,
+    x_request_id: str | Unset = UNSET,
 ) -> dict[str, Any]:
+    headers: dict[str, Any] = {}
+    if not isinstance(x_request_id, Unset):
+        headers["X-Request-ID"] = x_request_id
 
     params: dict[str, Any] = {}
 
@@ -35,16 +40,22 @@ def _get_kwargs(
         "params": params,
     }
 
+    _kwargs["headers"] = headers
     return _kwargs
 
 
 def _parse_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> PageUserRead | ProblemDetails | None:
+) -> PageUserRead | ProblemDetails | ValidationProblem | None:
     if response.status_code == 200:
         response_200 = PageUserRead.from_dict(response.json())
 
         return response_200
+
+    if response.status_code == 400:
+        response_400 = ProblemDetails.from_dict(response.json())
+
+        return response_400
 
     if response.status_code == 401:
         response_401 = ProblemDetails.from_dict(response.json())
@@ -56,6 +67,21 @@ def _parse_response(
 
         return response_403
 
+    if response.status_code == 422:
+        response_422 = ValidationProblem.from_dict(response.json())
+
+        return response_422
+
+    if response.status_code == 429:
+        response_429 = ProblemDetails.from_dict(response.json())
+
+        return response_429
+
+    if response.status_code == 503:
+        response_503 = ProblemDetails.from_dict(response.json())
+
+        return response_503
+
     if client.raise_on_unexpected_status:
         raise errors.UnexpectedStatus(response.status_code, response.content)
     else:
@@ -64,7 +90,7 @@ def _parse_response(
 
 def _build_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> Response[PageUserRead | ProblemDetails]:
+) -> Response[PageUserRead | ProblemDetails | ValidationProblem]:
     return Response(
         status_code=HTTPStatus(response.status_code),
         content=response.content,
@@ -78,26 +104,29 @@ def sync_detailed(
     client: AuthenticatedClient,
     limit: int | Unset = 50,
     cursor: None | str | Unset = UNSET,
-) -> Response[PageUserRead | ProblemDetails]:
-    """ListUsers
+    x_request_id: str | Unset = UNSET,
+) -> Response[PageUserRead | ProblemDetails | ValidationProblem]:
+    """List users
 
      Every account, in sign-up order, a page at a time (admins only).
 
     Args:
         limit (int | Unset): 1 to 100 Default: 50.
         cursor (None | str | Unset): next_cursor of the previous page
+        x_request_id (str | Unset):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[PageUserRead | ProblemDetails]
+        Response[PageUserRead | ProblemDetails | ValidationProblem]
     """
 
     kwargs = _get_kwargs(
         limit=limit,
         cursor=cursor,
+        x_request_id=x_request_id,
     )
 
     response = client.get_httpx_client().request(
@@ -112,27 +141,30 @@ def sync(
     client: AuthenticatedClient,
     limit: int | Unset = 50,
     cursor: None | str | Unset = UNSET,
-) -> PageUserRead | ProblemDetails | None:
-    """ListUsers
+    x_request_id: str | Unset = UNSET,
+) -> PageUserRead | ProblemDetails | ValidationProblem | None:
+    """List users
 
      Every account, in sign-up order, a page at a time (admins only).
 
     Args:
         limit (int | Unset): 1 to 100 Default: 50.
         cursor (None | str | Unset): next_cursor of the previous page
+        x_request_id (str | Unset):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        PageUserRead | ProblemDetails
+        PageUserRead | ProblemDetails | ValidationProblem
     """
 
     return sync_detailed(
         client=client,
         limit=limit,
         cursor=cursor,
+        x_request_id=x_request_id,
     ).parsed
 
 
@@ -141,26 +173,29 @@ async def asyncio_detailed(
     client: AuthenticatedClient,
     limit: int | Unset = 50,
     cursor: None | str | Unset = UNSET,
-) -> Response[PageUserRead | ProblemDetails]:
-    """ListUsers
+    x_request_id: str | Unset = UNSET,
+) -> Response[PageUserRead | ProblemDetails | ValidationProblem]:
+    """List users
 
      Every account, in sign-up order, a page at a time (admins only).
 
     Args:
         limit (int | Unset): 1 to 100 Default: 50.
         cursor (None | str | Unset): next_cursor of the previous page
+        x_request_id (str | Unset):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[PageUserRead | ProblemDetails]
+        Response[PageUserRead | ProblemDetails | ValidationProblem]
     """
 
     kwargs = _get_kwargs(
         limit=limit,
         cursor=cursor,
+        x_request_id=x_request_id,
     )
 
     response = await client.get_async_httpx_client().request(**kwargs)
@@ -173,21 +208,23 @@ async def asyncio(
     client: AuthenticatedClient,
     limit: int | Unset = 50,
     cursor: None | str | Unset = UNSET,
-) -> PageUserRead | ProblemDetails | None:
-    """ListUsers
+    x_request_id: str | Unset = UNSET,
+) -> PageUserRead | ProblemDetails | ValidationProblem | None:
+    """List users
 
      Every account, in sign-up order, a page at a time (admins only).
 
     Args:
         limit (int | Unset): 1 to 100 Default: 50.
         cursor (None | str | Unset): next_cursor of the previous page
+        x_request_id (str | Unset):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        PageUserRead | ProblemDetails
+        PageUserRead | ProblemDetails | ValidationProblem
     """
 
     return (
@@ -195,5 +232,6 @@ async def asyncio(
             client=client,
             limit=limit,
             cursor=cursor,
+            x_request_id=x_request_id,
         )
     ).parsed

@@ -8,14 +8,18 @@ from ...client import AuthenticatedClient, Client
 from ...models.problem_details import ProblemDetails
 from ...models.user_create import UserCreate
 from ...models.user_read import UserRead
-from ...types import Response
+from ...models.validation_problem import ValidationProblem
+from ...types import UNSET, Response, Unset
 
 
 def _get_kwargs(
     *,
     body: UserCreate,
+    x_request_id: str | Unset = UNSET,
 ) -> dict[str, Any]:
     headers: dict[str, Any] = {}
+    if not isinstance(x_request_id, Unset):
+        headers["X-Request-ID"] = x_request_id
 
     _kwargs: dict[str, Any] = {
         "method": "post",
@@ -32,16 +36,41 @@ def _get_kwargs(
 
 def _parse_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> ProblemDetails | UserRead | None:
+) -> ProblemDetails | UserRead | ValidationProblem | None:
     if response.status_code == 201:
         response_201 = UserRead.from_dict(response.json())
 
         return response_201
 
+    if response.status_code == 400:
+        response_400 = ProblemDetails.from_dict(response.json())
+
+        return response_400
+
     if response.status_code == 409:
         response_409 = ProblemDetails.from_dict(response.json())
 
         return response_409
+
+    if response.status_code == 413:
+        response_413 = ProblemDetails.from_dict(response.json())
+
+        return response_413
+
+    if response.status_code == 415:
+        response_415 = ProblemDetails.from_dict(response.json())
+
+        return response_415
+
+    if response.status_code == 422:
+        response_422 = ValidationProblem.from_dict(response.json())
+
+        return response_422
+
+    if response.status_code == 429:
+        response_429 = ProblemDetails.from_dict(response.json())
+
+        return response_429
 
     if response.status_code == 503:
         response_503 = ProblemDetails.from_dict(response.json())
@@ -56,7 +85,7 @@ def _parse_response(
 
 def _build_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> Response[ProblemDetails | UserRead]:
+) -> Response[ProblemDetails | UserRead | ValidationProblem]:
     return Response(
         status_code=HTTPStatus(response.status_code),
         content=response.content,
@@ -69,12 +98,15 @@ def sync_detailed(
     *,
     client: AuthenticatedClient | Client,
     body: UserCreate,
-) -> Response[ProblemDetails | UserRead]:
-    """Register
+    x_request_id: str | Unset = UNSET,
+) -> Response[ProblemDetails | UserRead | ValidationProblem]:
+    """Register a user
 
-     Create an account.
+     Create an account. The username and the email must both be free (compared case-insensitively); the
+    password is hashed with Argon2id and never stored or returned.
 
     Args:
+        x_request_id (str | Unset):
         body (UserCreate):
 
     Raises:
@@ -82,11 +114,12 @@ def sync_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[ProblemDetails | UserRead]
+        Response[ProblemDetails | UserRead | ValidationProblem]
     """
 
     kwargs = _get_kwargs(
         body=body,
+        x_request_id=x_request_id,
     )
 
     response = client.get_httpx_client().request(
@@ -100,12 +133,15 @@ def sync(
     *,
     client: AuthenticatedClient | Client,
     body: UserCreate,
-) -> ProblemDetails | UserRead | None:
-    """Register
+    x_request_id: str | Unset = UNSET,
+) -> ProblemDetails | UserRead | ValidationProblem | None:
+    """Register a user
 
-     Create an account.
+     Create an account. The username and the email must both be free (compared case-insensitively); the
+    password is hashed with Argon2id and never stored or returned.
 
     Args:
+        x_request_id (str | Unset):
         body (UserCreate):
 
     Raises:
@@ -113,12 +149,13 @@ def sync(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        ProblemDetails | UserRead
+        ProblemDetails | UserRead | ValidationProblem
     """
 
     return sync_detailed(
         client=client,
         body=body,
+        x_request_id=x_request_id,
     ).parsed
 
 
@@ -126,12 +163,15 @@ async def asyncio_detailed(
     *,
     client: AuthenticatedClient | Client,
     body: UserCreate,
-) -> Response[ProblemDetails | UserRead]:
-    """Register
+    x_request_id: str | Unset = UNSET,
+) -> Response[ProblemDetails | UserRead | ValidationProblem]:
+    """Register a user
 
-     Create an account.
+     Create an account. The username and the email must both be free (compared case-insensitively); the
+    password is hashed with Argon2id and never stored or returned.
 
     Args:
+        x_request_id (str | Unset):
         body (UserCreate):
 
     Raises:
@@ -139,11 +179,12 @@ async def asyncio_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[ProblemDetails | UserRead]
+        Response[ProblemDetails | UserRead | ValidationProblem]
     """
 
     kwargs = _get_kwargs(
         body=body,
+        x_request_id=x_request_id,
     )
 
     response = await client.get_async_httpx_client().request(**kwargs)
@@ -155,12 +196,15 @@ async def asyncio(
     *,
     client: AuthenticatedClient | Client,
     body: UserCreate,
-) -> ProblemDetails | UserRead | None:
-    """Register
+    x_request_id: str | Unset = UNSET,
+) -> ProblemDetails | UserRead | ValidationProblem | None:
+    """Register a user
 
-     Create an account.
+     Create an account. The username and the email must both be free (compared case-insensitively); the
+    password is hashed with Argon2id and never stored or returned.
 
     Args:
+        x_request_id (str | Unset):
         body (UserCreate):
 
     Raises:
@@ -168,12 +212,13 @@ async def asyncio(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        ProblemDetails | UserRead
+        ProblemDetails | UserRead | ValidationProblem
     """
 
     return (
         await asyncio_detailed(
             client=client,
             body=body,
+            x_request_id=x_request_id,
         )
     ).parsed

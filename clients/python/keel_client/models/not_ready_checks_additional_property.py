@@ -1,0 +1,10 @@
+from enum import StrEnum
+
+
+class NotReadyChecksAdditionalProperty(StrEnum):
+    DISABLED = "disabled"
+    ERROR = "error"
+    OK = "ok"
+
+    def __str__(self) -> str:
+        return str(self.value)
