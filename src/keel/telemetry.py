@@ -15,6 +15,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from importlib.metadata import version as package_version
 from typing import Any, Final, TypeVar
 
@@ -25,8 +26,9 @@ from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, SERVI
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import Attributes
 from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -54,7 +56,7 @@ def setup(settings: Settings, engine: AsyncEngine) -> bool:
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):  # no OTEL_SERVICE_NAME
         resource = resource.merge(Resource({SERVICE_NAME: "keel"}))
     # shutdown_on_exit=False: shutdown() flushes, bounded in time; the SDK's atexit flush would not be
-    provider = TracerProvider(resource=resource, sampler=_sampler(settings), shutdown_on_exit=False)
+    provider = _Provider(resource=resource, sampler=_sampler(settings), shutdown_on_exit=False)
     provider.add_span_processor(_CountingBatchProcessor(_exporter(settings)))
     _instrument(provider, engine)
     _provider, tracer = provider, provider.get_tracer("keel", package_version("keel"))
@@ -91,41 +93,53 @@ def current_ids() -> tuple[str, str] | None:
 
 
 class ServerSpan:
-    """A server span made current for the duration of a request (or a realtime handshake)."""
+    """A server span made current for the duration of a request (or a realtime handshake).
 
-    __slots__ = ("_token", "is_ended", "method", "scope", "span")
+    What it records (status, route, error) is set in one call when it ends; an unsampled span records nothing,
+    so for most requests under the default sampler this is a context attached and detached.
+    """
+
+    __slots__ = ("_is_done", "_status", "_token", "method", "scope", "span")
 
     def __init__(self, span: Span, method: str, scope: Any) -> None:
         self.span = span
         self.method = method
         self.scope = scope  # the router writes the matched route's template into it
         self._token = otel_context.attach(trace.set_span_in_context(span))
-        self.is_ended = False
+        self._status: int | None = None
+        self._is_done = not span.is_recording()
 
     def status(self, status: int) -> None:
         """The response status: 5xx marks the span as an error (4xx is the client's, per the conventions)."""
-        self.span.set_attribute("http.response.status_code", status)
-        if status >= 500:
-            self.span.set_status(Status(StatusCode.ERROR))
+        self._status = status
 
     def response_started(self, status: int, headers: Sequence[tuple[bytes, bytes]]) -> None:
         """The response head is going out: an event stream's span ends here (its handshake, not its lifetime)."""
-        self.status(status)
+        if self._is_done:
+            return
+        self._status = status
         if any(name == b"content-type" and value.startswith(b"text/event-stream") for name, value in headers):
             self.end()
 
     def end(self, error: BaseException | None = None) -> None:
         """End the span (once), named `{METHOD} {route template}`, or `{METHOD}` alone when no route matched."""
-        if not self.is_ended:
-            self.is_ended = True
-            route = self.scope.get("path_template")
-            if route:
-                self.span.set_attribute("http.route", route)
-                self.span.update_name(f"{self.method} {route}")
-            if error is not None:
-                self.span.record_exception(error)
-                self.span.set_status(Status(StatusCode.ERROR, type(error).__name__))
-            self.span.end()
+        if self._is_done:
+            return
+        self._is_done = True
+        attributes: dict[str, str | int] = {}
+        if self._status is not None:
+            attributes["http.response.status_code"] = self._status
+        route = self.scope.get("path_template")
+        if route:
+            attributes["http.route"] = route
+            self.span.update_name(f"{self.method} {route}")
+        self.span.set_attributes(attributes)
+        if error is not None:
+            self.span.record_exception(error)
+            self.span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+        elif self._status is not None and self._status >= 500:
+            self.span.set_status(Status(StatusCode.ERROR))
+        self.span.end()
 
     def close(self, status: int | None = None, error: BaseException | None = None) -> None:
         """A handshake's end: record `status`, end the span and leave its context."""
@@ -217,6 +231,81 @@ def split_traceparent(data: bytes) -> tuple[bytes, bytes | None]:
 def context_of(parent: bytes) -> Context:
     """The context a `traceparent` names, to start a child of a span in another task or process."""
     return _propagator.extract({"traceparent": parent.decode("ascii", "replace")})
+
+
+# -- the unsampled path ---------------------------------------------------------------------------------------
+
+
+class _Provider(TracerProvider):
+    """The SDK's provider, handing out tracers that skip the work for spans no one will see (keel's own tracer and
+    the SQLAlchemy and Redis instrumentations' alike)."""
+
+    def get_tracer(
+        self,
+        instrumenting_module_name: str,
+        instrumenting_library_version: str | None = None,
+        schema_url: str | None = None,
+        attributes: Attributes = None,
+    ) -> Tracer:
+        inner = super().get_tracer(instrumenting_module_name, instrumenting_library_version, schema_url, attributes)
+        return _SkipUnsampled(inner)
+
+
+class _SkipUnsampled(Tracer):
+    """The SDK's tracer, except that a span under a local parent that was not sampled is that parent itself.
+
+    Such a span would be dropped anyway: every sampler the SDK ships decides a child of an unsampled local span
+    as its parent was decided (parent-based ones follow it, `traceidratio` sees the same trace id), so the SDK
+    would spend ~10 µs on ids, a sampler call and a SpanContext to build a no-op span. The parent is a no-op span
+    too, with the same trace id, so a log line or a `traceparent` taken inside reads the same trace. Most
+    requests are unsampled under the default 10 % sampler; this keeps their `ratelimit.check`, SQL and Redis
+    "spans" to one context lookup each.
+    """
+
+    def __init__(self, inner: Tracer) -> None:
+        self._inner = inner
+
+    def start_span(
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+    ) -> Span:
+        parent = trace.get_current_span(context)
+        parent_context = parent.get_span_context()
+        if parent_context.is_valid and not parent_context.trace_flags.sampled and not parent_context.is_remote:
+            return parent
+        return self._inner.start_span(
+            name, context, kind, attributes, links, start_time, record_exception, set_status_on_exception
+        )
+
+    def start_as_current_span(  # type: ignore[override]  # the base declares it as a decorated generator
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+        end_on_exit: bool = True,
+    ) -> AbstractContextManager[Span]:
+        # the SDK's own steps (start, then make current), so the shortcut above applies here too
+        span = self.start_span(
+            name, context, kind, attributes, links, start_time, record_exception, set_status_on_exception
+        )
+        return trace.use_span(
+            span,
+            end_on_exit=end_on_exit,
+            record_exception=record_exception,
+            set_status_on_exception=set_status_on_exception,
+        )
 
 
 # -- setup details -------------------------------------------------------------------------------------------
