@@ -32,6 +32,7 @@ from opentelemetry.util.types import Attributes
 from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from keel import otlp
 from keel.settings import Settings
 
 log = logging.getLogger("keel.telemetry")
@@ -321,13 +322,7 @@ def _sampler(settings: Settings) -> Sampler | None:
 def _exporter(settings: Settings) -> SpanExporter:
     # the exporters read the endpoint, headers, timeout, compression and TLS variables themselves
     protocol = settings.otel_exporter_otlp_traces_protocol or settings.otel_exporter_otlp_protocol
-    if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
-
-        return GrpcExporter()
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
-
-    return HttpExporter()
+    return otlp.grpc_exporter() if protocol == "grpc" else otlp.http_exporter()
 
 
 def _instrument(provider: TracerProvider, engine: AsyncEngine) -> None:
