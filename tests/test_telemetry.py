@@ -382,6 +382,30 @@ async def test_spans_under_an_unsampled_request_cost_nothing(tmp_path: Path, rat
             await engine.dispose()
 
 
+async def test_the_default_sampler_keeps_its_share_of_new_traces_and_follows_callers(tmp_path: Path) -> None:
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path}/keel.db")
+    with black_hole() as port:
+        settings = Settings(OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}", OTEL_TRACES_SAMPLER_ARG="0.25")
+        try:
+            telemetry.setup(settings, engine)
+            roots = [telemetry.start_span("root") for _ in range(4000)]
+            assert 0.2 < sum(span.is_recording() for span in roots) / len(roots) < 0.3
+            assert len({span.get_span_context().trace_id for span in roots}) == len(roots)  # each a trace of its own
+            for span in roots:
+                span.end()
+            for flags, is_sampled in ((b"01", True), (b"00", False)):  # the caller's decision, whatever the odds
+                traceparent = b"00-%s-%s-%s" % (CLIENT_TRACE_ID.encode(), CLIENT_SPAN_ID.encode(), flags)
+                scope = {"type": "http", "method": "GET", "path": "/x", "headers": [(b"traceparent", traceparent)]}
+                server_span = telemetry.start_server_span(scope)
+                assert server_span is not None
+                assert server_span.span.is_recording() is is_sampled
+                assert format(server_span.span.get_span_context().trace_id, "032x") == CLIENT_TRACE_ID
+                server_span.close(200)
+        finally:
+            telemetry.shutdown()
+            await engine.dispose()
+
+
 def test_a_traceparent_rides_ahead_of_a_broker_message_and_comes_off_intact() -> None:
     message = json.dumps({"seq": 1, "body": "hi"}).encode()
     assert telemetry.split_traceparent(message) == (message, None)

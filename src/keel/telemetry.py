@@ -12,6 +12,7 @@ holds only what keel decides on: whether to trace, which exporter, and whether a
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -25,8 +26,19 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    Tracer,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import Attributes
 from prometheus_client import Counter
@@ -57,7 +69,11 @@ def setup(settings: Settings, engine: AsyncEngine) -> bool:
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):  # no OTEL_SERVICE_NAME
         resource = resource.merge(Resource({SERVICE_NAME: "keel"}))
     # shutdown_on_exit=False: shutdown() flushes, bounded in time; the SDK's atexit flush would not be
-    provider = _Provider(resource=resource, sampler=_sampler(settings), shutdown_on_exit=False)
+    ratio = settings.otel_sample_ratio
+    # keel's default sampler is parent-based with `ratio` of new traces: the SDK follows parents, and keel's tracers
+    # draw the new traces themselves (_SkipUnsampled); a sampler named in OTEL_TRACES_SAMPLER decides everything
+    sampler = None if ratio is None else ParentBased(ALWAYS_ON)
+    provider = _Provider(ratio, resource=resource, sampler=sampler, shutdown_on_exit=False)
     provider.add_span_processor(_CountingBatchProcessor(_exporter(settings)))
     _instrument(provider, engine)
     _provider, tracer = provider, provider.get_tracer("keel", package_version("keel"))
@@ -239,7 +255,12 @@ def context_of(parent: bytes) -> Context:
 
 class _Provider(TracerProvider):
     """The SDK's provider, handing out tracers that skip the work for spans no one will see (keel's own tracer and
-    the SQLAlchemy and Redis instrumentations' alike)."""
+    the SQLAlchemy and Redis instrumentations' alike); `root_ratio` is keel's default sampler's share of new traces.
+    """
+
+    def __init__(self, root_ratio: float | None, **options: Any) -> None:
+        super().__init__(**options)
+        self.root_ratio = root_ratio
 
     def get_tracer(
         self,
@@ -249,22 +270,27 @@ class _Provider(TracerProvider):
         attributes: Attributes = None,
     ) -> Tracer:
         inner = super().get_tracer(instrumenting_module_name, instrumenting_library_version, schema_url, attributes)
-        return _SkipUnsampled(inner)
+        return _SkipUnsampled(inner, self.id_generator, self.root_ratio)
 
 
 class _SkipUnsampled(Tracer):
-    """The SDK's tracer, except that a span under a local parent that was not sampled is that parent itself.
+    """The SDK's tracer, minus the work for spans that will not be recorded (~10 µs each: ids, a sampler call, a
+    SpanContext and the SDK's bookkeeping, for a no-op span). Most requests are unsampled under the default 10 %.
 
-    Such a span would be dropped anyway: every sampler the SDK ships decides a child of an unsampled local span
-    as its parent was decided (parent-based ones follow it, `traceidratio` sees the same trace id), so the SDK
-    would spend ~10 µs on ids, a sampler call and a SpanContext to build a no-op span. The parent is a no-op span
-    too, with the same trace id, so a log line or a `traceparent` taken inside reads the same trace. Most
-    requests are unsampled under the default 10 % sampler; this keeps their `ratelimit.check`, SQL and Redis
-    "spans" to one context lookup each.
+    - A span under a local parent that was not sampled is that parent itself. Every sampler the SDK ships would
+      drop it (parent-based ones follow the parent, `traceidratio` sees the same trace id), and the parent is a
+      no-op span too, with the same trace id, so a log line or a `traceparent` taken inside reads the same trace.
+      An unsampled request's `ratelimit.check`, SQL and Redis "spans" cost a context lookup each.
+    - Under keel's default sampler (`root_ratio` set), a new trace is drawn here: a random `root_ratio` of them
+      go to the SDK (whose sampler then records every root), the others get a no-op span with fresh ids, as the
+      SDK would have built. The odds are the SDK's ratio sampler's; only the draw is not read off the trace id.
     """
 
-    def __init__(self, inner: Tracer) -> None:
+    def __init__(self, inner: Tracer, ids: IdGenerator, root_ratio: float | None) -> None:
         self._inner = inner
+        self._ids = ids
+        self._root_ratio = root_ratio
+        self._unsampled = TraceFlags(TraceFlags.RANDOM_TRACE_ID if ids.is_trace_id_random() else TraceFlags.DEFAULT)
 
     def start_span(
         self,
@@ -279,8 +305,16 @@ class _SkipUnsampled(Tracer):
     ) -> Span:
         parent = trace.get_current_span(context)
         parent_context = parent.get_span_context()
-        if parent_context.is_valid and not parent_context.trace_flags.sampled and not parent_context.is_remote:
-            return parent
+        if parent_context.is_valid:
+            if not parent_context.trace_flags.sampled and not parent_context.is_remote:
+                return parent
+        elif self._root_ratio is not None and random.random() >= self._root_ratio:
+            ids = self._ids
+            return NonRecordingSpan(
+                SpanContext(
+                    ids.generate_trace_id(), ids.generate_span_id(), is_remote=False, trace_flags=self._unsampled
+                )
+            )
         return self._inner.start_span(
             name, context, kind, attributes, links, start_time, record_exception, set_status_on_exception
         )
@@ -310,13 +344,6 @@ class _SkipUnsampled(Tracer):
 
 
 # -- setup details -------------------------------------------------------------------------------------------
-
-
-def _sampler(settings: Settings) -> Sampler | None:
-    ratio = settings.otel_sample_ratio
-    if ratio is None:
-        return None  # the SDK builds the one OTEL_TRACES_SAMPLER names, with OTEL_TRACES_SAMPLER_ARG
-    return ParentBased(TraceIdRatioBased(ratio))
 
 
 def _exporter(settings: Settings) -> SpanExporter:
