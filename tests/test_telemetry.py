@@ -28,7 +28,7 @@ from opentelemetry.trace import SpanKind
 from sqlalchemy.ext.asyncio import create_async_engine
 from websockets.asyncio.client import connect
 
-from keel import telemetry
+from keel import otlp, telemetry
 from keel.http.middleware import EdgeMiddleware
 from keel.settings import Settings
 from tests.conftest import Backend
@@ -336,7 +336,7 @@ async def test_tracing_on_builds_a_provider_and_shutdown_is_bounded(tmp_path: Pa
             # the drop counter hooks into the SDK's batch processor: fail loudly if the SDK moves it
             provider: Any = telemetry._provider
             (processor,) = provider._active_span_processor._span_processors
-            assert isinstance(processor._batch_processor._metrics, telemetry._DropCounter)
+            assert isinstance(processor._batch_processor._metrics, otlp.DropCounter)
             scope = {"type": "http", "method": "GET", "path": "/x", "headers": [], "path_template": "/x"}
             server_span = telemetry.start_server_span(scope)
             assert server_span is not None

@@ -7,7 +7,8 @@ that, and what repeats from span to span (the resource, the scope, most attribut
 
 The message layout is opentelemetry-proto's (trace/v1/trace.proto, common/v1/common.proto); every field is written
 as the SDK's encoder writes it, and tests/test_otlp.py holds the two to the same message. The exporters are the
-SDK's with only the encoding swapped (transport, retries, compression, headers and TLS stay theirs).
+SDK's with only the encoding swapped (transport, retries, compression, headers and TLS stay theirs), behind the
+SDK's batch processor with what it drops counted in `keel_spans_dropped_total`.
 """
 
 from __future__ import annotations
@@ -15,16 +16,18 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Mapping, Sequence
-from typing import Final
+from typing import Any, Final
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, StatusCode
 from opentelemetry.util.types import Attributes
+from prometheus_client import Counter
 
 log = logging.getLogger("keel.telemetry")
+DROPPED: Final = Counter("keel_spans_dropped", "Spans lost: the export queue was full or the collector failed.")
 _SMALL: Final = tuple(bytes((n,)) for n in range(0x80))
 _FIXED64: Final = struct.Struct("<Q").pack
 _DOUBLE: Final = struct.Struct("<d").pack
@@ -229,3 +232,59 @@ def _varint(n: int) -> bytes:
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+# -- what is lost ---------------------------------------------------------------------------------------------
+
+
+class DropCounter:
+    """The batch processor's metrics hook, counting what it drops (queue full) in keel_spans_dropped_total."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def register_queue_size(self, get_queue_size: Any) -> None:
+        self._inner.register_queue_size(get_queue_size)
+
+    def drop_items(self, count: int, error_type: str = "queue_full") -> None:
+        DROPPED.inc(count)
+        self._inner.drop_items(count, error_type)
+
+    def finish_items(self, count: int) -> None:
+        self._inner.finish_items(count)
+
+
+class _CountingExporter(SpanExporter):
+    """Counts the spans of every batch the collector did not take as dropped."""
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self._inner = inner
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self._inner.export(spans)
+        except Exception:
+            DROPPED.inc(len(spans))
+            raise
+        if result is not SpanExportResult.SUCCESS:
+            DROPPED.inc(len(spans))
+        return result
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+
+class CountingBatchProcessor(BatchSpanProcessor):
+    """The SDK's batch processor (OTEL_BSP_* sized), with its drops counted.
+
+    The SDK reports queue-full drops only to an OpenTelemetry meter, behind an opt-in variable; keel's metrics
+    are Prometheus, so the hook is swapped for one that counts. tests/test_telemetry.py fails if the SDK moves it.
+    """
+
+    def __init__(self, exporter: SpanExporter) -> None:
+        super().__init__(_CountingExporter(exporter))
+        batch = self._batch_processor
+        batch._metrics = DropCounter(batch._metrics)

@@ -24,8 +24,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, SERVICE_VERSION, Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import (
@@ -41,7 +40,6 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import Attributes
-from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keel import otlp
@@ -51,7 +49,6 @@ log = logging.getLogger("keel.telemetry")
 T = TypeVar("T")
 
 SHUTDOWN_TIMEOUT: Final = 3.0  # seconds the final flush may take; a dead collector must not hold shutdown up
-DROPPED: Final = Counter("keel_spans_dropped", "Spans lost: the export queue was full or the collector failed.")
 _METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"})
 _propagator: Final = TraceContextTextMapPropagator()
 
@@ -74,7 +71,10 @@ def setup(settings: Settings, engine: AsyncEngine) -> bool:
     # draw the new traces themselves (_SkipUnsampled); a sampler named in OTEL_TRACES_SAMPLER decides everything
     sampler = None if ratio is None else ParentBased(ALWAYS_ON)
     provider = _Provider(ratio, resource=resource, sampler=sampler, shutdown_on_exit=False)
-    provider.add_span_processor(_CountingBatchProcessor(_exporter(settings)))
+    # the exporters read the endpoint, headers, timeout, compression and TLS variables themselves
+    protocol = settings.otel_exporter_otlp_traces_protocol or settings.otel_exporter_otlp_protocol
+    exporter = otlp.grpc_exporter() if protocol == "grpc" else otlp.http_exporter()
+    provider.add_span_processor(otlp.CountingBatchProcessor(exporter))
     _instrument(provider, engine)
     _provider, tracer = provider, provider.get_tracer("keel", package_version("keel"))
     return True
@@ -346,12 +346,6 @@ class _SkipUnsampled(Tracer):
 # -- setup details -------------------------------------------------------------------------------------------
 
 
-def _exporter(settings: Settings) -> SpanExporter:
-    # the exporters read the endpoint, headers, timeout, compression and TLS variables themselves
-    protocol = settings.otel_exporter_otlp_traces_protocol or settings.otel_exporter_otlp_protocol
-    return otlp.grpc_exporter() if protocol == "grpc" else otlp.http_exporter()
-
-
 def _instrument(provider: TracerProvider, engine: AsyncEngine) -> None:
     # imported here: instrumenting patches redis-py and hooks the engine, which only a traced process wants
     from opentelemetry.instrumentation.redis import RedisInstrumentor
@@ -369,56 +363,3 @@ def _uninstrument() -> None:
 
     SQLAlchemyInstrumentor().uninstrument()
     RedisInstrumentor().uninstrument()
-
-
-class _DropCounter:
-    """The batch processor's metrics hook, counting what it drops (queue full) in keel_spans_dropped_total."""
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-
-    def register_queue_size(self, get_queue_size: Any) -> None:
-        self._inner.register_queue_size(get_queue_size)
-
-    def drop_items(self, count: int, error_type: str = "queue_full") -> None:
-        DROPPED.inc(count)
-        self._inner.drop_items(count, error_type)
-
-    def finish_items(self, count: int) -> None:
-        self._inner.finish_items(count)
-
-
-class _CountingExporter(SpanExporter):
-    """Counts the spans of every batch the collector did not take as dropped."""
-
-    def __init__(self, inner: SpanExporter) -> None:
-        self._inner = inner
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        try:
-            result = self._inner.export(spans)
-        except Exception:
-            DROPPED.inc(len(spans))
-            raise
-        if result is not SpanExportResult.SUCCESS:
-            DROPPED.inc(len(spans))
-        return result
-
-    def shutdown(self) -> None:
-        self._inner.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self._inner.force_flush(timeout_millis)
-
-
-class _CountingBatchProcessor(BatchSpanProcessor):
-    """The SDK's batch processor (OTEL_BSP_* sized), with its drops counted.
-
-    The SDK reports queue-full drops only to an OpenTelemetry meter, behind an opt-in variable; keel's metrics
-    are Prometheus, so the hook is swapped for one that counts. tests/test_telemetry.py fails if the SDK moves it.
-    """
-
-    def __init__(self, exporter: SpanExporter) -> None:
-        super().__init__(_CountingExporter(exporter))
-        batch = self._batch_processor
-        batch._metrics = _DropCounter(batch._metrics)
