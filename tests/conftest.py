@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import pytest
 import redis
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+from playwright.sync_api import Browser, sync_playwright
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from keel import db
@@ -177,3 +179,28 @@ def empty_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ba
         yield Backend("scaled", url, request.getfixturevalue("redis_url"))
     finally:
         asyncio.run(drop_pg_database(url))
+
+
+# a name for loopback that is not "localhost" or "127.0.0.1", which pages (Swagger UI among them) may treat specially
+BROWSER_HOST = "keel.test"
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    """Debian's chromium, headless, driven by Playwright (no `playwright install`); BROWSER_HOST resolves to
+    127.0.0.1 in it."""
+    path = shutil.which("chromium")
+    if path is None:
+        if IN_CI:
+            pytest.fail("chromium is not installed; .ci/run installs it", pytrace=False)
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=path,
+            headless=True,
+            args=["--no-sandbox", f"--host-resolver-rules=MAP {BROWSER_HOST} 127.0.0.1"],
+        )
+        try:
+            yield launched
+        finally:
+            launched.close()

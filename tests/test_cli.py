@@ -8,11 +8,14 @@ import time
 from pathlib import Path
 
 import httpx
+import msgspec
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from keel import db
+from keel.main import VERSION
+from keel.realtime import asyncapi
 from tests.conftest import Backend
 from tests.servers import keel_serve, run_keel
 
@@ -124,6 +127,13 @@ def test_openapi_command_writes_the_document(tmp_path: Path) -> None:
     document = json.loads(target.read_text())
     assert document["openapi"].startswith("3.1")
     assert {"/api/v1/public", "/api/v2/public", "/healthz", "/readyz"} <= document["paths"].keys()
+
+
+def test_asyncapi_command_writes_the_built_document(tmp_path: Path) -> None:
+    target = tmp_path / "asyncapi.json"
+    result = run_keel("asyncapi", "-o", str(target), env={}, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(target.read_text()) == json.loads(msgspec.json.encode(asyncapi.build(VERSION)))
 
 
 def test_serve_logs_json_without_the_servers_access_lines(tmp_path: Path) -> None:

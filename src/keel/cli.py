@@ -1,4 +1,4 @@
-"""The `keel` command: serve, migrate, openapi (SPEC §1)."""
+"""The `keel` command: serve, migrate, openapi, asyncapi (SPEC §1)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ from keel.errors import KeelError
 from keel.http.server import KeelHttpToolsProtocol
 from keel.identity.keys import generate_ed25519_keypair, load_keyring
 from keel.logs import configure_logging
-from keel.main import create_app, keyring_options
+from keel.main import VERSION, create_app, keyring_options, openapi_document
+from keel.realtime import asyncapi as realtime_asyncapi
+from keel.realtime.websocket import MAX_FRAME_BYTES, PING_INTERVAL, PING_TIMEOUT
 from keel.settings import ConfigError, Settings, load_settings
 
 
@@ -120,9 +122,9 @@ def _run_uvicorn(settings: Settings) -> None:
         # socket and doubles fan-out time
         ws="wsproto",
         ws_per_message_deflate=False,
-        ws_max_size=64 * 1024,
-        ws_ping_interval=20,
-        ws_ping_timeout=20,
+        ws_max_size=MAX_FRAME_BYTES,
+        ws_ping_interval=PING_INTERVAL,
+        ws_ping_timeout=PING_TIMEOUT,
         # keel's trusted-proxy rule is the only one that may rewrite the client address (SPEC §5)
         proxy_headers=False,
         server_header=False,
@@ -210,13 +212,26 @@ def generate_keys(directory: Path) -> None:
     click.echo(f"KEEL_JWT_PUBLIC_KEYS_DIR={public.parent}")
 
 
+def write_json(document: object, output: Path | None) -> None:
+    text = msgspec.json.format(msgspec.json.encode(document), indent=2) + b"\n"
+    if output is None:
+        sys.stdout.buffer.write(text)
+    else:
+        output.write_bytes(text)
+
+
+OUTPUT = click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here, not stdout.")
+
+
 @main.command()
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here, not stdout.")
+@OUTPUT
 def openapi(output: Path | None) -> None:
     """Print the OpenAPI 3.1 document."""
-    app = create_app(settings_or_exit())
-    document = msgspec.json.format(msgspec.json.encode(app.openapi_schema.to_schema()), indent=2) + b"\n"
-    if output is None:
-        sys.stdout.buffer.write(document)
-    else:
-        output.write_bytes(document)
+    write_json(openapi_document(create_app(settings_or_exit())), output)
+
+
+@main.command()
+@OUTPUT
+def asyncapi(output: Path | None) -> None:
+    """Print the AsyncAPI 3 document of /ws and /events."""
+    write_json(realtime_asyncapi.build(VERSION), output)

@@ -46,8 +46,15 @@ class Forbidden(KeelError):
 
 
 class Invalid(KeelError):
+    """Input that breaks a rule no schema states (a cursor this API never issued); `loc` names the field, as a 422's
+    `errors` do (`("query", "cursor")`), or is empty when the request as a whole is at fault."""
+
     code = "invalid"
     title = "Invalid input"
+
+    def __init__(self, detail: str | None = None, *, code: str | None = None, loc: tuple[str | int, ...] = ()) -> None:
+        super().__init__(detail, code=code)
+        self.loc = loc
 
 
 class RetryLater(KeelError):

@@ -8,8 +8,10 @@ from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any, Final
 
+import msgspec
 from litestar import Litestar, Router
 from litestar.handlers import HTTPRouteHandler
+from litestar.routes import HTTPRoute
 from litestar.types import ControllerRouterHandler, Method
 
 from keel import db, metrics, telemetry
@@ -29,6 +31,7 @@ from keel.http.docs import docs_router, openapi_config
 from keel.http.errors import EXCEPTION_HANDLERS
 from keel.http.examples import examples_router
 from keel.http.middleware import EdgeMiddleware
+from keel.http.openapi import Edge, complete
 from keel.http.requests import KeelRequest, require_declared_media_type
 from keel.http.sessions import SessionCookies
 from keel.identity.denylist import Denylist
@@ -36,13 +39,21 @@ from keel.identity.keys import load_keyring
 from keel.identity.verifier import TokenVerifier
 from keel.logs import AccessLog
 from keel.ratelimit.clients import ClientResolver
-from keel.ratelimit.deps import AUTH_POLICY, DEFAULT_POLICY, NamedPolicy, RateLimitMiddleware, RateLimits
+from keel.ratelimit.deps import (
+    API_PREFIX,
+    AUTH_POLICY,
+    DEFAULT_POLICY,
+    NamedPolicy,
+    RateLimitMiddleware,
+    RateLimits,
+)
 from keel.ratelimit.limiter import Limiter
+from keel.realtime import asyncapi
 from keel.realtime.access import Realtime, StreamCounts
 from keel.realtime.hub import Hub
 from keel.realtime.router import COMMON as CHANNELS
 from keel.realtime.router import LISTS as CHANNEL_LISTS
-from keel.realtime.routes import RealtimeRoutes
+from keel.realtime.routes import EVENTS_OPENAPI, RealtimeRoutes
 from keel.realtime.shutdown import drain_on_signal
 from keel.settings import Settings
 from keel.shared import open_backends
@@ -67,6 +78,13 @@ def operation_id(handler: HTTPRouteHandler, method: Method, path: list[object]) 
     version = next((str(part) for part in path if str(part) in API_VERSIONS[:-1]), "")
     tag = next(iter(handler.resolve_tags()), "")
     return "_".join(part for part in (version, tag, handler.handler_name) if part)
+
+
+def openapi_document(app: Litestar) -> dict[str, Any]:
+    """The OpenAPI document /api-docs/openapi.json serves and `keel openapi` writes: Litestar's, completed with the
+    statuses and headers of the edge and the endpoints served in front of the framework."""
+    edge = Edge(limited_prefix=API_PREFIX, extra_paths={"/events": EVENTS_OPENAPI})
+    return complete(app.openapi_schema.to_schema(), app.routes, edge)
 
 
 def keyring_options(settings: Settings) -> dict[str, Any]:
@@ -157,13 +175,13 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
             metrics.forget_this_worker()
             telemetry.shutdown()  # last: flushes the spans of everything above
 
-    config = openapi_config(VERSION)
+    config = openapi_config(VERSION, openapi_document)
     config.operation_id_creator = operation_id  # type: ignore[assignment]
     app = Litestar(
         route_handlers=[
             HealthController,
             jwks,
-            docs_router(),
+            docs_router(msgspec.json.encode(asyncapi.build(VERSION))),
             *(api_router(v) for v in API_VERSIONS),
             # the example chat page: development only, so a production deployment exposes nothing it did not ask for
             *([examples_router()] if settings.env == "development" else []),
@@ -187,5 +205,6 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
         cors_origins=settings.cors_origins,
         access_log=access_log,
         client_ip=clients.client_ip,
+        methods={route.path_format: route.methods for route in app.routes if isinstance(route, HTTPRoute)},
     )
     return app

@@ -59,7 +59,8 @@ def test_a_body_that_is_not_an_object() -> None:
         ("Expected `int` <= 100", "Must be at most 100."),
         ("Expected `str` matching regex '^[a-z]+$'", "Has a form that is not allowed."),
         ("Invalid enum value 'x'", "Must be one of the allowed values, not 'x'."),
-        ("Invalid UUID", "Invalid UUID."),
+        ("Invalid UUID", "Must be a UUID."),
+        ("Invalid RFC 3339 encoded datetime", "Invalid RFC 3339 encoded datetime."),
     ],
 )
 def test_sentences(message: str, expected: str) -> None:

@@ -126,3 +126,43 @@ async def subscribe(ws: ClientConnection, channel: str, since: int | None = None
     reply = await receive(ws)
     assert reply["type"] == "subscribed", reply
     return reply
+
+
+@dataclass
+class Event:
+    event: str | None
+    id: str | None
+    data: str | None
+    retry: int | None = None
+
+    @property
+    def message(self) -> dict[str, Any]:
+        assert self.data is not None
+        message: dict[str, Any] = json.loads(self.data)
+        return message
+
+
+class EventReader:
+    """A minimal SSE parser over httpx's line iterator (the WHATWG rules this server's output needs)."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.lines = response.iter_lines()
+        self.comments: list[str] = []
+
+    def next(self) -> Event:
+        fields: dict[str, str] = {}
+        for line in self.lines:
+            if not line:
+                if fields:
+                    retry = fields.get("retry")
+                    return Event(
+                        fields.get("event"), fields.get("id"), fields.get("data"), int(retry) if retry else None
+                    )
+                continue
+            if line.startswith(":"):
+                self.comments.append(line)
+                continue
+            name, _, value = line.partition(":")
+            fields[name] = value.removeprefix(" ")
+        raise EOFError("stream ended")

@@ -3,23 +3,24 @@
 A browser session survives a server restart: EventSource reconnects by itself with Last-Event-ID and the page's
 WebSocket reconnects with `since`; either way every message published meanwhile arrives once, in order. A page
 on another origin cannot use the session: its POST is refused by the CSRF check, its WebSocket at the handshake.
+An expired session renewed on a WebSocket's 101 lands in the browser's cookie jar.
 """
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Cookie, Page
 
-from tests.conftest import IN_CI, Backend
+from tests.conftest import Backend
 from tests.factories import PASSWORD
 from tests.realtime.conftest import backend_env
 from tests.servers import Server, free_port, keel_serve, sign_up
@@ -63,21 +64,6 @@ def access_line(server: Server, *parts: str) -> str:
                 return line
         assert time.monotonic() < deadline, server.output()
         time.sleep(0.05)
-
-
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    path = shutil.which("chromium")
-    if path is None:
-        if IN_CI:
-            pytest.fail("chromium is not installed; .ci/run installs it", pytrace=False)
-        pytest.skip("chromium not installed (apt-get install chromium)")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=path, headless=True, args=["--no-sandbox"])
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 def publish(url: str, token: str, channel: str, body: str) -> int:
@@ -198,3 +184,92 @@ def test_a_page_on_another_origin_cannot_use_the_session(backend: Backend, tmp_p
         assert messages == []
         assert page.evaluate("() => window.keelChat.seqs") == []
         context.close()
+
+
+def test_chromium_keeps_the_cookies_a_websocket_handshake_renewed(
+    backend: Backend, tmp_path: Path, browser: Browser
+) -> None:
+    """An expired session renewed on a WebSocket's 101: Chromium stores the Set-Cookie of a handshake response, so
+    the page needs no fetch before it opens a socket, and its next request uses the new cookies as they are."""
+    ttl = 4  # seconds: long enough for the checks after the renewal to finish before the new token needs one
+    with keel_serve(backend_env(backend, KEEL_ACCESS_TOKEN_TTL=f"{ttl}s"), tmp_path) as server:
+        url = server.url
+        sign_up(url, "ada")
+        context = browser.new_context()
+        page = context.new_page()
+        devtools = context.new_cdp_session(page)  # Playwright shows no handshake headers; DevTools does
+        devtools.send("Network.enable")
+        handshakes: list[dict[str, Any]] = []
+        devtools.on("Network.webSocketHandshakeResponseReceived", lambda event: handshakes.append(event["response"]))
+        page.goto(f"{url}/api/v1/public")
+        signed_in = page.evaluate(
+            """(password) => fetch("/api/v1/auth/session", {
+                method: "POST", headers: {"Content-Type": "application/json"},
+                body: JSON.stringify({username: "ada", password}),
+            }).then((response) => response.status)""",
+            PASSWORD,
+        )
+        assert signed_in == 204
+        before = jar(context)
+        time.sleep(ttl + 0.3)  # keel_session now holds an expired access token; keel_refresh is still good
+
+        opened = page.evaluate(
+            """() => new Promise((resolve) => {
+                const socket = new WebSocket(location.origin.replace("http", "ws") + "/ws");
+                socket.onopen = () => resolve("open");
+                socket.onclose = (event) => resolve(`closed ${event.code}`);
+            })"""
+        )
+        assert opened == "open"
+        renewed = jar(context)
+        # at once, well inside the renewed token's first three quarters, when a request would renew it again
+        with page.expect_response(f"{url}/api/v1/protected") as protected:
+            page.evaluate("() => fetch('/api/v1/protected')")
+
+        deadline = time.monotonic() + 5
+        while not handshakes:  # DevTools' event may trail the page's onopen
+            assert time.monotonic() < deadline, "no handshake response seen"
+            page.wait_for_timeout(20)
+        (handshake,) = handshakes
+        assert handshake["status"] == 101
+        sent = {
+            line.split("=", 1)[0]: line.split("=", 1)[1].split(";", 1)[0]
+            for name, value in handshake["headers"].items()
+            if name.lower() == "set-cookie"
+            for line in value.split("\n")
+        }
+        assert sent.keys() == {"keel_session", "keel_refresh", "keel_csrf"}
+        # the browser holds what the 101 sent: a new access token, the family's next refresh token, the same CSRF
+        assert {name: cookie["value"] for name, cookie in renewed.items()} == sent
+        assert renewed["keel_session"]["value"] != before["keel_session"]["value"]
+        assert renewed["keel_refresh"]["value"] != before["keel_refresh"]["value"]
+        assert renewed["keel_csrf"]["value"] == before["keel_csrf"]["value"]
+        for name, http_only, same_site in (
+            ("keel_session", True, "Lax"),
+            ("keel_refresh", True, "Strict"),
+            ("keel_csrf", False, "Lax"),
+        ):
+            cookie = renewed[name]
+            assert (cookie["httpOnly"], cookie["sameSite"], cookie["path"], cookie["secure"]) == (
+                http_only,
+                same_site,
+                "/",
+                False,  # KEEL_ENV=development serves plain http
+            ), name
+            # Max-Age is the refresh TTL (30 days), counted again from the renewal
+            assert cookie["expires"] > before[name]["expires"]
+            assert abs(cookie["expires"] - time.time() - 30 * 86400) < 60, name
+
+        # the next request authenticates with the renewed cookie as it is: no second renewal
+        response = protected.value
+        assert response.status == 200
+        assert response.json()["username"] == "ada"
+        assert f"keel_session={sent['keel_session']}" in response.request.all_headers()["cookie"]
+        assert "set-cookie" not in response.all_headers()
+        assert jar(context) == renewed
+        context.close()
+
+
+def jar(context: BrowserContext) -> dict[str, Cookie]:
+    """The browser's cookies for keel, by name."""
+    return {cookie["name"]: cookie for cookie in context.cookies()}

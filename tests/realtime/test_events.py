@@ -2,60 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlencode
 
 import httpx
 import pytest
 
 from keel.realtime.events import BadStreamRequest, parse_request
-from tests.realtime.conftest import Live
-
-
-@dataclass
-class Event:
-    event: str | None
-    id: str | None
-    data: str | None
-    retry: int | None = None
-
-    @property
-    def message(self) -> dict[str, Any]:
-        assert self.data is not None
-        message: dict[str, Any] = json.loads(self.data)
-        return message
-
-
-class EventReader:
-    """A minimal SSE parser over httpx's line iterator (the WHATWG rules this server's output needs)."""
-
-    def __init__(self, response: httpx.Response) -> None:
-        self.response = response
-        self.lines = response.iter_lines()
-        self.comments: list[str] = []
-
-    def next(self) -> Event:
-        fields: dict[str, str] = {}
-        for line in self.lines:
-            if not line:
-                if fields:
-                    retry = fields.get("retry")
-                    return Event(
-                        fields.get("event"), fields.get("id"), fields.get("data"), int(retry) if retry else None
-                    )
-                continue
-            if line.startswith(":"):
-                self.comments.append(line)
-                continue
-            name, _, value = line.partition(":")
-            fields[name] = value.removeprefix(" ")
-        raise EOFError("stream ended")
+from tests.realtime.conftest import EventReader, Live
 
 
 @contextmanager

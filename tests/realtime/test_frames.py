@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import uuid
+from datetime import UTC, datetime
 
+import msgspec
 import pytest
 
 from keel.realtime import frames
+from keel.realtime.schemas import Author, MessageRead
 
 CHANNEL = "00000000-0000-4000-8000-000000000000"
 
@@ -63,3 +67,12 @@ def test_the_largest_since_decodes() -> None:
     frame = frames.decode(json.dumps({"type": "subscribe", "channel": CHANNEL, "since": 2**63 - 1}))
     assert isinstance(frame, frames.Subscribe)
     assert frame.since == 2**63 - 1
+
+
+def test_the_hand_built_message_frame_is_message_frames_encoding() -> None:
+    # fan-out splices the already-encoded message into the frame; the AsyncAPI document describes MessageFrame
+    message = MessageRead(
+        uuid.uuid4(), uuid.UUID(CHANNEL), 7, Author(uuid.uuid4(), "ada"), 'say "hi" \\ €', datetime.now(UTC)
+    )
+    spliced = frames.message(CHANNEL, msgspec.json.encode(message))
+    assert spliced == frames.encode(frames.MessageFrame(uuid.UUID(CHANNEL), message))

@@ -15,8 +15,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import Backend
 from tests.factories import PASSWORD
-from tests.realtime.conftest import Live, backend_env, receive, refused, start_live, subscribe
-from tests.realtime.test_events import EventReader
+from tests.realtime.conftest import EventReader, Live, backend_env, receive, refused, start_live, subscribe
 from tests.servers import keel_serve
 
 

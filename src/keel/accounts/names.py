@@ -34,6 +34,8 @@ def normalize_email(address: str) -> str:
     address (`<script>@x.com`), control or bidirectional-override characters, a quoted local part, an IP
     literal, a special-use domain (`.local`, `.test`). No DNS query is made.
     """
+    if len(address) > EMAIL_KEY_LENGTH:  # before any parsing: the work is bounded by this, not by the body size
+        raise ValueError("The email address is too long.")
     try:
         normalized = validate_email(address, check_deliverability=False).normalized
     except EmailNotValidError as exc:

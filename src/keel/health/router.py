@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import msgspec
 from litestar import Controller, Response, get
+from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import Example
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keel import metrics
 from keel.http.deps import DbEngine, SharedBackends
-from keel.http.errors import problem, problem_response
+from keel.http.errors import PROBLEM_JSON, ProblemDetails, problem, problem_document
+from keel.http.openapi import ANSWERS_OUTAGES
 from keel.shared import Health as Check
 
 CHECK_TIMEOUT = 2.0
@@ -25,6 +28,18 @@ class Liveness(msgspec.Struct):
 class Readiness(msgspec.Struct):
     status: Literal["ready"]
     checks: dict[str, Check]
+
+
+class NotReady(ProblemDetails):
+    """A 503 from /readyz: the problem, and which dependency failed its check (documentation only)."""
+
+    checks: dict[str, Check]
+
+
+NOT_READY: Final = "ops.not_ready"
+NOT_READY_EXAMPLE: Final = problem_document(
+    503, code=NOT_READY, detail="A dependency is not answering.", checks={"database": "ok", "redis": "error"}
+)
 
 
 async def database_check(engine: AsyncEngine) -> Check:
@@ -40,12 +55,26 @@ class HealthController(Controller):
     path = "/"
     tags = ["ops"]
 
-    @get("/healthz", sync_to_thread=False)
+    @get("/healthz", summary="Check liveness", sync_to_thread=False)
     def healthz(self) -> Liveness:
         """Liveness: 200 while the process can serve."""
         return Liveness()
 
-    @get("/readyz", responses={503: problem_response("A dependency is not answering; `checks` says which")})
+    @get(
+        "/readyz",
+        summary="Check readiness",
+        opt={ANSWERS_OUTAGES: True},  # a check that fails is its answer, not an error
+        responses={
+            200: ResponseSpec(Readiness, description="The database and Redis (if configured) answer"),
+            503: ResponseSpec(
+                data_container=NotReady,
+                description="The database or Redis is not answering; `checks` says which",
+                media_type=PROBLEM_JSON,
+                generate_examples=False,
+                examples=[Example(summary="Redis down", value=NOT_READY_EXAMPLE)],
+            ),
+        },
+    )
     async def readyz(self, db_engine: DbEngine, backends: SharedBackends) -> Response[Any]:
         """Readiness: 200 when the database and Redis (if configured) answer, else 503 problem+json."""
         database, redis = await asyncio.gather(database_check(db_engine), backends.ping())
@@ -53,7 +82,7 @@ class HealthController(Controller):
         if "error" in checks.values():
             return problem(
                 503,
-                code="ops.not_ready",
+                code=NOT_READY,
                 detail="A dependency is not answering.",
                 checks=checks,
                 headers={"Retry-After": "5"},

@@ -94,9 +94,9 @@ def problem_document(
     }
 
 
-def problem_body(status: int, *, code: str, detail: str, title: str | None = None) -> bytes:
+def problem_body(status: int, *, code: str, detail: str, title: str | None = None, **extensions: Any) -> bytes:
     """A problem document as bytes, for pure-ASGI layers that answer without the framework."""
-    return _encoder.encode(problem_document(status, code=code, detail=detail, title=title))
+    return _encoder.encode(problem_document(status, code=code, detail=detail, title=title, **extensions))
 
 
 def problem_headers(headers: Iterable[tuple[bytes, bytes]], body: bytes) -> list[tuple[bytes, bytes]]:
@@ -115,7 +115,7 @@ def render_error(exc: KeelError) -> tuple[int, list[tuple[bytes, bytes]], bytes]
     """`exc` as keel_error renders it (status, headers, problem body), for layers that answer without Litestar."""
     status = status_of(exc)
     headers = [(name.lower().encode(), value.encode()) for name, value in error_headers(exc).items()]
-    return status, headers, problem_body(status, code=exc.code, detail=exc.detail, title=exc.title)
+    return status, headers, problem_body(status, code=exc.code, detail=exc.detail, title=exc.title, **error_fields(exc))
 
 
 async def send_error(send: Send, exc: KeelError) -> None:
@@ -155,8 +155,16 @@ def error_headers(exc: KeelError) -> dict[str, str]:
     return headers
 
 
+def error_fields(exc: KeelError) -> dict[str, Any]:
+    """The `errors` member every 422 carries (SPEC §2), for a domain error that is one."""
+    if isinstance(exc, Invalid):
+        return {"errors": [{"loc": list(exc.loc), "msg": exc.detail}]}
+    return {}
+
+
 def keel_error(_: Request[Any, Any, Any], exc: KeelError) -> Response[dict[str, Any]]:
-    return problem(status_of(exc), code=exc.code, title=exc.title, detail=exc.detail, headers=error_headers(exc))
+    status, headers = status_of(exc), error_headers(exc)
+    return problem(status, code=exc.code, title=exc.title, detail=exc.detail, headers=headers, **error_fields(exc))
 
 
 def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
@@ -167,12 +175,18 @@ def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[
         return unparseable_body(request, exc.__cause__)
     detail = exc.detail if exc.detail and exc.detail != HTTPStatus(status).phrase else None
     headers = exc.headers
-    if status == 405 and headers:  # the edge answers HEAD wherever GET works; Litestar spells the name both ways
+    if status == 405 and headers:  # Litestar spells the name both ways
         allow = next((value for name, value in headers.items() if name.lower() == "allow"), "")
-        methods = allow.split(", ")
         others = {name: value for name, value in headers.items() if name.lower() != "allow"}
-        headers = {**others, "Allow": ", ".join([*methods, "HEAD"] if "GET" in methods else methods)}
+        headers = {**others, "Allow": allow_value(allow.split(", "))}
     return problem(status, detail=detail, headers=headers)
+
+
+def allow_value(methods: Iterable[str]) -> str:
+    """`Allow` (RFC 9110 §10.2.1) for a resource answering `methods`, and HEAD wherever GET works (the edge runs
+    HEAD as a GET)."""
+    listed = set(methods)
+    return ", ".join(sorted(listed | {"HEAD"} if "GET" in listed else listed))
 
 
 def validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:

@@ -1,5 +1,5 @@
-"""The edge middleware: request id, security headers, CORS, HEAD, and what observes a request (metrics, the access
-log, the server span) in one pure-ASGI layer with one send wrapper.
+"""The edge middleware: request id, security headers, CORS, HEAD, OPTIONS' Allow, and what observes a request
+(metrics, the access log, the server span) in one pure-ASGI layer with one send wrapper.
 
 One layer, not three: each pure-ASGI layer costs a closure and an await per message (SPIKES.md). CORS is ours
 rather than Litestar's CORSConfig because a refused preflight must be problem+json like every other error
@@ -9,7 +9,7 @@ rather than Litestar's CORSConfig because a refused preflight must be problem+js
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from random import getrandbits
 from time import perf_counter
 from typing import Any, Final
@@ -26,7 +26,7 @@ from litestar.types import (
 )
 
 from keel import metrics, telemetry
-from keel.http.errors import problem_body
+from keel.http.errors import allow_value, problem_body
 from keel.http.scope import caller_of, handshake_status_of
 from keel.logs import AccessLog
 
@@ -92,7 +92,8 @@ class EdgeMiddleware:
     request in the metrics, and writes one access-log line per request and per WebSocket (`access_log`, None when
     the level is above info).
 
-    `client_ip(peer, headers)` names the client by the trusted-proxy rule, for the log line.
+    `client_ip(peer, headers)` names the client by the trusted-proxy rule, for the log line. `methods` maps each
+    route template to the methods its route answers, for the `Allow` of an OPTIONS answer.
     """
 
     def __init__(
@@ -102,8 +103,10 @@ class EdgeMiddleware:
         *,
         access_log: AccessLog | None = None,
         client_ip: Callable[[str | None, Any], str] | None = None,
+        methods: Mapping[str, Iterable[str]] | None = None,
     ) -> None:
         self.app = app
+        self.allow = {route: allow_value(answered).encode() for route, answered in (methods or {}).items()}
         origins = tuple(cors_origins)
         self.any_origin = "*" in origins
         self.origins = frozenset(origin.encode("latin-1") for origin in origins if origin != "*")
@@ -135,7 +138,10 @@ class EdgeMiddleware:
             if scope["method"] == "HEAD":
                 await self._head(scope, receive, send, request_id, allowed_origin, exchange)
             else:
-                await self.app(scope, receive, self._with_headers(send, request_id, allowed_origin, exchange))
+                send_on = self._with_headers(send, request_id, allowed_origin, exchange)
+                if scope["method"] == "OPTIONS":
+                    send_on = self._with_allow(send_on, scope)
+                await self.app(scope, receive, send_on)
         except BaseException as exc:
             if exchange.span is not None:
                 exchange.span.end(exc)
@@ -170,6 +176,20 @@ class EdgeMiddleware:
             await send(message)
 
         return send_with_headers
+
+    def _with_allow(self, send: Send, scope: Scope) -> Send:
+        """Litestar's own OPTIONS answer lists the methods of the handlers first registered at a path, not those
+        added later (a v2 list beside a create, DELETE beside POST); the edge writes the route's whole list."""
+
+        async def send_with_allow(message: Message) -> None:
+            allow = self.allow.get(scope.get("path_template") or "")
+            if message["type"] == "http.response.start" and allow is not None:
+                headers = message.get("headers", ())
+                if any(name.lower() == b"allow" for name, _ in headers):
+                    message["headers"] = [(n, v) for n, v in headers if n.lower() != b"allow"] + [(b"allow", allow)]
+            await send(message)
+
+        return send_with_allow
 
     async def _head(
         self,

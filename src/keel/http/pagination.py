@@ -46,4 +46,4 @@ def decode_cursor(cursor: str, position: Any) -> Any:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         return msgspec.json.decode(raw, type=position)
     except (binascii.Error, ValueError, msgspec.DecodeError):
-        raise InvalidCursor("The cursor is not one this API issued.") from None
+        raise InvalidCursor("The cursor is not one this API issued.", loc=("query", "cursor")) from None

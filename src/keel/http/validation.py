@@ -37,6 +37,7 @@ _SENTENCES: Final = (
     (re.compile(r"^Expected `(?:int|float)` <= (-?\d+)$"), "Must be at most {0}."),
     (re.compile(r"^Expected `array` of length <= (\d+)$"), "Must have at most {0} items."),
     (re.compile(r"^Invalid enum value (.+)$"), "Must be one of the allowed values, not {0}."),
+    (re.compile(r"^Invalid UUID$"), "Must be a UUID."),
 )
 _WRONG_TYPE: Final = re.compile(r"^Expected `([^`]+)`, got `([^`]+)`$")
 _PATTERN: Final = re.compile(r"^Expected `str` matching regex '(.*)'$", re.DOTALL)

@@ -145,7 +145,7 @@ async def authenticate(realtime: Realtime, scope: Any) -> Claims:
             return realtime.verifier.verify(token)
         except InvalidToken as exc:
             raise Refused(exc) from None
-    ticket = query_params(scope).get("ticket")
+    ticket = query_params(scope).get(tickets.QUERY_PARAM)
     if ticket:
         claims = await tickets.redeem(realtime.kv, ticket[0])
         if claims is None:

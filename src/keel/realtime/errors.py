@@ -7,6 +7,7 @@ from typing import Final
 from keel.errors import Conflict, KeelError, NotFound, RetryLater, Unauthorized, Unavailable
 
 CLOSE_GOING_AWAY: Final = 1001  # shutdown: not an error, the client reconnects elsewhere
+CLOSE_TOO_BIG: Final = 1009  # a frame over MAX_FRAME_BYTES; the server (uvicorn) sends it
 CLOSE_INTERNAL_ERROR: Final = 1011
 CLOSE_TRY_AGAIN: Final = 1012  # "service restart": resume with since / Last-Event-ID
 CLOSE_TRY_LATER: Final = 1013

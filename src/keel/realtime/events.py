@@ -25,6 +25,13 @@ from keel.types import MAX_INT64
 KEEP_ALIVE: Final = 15.0
 RETRY_MS: Final = 3000
 MAX_CHANNELS: Final = 50
+MESSAGE_EVENT: Final = "message"  # the event name of every message (EventSource's default)
+CHANNEL_PARAM: Final = "channel"
+LAST_EVENT_ID_PARAM: Final = "last_event_id"  # for clients that cannot set the Last-Event-ID header
+_PAIR: Final = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}:[0-9]{1,19}"
+#: Every `id:` the server writes (Stream.event_id): a `<channel id>:<seq>` pair for each channel, joined by `,`.
+EVENT_ID_PATTERN: Final = rf"^{_PAIR}(,{_PAIR})*$"
+_MESSAGE_START: Final = b"event: %s\nid: " % MESSAGE_EVENT.encode()
 # ASCII digits only: int() would also take "+5", " 5", "1_000" and other scripts' digits
 _SEQ: Final = re.compile(r"[0-9]{1,19}")
 HEADERS: Final = [
@@ -55,7 +62,7 @@ class Stream(Peer):
         if len(self.pending) >= self.send_queue:
             self.end(TooSlow("too slow"))  # ends the stream; the client resumes with Last-Event-ID
             return
-        self.pending.append(b"event: message\nid: %s\ndata: %s\n\n" % (self.event_id(), delivery.payload))
+        self.pending.append(b"%s%s\ndata: %s\n\n" % (_MESSAGE_START, self.event_id(), delivery.payload))
         self._wakeup()
 
     def event_id(self) -> bytes:
@@ -87,13 +94,15 @@ def parse_request(scope: Any) -> tuple[list[uuid.UUID], dict[uuid.UUID, int]]:
     """The channels asked for, and the resume positions of Last-Event-ID (header, or `?last_event_id=`)."""
     params = query_params(scope)
     try:
-        channels = list(dict.fromkeys(uuid.UUID(value) for value in params.get("channel", [])))
+        channels = list(dict.fromkeys(uuid.UUID(value) for value in params.get(CHANNEL_PARAM, [])))
     except ValueError:
-        raise BadStreamRequest("Every `channel` is a channel id (a UUID).") from None
+        raise BadStreamRequest("Every `channel` is a channel id (a UUID).", loc=("query", "channel")) from None
     if not channels or len(channels) > MAX_CHANNELS:
-        raise BadStreamRequest(f"Follow 1 to {MAX_CHANNELS} channels: /events?channel=<id>&channel=<id>.")
+        raise BadStreamRequest(
+            f"Follow 1 to {MAX_CHANNELS} channels: /events?channel=<id>&channel=<id>.", loc=("query", "channel")
+        )
     header = next((value.decode("latin-1") for name, value in scope["headers"] if name == b"last-event-id"), None)
-    last_event_id = header if header is not None else next(iter(params.get("last_event_id", [])), "")
+    last_event_id = header if header is not None else next(iter(params.get(LAST_EVENT_ID_PARAM, [])), "")
     resume: dict[uuid.UUID, int] = {}
     for pair in filter(None, last_event_id.split(",")):
         channel, _, seq = pair.strip().rpartition(":")
@@ -104,7 +113,8 @@ def parse_request(scope: Any) -> tuple[list[uuid.UUID], dict[uuid.UUID, int]]:
         if channel_id is None or _SEQ.fullmatch(seq) is None or int(seq) > MAX_INT64:
             raise BadStreamRequest(
                 "Last-Event-ID is a list of <channel id>:<seq> pairs joined by `,`, each seq a whole number "
-                f"from 0 to {MAX_INT64}."
+                f"from 0 to {MAX_INT64}.",
+                loc=("header", "Last-Event-ID") if header is not None else ("query", "last_event_id"),
             )
         resume[channel_id] = int(seq)
     return channels, resume

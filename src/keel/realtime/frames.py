@@ -21,23 +21,31 @@ ErrorCode = Literal["bad_frame", "unknown_type", "not_found", "invalid", "rate_l
 
 
 class Subscribe(msgspec.Struct, tag="subscribe", tag_field="type", forbid_unknown_fields=True):
+    """Follow a channel; with `since`, first every message after that seq, then live ones, no gap, no duplicate."""
+
     channel: uuid.UUID
     since: Position | None = None
     ref: Ref | None = None
 
 
 class Unsubscribe(msgspec.Struct, tag="unsubscribe", tag_field="type", forbid_unknown_fields=True):
+    """Stop following a channel."""
+
     channel: uuid.UUID
     ref: Ref | None = None
 
 
 class Publish(msgspec.Struct, tag="publish", tag_field="type", forbid_unknown_fields=True):
+    """Post a message to a channel (rate limited like REST); it goes to every subscriber, the sender included."""
+
     channel: uuid.UUID
     body: MessageBody  # REST's own rule: NUL refused before a publish reaches the database
     ref: Ref | None = None
 
 
 class Ping(msgspec.Struct, tag="ping", tag_field="type", forbid_unknown_fields=True):
+    """An application-level ping; the server answers pong (it also sends protocol pings of its own)."""
+
     ref: Ref | None = None
 
 
@@ -96,34 +104,51 @@ def _diagnose(data: str | bytes, error: msgspec.DecodeError | RecursionError) ->
 
 
 # server frames: small structs encoded by msgspec, except `message`, which is assembled from the already-encoded
-# message so a fan-out never encodes it again
+# message so a fan-out never encodes it again (MessageFrame describes it; a test holds the two byte-equal)
 
 
 class Subscribed(msgspec.Struct, tag="subscribed", tag_field="type"):
+    """The channel is followed; `last_seq` is its latest seq now (replayed messages, if any, follow)."""
+
     channel: uuid.UUID
     last_seq: int
 
 
 class Unsubscribed(msgspec.Struct, tag="unsubscribed", tag_field="type"):
+    """The channel is no longer followed."""
+
     channel: uuid.UUID
 
 
 class Published(msgspec.Struct, tag="published", tag_field="type"):
+    """The sender's publish committed, as this message (the sender also gets it as a `message` frame)."""
+
     ref: Ref | None
     message: MessageRead
 
 
+class MessageFrame(msgspec.Struct, tag="message", tag_field="type"):
+    """A message in a followed channel, to every subscriber, the sender included, in seq order."""
+
+    channel: uuid.UUID
+    message: MessageRead
+
+
 class Pong(msgspec.Struct, tag="pong", tag_field="type", omit_defaults=True):
+    """The answer to a ping, echoing its `ref`."""
+
     ref: Ref | None = None
 
 
 class Error(msgspec.Struct, tag="error", tag_field="type", omit_defaults=True):
+    """A frame that could not be served, echoing its `ref` when it had one; the socket stays open."""
+
     code: ErrorCode
     detail: str
     ref: Ref | None = None
 
 
-ServerFrame = Subscribed | Unsubscribed | Published | Pong | Error
+ServerFrame = Subscribed | Unsubscribed | Published | MessageFrame | Pong | Error
 
 
 def encode(frame: ServerFrame) -> bytes:
@@ -135,5 +160,5 @@ def error(exc: FrameError) -> bytes:
 
 
 def message(channel: str, message_json: bytes) -> bytes:
-    """`{"type":"message","channel","message"}` around a message already encoded as JSON."""
+    """MessageFrame's JSON, around a message already encoded as JSON."""
     return b'{"type":"message","channel":"%s","message":%s}' % (channel.encode(), message_json)

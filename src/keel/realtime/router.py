@@ -36,11 +36,11 @@ class ChannelsController(Controller):
     opt = USER
     security = SECURITY
 
-    @post(responses={409: problem_response("The name is taken")})
+    @post(summary="Create a channel", responses={409: problem_response("The name is taken")})
     async def create_channel(
         self, data: JSONBody[ChannelCreate], db_session: DbSession, backends: SharedBackends
     ) -> ChannelRead:
-        """Create a channel."""
+        """Create a channel. Its name is unique; `description` is optional."""
         channel = await service.create_channel(
             db_session,
             backends.cache,
@@ -50,18 +50,19 @@ class ChannelsController(Controller):
         )
         return ChannelRead.from_model(channel)
 
-    @get("/{channel_id:uuid}", responses=READ, response_headers=VALIDATOR_HEADERS)
+    @get("/{channel_id:str}", summary="Get a channel", responses=READ, response_headers=VALIDATOR_HEADERS)
     async def get_channel(
         self, channel_id: FromPath[uuid.UUID], db_session: DbSession, reads: ConditionalReads
     ) -> Response[ChannelRead]:
-        """One channel."""
+        """One channel, with the seq of its latest message (`last_seq`). Send its ETag in If-None-Match to get 304
+        while it has not changed."""
 
         async def load() -> ChannelRead:
             return ChannelRead.from_model(await service.get_channel(db_session, channel_id))
 
         return await reads.json(load, scope=service.channel_scope(channel_id), key="channel")
 
-    @post("/{channel_id:uuid}/messages", responses=NOT_FOUND)
+    @post("/{channel_id:str}/messages", summary="Post a message", responses=NOT_FOUND)
     async def post_message(
         self,
         channel_id: FromPath[uuid.UUID],
@@ -87,7 +88,7 @@ class ChannelListsV1(Controller):
     opt = USER
     security = SECURITY
 
-    @get(responses=NOT_MODIFIED, response_headers=VALIDATOR_HEADERS)
+    @get(summary="List channels", responses=NOT_MODIFIED, response_headers=VALIDATOR_HEADERS)
     async def list_channels(
         self,
         db_session: DbSession,
@@ -104,7 +105,12 @@ class ChannelListsV1(Controller):
 
         return await reads.json(load, scope=service.CHANNEL_LIST, key=f"v1 {limit}" if offset == 0 else None)
 
-    @get("/{channel_id:uuid}/messages", responses=READ, response_headers=VALIDATOR_HEADERS)
+    @get(
+        "/{channel_id:str}/messages",
+        summary="List a channel's messages",
+        responses=READ,
+        response_headers=VALIDATOR_HEADERS,
+    )
     async def list_messages(
         self,
         channel_id: FromPath[uuid.UUID],
@@ -128,7 +134,7 @@ class ChannelListsV2(Controller):
     opt = USER
     security = SECURITY
 
-    @get(responses=NOT_MODIFIED, response_headers=VALIDATOR_HEADERS)
+    @get(summary="List channels", responses=NOT_MODIFIED, response_headers=VALIDATOR_HEADERS)
     async def list_channels(
         self,
         db_session: DbSession,
@@ -148,7 +154,12 @@ class ChannelListsV2(Controller):
 
         return await reads.json(load, scope=service.CHANNEL_LIST, key=f"v2 {limit}" if cursor is None else None)
 
-    @get("/{channel_id:uuid}/messages", responses=READ, response_headers=VALIDATOR_HEADERS)
+    @get(
+        "/{channel_id:str}/messages",
+        summary="List a channel's messages",
+        responses=READ,
+        response_headers=VALIDATOR_HEADERS,
+    )
     async def list_messages(
         self,
         channel_id: FromPath[uuid.UUID],
@@ -175,7 +186,7 @@ class TicketsController(Controller):
     opt = USER
     security = SECURITY
 
-    @post()
+    @post(summary="Get a ticket for a realtime connection")
     async def create_ticket(self, backends: SharedBackends) -> TicketRead:
         """A single-use ticket for `/ws?ticket=` or `/events?ticket=` (browsers cannot send a header there)."""
         ticket = await tickets.issue(backends.kv, current_principal())

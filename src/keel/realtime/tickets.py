@@ -15,6 +15,7 @@ from keel.identity.tokens import Claims
 from keel.shared.kv import KeyValueStore
 
 TICKET_TTL: Final = 60
+QUERY_PARAM: Final = "ticket"  # /ws?ticket=… and /events?ticket=…
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Claims)
 

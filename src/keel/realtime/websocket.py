@@ -29,6 +29,11 @@ from keel.realtime.schemas import Author
 log = logging.getLogger("keel.realtime")
 
 CLOSE_TIMEOUT: Final = 5.0  # a closing socket that has not taken its close frame by then is dropped
+# what `keel serve` configures the server with (SPEC §7): a larger frame closes with 1009, and a socket that has not
+# answered a protocol ping within PING_TIMEOUT closes with 1011
+MAX_FRAME_BYTES: Final = 64 * 1024
+PING_INTERVAL: Final = 20.0
+PING_TIMEOUT: Final = 20.0
 
 
 def text_frame(payload: bytes) -> bytes:
