@@ -24,10 +24,11 @@ import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.trace import SpanKind
 from sqlalchemy.ext.asyncio import create_async_engine
 from websockets.asyncio.client import connect
 
-from keel import telemetry
+from keel import otlp, telemetry
 from keel.http.middleware import EdgeMiddleware
 from keel.settings import Settings
 from tests.conftest import Backend
@@ -335,7 +336,7 @@ async def test_tracing_on_builds_a_provider_and_shutdown_is_bounded(tmp_path: Pa
             # the drop counter hooks into the SDK's batch processor: fail loudly if the SDK moves it
             provider: Any = telemetry._provider
             (processor,) = provider._active_span_processor._span_processors
-            assert isinstance(processor._batch_processor._metrics, telemetry._DropCounter)
+            assert isinstance(processor._batch_processor._metrics, otlp.DropCounter)
             scope = {"type": "http", "method": "GET", "path": "/x", "headers": [], "path_template": "/x"}
             server_span = telemetry.start_server_span(scope)
             assert server_span is not None
@@ -349,6 +350,60 @@ async def test_tracing_on_builds_a_provider_and_shutdown_is_bounded(tmp_path: Pa
             assert time.monotonic() - start < telemetry.SHUTDOWN_TIMEOUT + 1
             await engine.dispose()
     assert telemetry.tracer is None
+
+
+@pytest.mark.parametrize(("ratio", "is_sampled"), [("0", False), ("1", True)])
+async def test_spans_under_an_unsampled_request_cost_nothing(tmp_path: Path, ratio: str, is_sampled: bool) -> None:
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path}/keel.db")
+    with black_hole() as port:
+        settings = Settings(OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}", OTEL_TRACES_SAMPLER_ARG=ratio)
+        try:
+            telemetry.setup(settings, engine)
+            scope = {"type": "http", "method": "GET", "path": "/x", "headers": [], "path_template": "/x"}
+            server_span = telemetry.start_server_span(scope)
+            assert server_span is not None
+            assert server_span.span.is_recording() is is_sampled
+            # keel's own child spans and the instrumentations' (they take tracers from the same provider)
+            provider: Any = telemetry._provider
+            instrumentation = provider.get_tracer("opentelemetry.instrumentation.redis")
+            with instrumentation.start_as_current_span("GET", kind=SpanKind.CLIENT) as redis_span:
+                assert redis_span.is_recording() is is_sampled
+                child = telemetry.start_span("ratelimit.check")
+            if is_sampled:  # real children of the request's span
+                assert child.is_recording()
+                assert child.get_span_context().trace_id == server_span.span.get_span_context().trace_id
+            else:  # no span built at all: the request's own no-op span stands in, so logs name its trace
+                assert child is server_span.span
+                assert redis_span is server_span.span
+            child.end()
+            server_span.close(200)
+        finally:
+            telemetry.shutdown()
+            await engine.dispose()
+
+
+async def test_the_default_sampler_keeps_its_share_of_new_traces_and_follows_callers(tmp_path: Path) -> None:
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path}/keel.db")
+    with black_hole() as port:
+        settings = Settings(OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}", OTEL_TRACES_SAMPLER_ARG="0.25")
+        try:
+            telemetry.setup(settings, engine)
+            roots = [telemetry.start_span("root") for _ in range(4000)]
+            assert 0.2 < sum(span.is_recording() for span in roots) / len(roots) < 0.3
+            assert len({span.get_span_context().trace_id for span in roots}) == len(roots)  # each a trace of its own
+            for span in roots:
+                span.end()
+            for flags, is_sampled in ((b"01", True), (b"00", False)):  # the caller's decision, whatever the odds
+                traceparent = b"00-%s-%s-%s" % (CLIENT_TRACE_ID.encode(), CLIENT_SPAN_ID.encode(), flags)
+                scope = {"type": "http", "method": "GET", "path": "/x", "headers": [(b"traceparent", traceparent)]}
+                server_span = telemetry.start_server_span(scope)
+                assert server_span is not None
+                assert server_span.span.is_recording() is is_sampled
+                assert format(server_span.span.get_span_context().trace_id, "032x") == CLIENT_TRACE_ID
+                server_span.close(200)
+        finally:
+            telemetry.shutdown()
+            await engine.dispose()
 
 
 def test_a_traceparent_rides_ahead_of_a_broker_message_and_comes_off_intact() -> None:

@@ -12,9 +12,11 @@ holds only what keel decides on: whether to trace, which exporter, and whether a
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import uuid
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from importlib.metadata import version as package_version
 from typing import Any, Final, TypeVar
 
@@ -22,21 +24,31 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, SERVICE_VERSION, Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    Tracer,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from prometheus_client import Counter
+from opentelemetry.util.types import Attributes
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from keel import otlp
 from keel.settings import Settings
 
 log = logging.getLogger("keel.telemetry")
 T = TypeVar("T")
 
 SHUTDOWN_TIMEOUT: Final = 3.0  # seconds the final flush may take; a dead collector must not hold shutdown up
-DROPPED: Final = Counter("keel_spans_dropped", "Spans lost: the export queue was full or the collector failed.")
 _METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"})
 _propagator: Final = TraceContextTextMapPropagator()
 
@@ -54,8 +66,15 @@ def setup(settings: Settings, engine: AsyncEngine) -> bool:
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):  # no OTEL_SERVICE_NAME
         resource = resource.merge(Resource({SERVICE_NAME: "keel"}))
     # shutdown_on_exit=False: shutdown() flushes, bounded in time; the SDK's atexit flush would not be
-    provider = TracerProvider(resource=resource, sampler=_sampler(settings), shutdown_on_exit=False)
-    provider.add_span_processor(_CountingBatchProcessor(_exporter(settings)))
+    ratio = settings.otel_sample_ratio
+    # keel's default sampler is parent-based with `ratio` of new traces: the SDK follows parents, and keel's tracers
+    # draw the new traces themselves (_SkipUnsampled); a sampler named in OTEL_TRACES_SAMPLER decides everything
+    sampler = None if ratio is None else ParentBased(ALWAYS_ON)
+    provider = _Provider(ratio, resource=resource, sampler=sampler, shutdown_on_exit=False)
+    # the exporters read the endpoint, headers, timeout, compression and TLS variables themselves
+    protocol = settings.otel_exporter_otlp_traces_protocol or settings.otel_exporter_otlp_protocol
+    exporter = otlp.grpc_exporter() if protocol == "grpc" else otlp.http_exporter()
+    provider.add_span_processor(otlp.CountingBatchProcessor(exporter))
     _instrument(provider, engine)
     _provider, tracer = provider, provider.get_tracer("keel", package_version("keel"))
     return True
@@ -91,41 +110,53 @@ def current_ids() -> tuple[str, str] | None:
 
 
 class ServerSpan:
-    """A server span made current for the duration of a request (or a realtime handshake)."""
+    """A server span made current for the duration of a request (or a realtime handshake).
 
-    __slots__ = ("_token", "is_ended", "method", "scope", "span")
+    What it records (status, route, error) is set in one call when it ends; an unsampled span records nothing,
+    so for most requests under the default sampler this is a context attached and detached.
+    """
+
+    __slots__ = ("_is_done", "_status", "_token", "method", "scope", "span")
 
     def __init__(self, span: Span, method: str, scope: Any) -> None:
         self.span = span
         self.method = method
         self.scope = scope  # the router writes the matched route's template into it
         self._token = otel_context.attach(trace.set_span_in_context(span))
-        self.is_ended = False
+        self._status: int | None = None
+        self._is_done = not span.is_recording()
 
     def status(self, status: int) -> None:
         """The response status: 5xx marks the span as an error (4xx is the client's, per the conventions)."""
-        self.span.set_attribute("http.response.status_code", status)
-        if status >= 500:
-            self.span.set_status(Status(StatusCode.ERROR))
+        self._status = status
 
     def response_started(self, status: int, headers: Sequence[tuple[bytes, bytes]]) -> None:
         """The response head is going out: an event stream's span ends here (its handshake, not its lifetime)."""
-        self.status(status)
+        if self._is_done:
+            return
+        self._status = status
         if any(name == b"content-type" and value.startswith(b"text/event-stream") for name, value in headers):
             self.end()
 
     def end(self, error: BaseException | None = None) -> None:
         """End the span (once), named `{METHOD} {route template}`, or `{METHOD}` alone when no route matched."""
-        if not self.is_ended:
-            self.is_ended = True
-            route = self.scope.get("path_template")
-            if route:
-                self.span.set_attribute("http.route", route)
-                self.span.update_name(f"{self.method} {route}")
-            if error is not None:
-                self.span.record_exception(error)
-                self.span.set_status(Status(StatusCode.ERROR, type(error).__name__))
-            self.span.end()
+        if self._is_done:
+            return
+        self._is_done = True
+        attributes: dict[str, str | int] = {}
+        if self._status is not None:
+            attributes["http.response.status_code"] = self._status
+        route = self.scope.get("path_template")
+        if route:
+            attributes["http.route"] = route
+            self.span.update_name(f"{self.method} {route}")
+        self.span.set_attributes(attributes)
+        if error is not None:
+            self.span.record_exception(error)
+            self.span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+        elif self._status is not None and self._status >= 500:
+            self.span.set_status(Status(StatusCode.ERROR))
+        self.span.end()
 
     def close(self, status: int | None = None, error: BaseException | None = None) -> None:
         """A handshake's end: record `status`, end the span and leave its context."""
@@ -219,26 +250,100 @@ def context_of(parent: bytes) -> Context:
     return _propagator.extract({"traceparent": parent.decode("ascii", "replace")})
 
 
+# -- the unsampled path ---------------------------------------------------------------------------------------
+
+
+class _Provider(TracerProvider):
+    """The SDK's provider, handing out tracers that skip the work for spans no one will see (keel's own tracer and
+    the SQLAlchemy and Redis instrumentations' alike); `root_ratio` is keel's default sampler's share of new traces.
+    """
+
+    def __init__(self, root_ratio: float | None, **options: Any) -> None:
+        super().__init__(**options)
+        self.root_ratio = root_ratio
+
+    def get_tracer(
+        self,
+        instrumenting_module_name: str,
+        instrumenting_library_version: str | None = None,
+        schema_url: str | None = None,
+        attributes: Attributes = None,
+    ) -> Tracer:
+        inner = super().get_tracer(instrumenting_module_name, instrumenting_library_version, schema_url, attributes)
+        return _SkipUnsampled(inner, self.id_generator, self.root_ratio)
+
+
+class _SkipUnsampled(Tracer):
+    """The SDK's tracer, minus the work for spans that will not be recorded (~10 µs each: ids, a sampler call, a
+    SpanContext and the SDK's bookkeeping, for a no-op span). Most requests are unsampled under the default 10 %.
+
+    - A span under a local parent that was not sampled is that parent itself. Every sampler the SDK ships would
+      drop it (parent-based ones follow the parent, `traceidratio` sees the same trace id), and the parent is a
+      no-op span too, with the same trace id, so a log line or a `traceparent` taken inside reads the same trace.
+      An unsampled request's `ratelimit.check`, SQL and Redis "spans" cost a context lookup each.
+    - Under keel's default sampler (`root_ratio` set), a new trace is drawn here: a random `root_ratio` of them
+      go to the SDK (whose sampler then records every root), the others get a no-op span with fresh ids, as the
+      SDK would have built. The odds are the SDK's ratio sampler's; only the draw is not read off the trace id.
+    """
+
+    def __init__(self, inner: Tracer, ids: IdGenerator, root_ratio: float | None) -> None:
+        self._inner = inner
+        self._ids = ids
+        self._root_ratio = root_ratio
+        self._unsampled = TraceFlags(TraceFlags.RANDOM_TRACE_ID if ids.is_trace_id_random() else TraceFlags.DEFAULT)
+
+    def start_span(
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+    ) -> Span:
+        parent = trace.get_current_span(context)
+        parent_context = parent.get_span_context()
+        if parent_context.is_valid:
+            if not parent_context.trace_flags.sampled and not parent_context.is_remote:
+                return parent
+        elif self._root_ratio is not None and random.random() >= self._root_ratio:
+            ids = self._ids
+            return NonRecordingSpan(
+                SpanContext(
+                    ids.generate_trace_id(), ids.generate_span_id(), is_remote=False, trace_flags=self._unsampled
+                )
+            )
+        return self._inner.start_span(
+            name, context, kind, attributes, links, start_time, record_exception, set_status_on_exception
+        )
+
+    def start_as_current_span(  # type: ignore[override]  # the base declares it as a decorated generator
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+        end_on_exit: bool = True,
+    ) -> AbstractContextManager[Span]:
+        # the SDK's own steps (start, then make current), so the shortcut above applies here too
+        span = self.start_span(
+            name, context, kind, attributes, links, start_time, record_exception, set_status_on_exception
+        )
+        return trace.use_span(
+            span,
+            end_on_exit=end_on_exit,
+            record_exception=record_exception,
+            set_status_on_exception=set_status_on_exception,
+        )
+
+
 # -- setup details -------------------------------------------------------------------------------------------
-
-
-def _sampler(settings: Settings) -> Sampler | None:
-    ratio = settings.otel_sample_ratio
-    if ratio is None:
-        return None  # the SDK builds the one OTEL_TRACES_SAMPLER names, with OTEL_TRACES_SAMPLER_ARG
-    return ParentBased(TraceIdRatioBased(ratio))
-
-
-def _exporter(settings: Settings) -> SpanExporter:
-    # the exporters read the endpoint, headers, timeout, compression and TLS variables themselves
-    protocol = settings.otel_exporter_otlp_traces_protocol or settings.otel_exporter_otlp_protocol
-    if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
-
-        return GrpcExporter()
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
-
-    return HttpExporter()
 
 
 def _instrument(provider: TracerProvider, engine: AsyncEngine) -> None:
@@ -258,56 +363,3 @@ def _uninstrument() -> None:
 
     SQLAlchemyInstrumentor().uninstrument()
     RedisInstrumentor().uninstrument()
-
-
-class _DropCounter:
-    """The batch processor's metrics hook, counting what it drops (queue full) in keel_spans_dropped_total."""
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-
-    def register_queue_size(self, get_queue_size: Any) -> None:
-        self._inner.register_queue_size(get_queue_size)
-
-    def drop_items(self, count: int, error_type: str = "queue_full") -> None:
-        DROPPED.inc(count)
-        self._inner.drop_items(count, error_type)
-
-    def finish_items(self, count: int) -> None:
-        self._inner.finish_items(count)
-
-
-class _CountingExporter(SpanExporter):
-    """Counts the spans of every batch the collector did not take as dropped."""
-
-    def __init__(self, inner: SpanExporter) -> None:
-        self._inner = inner
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        try:
-            result = self._inner.export(spans)
-        except Exception:
-            DROPPED.inc(len(spans))
-            raise
-        if result is not SpanExportResult.SUCCESS:
-            DROPPED.inc(len(spans))
-        return result
-
-    def shutdown(self) -> None:
-        self._inner.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self._inner.force_flush(timeout_millis)
-
-
-class _CountingBatchProcessor(BatchSpanProcessor):
-    """The SDK's batch processor (OTEL_BSP_* sized), with its drops counted.
-
-    The SDK reports queue-full drops only to an OpenTelemetry meter, behind an opt-in variable; keel's metrics
-    are Prometheus, so the hook is swapped for one that counts. tests/test_telemetry.py fails if the SDK moves it.
-    """
-
-    def __init__(self, exporter: SpanExporter) -> None:
-        super().__init__(_CountingExporter(exporter))
-        batch = self._batch_processor
-        batch._metrics = _DropCounter(batch._metrics)

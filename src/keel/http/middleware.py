@@ -9,8 +9,8 @@ rather than Litestar's CORSConfig because a refused preflight must be problem+js
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Callable, Iterable, Mapping
+from random import getrandbits
 from time import perf_counter
 from typing import Any, Final
 
@@ -82,7 +82,9 @@ def request_id_of(headers: Iterable[tuple[bytes, bytes]]) -> str:
             if _SANE_REQUEST_ID.match(value):
                 return value.decode("ascii")
             break
-    return uuid.uuid4().hex
+    # 128 random bits as uuid4().hex has them, without its 2.9 µs: no UUID object, and no os.urandom, which
+    # releases the GIL and so hands the event loop to the span exporter's thread in mid-request. Unique, not secret.
+    return f"{getrandbits(128):032x}"
 
 
 class EdgeMiddleware:

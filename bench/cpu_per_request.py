@@ -1,0 +1,164 @@
+"""The observability scenario's configurations measured as server CPU time per request, which a busy machine disturbs
+much less than requests per second.
+
+`.venv/bin/python bench/cpu_per_request.py [--rounds 3] [--duration 10] [--only c --only b] [--baseline-rev REV]
+[--keel REV]`
+
+Every configuration of bench/observability.py (the af44228 baseline, the access log off, (c), (b), (a)) serves
+`GET /api/v1/public` and `/api/v1/protected` as there: a fresh `keel serve` on CPU 0, wrk on CPU 1, a 3 s warm-up, the
+OTLP sink on CPU 1 for (b) and (a). Around the measured wrk run the harness reads the CPU time (user + system) of the
+server's process tree from /proc; the figure is that time divided by the requests wrk completed, in µs, a median over
+the rounds. It counts everything the server spends for those requests, the batch processor's export thread
+included, and nothing wrk or the sink spend. The order of the configurations rotates every round, as there.
+`--keel REV` serves today's configurations from keel at REV (built like the baseline, in a worktree under
+bench/results/), for a before/after pair. Prints a markdown table; nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psutil
+
+from observability import PATHS, VARIANTS, Variant, baseline_tree, cases, sink
+from run import (
+    KEEL_SERVE,
+    KEEL_TOKEN,
+    RESULTS,
+    WARMUP_S,
+    BenchError,
+    Case,
+    check_limiter,
+    ensure_cpus,
+    ensure_wrk,
+    free_port,
+    git_commit,
+    keel_bench_token,
+    migrate_keel,
+    parse_wrk,
+    run_wrk,
+    running,
+    wrk_argv,
+)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its descendants so far (uvicorn's workers, if any)."""
+    procs = [psutil.Process(pid)]
+    procs += procs[0].children(recursive=True)
+    total = 0.0
+    for proc in procs:
+        times = proc.cpu_times()
+        total += times.user + times.system
+    return total
+
+
+def measure_case(case: Case, logs: Path, label: str, seconds: int) -> tuple[float, float]:
+    """(µs of server CPU per request, rps) of one case: a fresh server, a warm-up, then the measured run."""
+    port = free_port()
+    with running(case, port, logs / f"{case.id}.{label}.server.log") as proc:
+        check_limiter(case, port)
+        run_wrk(wrk_argv(case, port, WARMUP_S), WARMUP_S)
+        before = cpu_seconds(proc.pid)
+        output = run_wrk(wrk_argv(case, port, seconds), seconds)
+        after = cpu_seconds(proc.pid)
+    (logs / f"{case.id}.{label}.wrk.txt").write_text(output)
+    sample = parse_wrk(output)
+    if sample.non_2xx:
+        raise BenchError(f"{case.id}: {sample.non_2xx} non-2xx responses (log: {logs})")
+    if sample.socket_errors:  # a timeout on a busy machine: the figure still holds, per request
+        print(f"  {case.id}: socket errors: {sample.socket_errors}")
+    return (after - before) / sample.requests * 1e6, sample.rps
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench/cpu_per_request.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=10, metavar="S", help="seconds of each measured wrk run")
+    parser.add_argument(
+        "--only", action="append", default=[], metavar="KEY", help="a configuration: baseline, log-off, c, b, a"
+    )
+    parser.add_argument("--baseline-rev", default="af44228", metavar="REV")
+    parser.add_argument("--keel", metavar="REV", help="serve today's configurations from keel at REV, not this tree")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    variants = [v for v in VARIANTS if not args.only or v.key in args.only]
+    workdir = Path(tempfile.mkdtemp(prefix="keel-cpu-"))
+    try:
+        ensure_cpus()
+        ensure_wrk()
+        started = datetime.now(UTC)
+        logs = RESULTS / f"cpu-{started:%Y%m%dT%H%M%SZ}"
+        logs.mkdir(parents=True, exist_ok=True)
+        migrate_keel(workdir)
+        tokens = {"": keel_bench_token(workdir, logs)}
+        tree = Path()
+        if any(v.key == "baseline" for v in variants):
+            tree, _ = baseline_tree(args.baseline_rev)
+            (workdir / "baseline").mkdir()
+            migrate_keel(workdir / "baseline", tree / ".venv" / "bin")
+            serve = (str(tree / ".venv" / "bin" / "keel"), *KEEL_SERVE[1:])
+            tokens["baseline"] = keel_bench_token(workdir / "baseline", logs, serve, "baseline-setup")
+        figures: dict[tuple[str, str], list[tuple[float, float]]] = {}
+        serve = KEEL_SERVE
+        if args.keel:
+            other, _ = baseline_tree(args.keel)
+            serve = (str(other / ".venv" / "bin" / "keel"), *KEEL_SERVE[1:])
+        with sink(logs) as sink_port:
+            by_variant = {
+                key: [replace(c, argv=serve) if key != "baseline" else c for c in variant_cases]
+                for key, variant_cases in cases(variants, workdir, tree, sink_port).items()
+            }
+            for n in range(args.rounds):
+                turn = n % len(variants)
+                for v in (*variants[turn:], *variants[:turn]):
+                    token = tokens.get(v.key, tokens[""])
+                    for case in by_variant[v.key]:
+                        case = replace(case, headers=tuple(h.replace(KEEL_TOKEN, token) for h in case.headers))
+                        us, rps = measure_case(case, logs, f"r{n + 1}", args.duration)
+                        figures.setdefault((v.key, case.path), []).append((us, rps))
+                        print(f"  round {n + 1}/{args.rounds}  {case.id:24} {us:7.1f} µs/request  {rps:7.0f} rps")
+        commit = args.keel or git_commit()
+        print(f"\n{started:%Y-%m-%d %H:%M} UTC, keel {commit}, {args.rounds} round(s) of {args.duration} s\n")
+        print(table(variants, figures))
+        return 0
+    except BenchError as exc:
+        print(f"bench: {exc}")
+        return 1
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def table(variants: Sequence[Variant], figures: dict[tuple[str, str], list[tuple[float, float]]]) -> str:
+    lines = ["| configuration | path | µs CPU per request (median) | per round | + µs over baseline | rps (noisy) |"]
+    lines.append("|---|---|---|---|---|---|")
+    for path in PATHS:
+        base = figures.get(("baseline", path))
+        base_us = statistics.median(us for us, _ in base) if base else None
+        for v in variants:
+            rounds = figures.get((v.key, path))
+            if not rounds:
+                continue
+            us = statistics.median(u for u, _ in rounds)
+            extra = (
+                f"{us - base_us:+.1f} ({(us / base_us - 1) * 100:+.0f} %)" if base_us and v.key != "baseline" else ""
+            )
+            per_round = " / ".join(f"{u:.1f}" for u, _ in rounds)
+            rps = statistics.median(r for _, r in rounds)
+            lines.append(f"| {v.label} | `{path}` | **{us:.1f}** | {per_round} | {extra} | {rps:.0f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
