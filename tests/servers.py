@@ -73,7 +73,7 @@ class Server:
 
 @contextmanager
 def keel_serve(
-    env: Mapping[str, str | None], cwd: Path, *args: str, ready_timeout: float = 20, port: int | None = None
+    env: Mapping[str, str | None], cwd: Path, *args: str, ready_timeout: float = 60, port: int | None = None
 ) -> Iterator[Server]:
     """`keel serve` on a free port (or `port`: a restart where clients expect it), ready when /healthz answers;
     stopped with SIGTERM afterwards."""

@@ -7,6 +7,7 @@ import httpx
 
 from keel_client import AuthenticatedClient
 from keel_client.api.realtime import realtime_create_ticket
+from keel_client.models import TicketRead
 from keel_client_realtime.errors import Refused
 from keel_client_realtime.retry import RETRY_STATUSES, Retryable, problem, retry_after
 
@@ -22,7 +23,7 @@ async def ticket(client: AuthenticatedClient) -> str:
         response = await realtime_create_ticket.asyncio_detailed(client=client)
     except httpx.TransportError as exc:
         raise Retryable(f"ticket: {exc!r}") from exc
-    if response.parsed is not None:
+    if isinstance(response.parsed, TicketRead):
         return response.parsed.ticket
     if response.status_code in RETRY_STATUSES:
         raise Retryable(f"ticket: HTTP {response.status_code}", retry_after(response.headers))
