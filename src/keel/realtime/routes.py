@@ -8,8 +8,16 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from keel.http.errors import allow_value, problem_body, send_problem
-from keel.realtime.events import KEEP_ALIVE, MAX_CHANNELS, RETRY_MS, serve_events
+from keel.http.errors import CODE_BY_STATUS, allow_value, problem_body, send_problem
+from keel.realtime import tickets
+from keel.realtime.events import (
+    CHANNEL_PARAM,
+    KEEP_ALIVE,
+    LAST_EVENT_ID_PARAM,
+    MAX_CHANNELS,
+    RETRY_MS,
+    serve_events,
+)
 from keel.realtime.websocket import serve_websocket
 
 _EVENT_EXAMPLE: Final = (
@@ -35,7 +43,7 @@ EVENTS_OPENAPI: Final[dict[str, Any]] = {
         ),
         "parameters": [
             {
-                "name": "channel",
+                "name": CHANNEL_PARAM,
                 "in": "query",
                 "required": True,
                 "description": f"A channel id; repeat it to follow up to {MAX_CHANNELS} channels",
@@ -49,14 +57,14 @@ EVENTS_OPENAPI: Final[dict[str, Any]] = {
                 },
             },
             {
-                "name": "ticket",
+                "name": tickets.QUERY_PARAM,
                 "in": "query",
                 "required": False,
                 "description": "A single-use ticket, for clients that cannot send a header",
                 "schema": {"type": "string"},
             },
             {
-                "name": "last_event_id",
+                "name": LAST_EVENT_ID_PARAM,
                 "in": "query",
                 "required": False,
                 "description": "The Last-Event-ID header's value, for clients that cannot send a header",
@@ -115,7 +123,7 @@ class RealtimeRoutes:
                 await serve_events(self.state.realtime, scope, receive, send)
             else:
                 detail = f"{scope['method']} is not allowed here."
-                body = problem_body(405, code="http.method_not_allowed", detail=detail)
+                body = problem_body(405, code=CODE_BY_STATUS[405], detail=detail)
                 await send_problem(send, 405, body, [(b"allow", allow_value(["GET"]).encode())])
         else:
             await self.app(scope, receive, send)
