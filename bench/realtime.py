@@ -246,10 +246,10 @@ class Server:
 
 
 @contextlib.contextmanager
-def serving(case: Case, token: str, log: Path) -> Iterator[Server]:
-    """The case's server (run.running: pinned to the server CPU, stopped after), with keel's bench channel."""
+def serving(case: Case, token: str, log: Path, cpu: str = SERVER_CPU) -> Iterator[Server]:
+    """The case's server (run.running: pinned to `cpu`, stopped after), with keel's bench channel."""
     port = free_port()
-    with running(case, port, log) as proc:
+    with running(case, port, log, cpu) as proc:
         channel = bench_channel(port, token) if case.is_keel else ""
         yield Server(case, port, psutil.Process(proc.pid), token, channel)
 
@@ -413,12 +413,12 @@ class Subscribers:
     every one of the N is measured the same way.
     """
 
-    def __init__(self, server: Server, n: int) -> None:
+    def __init__(self, server: Server, n: int, publisher: Server | None = None) -> None:
         self.server = server
         self.poll = select.epoll()
         self.live: dict[int, Subscriber] = {}  # by fd, until the server closes it
         self.subscribers: list[Subscriber] = []
-        self.publisher = self.connect("")
+        self.publisher = self.connect("", publisher or server)  # another instance: bench/scale.py's cross fan-out
         deadline = time.monotonic() + CONNECT_TIMEOUT_S
         while not self.publisher.ready or len(self.subscribers) < n or not all(s.ready for s in self.subscribers):
             if time.monotonic() > deadline:
@@ -428,9 +428,9 @@ class Subscribers:
                 self.subscribers.append(self.connect(server.channel))
             self.pump(0.05)
 
-    def connect(self, channel: str) -> Subscriber:
+    def connect(self, channel: str, server: Server | None = None) -> Subscriber:
         try:
-            sub = Subscriber(self.server, channel)
+            sub = Subscriber(server or self.server, channel)
         except OSError as exc:
             raise BenchError(f"{self.server.case.id}: connecting a WebSocket: {exc}") from None
         self.live[sub.sock.fileno()] = sub
@@ -524,11 +524,11 @@ class Subscribers:
         return took
 
 
-def fan_out(server: Server, n: int) -> FanOut:
-    """N subscribers, PUBLISHES publishes from another socket; latency from the send to each arrival."""
+def fan_out(server: Server, n: int, publisher: Server | None = None) -> FanOut:
+    """N subscribers, PUBLISHES publishes from another socket (on `publisher` if given); send to each arrival."""
     time.sleep(1)
     rss_before = server.rss()
-    subs = Subscribers(server, n)
+    subs = Subscribers(server, n, publisher)
     try:
         subs.pump(SETTLE_S)
         rss_idle = server.rss()

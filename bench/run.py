@@ -24,6 +24,9 @@ WS fan-out, --rounds times, after everything else.
 The realtime scenarios (bench/realtime.py: WebSocket fan-out and publish rate, memory per idle WebSocket and SSE stream,
 keel against naive FastAPI) run after everything else, the fan-out --rounds times and the others once; `--only ws`,
 `--only sse`, `--only fanout` or `--only realtime` select them.
+
+The scale-out scenario (bench/scale.py, `--only scale`): keel on PostgreSQL + Redis behind nginx with 1, 2 and 4
+instances and with `--workers 2`, then the WebSocket fan-out across two instances, last of all.
 """
 
 from __future__ import annotations
@@ -344,9 +347,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running(case: Case, port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """The case's server pinned to the server CPU, answering 2xx on its path; its whole process group ends after."""
-    argv = ["taskset", "-c", SERVER_CPU, *(a.replace("{port}", str(port)) for a in case.argv)]
+def running(case: Case, port: int, log: Path, cpu: str = SERVER_CPU) -> Iterator[subprocess.Popen[bytes]]:
+    """The case's server pinned to `cpu`, answering 2xx on its path; its whole process group ends after."""
+    argv = ["taskset", "-c", cpu, *(a.replace("{port}", str(port)) for a in case.argv)]
     with log.open("w") as err:
         err.write(" ".join(argv) + "\n\n")
         err.flush()
@@ -598,12 +601,19 @@ def login_form() -> str:
     return urllib.parse.urlencode(fields)
 
 
-def keel_bench_token(workdir: Path, logs: Path, serve: tuple[str, ...] = KEEL_SERVE, name: str = "keel-setup") -> str:
+def keel_bench_token(
+    workdir: Path,
+    logs: Path,
+    serve: tuple[str, ...] = KEEL_SERVE,
+    name: str = "keel-setup",
+    env: Mapping[str, str] = KEEL_ENV,
+) -> str:
     """Register the bench user on a short-lived keel server and log in once; return the access token.
 
-    Every keel server of the run shares the SQLite file and KEEL_JWT_SECRET, so the token is valid on each of them.
+    Every keel server of the run shares the database (the SQLite file, unless `env` names another) and
+    KEEL_JWT_SECRET, so the token is valid on each of them.
     """
-    setup = Case(name, "keel", "uvicorn", "/healthz", serve, workdir, KEEL_ENV)
+    setup = Case(name, "keel", "uvicorn", "/healthz", serve, workdir, env)
     port = free_port()
     with running(setup, port, logs / f"{name}.server.log"):
         status, body = http_request(port, "/api/v1/users", json.dumps(BENCH_USER).encode(), "application/json")
@@ -1152,6 +1162,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     import observability  # here, not at the top: bench/observability.py imports this module's helpers
     import realtime
+    import scale
 
     args = parse_args(argv)
     if not SHARED_BENCH.is_dir():
@@ -1168,13 +1179,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             print("\n".join(f"{part:38} {text} (once)" for part, text in realtime.PARTS.items()))
             print(f"{observability.OBSERVABILITY_ID:38} keel before observability against access log, metrics, tracing")
+            print(
+                f"{scale.SCALE_ID:38} keel behind nginx with 1, 2, 4 instances and --workers 2; cross-instance fan-out"
+            )
             return 0
         cases = [c for c in every if not args.only or any(s in c.id for s in args.only)]
         cases = with_limiter_twins(cases, every)  # a limiter cost needs both rows
         login = not args.only or any(s in LOGIN_ID for s in args.only)
         parts = [p for p in realtime.PARTS if not args.only or any(s in p for s in args.only)]
         observe = not args.only or any(s in observability.OBSERVABILITY_ID for s in args.only)
-        if not cases and not login and not parts and not observe:
+        scaled = not args.only or any(s in scale.SCALE_ID for s in args.only)
+        if not cases and not login and not parts and not observe and not scaled:
             print(f"bench: no case id contains any of {args.only}; see --list")
             return 1
         return run(
@@ -1186,6 +1201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             realtime_parts=parts,
             realtime_n=args.realtime_n,
             baseline_rev=args.baseline_rev if observe else "",
+            scale_out=scaled,
         )
     except BenchError as exc:
         print(f"bench: {exc}")
@@ -1207,10 +1223,12 @@ def run(
     realtime_parts: Sequence[str] = (),
     realtime_n: Sequence[int] = (),
     baseline_rev: str = "",
+    scale_out: bool = False,
 ) -> int:
     """The selected cases and scenarios; the observability scenario runs when `baseline_rev` is given."""
     import observability  # see main()
     import realtime
+    import scale
 
     ensure_cpus()
     ensure_wrk()
@@ -1225,7 +1243,7 @@ def run(
             cases = [c for c in cases if c.id not in skipped]
             remarks.append(f"Not measured, since {exc}: {', '.join(skipped)}.")
             print(f"bench: {remarks[-1]}", flush=True)
-    if not cases and not login and not realtime_parts and not baseline_rev:
+    if not cases and not login and not realtime_parts and not baseline_rev and not scale_out:
         raise BenchError("nothing left to measure")
     if realtime_parts or any(not c.is_keel for c in cases):
         ensure_peers_venv()
@@ -1243,9 +1261,11 @@ def run(
     seconds = len(cases) * rounds * (WARMUP_S + DURATION_S + 2) + (LOGIN_SECONDS if login else 0)
     seconds += realtime.estimate_s(realtime_parts, realtime_n, rounds) if realtime_parts else 0
     seconds += observability.estimate_s(rounds) if baseline_rev else 0
+    seconds += scale.estimate_s(rounds) if scale_out else 0
     what = f"{len(cases)} cases x {rounds} round(s)" + (" + the login scenario" if login else "")
     what += f" + {len(realtime_parts)} realtime scenario(s)" if realtime_parts else ""
     what += " + the observability scenario" if baseline_rev else ""
+    what += " + the scale-out scenario" if scale_out else ""
     print(f"bench: {what}, about {math.ceil(seconds / 60)} min; logs in {logs}", flush=True)
     for n in range(rounds):
         for case in cases:
@@ -1278,15 +1298,24 @@ def run(
     observed = None
     if baseline_rev:
         observed = observability.measure(workdir, logs, tokens[KEEL_TOKEN], rounds, baseline_rev)
+    scaled = None
+    if scale_out:
+        try:
+            scaled = scale.measure(workdir, logs, rounds)
+        except BenchError as exc:  # PostgreSQL or nginx missing: every other figure is still worth writing
+            remarks.append(f"Scale-out scenario not measured: {exc}")
+            print(f"bench: {remarks[-1]}", flush=True)
     results = [Result(c, tuple(samples[c.id])) for c in cases]
     realtime_report = realtime.report(realtime_result) if realtime_result else []
     realtime_report += observability.report(observed) if observed else []
+    realtime_report += scale.report(scaled) if scaled else []
     report = section(results, login_result, rounds, started, remarks, commit_at_start, realtime_report)
     raw: dict[str, object] = {
         "cases": [{"case": r.case.id, "samples": [asdict(s) for s in r.samples]} for r in results],
         "login": asdict(login_result) if login_result else None,
         "realtime": asdict(realtime_result) if realtime_result else None,
         "observability": asdict(observed) if observed else None,
+        "scale": asdict(scaled) if scaled else None,
     }
     (logs / "results.json").write_text(json.dumps(raw, indent=2))
     print("\n" + report)

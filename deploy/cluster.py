@@ -115,11 +115,13 @@ def cluster(
     port: int,
     keel_ports: Sequence[int],
     keel: Sequence[str] = (sys.executable, "-m", "keel"),
+    serve: Sequence[str] = (),
 ) -> Iterator[Cluster]:
     """Migrate, start one `keel serve` per port and nginx on `port` in front of them; stop them all on exit.
 
     `env` is every keel's environment (DATABASE_URL, REDIS_URL, ...); the trusted proxy is set here, as nginx's
-    address. State (nginx's prefix, every log) goes under `directory`.
+    address. `serve` is more options for each `keel serve` (`--workers 2`). State (nginx's prefix, every log) goes
+    under `directory`.
     """
     nginx = shutil.which("nginx", path=_SBIN)
     if nginx is None:
@@ -138,7 +140,7 @@ def cluster(
     keels: list[subprocess.Popen[bytes]] = []
     try:
         for keel_port in keel_ports:
-            command = [*keel, "serve", "--host", "127.0.0.1", "--port", str(keel_port)]
+            command = [*keel, "serve", "--host", "127.0.0.1", "--port", str(keel_port), *serve]
             keels.append(_start(command, logs / f"keel-{keel_port}.log", keel_env))
         instances = tuple(f"http://127.0.0.1:{keel_port}" for keel_port in keel_ports)
         for url, process, keel_port in zip(instances, keels, keel_ports, strict=True):
