@@ -1,0 +1,104 @@
+"""The idempotency service on its own: expiry, pruning, and two processes racing on PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from keel import db
+from keel.idempotency import service
+from keel.idempotency.errors import KeyInUse
+from keel.idempotency.service import Claim, Idempotency, Outcome
+from tests.conftest import Backend
+
+SECRET = b"s" * 32
+
+
+@pytest.fixture
+async def sessions(backend: Backend) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    engine = db.create_engine(backend.database_url)
+    yield db.create_sessionmaker(engine)
+    await engine.dispose()
+
+
+def recording(session: AsyncSession, body: bytes, runs: list[bytes]) -> Callable[[Claim | None], Awaitable[str]]:
+    async def work(claim: Claim | None) -> str:
+        assert claim is not None
+        runs.append(body)
+        await claim.record(session, body)
+        await session.commit()
+        return "done"
+
+    return work
+
+
+async def test_an_expired_record_is_not_replayed_and_is_replaced(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    expiring, lasting = Idempotency(SECRET, ttl=timedelta(0)), Idempotency(SECRET)
+    attempt = expiring.attempt(scope="user:1", operation="POST /x", key="k", request=b"{}")
+    runs: list[bytes] = []
+    async with sessions() as session:
+        assert await expiring.run(session, attempt, recording(session, b"first", runs)) == "done"
+        # expired at once: the key is free again, and this run's record replaces the old one
+        assert await lasting.run(session, attempt, recording(session, b"second", runs)) == "done"
+        replay = await lasting.run(session, attempt, recording(session, b"third", runs))
+        assert replay == Outcome(201, b"second", {})
+        assert runs == [b"first", b"second"]
+        assert await service.count(session) == 1
+
+
+async def test_expired_records_are_pruned_one_write_in_prune_every(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    expiring = Idempotency(SECRET, ttl=timedelta(0))
+    pruning = Idempotency(SECRET, prune_every=3)
+    runs: list[bytes] = []
+    async with sessions() as session:
+        for key in ("a", "b", "c"):
+            attempt = expiring.attempt(scope="user:1", operation="POST /x", key=key, request=b"{}")
+            await expiring.run(session, attempt, recording(session, b"old", runs))
+        for key in ("d", "e"):
+            attempt = pruning.attempt(scope="user:1", operation="POST /x", key=key, request=b"{}")
+            await pruning.run(session, attempt, recording(session, b"new", runs))
+        assert await service.count(session) == 5  # two writes: not yet
+        attempt = pruning.attempt(scope="user:1", operation="POST /x", key="f", request=b"{}")
+        await pruning.run(session, attempt, recording(session, b"new", runs))
+        assert await service.count(session) == 3  # the third write pruned the three expired records
+        assert await pruning.prune(session) == 0
+
+
+async def test_a_twin_on_another_process_gets_in_use_then_the_replay(pg_url: str) -> None:
+    # two Idempotency objects are two instances: nothing in process memory is shared, only PostgreSQL
+    engine = db.create_engine(pg_url)
+    sessions = db.create_sessionmaker(engine)
+    one, two = Idempotency(SECRET), Idempotency(SECRET)
+    attempt = one.attempt(scope="user:twin", operation="POST /x", key="race", request=b"{}")
+    started, release = asyncio.Event(), asyncio.Event()
+    try:
+        async with sessions() as first_session, sessions() as twin_session:
+
+            async def held(claim: Claim | None) -> str:
+                assert claim is not None
+                started.set()
+                await release.wait()
+                await claim.record(first_session, b"answer")
+                await first_session.commit()
+                return "done"
+
+            first = asyncio.create_task(one.run(first_session, attempt, held))
+            await started.wait()
+            with pytest.raises(KeyInUse):
+                await two.run(twin_session, attempt, recording(twin_session, b"twin", []))
+            await twin_session.rollback()
+            release.set()
+            assert await first == "done"
+            assert await two.run(twin_session, attempt, recording(twin_session, b"twin", [])) == Outcome(
+                201, b"answer", {}
+            )
+    finally:
+        await engine.dispose()
