@@ -141,7 +141,9 @@ HEADERS: Final[dict[str, Document]] = {
         "schema": {"type": "string"},
     },
     REPLAYED: {
-        "description": "`true` when this is the recorded answer of an earlier request with the same Idempotency-Key",
+        "description": "`true` when this is the recorded answer of an earlier request with the same Idempotency-Key; "
+        "absent on a first answer",
+        "required": False,
         "schema": {"type": "string", "enum": ["true"]},
     },
 }
