@@ -6,14 +6,21 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 
+import msgspec
 import pytest
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from keel import db
+from keel.accounts import service as accounts
+from keel.accounts.models import User
+from keel.accounts.passwords import PasswordHasher
+from keel.accounts.schemas import UserRead
 from keel.idempotency import service
 from keel.idempotency.errors import KeyInUse
 from keel.idempotency.service import Claim, Idempotency, Outcome
-from tests.conftest import Backend
+from tests.conftest import Backend, empty_tables
+from tests.factories import PASSWORD
 
 SECRET = b"s" * 32
 
@@ -74,6 +81,7 @@ async def test_expired_records_are_pruned_one_write_in_prune_every(
 
 async def test_a_twin_on_another_process_gets_in_use_then_the_replay(pg_url: str) -> None:
     # two Idempotency objects are two instances: nothing in process memory is shared, only PostgreSQL
+    await empty_tables(pg_url)
     engine = db.create_engine(pg_url)
     sessions = db.create_sessionmaker(engine)
     one, two = Idempotency(SECRET), Idempotency(SECRET)
@@ -101,4 +109,55 @@ async def test_a_twin_on_another_process_gets_in_use_then_the_replay(pg_url: str
                 201, b"answer", {}
             )
     finally:
+        await engine.dispose()
+
+
+class GatedHasher(PasswordHasher):
+    """Argon2 that waits at a gate: the moment a sign-up holds no transaction and no lock."""
+
+    def __init__(self) -> None:
+        super().__init__(workers=1)
+        self.entered, self.gate = asyncio.Event(), asyncio.Event()
+
+    async def hash(self, password: str) -> str:
+        self.entered.set()
+        await self.gate.wait()
+        return await super().hash(password)
+
+
+async def test_a_sign_up_twin_that_loses_the_race_answers_with_the_winners_record(pg_url: str) -> None:
+    await empty_tables(pg_url)
+    engine = db.create_engine(pg_url)
+    sessions = db.create_sessionmaker(engine)
+    one, two = Idempotency(SECRET), Idempotency(SECRET)  # two instances
+    attempt = one.attempt(scope="ip:192.0.2.1", operation="POST /users", key="signup", request=b"the same body")
+    hashers = [GatedHasher(), GatedHasher()]
+
+    async def sign_up(instance: Idempotency, hasher: GatedHasher) -> bytes | Outcome:
+        async with sessions() as session:
+
+            async def work(claim: Claim | None) -> bytes:
+                user = await accounts.register(
+                    session, hasher, username="twin", email="twin@example.com", password=PASSWORD, idempotency=claim
+                )
+                return msgspec.json.encode(UserRead.from_model(user))
+
+            return await instance.run(session, attempt, work)
+
+    try:
+        # both pass the name check, then wait in Argon2: neither holds the key's lock there
+        first = asyncio.create_task(sign_up(one, hashers[0]))
+        await hashers[0].entered.wait()
+        twin = asyncio.create_task(sign_up(two, hashers[1]))
+        await hashers[1].entered.wait()
+        hashers[0].gate.set()
+        created = await first
+        assert isinstance(created, bytes)
+        hashers[1].gate.set()
+        assert await twin == Outcome(201, created, {})  # lost on the unique name, then found the winner's record
+        async with sessions() as session:
+            assert await session.scalar(select(func.count()).select_from(User)) == 1
+    finally:
+        for hasher in hashers:
+            hasher.close()
         await engine.dispose()

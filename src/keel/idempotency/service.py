@@ -71,15 +71,17 @@ class Outcome:
 class Claim:
     """The right to run an attempt's write; the write's use case calls `record` just before it commits."""
 
-    def __init__(self, attempt: Attempt, status: int, ttl: timedelta) -> None:
+    def __init__(self, attempt: Attempt, status: int, ttl: timedelta, locked_in: object) -> None:
         self.attempt = attempt
         self.status = status
         self.ttl = ttl
+        self._locked_in = locked_in  # the transaction that holds the lock
 
     async def record(self, session: AsyncSession, body: bytes, headers: dict[str, str] | None = None) -> None:
         """Add the record of this answer to the session's transaction (committed with the write, or not at all)."""
-        # again: a use case that committed since the claim (a sign-up) is in a new transaction, without the lock
-        await _lock(session, self.attempt)
+        if session.sync_session.get_transaction() is not self._locked_in:
+            # a use case that committed since the claim (a sign-up) is in a new transaction, without the lock
+            await _lock(session, self.attempt)
         now = utcnow()
         session.add(
             IdempotencyRecord(
@@ -135,7 +137,7 @@ class Idempotency:
                 await session.rollback()  # ends the transaction, and with it the lock
                 return earlier
             try:
-                result = await work(Claim(attempt, status, self.ttl))
+                result = await work(Claim(attempt, status, self.ttl, session.sync_session.get_transaction()))
             except (Conflict, IntegrityError):
                 # lost a race to a twin on another instance (a sign-up's name taken by itself): answer as it did
                 await session.rollback()
