@@ -90,7 +90,7 @@ def test_the_same_post_sent_to_two_instances_at_once_creates_one_message(
         assert sorted(m["body"] for m in stored) == sorted(f"key-{i}" for i in range(RACES))
 
 
-def test_a_retry_after_the_instance_died_mid_request_creates_exactly_one(
+def test_a_twin_of_a_request_in_flight_is_409_and_a_retry_after_its_instance_died_creates_exactly_one(
     pg_url: str, redis_url: str, tmp_path: Path
 ) -> None:
     env = scaled_env(pg_url, redis_url)
@@ -109,11 +109,16 @@ def test_a_retry_after_the_instance_died_mid_request_creates_exactly_one(
                         pending = asyncio.create_task(client.post(a.url + path, json={"body": "x"}, headers=auth))
                         deadline = time.monotonic() + 10
                         while not await conn.fetchval(
-                            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> $1",
+                            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> $1"
+                            " AND datname = current_database() AND query LIKE 'UPDATE channels%'",
                             conn.get_server_pid(),
                         ):
                             assert time.monotonic() < deadline, "A's request never reached the channel's lock"
+                            await conn.execute("SELECT pg_stat_clear_snapshot()")  # read afresh in this transaction
                             await asyncio.sleep(0.02)
+                        # in flight on A: its twin on B is refused at once, without waiting for the row
+                        twin = await client.post(b.url + path, json={"body": "x"}, headers=auth)
+                        assert (twin.status_code, twin.json()["code"]) == (409, "http.idempotency_key_in_use")
                         os.killpg(a.process.pid, signal.SIGKILL)
                         with pytest.raises(httpx.TransportError):
                             await pending
