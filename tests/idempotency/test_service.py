@@ -8,6 +8,8 @@ from datetime import timedelta
 
 import msgspec
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -19,6 +21,7 @@ from keel.accounts.schemas import UserRead
 from keel.idempotency import service
 from keel.idempotency.errors import KeyInUse
 from keel.idempotency.service import Claim, Idempotency, Outcome
+from keel.identity.tokens import Keyring
 from tests.conftest import Backend, empty_tables
 from tests.factories import PASSWORD
 
@@ -161,3 +164,21 @@ async def test_a_sign_up_twin_that_loses_the_race_answers_with_the_winners_recor
         for hasher in hashers:
             hasher.close()
         await engine.dispose()
+
+
+def test_the_fingerprint_key_is_derived_from_the_signing_key_and_is_not_it() -> None:
+    secret = b"k" * 32
+    pem = Ed25519PrivateKey.generate().private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    makers: list[Callable[[], Keyring]] = [
+        lambda: Keyring.hs256(secret, issuer="keel", audience="keel"),
+        lambda: Keyring.eddsa(pem, [], issuer="keel", audience="keel"),
+    ]
+    for make in makers:
+        one, another_instance = make(), make()
+        key = one.derive_key("idempotency fingerprint")
+        assert key == another_instance.derive_key("idempotency fingerprint")  # every instance fingerprints alike
+        assert len(key) == 32
+        assert key not in (secret, one.derive_key("another purpose"))
+    assert Keyring.hs256(b"j" * 32, issuer="keel", audience="keel").derive_key("x") != Keyring.hs256(
+        secret, issuer="keel", audience="keel"
+    ).derive_key("x")
