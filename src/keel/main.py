@@ -30,10 +30,13 @@ from keel.http.deps import DEPENDENCIES
 from keel.http.docs import docs_router, openapi_config
 from keel.http.errors import EXCEPTION_HANDLERS
 from keel.http.examples import examples_router
+from keel.http.idempotency import DEPENDENCIES as IDEMPOTENCY_DEPENDENCIES
+from keel.http.idempotency import IdempotencyEdge
 from keel.http.middleware import EdgeMiddleware
 from keel.http.openapi import Edge, complete
 from keel.http.requests import KeelRequest, require_declared_media_type
 from keel.http.sessions import SessionCookies
+from keel.idempotency.service import Idempotency
 from keel.identity.denylist import Denylist
 from keel.identity.keys import load_keyring
 from keel.identity.verifier import TokenVerifier
@@ -113,6 +116,8 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
         keyring = load_keyring(**keyring_options(settings))
         denylist = Denylist(backends.broker, sessionmaker)
         hasher = PasswordHasher()
+        # fingerprints are keyed by a secret every instance shares: a sign-up's body holds a password
+        idempotency = Idempotency(keyring.derive_key("idempotency fingerprint"))
         rate_limits = RateLimits(
             limiter=Limiter(backends.scripts, batch=backends.redis is not None),
             clients=clients,
@@ -157,7 +162,9 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
                 settings.ws_send_queue,
                 StreamCounts(settings.max_streams_per_user),
                 session_cookies,
+                idempotency,
             ),
+            idempotency=IdempotencyEdge(idempotency, clients.client_ip),
         )
         await denylist.start()
         restore_signals = drain_on_signal(hub.drain)
@@ -188,7 +195,7 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
             *extra_handlers,
         ],
         lifespan=[lifespan],
-        dependencies={**DEPENDENCIES, **ACCOUNTS_DEPENDENCIES},
+        dependencies={**DEPENDENCIES, **ACCOUNTS_DEPENDENCIES, **IDEMPOTENCY_DEPENDENCIES},
         # auth verifies first so the limiter can key by user; refusals come after the limiter, so they count too
         middleware=[AuthMiddleware, RateLimitMiddleware, RequireCaller, PasswordAdmission],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]

@@ -30,15 +30,18 @@ from keel.accounts.schemas import (
 from keel.http.auth import ADMIN, SECURITY, USER, current_principal
 from keel.http.deps import DbSession
 from keel.http.errors import body_error, problem_response
+from keel.http.idempotency import IDEMPOTENT, Idempotent
 from keel.http.pagination import Cursor, Limit, Offset, Page, decode_cursor, encode_cursor
 from keel.http.requests import ACCEPTS, RATE_LIMIT
 from keel.http.sessions import CSRF_COOKIE, REFRESH_COOKIE, SESSION_COOKIE, SessionCookies
 from keel.http.validation import struct_errors
+from keel.idempotency.service import Claim
 from keel.identity.tokens import Keyring
 from keel.types import NO_NUL
 
 FORM = RequestEncodingType.URL_ENCODED.value
 JSON = RequestEncodingType.JSON.value
+REGISTER: Final = "POST /users"  # the idempotency operation of a sign-up (scoped by client address)
 BUSY = {503: problem_response("Too many passwords are being hashed; retry after Retry-After seconds")}
 
 
@@ -72,16 +75,27 @@ class UsersController(Controller):
     @post(
         summary="Register a user",
         status_code=201,
-        opt={HASHES_PASSWORD: True},
+        opt={HASHES_PASSWORD: True, IDEMPOTENT: REGISTER},
         responses={409: problem_response("The username or email is taken"), **BUSY},
     )
-    async def register(self, data: JSONBody[UserCreate], db_session: DbSession, hasher: Hasher) -> UserRead:
+    async def register(
+        self, data: JSONBody[UserCreate], db_session: DbSession, hasher: Hasher, idempotency: Idempotent
+    ) -> Response[UserRead]:
         """Create an account. The username and the email must both be free (compared case-insensitively); the
         password is hashed with Argon2id and never stored or returned."""
-        user = await service.register(
-            db_session, hasher, username=data.username, email=data.email, password=data.password
-        )
-        return UserRead.from_model(user)
+
+        async def register(claim: Claim | None) -> UserRead:
+            user = await service.register(
+                db_session,
+                hasher,
+                username=data.username,
+                email=data.email,
+                password=data.password,
+                idempotency=claim,
+            )
+            return UserRead.from_model(user)
+
+        return await idempotency.run(db_session, register, data=data)
 
     @get("/me", summary="Get the current user", opt=USER, security=SECURITY)
     async def me(self, db_session: DbSession) -> UserRead:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import msgspec
 from sqlalchemy import or_, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -26,11 +27,14 @@ from keel.accounts.errors import (
 from keel.accounts.models import RefreshToken, User
 from keel.accounts.names import canonical, login_key
 from keel.accounts.passwords import PasswordHasher
-from keel.accounts.schemas import TokenPair
+from keel.accounts.schemas import TokenPair, UserRead
 from keel.db import utcnow
+from keel.idempotency.service import Claim
 from keel.identity.denylist import Denylist, session_key
 from keel.identity.models import Revocation
 from keel.identity.tokens import LEEWAY, Claims, Keyring
+
+_encoder = msgspec.json.Encoder()
 
 
 @dataclass(frozen=True)
@@ -66,14 +70,25 @@ async def _taken(session: AsyncSession, *, username: str, email: str) -> None:
 
 
 async def register(
-    session: AsyncSession, hasher: PasswordHasher, *, username: str, email: str, password: str, is_admin: bool = False
+    session: AsyncSession,
+    hasher: PasswordHasher,
+    *,
+    username: str,
+    email: str,
+    password: str,
+    is_admin: bool = False,
+    idempotency: Claim | None = None,
 ) -> User:
-    """Create a user, or raise UsernameTaken / EmailTaken (up to case and Unicode form: names.canonical)."""
+    """Create a user, or raise UsernameTaken / EmailTaken (up to case and Unicode form: names.canonical); with an
+    idempotency claim, its record commits with the user."""
     await _taken(session, username=username, email=email)  # before hashing: a duplicate costs no Argon2
     await session.commit()  # end the read: no pooled connection is held while Argon2 runs (or waits its turn)
     user = User(username=username, email=email, password_hash=await hasher.hash(password), is_admin=is_admin)
     session.add(user)
     try:
+        if idempotency is not None:
+            await session.flush()  # the id and created_at the recorded answer holds
+            await idempotency.record(session, _encoder.encode(UserRead.from_model(user)))
         await session.commit()
     except IntegrityError:  # a concurrent sign-up won the race; the unique indexes settled it
         await session.rollback()

@@ -11,7 +11,8 @@ before or around the handler, and is added here from the same facts the edge act
 - a query parameter: 422;
 - the rate-limited prefix: 429 with `Retry-After`, and `RateLimit`/`RateLimit-Policy` on every answer that passed;
 - a database or Redis dependency: 503 with `Retry-After` while it does not answer (keel.http.errors.OUTAGES);
-- a 304: `ETag` on it and an `If-None-Match` parameter.
+- a 304: `ETag` on it and an `If-None-Match` parameter;
+- `opt={IDEMPOTENT: ...}`: the `Idempotency-Key` parameter, its 409 and 422, and `Idempotent-Replayed` on a 2xx.
 
 Every error is `application/problem+json` with keel's problem schema (Litestar's own 400 schema is replaced), and
 request bodies whose struct refuses unknown members say `additionalProperties: false`.
@@ -33,8 +34,10 @@ from litestar.routes import BaseRoute, HTTPRoute
 from keel.http.auth import CALLER
 from keel.http.deps import DEPENDENCIES
 from keel.http.errors import PROBLEM_JSON
+from keel.http.idempotency import IDEMPOTENT, KEY_PATTERN, MAX_LENGTH, REPLAYED
 from keel.http.requests import ACCEPTS
 from keel.http.sessions import UNSAFE_METHODS
+from keel.idempotency.errors import HEADER
 
 Document = dict[str, Any]
 PROBLEM: Final = "ProblemDetails"
@@ -137,6 +140,12 @@ HEADERS: Final[dict[str, Document]] = {
         "description": "On a 405 (a method the path does not serve): the methods it does serve",
         "schema": {"type": "string"},
     },
+    REPLAYED: {
+        "description": "`true` when this is the recorded answer of an earlier request with the same Idempotency-Key; "
+        "absent on a first answer",
+        "required": False,
+        "schema": {"type": "string", "enum": ["true"]},
+    },
 }
 # sent by every response; documented on requests, where a client chooses it
 REQUEST_ID: Final[Document] = {
@@ -156,6 +165,20 @@ IF_NONE_MATCH: Final[Document] = {
     "description": "The ETag of the copy you hold: 304 with no body while it is current",
     "schema": {"type": "string"},
 }
+IDEMPOTENCY_KEY: Final[Document] = {
+    "name": HEADER,
+    "in": "header",
+    "required": False,
+    "description": "Makes a retry safe (draft-ietf-httpapi-idempotency-key-header): a repeat with this key within "
+    "24 h, by the same caller with the same request, gets the first answer again (marked Idempotent-Replayed) and "
+    "is not done twice. Only successes are recorded: a request that failed may be retried with its key.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_LENGTH, "pattern": KEY_PATTERN},
+}
+KEY_IN_USE = "a request with this Idempotency-Key is still in flight (`http.idempotency_key_in_use`): retry shortly"
+KEY_INVALID = (
+    "Idempotency-Key is not 1 to 255 visible ASCII characters, or was used with another request "
+    "(`http.idempotency_key_reused`)"
+)
 # any path, for a method it does not serve: no operation answers it, so it is documented once, here
 METHOD_NOT_ALLOWED: Final[Document] = {
     "description": "The path does not serve this method; Allow lists those it does",
@@ -238,16 +261,24 @@ def _complete_operation(
         reasons[429] = [LIMITED]
     if DEPENDENCIES.keys() & parameters.keys() and not handler.opt.get(ANSWERS_OUTAGES):
         reasons.setdefault(503, []).insert(0, OUTAGE)
+    is_idempotent = IDEMPOTENT in handler.opt
+    if is_idempotent:
+        reasons.setdefault(409, []).append(KEY_IN_USE)
+        reasons.setdefault(422, []).append(KEY_INVALID)
     responses: Document = operation["responses"]
     for status, edge_reasons in reasons.items():
         if edge_reasons:
             responses[str(status)] = _merge(responses.get(str(status)), status, edge_reasons)
     for code, response in responses.items():
         _finish_response(int(code), response, is_limited=is_limited)
+        if is_idempotent and code.startswith("2"):
+            response.setdefault("headers", {})[REPLAYED] = _header(REPLAYED)
     operation["responses"] = dict(sorted(responses.items()))
     parameters_doc = operation.setdefault("parameters", [])
     if "304" in responses:
         parameters_doc.append(copy.deepcopy(IF_NONE_MATCH))
+    if is_idempotent:
+        parameters_doc.append(copy.deepcopy(IDEMPOTENCY_KEY))
     parameters_doc.append(copy.deepcopy(REQUEST_ID))
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import re
 import time
@@ -275,6 +276,13 @@ class Keyring:
             headers={"kid": self._signing_kid},
         )
         return token, claims
+
+    def derive_key(self, purpose: str) -> bytes:
+        """A 256-bit secret for `purpose` (an idempotency fingerprint's key), derived from the signing key: the same
+        on every instance that shares that key, and never the key itself."""
+        signing = self._signing_key
+        material = signing if isinstance(signing, bytes) else signing.private_bytes_raw()
+        return hmac.new(material, b"keel key derivation\0" + purpose.encode(), hashlib.sha256).digest()
 
     def verify_access(self, token: str, *, now: float | None = None) -> Claims:
         """The claims of a valid access token signed by one of our keys, or InvalidToken."""

@@ -8,6 +8,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 import keel.accounts.models
+import keel.idempotency.models
 import keel.identity.models
 import keel.realtime.models  # noqa: F401
 from keel.db import Base, create_engine

@@ -17,6 +17,7 @@ from keel.http.auth import AmbiguousCredentials, credentials
 from keel.http.errors import OUTAGES, render_error
 from keel.http.scope import set_caller, set_set_cookies
 from keel.http.sessions import OriginRefused, SessionCookies
+from keel.idempotency.service import Idempotency
 from keel.identity.errors import AuthenticationRequired, InvalidToken
 from keel.identity.tokens import Claims
 from keel.identity.verifier import TokenVerifier
@@ -41,6 +42,7 @@ class Realtime:
     send_queue: int  # KEEL_WS_SEND_QUEUE
     streams: StreamCounts
     session_cookies: SessionCookies
+    idempotency: Idempotency  # a publish frame's idempotency_key
 
 
 class Refused(Exception):

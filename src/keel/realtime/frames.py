@@ -17,6 +17,18 @@ from keel.realtime.schemas import MessageBody, MessageRead
 from keel.types import Position
 
 Ref = Annotated[str, Meta(max_length=128)] | int
+# SPEC §6's Idempotency-Key, as a member of a publish frame: 1-255 visible ASCII characters
+IdempotencyKey = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=255,
+        pattern="^[\\x21-\\x7E]+$",
+        description="Makes a retried publish safe: a second publish with this key within 24 h (by the same user, "
+        "with the same channel and body) answers `published` with the first one's message and is not sent again; "
+        "with another channel or body it is refused (`invalid`), and while the first is in flight too.",
+    ),
+]
 ErrorCode = Literal["bad_frame", "unknown_type", "not_found", "invalid", "rate_limited"]
 
 
@@ -41,6 +53,7 @@ class Publish(msgspec.Struct, tag="publish", tag_field="type", forbid_unknown_fi
     channel: uuid.UUID
     body: MessageBody  # REST's own rule: NUL refused before a publish reaches the database
     ref: Ref | None = None
+    idempotency_key: IdempotencyKey | None = None
 
 
 class Ping(msgspec.Struct, tag="ping", tag_field="type", forbid_unknown_fields=True):

@@ -12,7 +12,9 @@ from keel.http.auth import SECURITY, USER, current_principal
 from keel.http.caching import NOT_MODIFIED, VALIDATOR_HEADERS
 from keel.http.deps import ConditionalReads, DbSession, SharedBackends
 from keel.http.errors import problem_response
+from keel.http.idempotency import IDEMPOTENT, Idempotent
 from keel.http.pagination import Cursor, Limit, Offset, Page, decode_cursor, encode_cursor
+from keel.idempotency.service import Claim
 from keel.realtime import service, tickets
 from keel.realtime.schemas import (
     Author,
@@ -36,19 +38,28 @@ class ChannelsController(Controller):
     opt = USER
     security = SECURITY
 
-    @post(summary="Create a channel", responses={409: problem_response("The name is taken")})
+    @post(
+        summary="Create a channel",
+        opt={IDEMPOTENT: service.CREATE_CHANNEL},
+        responses={409: problem_response("The name is taken")},
+    )
     async def create_channel(
-        self, data: JSONBody[ChannelCreate], db_session: DbSession, backends: SharedBackends
-    ) -> ChannelRead:
+        self, data: JSONBody[ChannelCreate], db_session: DbSession, backends: SharedBackends, idempotency: Idempotent
+    ) -> Response[ChannelRead]:
         """Create a channel. Its name is unique; `description` is optional."""
-        channel = await service.create_channel(
-            db_session,
-            backends.cache,
-            name=data.name,
-            description=data.description,
-            created_by=current_principal().user_id,
-        )
-        return ChannelRead.from_model(channel)
+
+        async def create(claim: Claim | None) -> ChannelRead:
+            channel = await service.create_channel(
+                db_session,
+                backends.cache,
+                name=data.name,
+                description=data.description,
+                created_by=current_principal().user_id,
+                idempotency=claim,
+            )
+            return ChannelRead.from_model(channel)
+
+        return await idempotency.run(db_session, create, data=data)
 
     @get("/{channel_id:str}", summary="Get a channel", responses=READ, response_headers=VALIDATOR_HEADERS)
     async def get_channel(
@@ -62,24 +73,35 @@ class ChannelsController(Controller):
 
         return await reads.json(load, scope=service.channel_scope(channel_id), key="channel")
 
-    @post("/{channel_id:str}/messages", summary="Post a message", responses=NOT_FOUND)
+    @post(
+        "/{channel_id:str}/messages",
+        summary="Post a message",
+        opt={IDEMPOTENT: service.POST_MESSAGE},
+        responses=NOT_FOUND,
+    )
     async def post_message(
         self,
         channel_id: FromPath[uuid.UUID],
         data: JSONBody[MessageCreate],
         db_session: DbSession,
         backends: SharedBackends,
-    ) -> MessageRead:
+        idempotency: Idempotent,
+    ) -> Response[MessageRead]:
         """Post a message; it gets the channel's next seq and goes live to every subscriber."""
         claims = current_principal()
-        return await service.post_message(
-            db_session,
-            backends.broker,
-            backends.cache,
-            channel_id=channel_id,
-            author=Author(claims.user_id, claims.username),
-            body=data.body,
-        )
+
+        async def post(claim: Claim | None) -> MessageRead:
+            return await service.post_message(
+                db_session,
+                backends.broker,
+                backends.cache,
+                channel_id=channel_id,
+                author=Author(claims.user_id, claims.username),
+                body=data.body,
+                idempotency=claim,
+            )
+
+        return await idempotency.run(db_session, post, data=data, target=str(channel_id))
 
 
 class ChannelListsV1(Controller):

@@ -15,9 +15,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel import telemetry
 from keel.accounts import service as accounts
+from keel.db import utcnow
+from keel.idempotency.service import Claim
 from keel.realtime.errors import ChannelNameTaken, ChannelNotFound
 from keel.realtime.models import Channel, Message
-from keel.realtime.schemas import Author, MessageRead
+from keel.realtime.schemas import Author, ChannelRead, MessageRead
 from keel.shared import BackendUnavailable
 from keel.shared.broker import Broker
 from keel.shared.cache import ReadCache
@@ -27,6 +29,9 @@ _encoder = msgspec.json.Encoder()
 
 # read-cache scopes: what one write changes. Every list shows every channel's last_seq, so a message changes both.
 CHANNEL_LIST: Final = "channels"
+# idempotency operations (SPEC §6): a WebSocket publish is the REST post of a message, whatever the API version
+CREATE_CHANNEL: Final = "POST /channels"
+POST_MESSAGE: Final = "POST /channels/{channel_id}/messages"
 
 
 def channel_scope(channel_id: uuid.UUID) -> str:
@@ -45,12 +50,21 @@ def encode_message(message: MessageRead) -> bytes:
 
 
 async def create_channel(
-    session: AsyncSession, cache: ReadCache, *, name: str, description: str, created_by: uuid.UUID
+    session: AsyncSession,
+    cache: ReadCache,
+    *,
+    name: str,
+    description: str,
+    created_by: uuid.UUID,
+    idempotency: Claim | None = None,
 ) -> Channel:
-    """Create a channel, or raise ChannelNameTaken."""
+    """Create a channel, or raise ChannelNameTaken; with an idempotency claim, its record commits with it."""
     channel = Channel(name=name, description=description, created_by=created_by, last_seq=0)
     session.add(channel)
     try:
+        if idempotency is not None:
+            await session.flush()  # the id and created_at the recorded answer holds
+            await idempotency.record(session, _encoder.encode(ChannelRead.from_model(channel)))
         await session.commit()
     except IntegrityError as exc:  # the unique name settles concurrent creations
         raise ChannelNameTaken(f"A channel named {name!r} exists.") from exc
@@ -76,9 +90,17 @@ async def list_channels(
 
 
 async def post_message(
-    session: AsyncSession, broker: Broker, cache: ReadCache, *, channel_id: uuid.UUID, author: Author, body: str
+    session: AsyncSession,
+    broker: Broker,
+    cache: ReadCache,
+    *,
+    channel_id: uuid.UUID,
+    author: Author,
+    body: str,
+    idempotency: Claim | None = None,
 ) -> MessageRead:
-    """Append a message with the channel's next seq, then publish it to live subscribers."""
+    """Append a message with the channel's next seq, then publish it to live subscribers; with an idempotency
+    claim, its record commits with the message."""
     # one statement takes the next seq and locks the channel row until commit, so concurrent writers on any
     # number of instances queue here and seq stays 1, 2, 3 ... with no gap (a rollback returns the number)
     seq = await session.scalar(
@@ -90,11 +112,11 @@ async def post_message(
     if seq is None:
         await session.rollback()
         raise ChannelNotFound(f"No channel {channel_id}.")
-    message = Message(channel_id=channel_id, seq=seq, author_id=author.id, body=body)
+    # id and time set here, not at flush: the recorded answer needs them before the commit, at no extra round trip
+    message = Message(
+        id=uuid.uuid4(), channel_id=channel_id, seq=seq, author_id=author.id, body=body, created_at=utcnow()
+    )
     session.add(message)
-    await session.commit()
-    # before the publish: a subscriber that reads the channel on seeing the message must not get a cached page
-    await cache.invalidate(channel_scope(channel_id), CHANNEL_LIST)
     read = MessageRead(
         id=message.id,
         channel_id=channel_id,
@@ -103,6 +125,11 @@ async def post_message(
         body=body,
         created_at=message.created_at,
     )
+    if idempotency is not None:
+        await idempotency.record(session, encode_message(read))
+    await session.commit()
+    # before the publish: a subscriber that reads the channel on seeing the message must not get a cached page
+    await cache.invalidate(channel_scope(channel_id), CHANNEL_LIST)
     try:  # published only after the row committed; live delivery is best effort, the database is the record
         if telemetry.tracer is None:
             await broker.publish(topic(channel_id), encode_message(read))

@@ -15,18 +15,24 @@ import struct
 from contextlib import suppress
 from typing import Any, Final
 
+import msgspec
+
 from keel import telemetry
 from keel.errors import Unavailable
 from keel.http.errors import OUTAGES, problem_headers
 from keel.http.scope import set_cookies_of, set_handshake_status
+from keel.idempotency.errors import KeyInUse, KeyReused
+from keel.idempotency.service import Claim, Outcome
 from keel.identity.tokens import Claims
 from keel.realtime import frames, service
 from keel.realtime.access import Realtime, Refused, admit, frame_allowed
 from keel.realtime.errors import ChannelNotFound, TooSlow
 from keel.realtime.peers import Delivery, Peer
-from keel.realtime.schemas import Author
+from keel.realtime.schemas import Author, MessageCreate, MessageRead
 
 log = logging.getLogger("keel.realtime")
+_encoder = msgspec.json.Encoder()
+_message_decoder = msgspec.json.Decoder(MessageRead)
 
 CLOSE_TIMEOUT: Final = 5.0  # a closing socket that has not taken its close frame by then is dropped
 # what `keel serve` configures the server with (SPEC §7): a larger frame closes with 1009, and a socket that has not
@@ -260,16 +266,34 @@ async def _publish(realtime: Realtime, scope: Any, socket: Socket, claims: Claim
     wait = await frame_allowed(realtime, scope)
     if wait is not None:
         raise frames.FrameError("rate_limited", f"Too many publishes; retry in {wait} s.", frame.ref)
-    async with hub.publishing(), hub.session() as session:
-        message = await service.post_message(
-            session,
-            hub.broker,
-            realtime.cache,
-            channel_id=frame.channel,
-            author=Author(claims.user_id, claims.username),
-            body=frame.body,
+    attempt = None
+    if frame.idempotency_key is not None:  # the REST post's operation and canonical request: one key, one message
+        request = str(frame.channel).encode() + b"\0" + _encoder.encode(MessageCreate(frame.body))
+        attempt = realtime.idempotency.attempt(
+            scope=f"user:{claims.user_id}", operation=service.POST_MESSAGE, key=frame.idempotency_key, request=request
         )
-    hub.published(frame.channel, message.seq)
+    async with hub.publishing(), hub.session() as session:
+
+        async def post(claim: Claim | None) -> MessageRead:
+            return await service.post_message(
+                session,
+                hub.broker,
+                realtime.cache,
+                channel_id=frame.channel,
+                author=Author(claims.user_id, claims.username),
+                body=frame.body,
+                idempotency=claim,
+            )
+
+        try:
+            result = await realtime.idempotency.run(session, attempt, post)
+        except (KeyReused, KeyInUse) as exc:  # §7 has no code of their own: `invalid`, the detail says which
+            raise frames.FrameError("invalid", f"{exc.code}: {exc.detail}", frame.ref) from None
+    if isinstance(result, Outcome):  # a replay: the message went out the first time, it is not sent again
+        message = _message_decoder.decode(result.body)
+    else:
+        message = result
+        hub.published(frame.channel, message.seq)
     socket.send(frames.encode(frames.Published(frame.ref, message)))
 
 
