@@ -137,6 +137,8 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
             cors_origins=settings.cors_origins,
         )
         hub = Hub(backends.broker, sessionmaker)
+        if backends.redis is not None:  # one process needs no watch: a broker in it cannot lose what it was given
+            hub.watch()
         denylist.on_revoked(hub.on_revoked)
         app.state.update(
             engine=engine,
