@@ -34,6 +34,7 @@ from keel.http.middleware import EdgeMiddleware
 from keel.http.openapi import Edge, complete
 from keel.http.requests import KeelRequest, require_declared_media_type
 from keel.http.sessions import SessionCookies
+from keel.http.shutdown import Lifecycle, stop_on_signal
 from keel.identity.denylist import Denylist
 from keel.identity.keys import load_keyring
 from keel.identity.verifier import TokenVerifier
@@ -54,7 +55,6 @@ from keel.realtime.hub import Hub
 from keel.realtime.router import COMMON as CHANNELS
 from keel.realtime.router import LISTS as CHANNEL_LISTS
 from keel.realtime.routes import EVENTS_OPENAPI, RealtimeRoutes
-from keel.realtime.shutdown import drain_on_signal
 from keel.settings import Settings
 from keel.shared import open_backends
 
@@ -140,7 +140,9 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
         if backends.redis is not None:  # one process needs no watch: a broker in it cannot lose what it was given
             hub.watch()
         denylist.on_revoked(hub.on_revoked)
+        lifecycle = Lifecycle()
         app.state.update(
+            lifecycle=lifecycle,
             engine=engine,
             rate_limits=rate_limits,
             sessionmaker=sessionmaker,
@@ -162,7 +164,7 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
             ),
         )
         await denylist.start()
-        restore_signals = drain_on_signal(hub.drain)
+        restore_signals = stop_on_signal(lifecycle, hub.drain, delay=settings.shutdown_delay.total_seconds())
         try:
             yield
         finally:

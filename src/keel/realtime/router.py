@@ -6,6 +6,7 @@ import uuid
 from typing import Final
 
 from litestar import Controller, Response, get, post
+from litestar.datastructures import State
 from litestar.params import FromPath, JSONBody
 
 from keel.http.auth import SECURITY, USER, current_principal
@@ -14,6 +15,7 @@ from keel.http.deps import ConditionalReads, DbSession, SharedBackends
 from keel.http.errors import problem_response
 from keel.http.pagination import Cursor, Limit, Offset, Page, decode_cursor, encode_cursor
 from keel.realtime import service, tickets
+from keel.realtime.hub import Hub
 from keel.realtime.schemas import (
     Author,
     ChannelCreate,
@@ -69,17 +71,22 @@ class ChannelsController(Controller):
         data: JSONBody[MessageCreate],
         db_session: DbSession,
         backends: SharedBackends,
+        state: State,
     ) -> MessageRead:
         """Post a message; it gets the channel's next seq and goes live to every subscriber."""
         claims = current_principal()
-        return await service.post_message(
-            db_session,
-            backends.broker,
-            backends.cache,
-            channel_id=channel_id,
-            author=Author(claims.user_id, claims.username),
-            body=data.body,
-        )
+        hub: Hub = state.realtime.hub
+        async with hub.publishing():  # a stopping server answers it and delivers it before closing sockets
+            message = await service.post_message(
+                db_session,
+                backends.broker,
+                backends.cache,
+                channel_id=channel_id,
+                author=Author(claims.user_id, claims.username),
+                body=data.body,
+            )
+        hub.published(channel_id, message.seq)
+        return message
 
 
 class ChannelListsV1(Controller):
