@@ -26,6 +26,7 @@ from tests.conftest import TEST_JWT_SECRET, Backend
 from tests.realtime.conftest import backend_env, receive, start_live, subscribe
 from tests.realtime.test_events import events
 from tests.servers import TcpForwarder, free_port, keel_serve, run_keel
+from tests.test_telemetry import http_receiver, traced_env
 
 RETRY = "keel: database not reachable ("
 DELAY = 1.0  # KEEL_SHUTDOWN_DELAY of these servers: readiness is 503 this long before the listener closes
@@ -83,6 +84,18 @@ async def test_sigterm_answers_and_delivers_an_in_flight_rest_publish_before_clo
     output = server.output()
     assert "Traceback" not in output
     assert "Application shutdown complete" in output
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)  # the collector matters here, not the database
+def test_sigterm_flushes_the_spans_still_waiting_for_export(backend: Backend, tmp_path: Path) -> None:
+    with http_receiver() as (endpoint, collected):
+        # a batch would leave only after a minute: what the collector gets, the shutdown flushed
+        env = {**traced_env(backend, endpoint, "http/protobuf"), "OTEL_BSP_SCHEDULE_DELAY": "60000"}
+        with keel_serve(env, tmp_path) as server:
+            assert httpx.get(f"{server.url}/api/v1/public").status_code == 200
+            os.killpg(server.process.pid, signal.SIGTERM)
+            assert server.process.wait(timeout=15) == 0
+        assert collected.named("GET /api/v1/public")
 
 
 def unreachable_env(pg_url: str, port: int, wait: str) -> dict[str, str | None]:
