@@ -1,7 +1,8 @@
 """No message left behind (SPEC §10): a message committed by an instance that died before publishing it still
 reaches the live subscribers of every instance within 5 s, once, in order (keel.realtime.watch).
 
-Scaled backend only: the embedded one is one process, whose subscribers die with the writer.
+Against servers, the scaled backend only: the embedded one is one process, whose subscribers die with the writer
+(and does not watch); the watch itself, ticked by hand, is tested on both.
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ from sqlalchemy import select, update
 
 from keel import db
 from keel.accounts.models import User
+from keel.realtime import service
+from keel.realtime.hub import Hub
 from keel.realtime.models import Channel, Message
+from keel.realtime.peers import Delivery, Peer
+from keel.realtime.watch import SeqWatch
+from keel.shared import open_backends
+from tests.conftest import Backend
+from tests.factories import Client, make_channel
 from tests.realtime.conftest import Live, receive, start_live, subscribe
 from tests.realtime.test_events import events
 from tests.servers import keel_serve, scaled_env
@@ -93,3 +101,62 @@ async def test_a_message_whose_writer_died_before_publishing_reaches_every_subsc
         # A watches too (it follows nothing now, so it reads nothing); B read about once a second
         assert metric(a.url, "keel_realtime_seq_watch_reads_total") == 0
         assert metric(b.url, "keel_realtime_seq_watch_reads_total") >= 1
+
+
+class Follower(Peer):
+    """A follower that keeps what the hub delivers to it."""
+
+    kind = "ws"
+
+    def __init__(self) -> None:
+        super().__init__(uuid.uuid4(), send_queue=100)
+        self.got: list[int] = []
+
+    def send_message(self, delivery: Delivery) -> None:
+        self.got.append(delivery.seq)
+
+    def close(self, code: int, reason: str) -> None:
+        self.closing = True
+
+
+async def test_the_watch_waits_one_interval_then_fills_once_and_a_late_publish_is_not_delivered_again(
+    client: Client, auth: dict[str, str], backend: Backend
+) -> None:
+    channel = uuid.UUID((await make_channel(client, auth, "general"))["id"])
+    # a hub of this test's own (the app's runs on the test client's loop), and a watch ticked by hand
+    engine = db.create_engine(backend.database_url, pool_size=2)
+    backends = await open_backends(backend.redis_url)
+    hub = Hub(backends.broker, db.create_sessionmaker(engine))
+    watch = SeqWatch(hub)
+    follower = Follower()
+    hub.connect(follower)
+    try:
+        await watch_and_check(hub, watch, follower, channel, backend.database_url)
+    finally:
+        await hub.disconnect(follower)
+        await hub.close()
+        await backends.close()
+        await engine.dispose()
+
+
+async def watch_and_check(hub: Hub, watch: SeqWatch, follower: Follower, channel: uuid.UUID, database_url: str) -> None:
+    await hub.join(follower, channel, None)
+
+    seq = await commit_unpublished(database_url, str(channel), "committed, not yet published")
+    await watch.tick()
+    assert follower.got == []  # within the grace: its publisher may be about to publish it
+    await watch.tick()  # a whole interval later it is read from the database (by a task of the hub's)
+    for _ in range(100):
+        if follower.got:
+            break
+        await asyncio.sleep(0.02)
+    assert follower.got == [seq]
+    await watch.tick()
+    assert follower.got == [seq]
+
+    # the publisher was only slow: its copy arrives through the broker now, and is dropped
+    async with hub.session() as session:
+        (message,) = await service.messages_after(session, channel, after_seq=0, limit=10)
+    await hub.broker.publish(service.topic(channel), service.encode_message(message))
+    await asyncio.sleep(0.2)
+    assert follower.got == [seq]

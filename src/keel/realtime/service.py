@@ -167,7 +167,7 @@ async def last_seqs(session: AsyncSession, channel_ids: Sequence[uuid.UUID]) -> 
     else:
         condition = Channel.id.in_(channel_ids)
     rows = await session.execute(select(Channel.id, Channel.last_seq).where(condition))
-    return {channel_id: last_seq for channel_id, last_seq in rows.tuples()}
+    return {channel_id: last_seq for channel_id, last_seq in rows}
 
 
 def _read(message: Message, username: str) -> MessageRead:
