@@ -112,7 +112,9 @@ def test_startup_gives_up_on_an_unreachable_database_within_its_bound(pg_url: st
     assert len([line for line in lines if line.startswith(RETRY)]) == 2  # waits of 0.5 s and 1 s
     assert lines[-1].startswith("keel: cannot reach the database after 3 tries in 2 s (ConnectionRefusedError")
     assert "Traceback" not in result.stderr
-    assert elapsed < 2 + 5  # the bound, plus the interpreter's start
+    # the tries above show the bound was kept (a third wait of 2 s would have passed it); the clock only checks
+    # nothing hung, generously: starting the interpreter takes seconds on a loaded 2-core machine
+    assert elapsed < 2 + 20
 
 
 def test_startup_serves_once_the_database_answers_during_its_retries(pg_url: str, tmp_path: Path) -> None:
