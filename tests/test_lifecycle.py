@@ -29,7 +29,7 @@ from tests.servers import TcpForwarder, free_port, keel_serve, run_keel
 from tests.test_telemetry import http_receiver, traced_env
 
 RETRY = "keel: database not reachable ("
-DELAY = 1.0  # KEEL_SHUTDOWN_DELAY of these servers: readiness is 503 this long before the listener closes
+DELAY = 1.5  # KEEL_SHUTDOWN_DELAY of these servers: readiness is 503 this long before the listener closes
 
 
 @asynccontextmanager
@@ -50,7 +50,7 @@ async def channel_locked(database_url: str, channel_id: str) -> AsyncIterator[No
 async def test_sigterm_answers_and_delivers_an_in_flight_rest_publish_before_closing_sockets(
     backend: Backend, tmp_path: Path
 ) -> None:
-    env = backend_env(backend, KEEL_SHUTDOWN_DELAY=f"{DELAY:g}s")
+    env = backend_env(backend, KEEL_SHUTDOWN_DELAY=f"{DELAY * 1000:.0f}ms")
     with keel_serve(env, tmp_path) as server:
         live = start_live(server)
         async with live.socket() as subscriber:
@@ -58,7 +58,7 @@ async def test_sigterm_answers_and_delivers_an_in_flight_rest_publish_before_clo
             with events(live, live.channel) as stream:
                 async with channel_locked(backend.database_url, live.channel):
                     publish = asyncio.ensure_future(asyncio.to_thread(live.post, "in flight at SIGTERM"))
-                    await asyncio.sleep(0.5)  # the publish waits for the lock
+                    await asyncio.sleep(1.0)  # the publish waits for the lock (SQLite lets it wait 5 s in all)
                     stopped_at = time.monotonic()
                     os.killpg(server.process.pid, signal.SIGTERM)
                     ready = await asyncio.to_thread(httpx.get, f"{live.url}/readyz")
