@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from typing import TYPE_CHECKING, Final
 
@@ -47,10 +46,9 @@ class SeqWatch:
         self._failing = False
 
     async def run(self) -> None:
-        next_tick = time.monotonic()
         while True:
-            next_tick += self.interval
-            await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
+            # a whole interval between reads, however long the last one took: that interval is the broker's grace
+            await asyncio.sleep(self.interval)
             try:
                 await self.tick()
             except Exception as exc:  # the database is down: the outage paths handle it; say so once
