@@ -1,8 +1,8 @@
 """`.venv/bin/python bench/seqwatch.py`: what the "no message left behind" watch costs (keel.realtime.watch).
 
-One `keel serve` on PostgreSQL + Redis (a fresh database, `keel_bench_seqwatch` by default). Three phases of
---seconds each, read from keel's own counters (/metrics), the server's CPU time (/proc) and PostgreSQL's
-transaction count (pg_stat_database):
+One `keel serve` on PostgreSQL + Redis (a fresh database, `keel_bench_seqwatch` by default, and Redis database 14,
+flushed, as bench/run.py uses it). Three phases of --seconds each, read from keel's own counters (/metrics), the
+server's CPU time (/proc) and PostgreSQL's transaction count (pg_stat_database):
 
 - `no feed`: nothing followed; the watch must not query at all;
 - `idle, N channels followed`: one WebSocket subscribed to --channels channels, no traffic;
@@ -195,7 +195,7 @@ async def measure(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database-url", default="postgresql+asyncpg://postgres@127.0.0.1:5432/keel_bench_seqwatch")
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/13")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")  # flushed, as bench/run.py's
     parser.add_argument("--channels", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--rate", type=float, default=200, help="REST publishes a second under load")
