@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -169,3 +170,45 @@ def sign_up(base_url: str, username: str = "ada", password: str = "correct horse
     assert response.status_code == 200, response.text
     tokens: dict[str, str] = response.json()
     return tokens
+
+
+class TcpForwarder:
+    """A loopback TCP port forwarded to another, started when a test wants a dependency to "come up" late."""
+
+    def __init__(self, port: int, target: tuple[str, int]) -> None:
+        self.port = port
+        self.target = target
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+        serve = asyncio.start_server(self._forward, "127.0.0.1", self.port)
+        self.server = asyncio.run_coroutine_threadsafe(serve, self.loop).result(5)
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            self.loop.call_soon_threadsafe(self.server.close)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
+        if not self.loop.is_running():
+            self.loop.close()
+
+    async def _forward(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        try:
+            reader, writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            client_writer.close()
+            return
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except OSError:
+                pass
+            finally:
+                sink.close()
+
+        await asyncio.gather(pipe(client_reader, writer), pipe(reader, client_writer))

@@ -24,6 +24,8 @@ def test_defaults_are_the_embedded_shape(monkeypatch: pytest.MonkeyPatch) -> Non
     assert settings.auth_rate_limit == RatePolicy(limit=5, period=60, burst=10)
     assert settings.cors_origins == ()
     assert settings.max_body_bytes == 1_048_576
+    assert settings.database_wait == timedelta(seconds=30)
+    assert settings.shutdown_delay == timedelta(0)
 
 
 def test_values_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -34,7 +36,10 @@ def test_values_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("KEEL_PROXY_HEADER", "x-real-ip")
     monkeypatch.setenv("KEEL_ACCESS_TOKEN_TTL", "90s")
     monkeypatch.setenv("KEEL_RATE_LIMIT", "100/min burst 5")
+    monkeypatch.setenv("KEEL_DATABASE_WAIT", "2m")
+    monkeypatch.setenv("KEEL_SHUTDOWN_DELAY", "1500ms")
     settings = load_settings(_env_file=None)
+    assert (settings.database_wait, settings.shutdown_delay) == (timedelta(minutes=2), timedelta(seconds=1.5))
     assert settings.database_url == "postgresql+asyncpg://u@db:5432/keel"
     assert settings.redis_url == "redis://cache:6379/0"
     assert settings.cors_origins == ("https://a.example", "http://localhost:5173")
@@ -68,6 +73,8 @@ def test_values_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
         ("KEEL_MAX_STREAMS_PER_USER", "0", "KEEL_MAX_STREAMS_PER_USER"),
         ("KEEL_LOG_FORMAT", "xml", "KEEL_LOG_FORMAT"),
         ("KEEL_LOG_LEVEL", "loud", "KEEL_LOG_LEVEL"),
+        ("KEEL_DATABASE_WAIT", "0", "KEEL_DATABASE_WAIT"),
+        ("KEEL_SHUTDOWN_DELAY", "-1s", "KEEL_SHUTDOWN_DELAY"),
     ],
 )
 def test_a_bad_value_is_one_line_naming_the_variable(

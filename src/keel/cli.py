@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
+import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
+from types import FrameType
 from typing import NoReturn
 
 import click
 import msgspec
 import uvicorn
+from asyncpg.exceptions import CannotConnectNowError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keel import db, metrics
@@ -31,6 +36,9 @@ from keel.settings import ConfigError, Settings, load_settings
 # seconds uvicorn waits for open connections after keel's own drain (keel.realtime.hub.DRAIN_TIMEOUT) on SIGTERM;
 # deploy/ sizes its stop grace periods from both
 GRACEFUL_SHUTDOWN = 10
+# start-up's retries while the database does not answer: 0.5, 1, 2, 4, then every 5 s, within KEEL_DATABASE_WAIT
+FIRST_RETRY = 0.5
+LAST_RETRY = 5.0
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -52,10 +60,24 @@ def main() -> None:
     """keel: accounts, JWT auth, rate limiting and realtime channels over HTTP."""
 
 
-async def _schema_problem(engine: AsyncEngine) -> str | None:
+class _Unreachable(Exception):
+    """The database did not answer (yet): refused, timed out, or still starting up."""
+
+
+def _unreachable(exc: BaseException) -> bool:
+    while exc is not None:
+        if isinstance(exc, OSError | TimeoutError | CannotConnectNowError):
+            return True
+        exc = getattr(exc, "orig", None) or exc.__cause__  # type: ignore[assignment]
+    return False
+
+
+async def _schema_problem(engine: AsyncEngine, *, retry: bool = False) -> str | None:
     try:
         database, code = await db.schema_revisions(engine)
     except Exception as exc:  # any failure to read the schema version means we cannot serve; say why
+        if retry and _unreachable(exc):
+            raise _Unreachable(f"{type(exc).__name__}: {exc}") from None
         return f"cannot reach the database ({type(exc).__name__}: {exc})"
     if database == code:
         return None
@@ -67,12 +89,24 @@ async def _schema_problem(engine: AsyncEngine) -> str | None:
     return f"the database schema is behind ({behind}); run `keel migrate` first"
 
 
-async def _check_database(url: str) -> str | None:
-    engine = db.create_engine(url, pool_size=1)
-    try:
-        return await _schema_problem(engine)
-    finally:
-        await engine.dispose()
+async def _check_database(url: str, wait: float) -> str | None:
+    """What keeps keel from serving on this database, or None; waits up to `wait` seconds for one that does not
+    answer yet (a container started beside it, a restart), with one line per retry and no traceback."""
+    deadline = time.monotonic() + wait
+    delay = FIRST_RETRY
+    for attempt in itertools.count(1):
+        engine = db.create_engine(url, pool_size=1)
+        try:
+            return await _schema_problem(engine, retry=True)
+        except _Unreachable as exc:
+            if time.monotonic() + delay > deadline:
+                return f"cannot reach the database after {attempt} tries in {wait:g} s ({exc})"
+            click.echo(f"keel: database not reachable ({exc}); try {attempt + 1} in {delay:g} s", err=True)
+        finally:
+            await engine.dispose()
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, LAST_RETRY)
+    raise AssertionError("unreachable")
 
 
 @main.command()
@@ -88,7 +122,7 @@ def serve(host: str | None, port: str | None, workers: str | None) -> None:
             "process, so workers would not share them",
             code=2,
         )
-    if problem := asyncio.run(_check_database(settings.database_url)):
+    if problem := asyncio.run(_check_database(settings.database_url, settings.database_wait.total_seconds())):
         fail(problem)
     try:
         load_keyring(**keyring_options(settings))
@@ -112,7 +146,14 @@ def serve(host: str | None, port: str | None, workers: str | None) -> None:
             del os.environ[metrics.MULTIPROCESS_DIR]
 
 
+def _stopped(sig: int, frame: FrameType | None) -> NoReturn:
+    sys.exit(0)
+
+
 def _run_uvicorn(settings: Settings) -> None:
+    # uvicorn raises the SIGTERM it handled again once it has stopped, so that the handler it found runs: this one,
+    # which makes a graceful stop exit 0, not "killed by SIGTERM" (143), which supervisors would report as a crash
+    signal.signal(signal.SIGTERM, _stopped)
     uvicorn.run(
         "keel.asgi:app",
         factory=True,

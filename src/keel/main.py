@@ -36,6 +36,7 @@ from keel.http.middleware import EdgeMiddleware
 from keel.http.openapi import Edge, complete
 from keel.http.requests import KeelRequest, require_declared_media_type
 from keel.http.sessions import SessionCookies
+from keel.http.shutdown import Lifecycle, stop_on_signal
 from keel.idempotency.service import Idempotency
 from keel.identity.denylist import Denylist
 from keel.identity.keys import load_keyring
@@ -57,7 +58,6 @@ from keel.realtime.hub import Hub
 from keel.realtime.router import COMMON as CHANNELS
 from keel.realtime.router import LISTS as CHANNEL_LISTS
 from keel.realtime.routes import EVENTS_OPENAPI, RealtimeRoutes
-from keel.realtime.shutdown import drain_on_signal
 from keel.settings import Settings
 from keel.shared import open_backends
 
@@ -142,8 +142,12 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
             cors_origins=settings.cors_origins,
         )
         hub = Hub(backends.broker, sessionmaker)
+        if backends.redis is not None:  # one process needs no watch: a broker in it cannot lose what it was given
+            hub.watch()
         denylist.on_revoked(hub.on_revoked)
+        lifecycle = Lifecycle()
         app.state.update(
+            lifecycle=lifecycle,
             engine=engine,
             rate_limits=rate_limits,
             sessionmaker=sessionmaker,
@@ -167,7 +171,7 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
             idempotency=IdempotencyEdge(idempotency, clients.client_ip),
         )
         await denylist.start()
-        restore_signals = drain_on_signal(hub.drain)
+        restore_signals = stop_on_signal(lifecycle, hub.drain, delay=settings.shutdown_delay.total_seconds())
         try:
             yield
         finally:

@@ -61,6 +61,14 @@ GAP_FILLS: Final = Counter(
 )
 for _result in ("filled", "failed"):  # every known label value is exported from the start, at 0
     GAP_FILLS.labels(_result)
+SEQ_WATCH_READS: Final = Counter(
+    "keel_realtime_seq_watch_reads",
+    "Reads of the followed channels' last_seq by the watch that finds committed messages no broker carried.",
+)
+SEQ_WATCH_FILLS: Final = Counter(
+    "keel_realtime_seq_watch_fills",
+    "Feeds the watch found behind the database for a whole interval (a message committed, never published).",
+)
 BROKER_RECONNECTS: Final = Counter(
     "keel_broker_reconnects", "Times the broker's Redis pub/sub connection came back after an outage."
 )

@@ -106,6 +106,10 @@ class Settings(BaseSettings):
     refresh_token_ttl: timedelta = Field(timedelta(days=30), validation_alias="KEEL_REFRESH_TOKEN_TTL")
     # how long the last-spent refresh token of a family may be presented again (a lost response, SPEC §4)
     refresh_grace: timedelta = Field(timedelta(seconds=10), validation_alias="KEEL_REFRESH_GRACE")
+    # how long `keel serve` waits at start-up for a database that does not answer yet, retrying with backoff
+    database_wait: timedelta = Field(timedelta(seconds=30), validation_alias="KEEL_DATABASE_WAIT")
+    # on SIGTERM: how long /readyz answers 503 before the listener closes (keel.http.shutdown); 0 under Kubernetes
+    shutdown_delay: timedelta = Field(timedelta(0), validation_alias="KEEL_SHUTDOWN_DELAY")
 
     # None ("off"): no limiting by keel, for deployments whose gateway already limits
     rate_limit: Annotated[RatePolicy | None, NoDecode] = Field(
@@ -182,10 +186,15 @@ class Settings(BaseSettings):
     def _lower(cls, value: object) -> object:
         return value.strip().lower() or None if isinstance(value, str) else value
 
-    @field_validator("access_token_ttl", "refresh_token_ttl", "refresh_grace", mode="before")
+    @field_validator("access_token_ttl", "refresh_token_ttl", "refresh_grace", "database_wait", mode="before")
     @classmethod
     def _duration(cls, value: object) -> timedelta:
         return parse_duration(value)
+
+    @field_validator("shutdown_delay", mode="before")
+    @classmethod
+    def _delay(cls, value: object) -> timedelta:
+        return timedelta(0) if str(value).strip() in ("0", "0s", "0ms") else parse_duration(value)
 
     @field_validator("rate_limit", "auth_rate_limit", mode="before")
     @classmethod

@@ -25,6 +25,18 @@ async def test_readyz_when_everything_answers(client: Client, backend: Backend) 
     assert response.json() == {"status": "ready", "checks": {"database": "ok", "redis": redis}}
 
 
+async def test_readyz_is_503_once_the_server_is_stopping(client: Client, backend: Backend) -> None:
+    client.app.state.lifecycle.stopping = True  # what the first SIGTERM does (keel.http.shutdown)
+    response = await client.get("/readyz")
+    assert response.status_code == 503
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["retry-after"] == "5"
+    redis = "ok" if backend.redis_url else "disabled"
+    assert response.json()["detail"] == "The server is shutting down."
+    assert response.json()["checks"] == {"database": "ok", "redis": redis}
+    assert (await client.get("/healthz")).status_code == 200  # alive: only readiness changes
+
+
 async def readyz(settings: Settings) -> tuple[int, dict[str, object], str | None]:
     async with AsyncTestClient(app=create_app(settings)) as client:
         response = await client.get("/readyz")

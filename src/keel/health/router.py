@@ -7,6 +7,7 @@ from typing import Any, Final, Literal
 
 import msgspec
 from litestar import Controller, Response, get
+from litestar.datastructures import State
 from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import Example
 from sqlalchemy import text
@@ -68,22 +69,24 @@ class HealthController(Controller):
             200: ResponseSpec(Readiness, description="The database and Redis (if configured) answer"),
             503: ResponseSpec(
                 data_container=NotReady,
-                description="The database or Redis is not answering; `checks` says which",
+                description="The database or Redis is not answering (`checks` says which), or the server is stopping",
                 media_type=PROBLEM_JSON,
                 generate_examples=False,
                 examples=[Example(summary="Redis down", value=NOT_READY_EXAMPLE)],
             ),
         },
     )
-    async def readyz(self, db_engine: DbEngine, backends: SharedBackends) -> Response[Any]:
-        """Readiness: 200 when the database and Redis (if configured) answer, else 503 problem+json."""
+    async def readyz(self, db_engine: DbEngine, backends: SharedBackends, state: State) -> Response[Any]:
+        """Readiness: 200 when the database and Redis (if configured) answer, else 503 problem+json; 503 too
+        from the moment the server is asked to stop (keel.http.shutdown)."""
         database, redis = await asyncio.gather(database_check(db_engine), backends.ping())
         checks: dict[str, Check] = {"database": database, "redis": redis}
-        if "error" in checks.values():
+        stopping = state.lifecycle.stopping
+        if stopping or "error" in checks.values():
             return problem(
                 503,
                 code=NOT_READY,
-                detail="A dependency is not answering.",
+                detail="The server is shutting down." if stopping else "A dependency is not answering.",
                 checks=checks,
                 headers={"Retry-After": "5"},
             )

@@ -28,6 +28,7 @@ from keel.errors import KeelError, Unavailable
 from keel.realtime import service
 from keel.realtime.errors import CLOSE_GOING_AWAY, SessionRevoked
 from keel.realtime.peers import Delivery, Peer, Position
+from keel.realtime.watch import SeqWatch
 from keel.shared.broker import Broker, Subscription
 
 log = logging.getLogger("keel.realtime")
@@ -298,6 +299,14 @@ class Hub:
         del self._feeds[feed.channel_id]
         if (subscription := feed.subscription()) is not None:
             await subscription.close()
+
+    def feeds(self) -> tuple[Feed, ...]:
+        return tuple(self._feeds.values())
+
+    def watch(self) -> None:
+        """Fill feeds whose channel's last_seq moved without the message arriving (keel.realtime.watch): for the
+        scaled backend, where the instance that committed a message may die before it publishes."""
+        self.spawn(SeqWatch(self).run())
 
     def session(self) -> AsyncSession:
         return self._sessionmaker()

@@ -6,6 +6,7 @@ import uuid
 from typing import Final
 
 from litestar import Controller, Response, get, post
+from litestar.datastructures import State
 from litestar.params import FromPath, JSONBody
 
 from keel.http.auth import SECURITY, USER, current_principal
@@ -16,6 +17,7 @@ from keel.http.idempotency import IDEMPOTENT, Idempotent
 from keel.http.pagination import Cursor, Limit, Offset, Page, decode_cursor, encode_cursor
 from keel.idempotency.service import Claim
 from keel.realtime import service, tickets
+from keel.realtime.hub import Hub
 from keel.realtime.schemas import (
     Author,
     ChannelCreate,
@@ -86,12 +88,14 @@ class ChannelsController(Controller):
         db_session: DbSession,
         backends: SharedBackends,
         idempotency: Idempotent,
+        state: State,
     ) -> Response[MessageRead]:
         """Post a message; it gets the channel's next seq and goes live to every subscriber."""
         claims = current_principal()
+        hub: Hub = state.realtime.hub
 
         async def post(claim: Claim | None) -> MessageRead:
-            return await service.post_message(
+            message = await service.post_message(
                 db_session,
                 backends.broker,
                 backends.cache,
@@ -100,8 +104,11 @@ class ChannelsController(Controller):
                 body=data.body,
                 idempotency=claim,
             )
+            hub.published(channel_id, message.seq)
+            return message
 
-        return await idempotency.run(db_session, post, data=data, target=str(channel_id))
+        async with hub.publishing():  # a stopping server answers it and delivers it before closing sockets
+            return await idempotency.run(db_session, post, data=data, target=str(channel_id))
 
 
 class ChannelListsV1(Controller):

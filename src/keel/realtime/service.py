@@ -9,7 +9,8 @@ from typing import Final
 
 import msgspec
 from opentelemetry.trace import SpanKind
-from sqlalchemy import select, update
+from sqlalchemy import Uuid, any_, bindparam, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -184,6 +185,16 @@ async def messages_after(
         .limit(limit)
     )
     return [_read(m, username) for m, username in await session.execute(query)]
+
+
+async def last_seqs(session: AsyncSession, channel_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
+    """The last_seq of each of these channels that exists, in one query (keel.realtime.watch)."""
+    if session.get_bind().dialect.name == "postgresql":  # one statement text for any number of ids
+        condition = Channel.id == any_(bindparam("ids", list(channel_ids), type_=ARRAY(Uuid)))
+    else:
+        condition = Channel.id.in_(channel_ids)
+    rows = await session.execute(select(Channel.id, Channel.last_seq).where(condition))
+    return {channel_id: last_seq for channel_id, last_seq in rows}
 
 
 def _read(message: Message, username: str) -> MessageRead:
