@@ -12,7 +12,8 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import DateTime, MetaData, TypeDecorator, event
-from sqlalchemy.engine import URL, Connection, Dialect, make_url
+from sqlalchemy.engine import URL, Connection, Dialect, ExceptionContext, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
@@ -35,6 +36,9 @@ WRITE_LOCK_TIMEOUT = 5  # seconds a SQLite writer may queue, as busy_timeout all
 # SQLAlchemy's per-connection cache of asyncpg prepared statements, and asyncpg's own: `DATABASE_URL` query parameters
 STATEMENT_CACHES = ("prepared_statement_cache_size", "statement_cache_size")
 _WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
+# SQLSTATEs of a server that is going away, starting up or full: class 08 (connection exception), 57P01-57P03
+# (admin_shutdown, crash_shutdown, cannot_connect_now) and 53300 (too_many_connections)
+_OUTAGE_STATES = ("08", "57P01", "57P02", "57P03", "53300")
 
 
 class Base(DeclarativeBase):
@@ -70,7 +74,23 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     """
     engine = _create_engine(url, pool_size)
     _count_checkouts(engine)
+    event.listen(engine.sync_engine, "handle_error", _outage_as_operational_error)
     return engine
+
+
+def _outage_as_operational_error(context: ExceptionContext) -> OperationalError | None:
+    """A server that is shutting down or still recovering is an outage (503), like one that refuses connections.
+
+    SQLAlchemy's asyncpg dialect maps only a few asyncpg errors to DBAPI classes; the rest, the "the database system
+    is not yet accepting connections" of a PostgreSQL that is restarting among them, become a bare DBAPIError,
+    which reached the 500 handler (tests/faults/test_postgres.py found it).
+    """
+    state = getattr(context.original_exception, "sqlstate", None)
+    if not isinstance(state, str) or not state.startswith(_OUTAGE_STATES):
+        return None
+    if isinstance(context.sqlalchemy_exception, OperationalError):
+        return None
+    return OperationalError(context.statement, context.parameters, context.original_exception, hide_parameters=True)
 
 
 def _create_engine(url: str, pool_size: int) -> AsyncEngine:
