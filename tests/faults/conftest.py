@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from tests.conftest import IN_CI, migrate, pg_admin_dsn
-from tests.servers import PostgresProcess, RedisProcess, postgres_bin
+from tests.servers import PostgresProcess, RedisProcess, postgres_bin, scaled_env
 
 
 @pytest.fixture
@@ -38,3 +38,9 @@ def private_pg() -> Iterator[PostgresProcess]:
 def private_redis() -> Iterator[RedisProcess]:
     with RedisProcess() as server:
         yield server
+
+
+@pytest.fixture
+def scaled(pg_url: str, redis_url: str) -> dict[str, str | None]:
+    """Settings for instances of one service on the suite's (emptied) PostgreSQL and (flushed) Redis."""
+    return scaled_env(pg_url, redis_url)
