@@ -61,6 +61,7 @@ class Load:
     channel: str
     writers: int = 3
     subscribers: int = 3
+    churn: float | None = None  # if set, each subscriber drops its socket after this many seconds and resumes
     outcomes: list[Outcome] = field(default_factory=list)
     followers: list[Subscriber] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -126,12 +127,18 @@ class Load:
         return Outcome(body, started, elapsed, response.status_code, code, None, content_type)
 
     async def _follow(self, subscriber: Subscriber) -> None:
+        # staggered, so the subscribers of one instance are not all away at once
+        lifetime = self.churn * (1 + 0.3 * self.followers.index(subscriber)) if self.churn else None
         while self._target is None or subscriber.last < self._target:
             try:
                 async with connect(self.ws_url, additional_headers=self.auth, open_timeout=5, close_timeout=1) as ws:
                     frame = {"type": "subscribe", "channel": self.channel, "since": subscriber.last}
                     await ws.send(json.dumps(frame))
+                    opened = time.monotonic()
                     while self._target is None or subscriber.last < self._target:
+                        if lifetime is not None and time.monotonic() - opened > lifetime:
+                            subscriber.closes.append("churned")
+                            break
                         try:
                             raw = await asyncio.wait_for(ws.recv(), 0.5)
                         except TimeoutError:
@@ -149,7 +156,7 @@ class Load:
             except (OSError, InvalidHandshake, TimeoutError) as exc:
                 subscriber.closes.append(f"could not open: {type(exc).__name__}: {exc}")
             else:
-                return
+                continue  # churned, or caught up: the loop's condition tells
             await asyncio.sleep(RECONNECT_PAUSE)
 
     async def until(self, check: Callable[[], object], within: float) -> bool:

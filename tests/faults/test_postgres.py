@@ -15,6 +15,7 @@ WARM = 2.0  # seconds of load before the fault
 OUTAGE = 5.0
 AFTER = 2.0  # seconds of load once writes succeed again
 RECOVERY = 15.0  # SPEC §10: everything recovers by itself within this, no restart
+CHURN = 1.0  # each subscriber reconnects and resumes about this often, so some subscribe while the database is down
 ANSWER = 5.0  # SPEC §10: a request that needs the database answers 503 within this while it is down
 
 
@@ -28,7 +29,7 @@ async def test_postgres_stopped_and_restarted_under_load_loses_nothing_and_answe
     }
     with keel_serve(env, tmp_path) as server:
         auth, channel = open_channel(server.url, "outage")
-        load = Load(server.url, auth, channel)
+        load = Load(server.url, auth, channel, churn=CHURN)
         async with load.running():
             await asyncio.sleep(WARM)
             await asyncio.to_thread(private_pg.stop, "immediate")
