@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 
 # the developer's own configuration must not leak into a test's server
 _OWN_VARIABLES = ("DATABASE_URL", "REDIS_URL")
@@ -200,6 +201,21 @@ class PostgresProcess:
         """`immediate` is a crash (no checkpoint; the next start recovers from the WAL), `fast` a clean stop."""
         self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
 
+    def _processes(self) -> list[int]:
+        """The postmaster (the first line of its pid file) and every process it started."""
+        postmaster = psutil.Process(int((self.data / "postmaster.pid").read_text().split()[0]))
+        return [postmaster.pid, *(child.pid for child in postmaster.children(recursive=True))]
+
+    def freeze(self) -> None:
+        """Stop every server process (SIGSTOP): connections are accepted by the kernel and then nothing answers, as
+        behind a network partition that drops packets."""
+        for pid in self._processes():
+            os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        for pid in self._processes():
+            os.kill(pid, signal.SIGCONT)
+
     def __enter__(self) -> PostgresProcess:
         self.init()
         self.start()
@@ -207,8 +223,9 @@ class PostgresProcess:
 
     def __exit__(self, *exc: object) -> None:
         try:
+            self.thaw()  # a frozen server would not stop
             self.stop()
-        except RuntimeError:
+        except (RuntimeError, OSError, psutil.Error):
             pass  # already stopped
         finally:
             shutil.rmtree(self.directory, ignore_errors=True)
