@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 
 # the developer's own configuration must not leak into a test's server
 _OWN_VARIABLES = ("DATABASE_URL", "REDIS_URL")
@@ -151,6 +154,82 @@ class RedisProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+PG_BIN_GLOB = "/usr/lib/postgresql/*/bin"  # Debian's server binaries, one directory per major version
+
+
+def postgres_bin() -> Path | None:
+    """The bin directory of the newest PostgreSQL server Debian installed, if any."""
+    found = sorted(Path("/").glob(PG_BIN_GLOB.lstrip("/")), key=lambda path: int(path.parent.name))
+    return found[-1] if found and (found[-1] / "initdb").exists() else None
+
+
+class PostgresProcess:
+    """A private PostgreSQL cluster (Debian's initdb and pg_ctl) on a loopback port, to stop and start in fault tests.
+
+    initdb refuses to run as root: then the cluster's directory belongs to `postgres` and every command runs as it
+    through runuser. fsync is off (a test's data need not survive the machine), synchronous_commit is not: a commit
+    is in the WAL the server writes before it is acknowledged, so an immediate stop keeps every committed row.
+    """
+
+    def __init__(self, bin_dir: Path) -> None:
+        self.bin = bin_dir
+        self.port = free_port()
+        self.directory = Path(tempfile.mkdtemp(prefix="keel-pg-"))
+        self.data = self.directory / "data"
+        self.url = f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/keel"
+        self._as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self._as_postgres:
+            shutil.chown(self.directory, "postgres")
+
+    def _run(self, tool: str, *args: str) -> None:
+        done = subprocess.run(
+            [*self._as_postgres, str(self.bin / tool), *args], capture_output=True, text=True, timeout=60, check=False
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"{tool} {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
+
+    def init(self) -> None:
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync")
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off"
+        log = str(self.directory / "postgres.log")
+        self._run("pg_ctl", "-D", str(self.data), "-l", log, "-o", options, "-w", "-t", "30", "start")
+
+    def stop(self, mode: str = "immediate") -> None:
+        """`immediate` is a crash (no checkpoint; the next start recovers from the WAL), `fast` a clean stop."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def _processes(self) -> list[int]:
+        """The postmaster (the first line of its pid file) and every process it started."""
+        postmaster = psutil.Process(int((self.data / "postmaster.pid").read_text().split()[0]))
+        return [postmaster.pid, *(child.pid for child in postmaster.children(recursive=True))]
+
+    def freeze(self) -> None:
+        """Stop every server process (SIGSTOP): connections are accepted by the kernel and then nothing answers, as
+        behind a network partition that drops packets."""
+        for pid in self._processes():
+            os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        for pid in self._processes():
+            os.kill(pid, signal.SIGCONT)
+
+    def __enter__(self) -> PostgresProcess:
+        self.init()
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.thaw()  # a frozen server would not stop
+            self.stop()
+        except (RuntimeError, OSError, psutil.Error):
+            pass  # already stopped
+        finally:
+            shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def scaled_env(pg_url: str, redis_url: str, **extra: str) -> dict[str, str | None]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -99,3 +100,28 @@ def test_turning_off_either_statement_cache_turns_off_both(query: str, sizes: di
 def test_a_statement_cache_size_that_is_not_a_number_is_refused() -> None:
     with pytest.raises(ValueError, match="statement_cache_size must be a whole number"):
         db.statement_cache_sizes(make_url("postgresql+asyncpg://keel@db/keel?statement_cache_size=lots"))
+
+
+async def test_a_server_that_ends_a_connection_is_an_outage_and_the_pool_recovers(pg_url: str) -> None:
+    # PostgreSQL's admin_shutdown (57P01, what a fast stop sends every session): asyncpg raises it as a plain
+    # PostgresError, which SQLAlchemy left a bare DBAPIError (a 500); keel's engine makes it an OperationalError (503)
+    # and drops the connection. The victim is inside a statement when it is ended, so that the FATAL is its answer
+    # (ended while idle, the next statement meets "connection is closed" or, if the close is not read yet,
+    # asyncpg's "another operation is in progress", which keel's engine treats alike)
+    engine = db.create_engine(pg_url)
+    try:
+        async with engine.connect() as victim, engine.connect() as admin:
+            pid = (await victim.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+            sleeping = asyncio.ensure_future(victim.execute(text("SELECT pg_sleep(10)")))
+            running = text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid AND query LIKE '%pg_sleep%'")
+            for _ in range(100):
+                if (await admin.execute(running, {"pid": pid})).scalar_one():
+                    break
+                await asyncio.sleep(0.02)
+            await admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            with pytest.raises(OperationalError, match="terminating connection"):
+                await sleeping
+        async with engine.connect() as conn:  # the dead connection was discarded, not handed out again
+            assert (await conn.execute(text("SELECT 1"))).scalar_one() == 1
+    finally:
+        await engine.dispose()

@@ -109,7 +109,7 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        engine = db.create_engine(settings.database_url)
+        engine = db.create_engine(settings.database_url, statement_timeout=db.REQUEST_STATEMENT_TIMEOUT)
         telemetry.setup(settings, engine)  # first: Redis and SQL spans from the start
         sessionmaker = db.create_sessionmaker(engine)
         backends = await open_backends(settings.redis_url)
