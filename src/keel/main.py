@@ -38,6 +38,8 @@ from keel.identity.denylist import Denylist
 from keel.identity.keys import load_keyring
 from keel.identity.verifier import TokenVerifier
 from keel.logs import AccessLog
+from keel.mail.outbox import Postbox, Sender, Timing
+from keel.mail.transport import Transport, transport_for
 from keel.ratelimit.clients import ClientResolver
 from keel.ratelimit.deps import (
     API_PREFIX,
@@ -99,8 +101,15 @@ def keyring_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterHandler] = ()) -> Litestar:
-    """The keel application for `settings`; `extra_handlers` lets tests mount routes of their own."""
+def create_app(
+    settings: Settings,
+    *,
+    extra_handlers: Sequence[ControllerRouterHandler] = (),
+    mail_transport: Transport | None = None,
+    mail_timing: Timing = Timing(),  # noqa: B008 (frozen)
+) -> Litestar:
+    """The keel application for `settings`; tests may mount routes of their own (`extra_handlers`), and give the
+    mail sender a transport (a test certificate authority) and a pace of their own."""
     clients = ClientResolver(settings.trusted_proxies, settings.proxy_header)
     access_log = AccessLog.configured(settings.log_format, settings.log_level)
 
@@ -137,6 +146,13 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
             cors_origins=settings.cors_origins,
         )
         hub = Hub(backends.broker, sessionmaker)
+        smtp_url = settings.smtp_url.get_secret_value() if settings.smtp_url else None
+        sender = Sender(
+            sessionmaker,
+            mail_transport or transport_for(smtp_url, VAR_DIR),
+            mail_from=settings.mail_from,
+            timing=mail_timing,
+        )
         denylist.on_revoked(hub.on_revoked)
         app.state.update(
             engine=engine,
@@ -148,6 +164,8 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
             verifier=verifier,
             sessions=sessions,
             session_cookies=session_cookies,
+            postbox=Postbox(settings.public_url, settings.mail_from, sender.wake),
+            mail_budget=rate_limits.admit_address,
             realtime=Realtime(
                 hub,
                 verifier,
@@ -160,11 +178,13 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
             ),
         )
         await denylist.start()
+        sender.start()  # every instance sends what is due, whoever queued it
         restore_signals = drain_on_signal(hub.drain)
         try:
             yield
         finally:
             restore_signals()
+            await sender.stop()
             await hub.close()
             await denylist.stop()
             hasher.close()
