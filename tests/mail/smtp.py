@@ -79,7 +79,7 @@ class Inbox:
     logins: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 (aiosmtpd's name)
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         message = email.message_from_bytes(envelope.original_content, policy=email.policy.default)
         assert isinstance(message, EmailMessage)
         with self.lock:
@@ -91,8 +91,8 @@ class Inbox:
         with self.lock:
             return len(self.messages)
 
-    async def wait_for(self, count: int, timeout: float = 10) -> list[EmailMessage]:
-        deadline = time.monotonic() + timeout
+    async def wait_for(self, count: int, within: float = 10) -> list[EmailMessage]:
+        deadline = time.monotonic() + within
         while self.count() < count:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{self.count()} mails arrived, expected {count}")

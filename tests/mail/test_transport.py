@@ -53,7 +53,8 @@ async def test_a_message_goes_through_smtp_with_the_security_the_url_asks_for(sm
     assert abs((parsedate_to_datetime(received["Date"]) - utcnow()).total_seconds()) < 60
     assert received.get_content_type() == "multipart/alternative"
     plain, page = received.get_body(("plain",)), received.get_body(("html",))
-    assert plain is not None and page is not None
+    assert plain is not None
+    assert page is not None
     assert "https://keel.example.com/examples/chat#password-reset=T0k3n" in plain.get_content()
     assert "Hello ada<b>," in plain.get_content()
     assert "Hello ada&lt;b&gt;," in page.get_content()  # values are escaped in the HTML part
@@ -61,7 +62,7 @@ async def test_a_message_goes_through_smtp_with_the_security_the_url_asks_for(sm
 
 async def test_a_server_whose_certificate_is_not_trusted_gets_nothing(tmp_path: Path) -> None:
     with SmtpServer("starttls", directory=tmp_path) as smtp:
-        with pytest.raises(Exception, match="(?i)certificate"):
+        with pytest.raises(Exception, match=r"(?i)certificate"):
             await SmtpTransport(smtp.url).send(message())  # the system's trust store: the self-signed cert fails
         assert smtp.inbox.count() == 0
 
