@@ -9,12 +9,15 @@ from litestar.params import JSONBody
 
 from keel.accounts import recovery
 from keel.accounts.deps import HASHES_PASSWORD, Hasher, Mail, MailBudget, SessionPolicy
-from keel.accounts.schemas import EmailVerification, PasswordResetConfirm, PasswordResetRequest
+from keel.accounts.schemas import EmailVerification, MailAccepted, PasswordResetConfirm, PasswordResetRequest
 from keel.http.auth import SECURITY, USER, current_principal
 from keel.http.deps import DbSession
 from keel.http.errors import problem_response
 from keel.http.requests import RATE_LIMIT
 
+# one body whatever happened, so it tells nobody whether the address has an account
+RESET_ACCEPTED: Final = MailAccepted("If an account has this address, a mail with a reset token is on its way.")
+VERIFICATION_ACCEPTED: Final = MailAccepted("A mail with a verification token is on its way.")
 BUSY: Final = {503: problem_response("Too many passwords are being hashed; retry after Retry-After seconds")}
 
 
@@ -31,11 +34,12 @@ class RecoveryController(Controller):
     )
     async def request_password_reset(
         self, data: JSONBody[PasswordResetRequest], db_session: DbSession, postbox: Mail, mail_budget: MailBudget
-    ) -> None:
+    ) -> MailAccepted:
         """Mail a single-use reset token, valid 30 minutes, to the account with this address. The answer is the
         same, in similar time, whether or not an account has it; past the auth policy's budget for one address,
         nothing more is mailed to it, and the answer is still 202."""
         await recovery.request_password_reset(db_session, postbox, email=data.email, admit=mail_budget)
+        return RESET_ACCEPTED
 
     @post(
         "/auth/password-reset/confirm",
@@ -60,9 +64,12 @@ class RecoveryController(Controller):
         opt={**USER, RATE_LIMIT: "auth"},
         security=SECURITY,
     )
-    async def request_email_verification(self, db_session: DbSession, postbox: Mail, mail_budget: MailBudget) -> None:
+    async def request_email_verification(
+        self, db_session: DbSession, postbox: Mail, mail_budget: MailBudget
+    ) -> MailAccepted:
         """Mail the caller a single-use verification token, valid 24 hours."""
         await recovery.request_email_verification(db_session, postbox, claims=current_principal(), admit=mail_budget)
+        return VERIFICATION_ACCEPTED
 
     @post(
         "/auth/verify-email",

@@ -153,3 +153,9 @@ class PasswordResetConfirm(msgspec.Struct, forbid_unknown_fields=True):
 
 class EmailVerification(msgspec.Struct, forbid_unknown_fields=True):
     token: MailedToken
+
+
+class MailAccepted(msgspec.Struct):
+    """A 202: the mail is queued (or, for an address with no account, nothing is, and the answer is the same)."""
+
+    message: Annotated[str, Meta(examples=["If an account has this address, a mail with a reset token is on its way."])]
