@@ -37,4 +37,8 @@ class OutboxMail(Base):
 
 
 # the senders' claim reads pending rows by due time; sent and failed rows are never read again
-Index("ix_mail_outbox_pending", OutboxMail.next_attempt_at, postgresql_where=OutboxMail.sent_at.is_(None))
+Index(
+    "ix_mail_outbox_pending",
+    OutboxMail.next_attempt_at,
+    postgresql_where=OutboxMail.sent_at.is_(None) & OutboxMail.failed_at.is_(None),
+)

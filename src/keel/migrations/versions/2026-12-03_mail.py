@@ -63,7 +63,7 @@ def upgrade() -> None:
         "ix_mail_outbox_pending",
         "mail_outbox",
         ["next_attempt_at"],
-        postgresql_where=sa.text("sent_at IS NULL"),
+        postgresql_where=sa.text("sent_at IS NULL AND failed_at IS NULL"),
     )
 
 
