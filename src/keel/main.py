@@ -38,8 +38,8 @@ from keel.identity.denylist import Denylist
 from keel.identity.keys import load_keyring
 from keel.identity.verifier import TokenVerifier
 from keel.logs import AccessLog
-from keel.mail.outbox import Postbox, Sender, Timing
-from keel.mail.transport import Transport, transport_for
+from keel.mail.outbox import Postbox, Sender
+from keel.mail.transport import transport_for
 from keel.ratelimit.clients import ClientResolver
 from keel.ratelimit.deps import (
     API_PREFIX,
@@ -101,15 +101,8 @@ def keyring_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def create_app(
-    settings: Settings,
-    *,
-    extra_handlers: Sequence[ControllerRouterHandler] = (),
-    mail_transport: Transport | None = None,
-    mail_timing: Timing = Timing(),  # noqa: B008 (frozen)
-) -> Litestar:
-    """The keel application for `settings`; tests may mount routes of their own (`extra_handlers`), and give the
-    mail sender a transport (a test certificate authority) and a pace of their own."""
+def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterHandler] = ()) -> Litestar:
+    """The keel application for `settings`; `extra_handlers` lets tests mount routes of their own."""
     clients = ClientResolver(settings.trusted_proxies, settings.proxy_header)
     access_log = AccessLog.configured(settings.log_format, settings.log_level)
 
@@ -147,12 +140,8 @@ def create_app(
         )
         hub = Hub(backends.broker, sessionmaker)
         smtp_url = settings.smtp_url.get_secret_value() if settings.smtp_url else None
-        sender = Sender(
-            sessionmaker,
-            mail_transport or transport_for(smtp_url, VAR_DIR),
-            mail_from=settings.mail_from,
-            timing=mail_timing,
-        )
+        # its pace (keel.mail.outbox.Timing) is the default here; the outbox's own tests shorten it
+        sender = Sender(sessionmaker, transport_for(smtp_url, VAR_DIR), mail_from=settings.mail_from)
         denylist.on_revoked(hub.on_revoked)
         app.state.update(
             engine=engine,

@@ -141,6 +141,10 @@ class SmtpServer:
 
     def stop(self) -> None:
         if self._controller is not None:
+            if self.security != "plain":
+                # a TLS connection's close finishes with a TLS shutdown on the server's loop; stopped before it
+                # completes, the socket is left to the garbage collector (a ResourceWarning in a later test)
+                asyncio.run_coroutine_threadsafe(asyncio.sleep(0.2), self._controller.loop).result()
             self._controller.stop()
             self._controller = None
 
