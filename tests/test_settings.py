@@ -104,6 +104,8 @@ def test_a_secret_is_never_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
             {"DATABASE_URL": "postgresql+asyncpg://db/keel", "KEEL_JWT_SECRET": SECRET, "KEEL_CORS_ORIGINS": "*"},
             "KEEL_CORS_ORIGINS",
         ),
+        # no SMTP server: reset and verification mails would go to var/mail/ on some pod's disk
+        ({"DATABASE_URL": "postgresql+asyncpg://db/keel", "KEEL_JWT_SECRET": SECRET}, "KEEL_SMTP_URL"),
     ],
 )
 def test_production_refuses_unsafe_settings(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], says: str) -> None:
@@ -121,7 +123,27 @@ def test_production_accepts_safe_settings(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://db/keel")
     monkeypatch.setenv("KEEL_JWT_SECRET", SECRET)
     monkeypatch.setenv("KEEL_CORS_ORIGINS", "https://app.example")
+    monkeypatch.setenv("KEEL_SMTP_URL", "smtp://keel:pass@mail.example.com:587")
     assert load_settings(_env_file=None).env == "production"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("KEEL_SMTP_URL", "http://user:hunter2@mail.example.com"),
+        ("KEEL_SMTP_URL", "smtp://user:hunter2@mail.example.com:port"),
+        ("KEEL_MAIL_FROM", "no address"),
+        ("KEEL_PUBLIC_URL", "keel.example.com"),
+    ],
+)
+def test_mail_settings_are_checked_and_the_smtp_password_never_echoed(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as error:
+        load_settings(_env_file=None)
+    assert str(error.value).startswith(variable)
+    assert "hunter2" not in str(error.value)
 
 
 @pytest.mark.parametrize(

@@ -42,6 +42,8 @@ from keel.identity.denylist import Denylist
 from keel.identity.keys import load_keyring
 from keel.identity.verifier import TokenVerifier
 from keel.logs import AccessLog
+from keel.mail.outbox import Postbox, Sender
+from keel.mail.transport import transport_for
 from keel.ratelimit.clients import ClientResolver
 from keel.ratelimit.deps import (
     API_PREFIX,
@@ -144,6 +146,9 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
         hub = Hub(backends.broker, sessionmaker)
         if backends.redis is not None:  # one process needs no watch: a broker in it cannot lose what it was given
             hub.watch()
+        smtp_url = settings.smtp_url.get_secret_value() if settings.smtp_url else None
+        # its pace (keel.mail.outbox.Timing) is the default here; the outbox's own tests shorten it
+        sender = Sender(sessionmaker, transport_for(smtp_url, VAR_DIR), mail_from=settings.mail_from)
         denylist.on_revoked(hub.on_revoked)
         lifecycle = Lifecycle()
         app.state.update(
@@ -157,6 +162,8 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
             verifier=verifier,
             sessions=sessions,
             session_cookies=session_cookies,
+            postbox=Postbox(settings.public_url, settings.mail_from, sender.wake),
+            mail_budget=rate_limits.admit_address,
             realtime=Realtime(
                 hub,
                 verifier,
@@ -171,11 +178,13 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
             idempotency=IdempotencyEdge(idempotency, clients.client_ip),
         )
         await denylist.start()
+        sender.start()  # every instance sends what is due, whoever queued it
         restore_signals = stop_on_signal(lifecycle, hub.drain, delay=settings.shutdown_delay.total_seconds())
         try:
             yield
         finally:
             restore_signals()
+            await sender.stop()
             await hub.close()
             await denylist.stop()
             hasher.close()

@@ -79,6 +79,15 @@ LIMITER_ERRORS: Final = Counter(
     "keel_rate_limiter_errors", "Rate-limit checks that failed open because the limiter's backend was unavailable."
 )
 
+# -- mail (keel.mail.outbox) ----------------------------------------------------------------------------------------
+MAIL_SENT: Final = Counter(
+    "keel_mail_sent", "Mails the outbox handed to the SMTP server (or, in development, to var/mail/)."
+)
+MAIL_RETRIES: Final = Counter("keel_mail_retries", "Mail deliveries that failed and were scheduled again with backoff.")
+MAIL_FAILED: Final = Counter(
+    "keel_mail_failed", "Mails given up after the last retry; their outbox rows stay, marked failed, for an operator."
+)
+
 # -- database, passwords, cache -------------------------------------------------------------------------------------
 DB_POOL_IN_USE: Final = Gauge(
     "keel_db_pool_in_use", "Database connections checked out of the SQLAlchemy pool.", multiprocess_mode="livesum"

@@ -6,8 +6,10 @@ import ipaddress
 import re
 from dataclasses import dataclass
 from datetime import timedelta
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
@@ -139,6 +141,11 @@ class Settings(BaseSettings):
     otel_traces_sampler: str | None = Field(None, validation_alias="OTEL_TRACES_SAMPLER")
     otel_traces_sampler_arg: str | None = Field(None, validation_alias="OTEL_TRACES_SAMPLER_ARG")
 
+    # outgoing mail (SPEC §4): unset in development, each mail becomes an .eml file under var/mail/
+    smtp_url: SecretStr | None = Field(None, validation_alias="KEEL_SMTP_URL")  # may carry the SMTP password
+    mail_from: str = Field("keel@localhost", validation_alias="KEEL_MAIL_FROM")
+    public_url: str = Field("http://127.0.0.1:3000", validation_alias="KEEL_PUBLIC_URL")
+
     log_format: Literal["console", "json"] | None = Field(None, validation_alias="KEEL_LOG_FORMAT")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", validation_alias="KEEL_LOG_LEVEL")
 
@@ -226,6 +233,40 @@ class Settings(BaseSettings):
                 raise ValueError(f"expected origins like https://app.example.com, got {origin!r}")
         return origins
 
+    @field_validator("smtp_url", mode="before")
+    @classmethod
+    def _smtp_url(cls, value: object) -> object:
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if value is None or str(value).strip() == "":
+            return None
+        url = urlsplit(str(value).strip())
+        # the message never repeats the value: it may hold the SMTP password
+        if url.scheme not in ("smtp", "smtps") or not url.hostname:
+            raise ValueError("expected smtp://user:password@host:587 (STARTTLS when offered) or smtps://…@host:465")
+        try:
+            url.port  # noqa: B018 (raises on a port that is not a number)
+        except ValueError:
+            raise ValueError("the port must be a number from 1 to 65535") from None
+        return str(value).strip()
+
+    @field_validator("mail_from", mode="before")
+    @classmethod
+    def _mail_from(cls, value: object) -> str:
+        _, address = parseaddr(str(value).strip())
+        if "@" not in address or any(c in str(value) for c in "\r\n"):
+            raise ValueError(f"expected an address like keel@example.com or 'keel <keel@example.com>', got {value!r}")
+        return str(value).strip()
+
+    @field_validator("public_url", mode="before")
+    @classmethod
+    def _public_url(cls, value: object) -> str:
+        url = str(value).strip().rstrip("/")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError(f"expected the URL clients reach keel at, like https://keel.example.com, got {value!r}")
+        return url
+
     @field_validator("jwt_secret")
     @classmethod
     def _secret_length(cls, value: SecretStr | None) -> SecretStr | None:
@@ -266,6 +307,11 @@ class Settings(BaseSettings):
             )
         if "*" in self.cors_origins:
             raise ValueError("KEEL_CORS_ORIGINS: KEEL_ENV=production refuses '*'; list the allowed origins")
+        if self.smtp_url is None:
+            raise ValueError(
+                "KEEL_SMTP_URL: KEEL_ENV=production refuses to start without it (password resets and verifications "
+                "would never reach anyone); set smtp://user:password@host:587 or smtps://…"
+            )
         return self
 
     @property
@@ -298,7 +344,8 @@ def describe(exc: ValidationError) -> str:
         message = error["msg"].removeprefix("Value error, ")
         if names:
             value = error.get("input")
-            shown = f" (got {value!r})" if isinstance(value, str | int) and "SECRET" not in names[0] else ""
+            secret = "SECRET" in names[0] or names[0] == "KEEL_SMTP_URL"  # the SMTP URL may carry a password
+            shown = f" (got {value!r})" if isinstance(value, str | int) and not secret else ""
             parts.append(f"{names[0]}: {message}{shown}")
         else:
             parts.append(message)

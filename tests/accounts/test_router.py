@@ -25,7 +25,8 @@ Client = AsyncTestClient[Litestar]
 
 async def test_register_returns_the_user_without_secrets(client: Client) -> None:
     user = await register(client, "ada", "Ada@Example.com")
-    assert set(user) == {"id", "username", "email", "is_admin", "created_at"}
+    assert set(user) == {"id", "username", "email", "email_verified", "is_admin", "created_at"}
+    assert user["email_verified"] is False  # until a verification mail's token comes back
     # email-validator's normal form: the domain lower-cased, the local part as typed
     assert (user["username"], user["email"], user["is_admin"]) == ("ada", "Ada@example.com", False)
     assert user["created_at"].endswith(("Z", "+00:00"))

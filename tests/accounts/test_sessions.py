@@ -57,7 +57,9 @@ async def test_sign_in_sets_the_session_cookies(client: Client) -> None:
 
 @pytest.mark.parametrize("backend", ["scaled"], indirect=True)  # KEEL_ENV=production refuses SQLite
 async def test_session_cookies_are_secure_outside_development(backend: Backend) -> None:
-    settings = make_settings(backend, KEEL_ENV="production", KEEL_JWT_SECRET="x" * 48)
+    settings = make_settings(
+        backend, KEEL_ENV="production", KEEL_JWT_SECRET="x" * 48, KEEL_SMTP_URL="smtp://127.0.0.1:1"
+    )
     async with AsyncTestClient(app=create_app(settings), base_url="https://127.0.0.1") as client:
         await register(client)
         response = await client.post("/api/v2/auth/session", data={"username": "ada", "password": PASSWORD})

@@ -26,7 +26,7 @@ DEPLOY = Path(__file__).parents[2] / "deploy"
 COMPOSE = DEPLOY / "compose.yaml"
 # Compose's interpolation: ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?error}, ${NAME?error}
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])((?:[^{}]|\{[^{}]*\})*))?\}")
-ENV = {"KEEL_JWT_SECRET": "a-secret-that-is-at-least-32-bytes-long"}
+ENV = {"KEEL_JWT_SECRET": "a-secret-that-is-at-least-32-bytes-long", "KEEL_SMTP_URL": "smtp://smtp.example.com:587"}
 
 
 def interpolate(value: Any, env: dict[str, str]) -> Any:

@@ -65,7 +65,7 @@ def test_the_deployment_probes_drains_and_reads_its_secrets(k8s: dict[tuple[str,
     assert int(seconds) > keel_drain
     assert pod["terminationGracePeriodSeconds"] > int(seconds) + keel_drain
     secrets = {env["name"]: env["valueFrom"]["secretKeyRef"] for env in container["env"]}
-    assert secrets.keys() == {"DATABASE_URL", "REDIS_URL", "KEEL_JWT_SECRET"}
+    assert secrets.keys() == {"DATABASE_URL", "REDIS_URL", "KEEL_JWT_SECRET", "KEEL_SMTP_URL"}
     assert {ref["name"] for ref in secrets.values()} == {"keel"}
     [config] = container["envFrom"]
     assert ("ConfigMap", config["configMapRef"]["name"]) in k8s

@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from requests.structures import CaseInsensitiveDict
 from schemathesis import AuthContext, Case
 from schemathesis.schemas import BaseSchema
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from keel import cli
 from tests.conftest import migrate
@@ -50,6 +51,8 @@ EMAILS: Final = st.builds(
 schemathesis.openapi.format("email", EMAILS)
 IDEMPOTENCY_KEY: Final = "Idempotency-Key"
 VALID_KEY: Final = re.compile(r"[\x21-\x7e]{1,255}")
+# a mailed token is 256 random bits: a schema-valid one is never a live one, so its documented 400 is the answer
+TOKEN_SPENDING: Final = ("/auth/password-reset/confirm", "/auth/verify-email")
 FUZZ_SETTINGS: Final = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 
 
@@ -130,7 +133,8 @@ def _node_id(request: pytest.FixtureRequest) -> None:
 @contract.parametrize()
 @FUZZ_SETTINGS
 def test_every_operation_keeps_the_contract(case: Case[Any]) -> None:
-    case.call_and_validate()
+    spends_token = case.operation.path.endswith(TOKEN_SPENDING)
+    case.call_and_validate(excluded_checks=[positive_data_acceptance] if spends_token else None)
 
 
 def test_linked_operations_keep_the_contract(api_schema: BaseSchema) -> None:

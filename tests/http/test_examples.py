@@ -29,7 +29,12 @@ async def test_the_example_page_and_its_files_are_served_in_development(client: 
 
 
 async def test_production_serves_no_example_page(pg_url: str, redis_url: str) -> None:
-    settings = make_settings(Backend("scaled", pg_url, redis_url), KEEL_ENV="production", KEEL_JWT_SECRET="x" * 48)
+    settings = make_settings(
+        Backend("scaled", pg_url, redis_url),
+        KEEL_ENV="production",
+        KEEL_JWT_SECRET="x" * 48,
+        KEEL_SMTP_URL="smtp://127.0.0.1:1",
+    )
     async with AsyncTestClient(app=create_app(settings)) as client:
         assert (await client.get("/examples/chat")).status_code == 404
         assert (await client.get("/examples/chat.js")).status_code == 404

@@ -13,9 +13,11 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 
 from keel.accounts.errors import PasswordPoolBusy
 from keel.accounts.passwords import PasswordHasher
+from keel.accounts.recovery import AddressBudget
 from keel.accounts.service import Sessions
 from keel.http.deps import from_state
 from keel.http.errors import send_error
+from keel.mail.outbox import Postbox
 
 REFUSAL_PACE: Final = 1.0  # seconds a refusal for a saturated hasher is held before it is sent
 HASHES_PASSWORD: Final = "hashes_password"  # noqa: S105 (an opt key): handlers that wait for the password hasher
@@ -51,8 +53,12 @@ class PasswordAdmission:
 
 Hasher = NamedDependency[PasswordHasher]
 SessionPolicy = NamedDependency[Sessions]
+Mail = NamedDependency[Postbox]
+MailBudget = NamedDependency[AddressBudget]
 
 DEPENDENCIES: Final = {
     "hasher": from_state("hasher"),
     "sessions": from_state("sessions"),
+    "postbox": from_state("postbox"),
+    "mail_budget": from_state("mail_budget"),
 }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from keel.errors import Conflict, Forbidden, NotFound, Unauthorized, Unavailable
+from keel.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized, Unavailable
 
 
 class UsernameTaken(Conflict):
@@ -42,3 +42,15 @@ class PasswordPoolBusy(Unavailable):
 
     code = "accounts.busy"
     title = "Busy hashing passwords"
+
+
+class ResetTokenInvalid(BadRequest):
+    """Used, expired, unknown or altered: one answer for all, so it tells a guesser nothing."""
+
+    code = "accounts.reset_token_invalid"
+    title = "Invalid password reset token"
+
+
+class VerificationTokenInvalid(BadRequest):
+    code = "accounts.verification_token_invalid"
+    title = "Invalid email verification token"

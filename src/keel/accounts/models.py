@@ -1,4 +1,5 @@
-"""Accounts' tables: users and refresh tokens (rotated within a family). Revocations belong to keel.identity."""
+"""Accounts' tables: users, refresh tokens (rotated within a family) and mailed tokens. Revocations belong to
+keel.identity."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ class User(Base):
     email_key: Mapped[str] = mapped_column(String(EMAIL_KEY_LENGTH))
     password_hash: Mapped[str] = mapped_column(String(255))
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # true once the owner proved they read mail at `email` (a verification or a password reset by mail)
+    email_verified: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)
 
@@ -52,3 +55,22 @@ class RefreshToken(Base):
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
     spent_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class MailedToken(Base):
+    """A single-use token sent by mail (a password reset or an email verification), stored as its SHA-256.
+
+    `email` is the address it was mailed to: a token proves that address only, so a verification token mailed
+    before the user changed their email proves nothing about the new one.
+    """
+
+    __tablename__ = "mailed_tokens"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    purpose: Mapped[str] = mapped_column(String(32))  # "password_reset" or "email_verification"
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    email: Mapped[str] = mapped_column(String(320))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UtcDateTime)

@@ -17,6 +17,7 @@ from litestar.params import JSONBody
 
 from keel.accounts import service
 from keel.accounts.deps import HASHES_PASSWORD, Hasher, SessionPolicy
+from keel.accounts.recovery_router import RecoveryController
 from keel.accounts.schemas import (
     PasswordChange,
     ProtectedMessage,
@@ -319,5 +320,11 @@ def jwks(state: State) -> dict[str, list[dict[str, str]]]:
     return keyring.jwks()
 
 
-CONTROLLERS: Final[list[type[Controller]]] = [PublicController, ProtectedController, UsersController, AuthController]
+CONTROLLERS: Final[list[type[Controller]]] = [
+    PublicController,
+    ProtectedController,
+    UsersController,
+    AuthController,
+    RecoveryController,
+]
 LISTS: Final[dict[str, list[type[Controller]]]] = {"v1": [UserListV1], "v2": [UserListV2]}

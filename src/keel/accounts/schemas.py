@@ -70,13 +70,21 @@ class UserRead(msgspec.Struct):
     id: UserId
     username: Annotated[str, Meta(examples=["ada_l"])]
     email: Annotated[str, Meta(examples=["ada@example.com"])]
+    email_verified: Annotated[
+        bool, Meta(description="The owner proved they read mail at this address", examples=[False])
+    ]
     is_admin: Annotated[bool, Meta(examples=[False])]
     created_at: CreatedAt
 
     @classmethod
     def from_model(cls, user: User) -> UserRead:
         return cls(
-            id=user.id, username=user.username, email=user.email, is_admin=user.is_admin, created_at=user.created_at
+            id=user.id,
+            username=user.username,
+            email=user.email,
+            email_verified=user.email_verified,
+            is_admin=user.is_admin,
+            created_at=user.created_at,
         )
 
 
@@ -117,3 +125,37 @@ class ProtectedMessage(msgspec.Struct):
 
 class PublicMessage(msgspec.Struct):
     message: Annotated[str, Meta(examples=["Hello from keel. This endpoint needs no token."])]
+
+
+class PasswordResetRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """The address of the account; the answer is the same whether or not one has it."""
+
+    email: Email
+
+    def __post_init__(self) -> None:
+        try:
+            self.email = normalize_email(self.email)
+        except ValueError as exc:
+            raise field_error("email", str(exc)) from None
+
+
+# a mailed token: 43 URL-safe characters; the bounds only keep hostile input cheap
+MailedToken = Annotated[
+    str,
+    Meta(min_length=1, max_length=256, pattern=NO_NUL, examples=["Jx4bq0Vt7Kc2mZs9LrA1wPe6HnYd3UfG8oTiQl5BkCE"]),
+]
+
+
+class PasswordResetConfirm(msgspec.Struct, forbid_unknown_fields=True):
+    token: MailedToken
+    new_password: Annotated[Password, Meta(examples=["battery staple"])]
+
+
+class EmailVerification(msgspec.Struct, forbid_unknown_fields=True):
+    token: MailedToken
+
+
+class MailAccepted(msgspec.Struct):
+    """A 202: the mail is queued (or, for an address with no account, nothing is, and the answer is the same)."""
+
+    message: Annotated[str, Meta(examples=["If an account has this address, a mail with a reset token is on its way."])]

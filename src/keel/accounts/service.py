@@ -48,9 +48,9 @@ class Sessions:
     refresh_grace: timedelta  # KEEL_REFRESH_GRACE
 
 
-def _digest(refresh_token: str) -> str:
-    # refresh tokens are 256 random bits: a plain SHA-256 is enough to make a stolen table useless
-    return hashlib.sha256(refresh_token.encode()).hexdigest()
+def token_digest(token: str) -> str:
+    # refresh and mailed tokens are 256 random bits: a plain SHA-256 is enough to make a stolen table useless
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 async def _taken(session: AsyncSession, *, username: str, email: str) -> None:
@@ -120,7 +120,7 @@ async def _issue(
     refresh_token = secrets.token_urlsafe(32)
     session.add(
         RefreshToken(
-            token_hash=_digest(refresh_token),
+            token_hash=token_digest(refresh_token),
             family_id=family_id,
             parent_id=parent_id,
             user_id=user.id,
@@ -154,7 +154,7 @@ async def refresh(session: AsyncSession, sessions: Sessions, *, refresh_token: s
     that rotation, gets another child, a sibling of the one issued first, instead of ending the session.
     """
     now = utcnow()
-    digest = _digest(refresh_token)
+    digest = token_digest(refresh_token)
     # one atomic statement spends an unspent token, so of two concurrent refreshes exactly one rotates it
     spent = (
         await session.execute(
@@ -297,6 +297,8 @@ async def create_admin(
     if user is None:
         return await register(session, hasher, username=username, email=email, password=password, is_admin=True), True
     user.is_admin = True
+    if canonical(email) != user.email_key:  # a new address is not verified yet
+        user.email_verified = False
     user.email = email
     user.password_hash = await hasher.hash(password)
     try:

@@ -10,6 +10,7 @@ from sqlalchemy.engine import Connection
 import keel.accounts.models
 import keel.idempotency.models
 import keel.identity.models
+import keel.mail.models
 import keel.realtime.models  # noqa: F401
 from keel.db import Base, create_engine
 from keel.settings import load_settings

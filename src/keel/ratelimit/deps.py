@@ -11,6 +11,7 @@ outside /api/ and are never limited.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -66,6 +67,14 @@ class RateLimits:
     def address_key(self, scope: Scope) -> str:
         client = scope.get("client")
         return self.clients.rate_key(client[0] if client else None, scope["headers"])
+
+    async def admit_address(self, address_key: str) -> bool:
+        """One more mail to this address (its canonical key) under the auth policy, counted per address (SPEC §4)."""
+        if self.auth is None:
+            return True
+        # hashed: the limiter's keys (in Redis too) hold no one's address
+        bucket = "mail:" + hashlib.sha256(address_key.encode()).hexdigest()[:32]
+        return (await self._check(bucket, self.auth)).allowed
 
     async def check(self, scope: Scope, *, auth_policy: bool = False) -> list[tuple[NamedPolicy, Decision]]:
         """Decisions for this connection: the default policy, plus the auth policy when asked.

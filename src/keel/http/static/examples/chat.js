@@ -39,11 +39,39 @@ function showError(error) {
   $("#error").textContent = error ? String(error.message || error) : "";
 }
 
+function notice(text) {
+  $("#notice").textContent = text || "";
+}
+
 function setStatus(text) {
   $("#status").textContent = text;
 }
 
+// A link from a reset or verification mail: the token travels in the fragment, which the browser never sends to
+// a server (no access log, no Referer holds it); it leaves the address bar at once.
+function mailedToken() {
+  const match = /^#(password-reset|verify-email)=([A-Za-z0-9_-]+)$/.exec(location.hash);
+  if (match) history.replaceState(null, "", location.pathname + location.search);
+  return match ? { kind: match[1], token: match[2] } : null;
+}
+
+let resetToken = null;
+
 async function start() {
+  const mailed = mailedToken();
+  if (mailed && mailed.kind === "verify-email") {
+    try {
+      await api("POST", "auth/verify-email", { token: mailed.token });
+      notice("Your email address is verified.");
+    } catch (error) {
+      showError(error);
+    }
+  } else if (mailed) {
+    resetToken = mailed.token;
+    $("#sign-in").hidden = true;
+    $("#new-password").hidden = false;
+    notice("Choose a new password.");
+  }
   try {
     const me = await api("GET", "users/me");
     await signedIn(me);
@@ -58,6 +86,7 @@ async function signedIn(me) {
   $("#transport").textContent = transport === "ws" ? "WebSocket" : "EventSource";
   $("#signed-out").hidden = true;
   $("#signed-in").hidden = false;
+  $("#unverified").hidden = me.email_verified;
   await listChannels();
 }
 
@@ -190,6 +219,44 @@ $("#sign-up").addEventListener("click", async () => {
   try {
     await api("POST", "users", { username, email: `${username}@example.com`, password: form.get("password") });
     $("#sign-in").requestSubmit();
+  } catch (error) {
+    showError(error);
+  }
+});
+
+$("#forgot").addEventListener("click", () => {
+  $("#forgot-password").hidden = false;
+});
+
+$("#forgot-password").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  try {
+    const accepted = await api("POST", "auth/password-reset", { email: new FormData(event.target).get("email") });
+    notice(`${accepted.message} (In development, see var/mail/.)`);
+    showError(null);
+  } catch (error) {
+    showError(error);
+  }
+});
+
+$("#new-password").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const password = new FormData(event.target).get("new_password");
+  try {
+    await api("POST", "auth/password-reset/confirm", { token: resetToken, new_password: password });
+    resetToken = null;
+    event.target.hidden = true;
+    $("#sign-in").hidden = false;
+    notice("Your password is changed and every session of the account has ended. Sign in with the new one.");
+    showError(null);
+  } catch (error) {
+    showError(error);
+  }
+});
+
+$("#verify").addEventListener("click", async () => {
+  try {
+    notice((await api("POST", "users/me/email-verification")).message);
   } catch (error) {
     showError(error);
   }
