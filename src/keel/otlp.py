@@ -37,7 +37,7 @@ _IS_REMOTE: Final = 0x200  # SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
 _KINDS: Final = {kind: b"\x30" + _SMALL[kind.value + 1] for kind in SpanKind}  # OTLP counts from UNSPECIFIED
 _STATUS_CODES: Final = {code: b"\x18" + _SMALL[code.value] if code.value else b"" for code in StatusCode}
 _CACHE_LIMIT: Final = 4096  # encoded attribute pairs kept; most repeat (method, scheme, route, db.system ...)
-_pairs: dict[tuple[str, type, object], bytes] = {}
+_pairs: dict[tuple[bytes, str, type, object], bytes] = {}  # each encoded in its field
 _headers: dict[object, bytes] = {}  # a resource's or a scope's encoding: a handful per process
 
 
@@ -108,12 +108,12 @@ def _span(span: Any) -> bytes:
         out += (b"\x22\x08", parent.span_id.to_bytes(8, "big"))
     out += (_field(b"\x2a", span.name.encode()), _KINDS[span.kind])
     out += (b"\x39", _FIXED64(span.start_time or 0), b"\x41", _FIXED64(span.end_time or 0))
-    out += [_field(b"\x4a", pair) for pair in _attributes(span.attributes)]
+    out += _attributes(span.attributes, b"\x4a")
     if span.dropped_attributes:
         out += (b"\x50", _varint(span.dropped_attributes))
     for event in span.events:
         encoded = [b"\x09", _FIXED64(event.timestamp), _field(b"\x12", event.name.encode())]
-        encoded += [_field(b"\x1a", pair) for pair in _attributes(event.attributes)]
+        encoded += _attributes(event.attributes, b"\x1a")
         if event.dropped_attributes:
             encoded += (b"\x20", _varint(event.dropped_attributes))
         out.append(_field(b"\x5a", b"".join(encoded)))
@@ -132,7 +132,7 @@ def _span(span: Any) -> bytes:
 def _link(link: Link) -> bytes:
     context = link.context
     out = [b"\x0a\x10", context.trace_id.to_bytes(16, "big"), b"\x12\x08", context.span_id.to_bytes(8, "big")]
-    out += [_field(b"\x22", pair) for pair in _attributes(link.attributes)]
+    out += _attributes(link.attributes, b"\x22")
     if link.dropped_attributes:
         out += (b"\x28", _varint(link.dropped_attributes))
     out += (b"\x35", _FIXED32(_flags(context)))
@@ -150,7 +150,7 @@ def _trace_state(context: SpanContext) -> str:
 def _resource(resource: Resource) -> bytes:
     encoded = _headers.get(resource)
     if encoded is None:
-        attributes = b"".join(_field(b"\x0a", pair) for pair in _attributes(resource.attributes))
+        attributes = b"".join(_attributes(resource.attributes, b"\x0a"))
         encoded = _headers[resource] = _field(b"\x0a", attributes)
     return encoded
 
@@ -163,7 +163,7 @@ def _scope(scope: InstrumentationScope | None) -> bytes:
         if scope is not None:
             body = _field(b"\x0a", scope.name.encode()) if scope.name else b""
             body += _field(b"\x12", scope.version.encode()) if scope.version else b""
-            body += b"".join(_field(b"\x1a", pair) for pair in _attributes(scope.attributes))
+            body += b"".join(_attributes(scope.attributes, b"\x1a"))
         encoded = _field(b"\x0a", body)
         if scope is not None and scope.schema_url:
             encoded += _field(b"\x1a", scope.schema_url.encode())
@@ -171,21 +171,21 @@ def _scope(scope: InstrumentationScope | None) -> bytes:
     return encoded
 
 
-def _attributes(attributes: Attributes) -> list[bytes]:
-    """Each attribute as an encoded KeyValue."""
+def _attributes(attributes: Attributes, tag: bytes) -> list[bytes]:
+    """Each attribute as an encoded KeyValue, in a field `tag` of the message that holds it."""
     if not attributes:
         return []
     pairs = []
     for key, value in attributes.items():
         if not isinstance(value, str | int | float):  # a sequence: rare, and not hashable
-            pairs.append(_pair(key, value))
+            pairs.append(_field(tag, _pair(key, value)))
             continue
-        cache_key = (key, type(value), value)  # the type keeps True and 1 apart
+        cache_key = (tag, key, type(value), value)  # the type keeps True and 1 apart
         pair = _pairs.get(cache_key)
         if pair is None:
             if len(_pairs) >= _CACHE_LIMIT:
                 _pairs.clear()
-            pair = _pairs[cache_key] = _pair(key, value)
+            pair = _pairs[cache_key] = _field(tag, _pair(key, value))
         pairs.append(pair)
     return pairs
 

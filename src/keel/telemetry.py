@@ -156,6 +156,11 @@ class ServerSpan:
         """Leave the span's context; call from the task that started it, after end()."""
         otel_context.detach(self._token)
 
+    def ids(self) -> tuple[str, str]:
+        """(trace_id, span_id) in hex, for the request's log line (current_ids() without the context lookup)."""
+        span_context = self.span.get_span_context()
+        return format(span_context.trace_id, "032x"), format(span_context.span_id, "016x")
+
 
 def start_server_span(scope: Any) -> ServerSpan | None:
     """A server span for an HTTP request or WebSocket handshake, continuing the client's `traceparent`.
@@ -174,20 +179,33 @@ def start_server_span(scope: Any) -> ServerSpan | None:
             user_agent = value.decode("latin-1")
     method = scope.get("method", "GET")  # a WebSocket handshake is a GET
     method = method if method in _METHODS else "_OTHER"
+    parent = _propagator.extract(carrier) if carrier else None
+    if _provider is not None and _provider.root_ratio is not None:
+        # keel's default sampler decides without the attributes: built only for a span that records them
+        span = tracer.start_span(method, context=parent, kind=SpanKind.SERVER)
+        if span.is_recording():
+            span.set_attributes(_server_attributes(scope, method, user_agent))
+    else:  # a named sampler may look at them
+        attributes = _server_attributes(scope, method, user_agent)
+        span = tracer.start_span(method, context=parent, kind=SpanKind.SERVER, attributes=attributes)
+    return ServerSpan(span, method, scope)
+
+
+def _server_attributes(scope: Any, method: str, user_agent: str | None) -> dict[str, str | int]:
     attributes: dict[str, str | int] = {
         "http.request.method": method,
         "url.path": scope["path"],
         "url.scheme": scope.get("scheme", "http"),
     }
     if server := scope.get("server"):
-        attributes["server.address"], attributes["server.port"] = server[0], server[1]
+        attributes["server.address"] = server[0]
+        if server[1] is not None:  # None on a unix socket
+            attributes["server.port"] = server[1]
     if client := scope.get("client"):
         attributes["client.address"] = client[0]
     if user_agent is not None:
         attributes["user_agent.original"] = user_agent
-    parent = _propagator.extract(carrier) if carrier else None
-    span = tracer.start_span(method, context=parent, kind=SpanKind.SERVER, attributes=attributes)
-    return ServerSpan(span, method, scope)
+    return attributes
 
 
 def start_span(name: str, *, parent: Context | None = None, kind: SpanKind = SpanKind.INTERNAL) -> Span:
