@@ -220,3 +220,26 @@ async def test_cache_lookups_count_hits_and_misses(client: Client) -> None:
         assert (await client.get(f"/api/v1/channels/{channel['id']}", headers=auth)).status_code == 200
     assert sample("keel_cache_lookups_total", result="miss") == misses + 1
     assert sample("keel_cache_lookups_total", result="hit") == hits + 1
+
+
+async def test_requests_are_tallied_and_folded_into_the_metrics_before_a_scrape() -> None:
+    # observe_request tallies in plain counters and folds them into prometheus_client's histogram internals once
+    # a loop turn: the exposition must read as if every request had been observed one by one
+    route = "/test/fold/{id}"
+    for seconds in (0.001, 0.005, 0.007, 20.0):
+        metrics.observe_request("GET", route, 200, seconds)
+    samples = {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(metrics.exposition().decode())  # folds what is pending
+        for sample in family.samples
+    }
+    assert value(samples, "http_requests_total", method="GET", route=route, status="200") == 4
+    buckets = {
+        le: value(samples, "http_request_duration_seconds_bucket", method="GET", route=route, le=le)
+        for le in ("0.005", "0.01", "10.0", "+Inf")
+    }
+    assert buckets == {"0.005": 2, "0.01": 3, "10.0": 3, "+Inf": 4}
+    assert value(samples, "http_request_duration_seconds_count", method="GET", route=route) == 4
+    assert value(samples, "http_request_duration_seconds_sum", method="GET", route=route) == pytest.approx(20.013)
+    await asyncio.sleep(0)  # the fold scheduled by the first call runs with nothing left to add
+    assert metrics._pending == {}

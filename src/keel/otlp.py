@@ -6,9 +6,10 @@ shares the server's core and GIL, as much as recording the span had. Writing the
 that, and what repeats from span to span (the resource, the scope, most attribute pairs) is encoded once.
 
 The message layout is opentelemetry-proto's (trace/v1/trace.proto, common/v1/common.proto); every field is written
-as the SDK's encoder writes it, and tests/test_otlp.py holds the two to the same message. The exporters are the
-SDK's with only the encoding swapped (transport, retries, compression, headers and TLS stay theirs), behind the
-SDK's batch processor with what it drops counted in `keel_spans_dropped_total`.
+as the SDK's encoder writes it, and tests/test_otlp.py holds the two to the same message. A span is anything that
+reads like the SDK's ReadableSpan (keel.tracing's LeanSpan, or the SDK's own). The exporters are the SDK's with only
+the encoding swapped (transport, retries, compression, headers and TLS stay theirs), fed by keel.tracing's export
+queue, which counts what it drops in `keel_spans_dropped_total`.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, StatusCode
 from opentelemetry.util.types import Attributes
@@ -37,7 +37,7 @@ _IS_REMOTE: Final = 0x200  # SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
 _KINDS: Final = {kind: b"\x30" + _SMALL[kind.value + 1] for kind in SpanKind}  # OTLP counts from UNSPECIFIED
 _STATUS_CODES: Final = {code: b"\x18" + _SMALL[code.value] if code.value else b"" for code in StatusCode}
 _CACHE_LIMIT: Final = 4096  # encoded attribute pairs kept; most repeat (method, scheme, route, db.system ...)
-_pairs: dict[tuple[str, type, object], bytes] = {}
+_pairs: dict[tuple[bytes, str, type, object], bytes] = {}  # each encoded in its field
 _headers: dict[object, bytes] = {}  # a resource's or a scope's encoding: a handful per process
 
 
@@ -47,7 +47,7 @@ def http_exporter() -> SpanExporter:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     class Exporter(OTLPSpanExporter):
-        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        def export(self, spans: Sequence[Any]) -> SpanExportResult:  # ReadableSpan-like
             # OTLPSpanExporter.export with the encoder swapped: its own steps, on its own attributes
             if self._shutdown:
                 return SpanExportResult.FAILURE
@@ -66,7 +66,7 @@ def grpc_exporter() -> SpanExporter:
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
     class Exporter(OTLPSpanExporter):
-        def _translate_data(self, data: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
+        def _translate_data(self, data: Sequence[Any]) -> ExportTraceServiceRequest:
             request = ExportTraceServiceRequest()
             request.ParseFromString(encode_spans(data))
             return request
@@ -74,7 +74,7 @@ def grpc_exporter() -> SpanExporter:
     return Exporter()
 
 
-def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
+def encode_spans(spans: Sequence[Any]) -> bytes:
     """The serialised ExportTraceServiceRequest of `spans`, grouped by resource and scope as the SDK does."""
     # grouped by identity: a Resource hashes by JSON-encoding its attributes, and a batch shares one or two
     grouped: dict[int, tuple[Resource, dict[int, tuple[InstrumentationScope | None, list[bytes]]]]] = {}
@@ -98,9 +98,8 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
     return b"".join(request)
 
 
-def _span(span: ReadableSpan) -> bytes:
+def _span(span: Any) -> bytes:
     context = span.get_span_context()
-    assert context is not None  # a finished SDK span always has one
     out = [b"\x0a\x10", context.trace_id.to_bytes(16, "big"), b"\x12\x08", context.span_id.to_bytes(8, "big")]
     if context.trace_state:
         out.append(_field(b"\x1a", _trace_state(context).encode()))
@@ -109,12 +108,12 @@ def _span(span: ReadableSpan) -> bytes:
         out += (b"\x22\x08", parent.span_id.to_bytes(8, "big"))
     out += (_field(b"\x2a", span.name.encode()), _KINDS[span.kind])
     out += (b"\x39", _FIXED64(span.start_time or 0), b"\x41", _FIXED64(span.end_time or 0))
-    out += [_field(b"\x4a", pair) for pair in _attributes(span.attributes)]
+    out += _attributes(span.attributes, b"\x4a")
     if span.dropped_attributes:
         out += (b"\x50", _varint(span.dropped_attributes))
     for event in span.events:
         encoded = [b"\x09", _FIXED64(event.timestamp), _field(b"\x12", event.name.encode())]
-        encoded += [_field(b"\x1a", pair) for pair in _attributes(event.attributes)]
+        encoded += _attributes(event.attributes, b"\x1a")
         if event.dropped_attributes:
             encoded += (b"\x20", _varint(event.dropped_attributes))
         out.append(_field(b"\x5a", b"".join(encoded)))
@@ -133,7 +132,7 @@ def _span(span: ReadableSpan) -> bytes:
 def _link(link: Link) -> bytes:
     context = link.context
     out = [b"\x0a\x10", context.trace_id.to_bytes(16, "big"), b"\x12\x08", context.span_id.to_bytes(8, "big")]
-    out += [_field(b"\x22", pair) for pair in _attributes(link.attributes)]
+    out += _attributes(link.attributes, b"\x22")
     if link.dropped_attributes:
         out += (b"\x28", _varint(link.dropped_attributes))
     out += (b"\x35", _FIXED32(_flags(context)))
@@ -151,7 +150,7 @@ def _trace_state(context: SpanContext) -> str:
 def _resource(resource: Resource) -> bytes:
     encoded = _headers.get(resource)
     if encoded is None:
-        attributes = b"".join(_field(b"\x0a", pair) for pair in _attributes(resource.attributes))
+        attributes = b"".join(_attributes(resource.attributes, b"\x0a"))
         encoded = _headers[resource] = _field(b"\x0a", attributes)
     return encoded
 
@@ -164,7 +163,7 @@ def _scope(scope: InstrumentationScope | None) -> bytes:
         if scope is not None:
             body = _field(b"\x0a", scope.name.encode()) if scope.name else b""
             body += _field(b"\x12", scope.version.encode()) if scope.version else b""
-            body += b"".join(_field(b"\x1a", pair) for pair in _attributes(scope.attributes))
+            body += b"".join(_attributes(scope.attributes, b"\x1a"))
         encoded = _field(b"\x0a", body)
         if scope is not None and scope.schema_url:
             encoded += _field(b"\x1a", scope.schema_url.encode())
@@ -172,21 +171,21 @@ def _scope(scope: InstrumentationScope | None) -> bytes:
     return encoded
 
 
-def _attributes(attributes: Attributes) -> list[bytes]:
-    """Each attribute as an encoded KeyValue."""
+def _attributes(attributes: Attributes, tag: bytes) -> list[bytes]:
+    """Each attribute as an encoded KeyValue, in a field `tag` of the message that holds it."""
     if not attributes:
         return []
     pairs = []
     for key, value in attributes.items():
         if not isinstance(value, str | int | float):  # a sequence: rare, and not hashable
-            pairs.append(_pair(key, value))
+            pairs.append(_field(tag, _pair(key, value)))
             continue
-        cache_key = (key, type(value), value)  # the type keeps True and 1 apart
+        cache_key = (tag, key, type(value), value)  # the type keeps True and 1 apart
         pair = _pairs.get(cache_key)
         if pair is None:
             if len(_pairs) >= _CACHE_LIMIT:
                 _pairs.clear()
-            pair = _pairs[cache_key] = _pair(key, value)
+            pair = _pairs[cache_key] = _field(tag, _pair(key, value))
         pairs.append(pair)
     return pairs
 
@@ -232,59 +231,3 @@ def _varint(n: int) -> bytes:
         n >>= 7
     out.append(n)
     return bytes(out)
-
-
-# -- what is lost ---------------------------------------------------------------------------------------------
-
-
-class DropCounter:
-    """The batch processor's metrics hook, counting what it drops (queue full) in keel_spans_dropped_total."""
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-
-    def register_queue_size(self, get_queue_size: Any) -> None:
-        self._inner.register_queue_size(get_queue_size)
-
-    def drop_items(self, count: int, error_type: str = "queue_full") -> None:
-        DROPPED.inc(count)
-        self._inner.drop_items(count, error_type)
-
-    def finish_items(self, count: int) -> None:
-        self._inner.finish_items(count)
-
-
-class _CountingExporter(SpanExporter):
-    """Counts the spans of every batch the collector did not take as dropped."""
-
-    def __init__(self, inner: SpanExporter) -> None:
-        self._inner = inner
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        try:
-            result = self._inner.export(spans)
-        except Exception:
-            DROPPED.inc(len(spans))
-            raise
-        if result is not SpanExportResult.SUCCESS:
-            DROPPED.inc(len(spans))
-        return result
-
-    def shutdown(self) -> None:
-        self._inner.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self._inner.force_flush(timeout_millis)
-
-
-class CountingBatchProcessor(BatchSpanProcessor):
-    """The SDK's batch processor (OTEL_BSP_* sized), with its drops counted.
-
-    The SDK reports queue-full drops only to an OpenTelemetry meter, behind an opt-in variable; keel's metrics
-    are Prometheus, so the hook is swapped for one that counts. tests/test_telemetry.py fails if the SDK moves it.
-    """
-
-    def __init__(self, exporter: SpanExporter) -> None:
-        super().__init__(_CountingExporter(exporter))
-        batch = self._batch_processor
-        batch._metrics = DropCounter(batch._metrics)

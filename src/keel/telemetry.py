@@ -2,21 +2,21 @@
 
 Tracing is on only when an OTLP endpoint is configured. Off, `tracer` stays None: no provider, no exporter, no
 instrumentation, and every traced path in keel is one `if telemetry.tracer is None` away from its untraced self.
-On, spans go through a bounded batch processor to an OTLP exporter (http/protobuf or grpc) that runs in its own
-thread, so a slow or dead collector costs requests nothing: spans beyond the queue are dropped and counted.
+On, spans are keel.tracing's (lean spans behind the OpenTelemetry API, for keel's code and the SQLAlchemy and redis
+instrumentations alike), queued and sent in batches by an OTLP exporter (http/protobuf or grpc) in a thread of their
+own, so a slow or dead collector costs requests nothing: spans beyond the queue are dropped and counted.
 
-The SDK reads its own OTEL_* variables (sampler, batch sizes, timeouts, headers, resource attributes); Settings
-holds only what keel decides on: whether to trace, which exporter, and whether a sampler was chosen.
+The SDK's pieces read their own OTEL_* variables (a named sampler, timeouts, headers, resource attributes), and
+keel.tracing the OTEL_BSP_* sizes as the SDK would; Settings holds only what keel decides on: whether to trace,
+which exporter, and whether a sampler was chosen.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
 from importlib.metadata import version as package_version
 from typing import Any, Final, TypeVar
 
@@ -24,26 +24,14 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, SERVICE_VERSION, Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.id_generator import IdGenerator
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
-from opentelemetry.trace import (
-    Link,
-    NonRecordingSpan,
-    Span,
-    SpanContext,
-    SpanKind,
-    Status,
-    StatusCode,
-    TraceFlags,
-    Tracer,
-)
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, _get_from_env_or_default
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from opentelemetry.util.types import Attributes
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keel import otlp
 from keel.settings import Settings
+from keel.tracing import LeanProvider
 
 log = logging.getLogger("keel.telemetry")
 T = TypeVar("T")
@@ -54,7 +42,7 @@ _propagator: Final = TraceContextTextMapPropagator()
 
 # The process's tracer while tracing is on, else None: the one thing hot paths look at.
 tracer: Tracer | None = None
-_provider: TracerProvider | None = None
+_provider: LeanProvider | None = None
 
 
 def setup(settings: Settings, engine: AsyncEngine) -> bool:
@@ -65,16 +53,15 @@ def setup(settings: Settings, engine: AsyncEngine) -> bool:
     resource = Resource.create({SERVICE_VERSION: package_version("keel"), SERVICE_INSTANCE_ID: str(uuid.uuid4())})
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):  # no OTEL_SERVICE_NAME
         resource = resource.merge(Resource({SERVICE_NAME: "keel"}))
-    # shutdown_on_exit=False: shutdown() flushes, bounded in time; the SDK's atexit flush would not be
     ratio = settings.otel_sample_ratio
-    # keel's default sampler is parent-based with `ratio` of new traces: the SDK follows parents, and keel's tracers
-    # draw the new traces themselves (_SkipUnsampled); a sampler named in OTEL_TRACES_SAMPLER decides everything
-    sampler = None if ratio is None else ParentBased(ALWAYS_ON)
-    provider = _Provider(ratio, resource=resource, sampler=sampler, shutdown_on_exit=False)
+    # keel's default sampler is parent-based with `ratio` of new traces, drawn by keel's tracers; a sampler named in
+    # OTEL_TRACES_SAMPLER is the SDK's, built from the variables as the SDK's own provider builds it (a private
+    # function, pinned with the SDK in pyproject.toml; tests/test_telemetry.py checks that always_on records all)
+    sampler = ALWAYS_ON if ratio is not None else _get_from_env_or_default()
     # the exporters read the endpoint, headers, timeout, compression and TLS variables themselves
     protocol = settings.otel_exporter_otlp_traces_protocol or settings.otel_exporter_otlp_protocol
     exporter = otlp.grpc_exporter() if protocol == "grpc" else otlp.http_exporter()
-    provider.add_span_processor(otlp.CountingBatchProcessor(exporter))
+    provider = LeanProvider(resource, exporter, ratio, sampler)
     _instrument(provider, engine)
     _provider, tracer = provider, provider.get_tracer("keel", package_version("keel"))
     return True
@@ -87,8 +74,8 @@ def shutdown() -> None:
     if provider is None:
         return
     _uninstrument()
-    # the SDK's own shutdown waits up to 30 s, and an export to a collector that never answers as long as its
-    # timeout: run it in a daemon thread and leave it behind past the deadline
+    # an export to a collector that never answers lasts as long as the exporter's timeout: flush in a daemon
+    # thread and leave it behind past the deadline
     flush = threading.Thread(target=provider.shutdown, name="keel-otel-shutdown", daemon=True)
     flush.start()
     flush.join(SHUTDOWN_TIMEOUT)
@@ -169,6 +156,11 @@ class ServerSpan:
         """Leave the span's context; call from the task that started it, after end()."""
         otel_context.detach(self._token)
 
+    def ids(self) -> tuple[str, str]:
+        """(trace_id, span_id) in hex, for the request's log line (current_ids() without the context lookup)."""
+        span_context = self.span.get_span_context()
+        return format(span_context.trace_id, "032x"), format(span_context.span_id, "016x")
+
 
 def start_server_span(scope: Any) -> ServerSpan | None:
     """A server span for an HTTP request or WebSocket handshake, continuing the client's `traceparent`.
@@ -187,20 +179,33 @@ def start_server_span(scope: Any) -> ServerSpan | None:
             user_agent = value.decode("latin-1")
     method = scope.get("method", "GET")  # a WebSocket handshake is a GET
     method = method if method in _METHODS else "_OTHER"
+    parent = _propagator.extract(carrier) if carrier else None
+    if _provider is not None and _provider.root_ratio is not None:
+        # keel's default sampler decides without the attributes: built only for a span that records them
+        span = tracer.start_span(method, context=parent, kind=SpanKind.SERVER)
+        if span.is_recording():
+            span.set_attributes(_server_attributes(scope, method, user_agent))
+    else:  # a named sampler may look at them
+        attributes = _server_attributes(scope, method, user_agent)
+        span = tracer.start_span(method, context=parent, kind=SpanKind.SERVER, attributes=attributes)
+    return ServerSpan(span, method, scope)
+
+
+def _server_attributes(scope: Any, method: str, user_agent: str | None) -> dict[str, str | int]:
     attributes: dict[str, str | int] = {
         "http.request.method": method,
         "url.path": scope["path"],
         "url.scheme": scope.get("scheme", "http"),
     }
     if server := scope.get("server"):
-        attributes["server.address"], attributes["server.port"] = server[0], server[1]
+        attributes["server.address"] = server[0]
+        if server[1] is not None:  # None on a unix socket
+            attributes["server.port"] = server[1]
     if client := scope.get("client"):
         attributes["client.address"] = client[0]
     if user_agent is not None:
         attributes["user_agent.original"] = user_agent
-    parent = _propagator.extract(carrier) if carrier else None
-    span = tracer.start_span(method, context=parent, kind=SpanKind.SERVER, attributes=attributes)
-    return ServerSpan(span, method, scope)
+    return attributes
 
 
 def start_span(name: str, *, parent: Context | None = None, kind: SpanKind = SpanKind.INTERNAL) -> Span:
@@ -250,103 +255,10 @@ def context_of(parent: bytes) -> Context:
     return _propagator.extract({"traceparent": parent.decode("ascii", "replace")})
 
 
-# -- the unsampled path ---------------------------------------------------------------------------------------
-
-
-class _Provider(TracerProvider):
-    """The SDK's provider, handing out tracers that skip the work for spans no one will see (keel's own tracer and
-    the SQLAlchemy and Redis instrumentations' alike); `root_ratio` is keel's default sampler's share of new traces.
-    """
-
-    def __init__(self, root_ratio: float | None, **options: Any) -> None:
-        super().__init__(**options)
-        self.root_ratio = root_ratio
-
-    def get_tracer(
-        self,
-        instrumenting_module_name: str,
-        instrumenting_library_version: str | None = None,
-        schema_url: str | None = None,
-        attributes: Attributes = None,
-    ) -> Tracer:
-        inner = super().get_tracer(instrumenting_module_name, instrumenting_library_version, schema_url, attributes)
-        return _SkipUnsampled(inner, self.id_generator, self.root_ratio)
-
-
-class _SkipUnsampled(Tracer):
-    """The SDK's tracer, minus the work for spans that will not be recorded (~10 µs each: ids, a sampler call, a
-    SpanContext and the SDK's bookkeeping, for a no-op span). Most requests are unsampled under the default 10 %.
-
-    - A span under a local parent that was not sampled is that parent itself. Every sampler the SDK ships would
-      drop it (parent-based ones follow the parent, `traceidratio` sees the same trace id), and the parent is a
-      no-op span too, with the same trace id, so a log line or a `traceparent` taken inside reads the same trace.
-      An unsampled request's `ratelimit.check`, SQL and Redis "spans" cost a context lookup each.
-    - Under keel's default sampler (`root_ratio` set), a new trace is drawn here: a random `root_ratio` of them
-      go to the SDK (whose sampler then records every root), the others get a no-op span with fresh ids, as the
-      SDK would have built. The odds are the SDK's ratio sampler's; only the draw is not read off the trace id.
-    """
-
-    def __init__(self, inner: Tracer, ids: IdGenerator, root_ratio: float | None) -> None:
-        self._inner = inner
-        self._ids = ids
-        self._root_ratio = root_ratio
-        self._unsampled = TraceFlags(TraceFlags.RANDOM_TRACE_ID if ids.is_trace_id_random() else TraceFlags.DEFAULT)
-
-    def start_span(
-        self,
-        name: str,
-        context: Context | None = None,
-        kind: SpanKind = SpanKind.INTERNAL,
-        attributes: Attributes = None,
-        links: Sequence[Link] | None = None,
-        start_time: int | None = None,
-        record_exception: bool = True,
-        set_status_on_exception: bool = True,
-    ) -> Span:
-        parent = trace.get_current_span(context)
-        parent_context = parent.get_span_context()
-        if parent_context.is_valid:
-            if not parent_context.trace_flags.sampled and not parent_context.is_remote:
-                return parent
-        elif self._root_ratio is not None and random.random() >= self._root_ratio:
-            ids = self._ids
-            return NonRecordingSpan(
-                SpanContext(
-                    ids.generate_trace_id(), ids.generate_span_id(), is_remote=False, trace_flags=self._unsampled
-                )
-            )
-        return self._inner.start_span(
-            name, context, kind, attributes, links, start_time, record_exception, set_status_on_exception
-        )
-
-    def start_as_current_span(  # type: ignore[override]  # the base declares it as a decorated generator
-        self,
-        name: str,
-        context: Context | None = None,
-        kind: SpanKind = SpanKind.INTERNAL,
-        attributes: Attributes = None,
-        links: Sequence[Link] | None = None,
-        start_time: int | None = None,
-        record_exception: bool = True,
-        set_status_on_exception: bool = True,
-        end_on_exit: bool = True,
-    ) -> AbstractContextManager[Span]:
-        # the SDK's own steps (start, then make current), so the shortcut above applies here too
-        span = self.start_span(
-            name, context, kind, attributes, links, start_time, record_exception, set_status_on_exception
-        )
-        return trace.use_span(
-            span,
-            end_on_exit=end_on_exit,
-            record_exception=record_exception,
-            set_status_on_exception=set_status_on_exception,
-        )
-
-
 # -- setup details -------------------------------------------------------------------------------------------
 
 
-def _instrument(provider: TracerProvider, engine: AsyncEngine) -> None:
+def _instrument(provider: LeanProvider, engine: AsyncEngine) -> None:
     # imported here: instrumenting patches redis-py and hooks the engine, which only a traced process wants
     from opentelemetry.instrumentation.redis import RedisInstrumentor
     from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor

@@ -150,7 +150,8 @@ class EdgeMiddleware:
             elapsed, route = perf_counter() - started, exchange.route()
             metrics.observe_request(scope["method"], route, exchange.status, elapsed)
             if self.access_log is not None:
-                self._log(exchange.scope, route, exchange.status, elapsed, request_id)
+                ids = exchange.span.ids() if exchange.span is not None else None
+                self._log(exchange.scope, route, exchange.status, elapsed, request_id, ids)
             if exchange.span is not None:
                 exchange.span.end()
                 exchange.span.detach()
@@ -235,13 +236,16 @@ class EdgeMiddleware:
             await self.app(scope, receive, send)
         finally:
             route = scope.get("path_template") or metrics.UNMATCHED_ROUTE
-            self._log(scope, route, handshake_status_of(scope) or 403, perf_counter() - started, request_id)
+            ids = telemetry.current_ids()
+            self._log(scope, route, handshake_status_of(scope) or 403, perf_counter() - started, request_id, ids)
 
-    def _log(self, scope: Scope, route: str, status: int, elapsed: float, request_id: str) -> None:
+    def _log(
+        self, scope: Scope, route: str, status: int, elapsed: float, request_id: str, ids: tuple[str, str] | None
+    ) -> None:
         assert self.access_log is not None
         client = scope.get("client")
         claims = caller_of(scope)
-        trace_id, span_id = telemetry.current_ids() or (None, None)
+        trace_id, span_id = ids or (None, None)
         self.access_log.request(
             method=scope.get("method", "GET") if scope["type"] == ScopeType.HTTP else "GET",
             route=route,

@@ -1,0 +1,258 @@
+"""Observability's CPU cost per request, measured in one process with the configurations interleaved.
+
+`.venv/bin/python bench/paired.py [--cycles 30] [--block 640] [--samplers b,a,0] [--path /api/v1/public]`
+
+Requests per second, and even a server's CPU time per request, move by 15-40 % on a machine other sessions share.
+This measures the difference that matters, paired: keel's ASGI app (`create_app(Settings(...))`, its lifespan
+started, startup objects frozen as `keel serve` does) is driven directly in one process by a minimal ASGI server
+(scope, receive, send), 64 requests at a time (asyncio.gather) on uvloop, and the configuration switches every
+`--block` requests, in an order that rotates every cycle:
+
+- `off`: no tracer, no access log, no metrics (`keel.metrics.observe_request` swapped for a no-op): the floor;
+- `metrics`, `log`: one of the two on; `c`: both (issue 11's (c): no OTLP endpoint);
+- `traced`: (c) plus tracing (`telemetry.tracer` set), exporting over OTLP/HTTP to bench/otlp_sink.py.
+
+Each block's CPU is the process's (`time.process_time`: the event loop's thread and the exporter's) and the loop
+thread's alone (`time.thread_time`); every block ends with a pause of 0.3 s (the exporter wakes every 100 ms,
+`OTEL_BSP_SCHEDULE_DELAY`), so what a block's spans cost to encode and send is charged to that block, not the
+next. The figure per configuration is the median over cycles of (its µs per request minus `off`'s µs per request
+in the same cycle). The access line is written by the real AccessLog to stderr, which points at /dev/null; the
+middleware, the router, the rate limiter (in-process, never
+tripping) and the handler run as under `keel serve`.
+
+Each sampler runs in a child process of its own (the sampler is fixed at startup): `b` is keel's default
+(parent-based 10 %), `a` is `OTEL_TRACES_SAMPLER=always_on`, `0` records nothing (`OTEL_TRACES_SAMPLER_ARG=0`:
+the unsampled path). Prints a markdown table; nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SINK = ROOT / "bench" / "otlp_sink.py"
+CONFIGS = ("off", "metrics", "log", "c", "traced")
+SAMPLERS = {
+    "b": {},
+    "a": {"OTEL_TRACES_SAMPLER": "always_on"},
+    "0": {"OTEL_TRACES_SAMPLER_ARG": "0"},
+}
+NEVER_TRIPS = "1000000000/s burst 1000000000"
+CONCURRENCY = 64
+SCHEDULE_DELAY_MS = 100  # the exporter's wake-up: each block's spans leave during the pause that ends it
+PAUSE_S = 0.3
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# -- the child: one sampler, every configuration ---------------------------------------------------------------
+
+
+async def measure(path: str, cycles: int, block: int, sink_port: int) -> dict[str, Any]:
+    import prometheus_client
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from keel import db, metrics, telemetry
+    from keel.http.middleware import EdgeMiddleware
+    from keel.logs import AccessLog, configure_logging
+    from keel.main import create_app
+    from keel.settings import Settings
+
+    workdir = tempfile.mkdtemp(prefix="keel-paired-")
+    url = f"sqlite+aiosqlite:///{workdir}/keel.db"
+    engine = create_async_engine(url)
+    await db.upgrade(engine)
+    await engine.dispose()
+    settings = Settings(
+        _env_file=None,
+        DATABASE_URL=url,
+        KEEL_JWT_SECRET="keel-bench-only-hs256-secret-0123456789abcdef",  # noqa: S106  # a bench secret
+        KEEL_RATE_LIMIT=NEVER_TRIPS,
+        KEEL_AUTH_RATE_LIMIT=NEVER_TRIPS,
+        KEEL_LOG_FORMAT="json",
+        KEEL_LOG_LEVEL="info",
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{sink_port}",
+        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+    )
+    configure_logging(settings.log_format, "warning")  # keel's other records stay quiet; the access log is ours
+    app = create_app(settings)
+    edge = app.asgi_handler
+    assert isinstance(edge, EdgeMiddleware)
+    access_log = AccessLog("json")
+    observe = metrics.observe_request
+
+    def no_metrics(method: str, route: str, status: int, seconds: float) -> None:
+        pass
+
+    scope_template = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"127.0.0.1:8000"), (b"user-agent", b"paired/1"), (b"accept", b"*/*")],
+        "client": ("127.0.0.1", 40000),
+        "server": ("127.0.0.1", 8000),
+    }
+    statuses: dict[int, int] = {}
+
+    async def one() -> None:
+        scope = {**scope_template, "headers": list(scope_template["headers"]), "state": {}}
+        requested = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal requested
+            if not requested:
+                requested = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                statuses[message["status"]] = statuses.get(message["status"], 0) + 1
+
+        await app(scope, receive, send)  # type: ignore[arg-type]  # Litestar.__call__ puts itself in the scope, then the edge runs
+
+    async def run_block() -> tuple[float, float]:
+        cpu, loop_cpu = time.process_time(), time.thread_time()
+        for _ in range(block // CONCURRENCY):
+            await asyncio.gather(*(one() for _ in range(CONCURRENCY)))
+        await asyncio.sleep(PAUSE_S)  # every configuration pauses alike; a traced block's spans are exported meanwhile
+        return (time.process_time() - cpu) / block * 1e6, (time.thread_time() - loop_cpu) / block * 1e6
+
+    async with app.lifespan():
+        traced = telemetry.tracer
+        assert traced is not None, "tracing did not start"
+        gc.collect()
+        gc.freeze()
+
+        def configure(name: str) -> None:
+            telemetry.tracer = traced if name == "traced" else None
+            edge.access_log = access_log if name in ("log", "c", "traced") else None
+            metrics.observe_request = observe if name in ("metrics", "c", "traced") else no_metrics
+
+        for name in CONFIGS:  # warm-up: caches, the first export's connection
+            configure(name)
+            await run_block()
+        results: dict[str, list[tuple[float, float]]] = {name: [] for name in CONFIGS}
+        for cycle in range(cycles):
+            order = CONFIGS[cycle % len(CONFIGS) :] + CONFIGS[: cycle % len(CONFIGS)]
+            for name in order:
+                configure(name)
+                results[name].append(await run_block())
+        telemetry.tracer = traced  # the lifespan's shutdown flushes and clears it
+        metrics.observe_request = observe
+    dropped = sum(
+        s.value
+        for m in prometheus_client.REGISTRY.collect()
+        if m.name == "keel_spans_dropped"
+        for s in m.samples
+        if s.name.endswith("_total")
+    )
+    extra = {}
+    for name in CONFIGS[1:]:
+        pairs = zip(results[name], results["off"], strict=True)
+        diffs = [(cpu - off_cpu, loop - off_loop) for (cpu, loop), (off_cpu, off_loop) in pairs]
+        extra[name] = {
+            "cpu": statistics.median(d[0] for d in diffs),
+            "loop": statistics.median(d[1] for d in diffs),
+        }
+    return {
+        "off": statistics.median(r[0] for r in results["off"]),
+        "extra": extra,
+        "statuses": statuses,
+        "dropped": dropped,
+    }
+
+
+def child(args: argparse.Namespace) -> None:
+    import uvloop
+
+    errors = os.fdopen(os.dup(2), "w")
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)  # the access lines go to stderr, as under `keel serve` with its log file
+    try:
+        result = uvloop.run(measure(args.path, args.cycles, args.block, args.sink_port))
+    except BaseException:
+        traceback.print_exc(file=errors)
+        raise SystemExit(1) from None
+    print(json.dumps(result), flush=True)
+
+
+# -- the parent: the sink, one child per sampler, the table ----------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cycles", type=int, default=30)
+    parser.add_argument("--block", type=int, default=640)
+    parser.add_argument("--samplers", default="b,a,0", help="comma-separated among b (10 %%), a (always_on), 0")
+    parser.add_argument("--path", default="/api/v1/public")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--sink-port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child is not None:
+        child(args)
+        return
+    port = free_port()
+    sink = subprocess.Popen([sys.executable, str(SINK), str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert sink.stdout is not None
+        sink.stdout.readline()  # "listening on ..."
+        rows = {}
+        for key in args.samplers.split(","):
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "KEEL_", "DATABASE_URL"))}
+            env.update(
+                SAMPLERS[key],
+                OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",  # the exporter reads these itself
+                OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+                OTEL_BSP_SCHEDULE_DELAY=str(SCHEDULE_DELAY_MS),
+            )
+            argv = [sys.executable, __file__, "--child", key, "--sink-port", str(port), "--path", args.path]
+            argv += ["--cycles", str(args.cycles), "--block", str(args.block)]
+            done = subprocess.run(argv, env=env, stdout=subprocess.PIPE, text=True, check=True, cwd=ROOT)
+            rows[key] = json.loads(done.stdout.strip().splitlines()[-1])
+            print(f"sampler {key}: {rows[key]}", file=sys.stderr, flush=True)
+    finally:
+        sink.terminate()
+        sink.wait()
+    labels = {"b": "(b) default sampler, 10 %", "a": "(a) always_on", "0": "nothing sampled (ratio 0)"}
+    print(f"`GET {args.path}`, {args.cycles} cycles x {args.block} requests a configuration, {CONCURRENCY} at a time\n")
+    head = ("child (sampler)", "off: µs CPU / request", "+ metrics", "+ access log", "(c) both", "(c) + tracing")
+    print("| " + " | ".join((*head, "of which the loop thread")) + " |")
+    print("|---" * (len(head) + 1) + "|")
+    for key, row in rows.items():
+        e = row["extra"]
+        print(
+            f"| {labels[key]} | {row['off']:.1f} | {e['metrics']['cpu']:+.1f} | {e['log']['cpu']:+.1f} "
+            f"| {e['c']['cpu']:+.1f} | **{e['traced']['cpu']:+.1f}** | {e['traced']['loop']:+.1f} |"
+        )
+    for key, row in rows.items():
+        print(f"\n{labels[key]}: statuses {row['statuses']}, spans dropped {row['dropped']:.0f}", end="")
+    print()
+
+
+if __name__ == "__main__":
+    main()
