@@ -13,7 +13,9 @@ from .auth_token_json_body_grant_type import AuthTokenJsonBodyGrantType
 from .author import Author
 from .channel_create import ChannelCreate
 from .channel_read import ChannelRead
+from .email_verification import EmailVerification
 from .liveness import Liveness
+from .mail_accepted import MailAccepted
 from .message_create import MessageCreate
 from .message_read import MessageRead
 from .not_ready import NotReady
@@ -23,6 +25,8 @@ from .page_channel_read import PageChannelRead
 from .page_message_read import PageMessageRead
 from .page_user_read import PageUserRead
 from .password_change import PasswordChange
+from .password_reset_confirm import PasswordResetConfirm
+from .password_reset_request import PasswordResetRequest
 from .problem_details import ProblemDetails
 from .protected_message import ProtectedMessage
 from .public_message import PublicMessage
@@ -59,7 +63,9 @@ __all__ = (
     "AuthTokenJsonBodyGrantType",
     "ChannelCreate",
     "ChannelRead",
+    "EmailVerification",
     "Liveness",
+    "MailAccepted",
     "MessageCreate",
     "MessageRead",
     "NotReady",
@@ -69,6 +75,8 @@ __all__ = (
     "PageMessageRead",
     "PageUserRead",
     "PasswordChange",
+    "PasswordResetConfirm",
+    "PasswordResetRequest",
     "ProblemDetails",
     "ProtectedMessage",
     "PublicMessage",

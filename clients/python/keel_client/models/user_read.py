@@ -18,6 +18,7 @@ class UserRead:
         id (UUID):
         username (str):
         email (str):
+        email_verified (bool): The owner proved they read mail at this address
         is_admin (bool):
         created_at (datetime.datetime): RFC 3339, UTC
     """
@@ -25,6 +26,7 @@ class UserRead:
     id: UUID
     username: str
     email: str
+    email_verified: bool
     is_admin: bool
     created_at: datetime.datetime
     additional_properties: dict[str, Any] = _attrs_field(init=False, factory=dict)
@@ -35,6 +37,8 @@ class UserRead:
         username = self.username
 
         email = self.email
+
+        email_verified = self.email_verified
 
         is_admin = self.is_admin
 
@@ -47,6 +51,7 @@ class UserRead:
                 "id": id,
                 "username": username,
                 "email": email,
+                "email_verified": email_verified,
                 "is_admin": is_admin,
                 "created_at": created_at,
             }
@@ -63,6 +68,8 @@ class UserRead:
 
         email = d.pop("email")
 
+        email_verified = d.pop("email_verified")
+
         is_admin = d.pop("is_admin")
 
         created_at = datetime.datetime.fromisoformat(d.pop("created_at"))
@@ -71,6 +78,7 @@ class UserRead:
             id=id,
             username=username,
             email=email,
+            email_verified=email_verified,
             is_admin=is_admin,
             created_at=created_at,
         )

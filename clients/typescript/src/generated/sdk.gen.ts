@@ -2,7 +2,7 @@
 
 import { client } from './client.gen.js';
 import type { Client, Options as Options2, TDataShape } from './client/index.js';
-import type { AuthEndSessionData, AuthEndSessionErrors, AuthEndSessionResponses, AuthJwksData, AuthJwksErrors, AuthJwksResponses, AuthLogoutData, AuthLogoutErrors, AuthLogoutResponses, AuthProtectedData, AuthProtectedErrors, AuthProtectedResponses, AuthPublicData, AuthPublicErrors, AuthPublicResponses, AuthRefreshData, AuthRefreshErrors, AuthRefreshResponses, AuthStartSessionData, AuthStartSessionErrors, AuthStartSessionResponses, AuthTokenData, AuthTokenErrors, AuthTokenResponses, ChannelsCreateChannelData, ChannelsCreateChannelErrors, ChannelsCreateChannelResponses, ChannelsGetChannelData, ChannelsGetChannelErrors, ChannelsGetChannelResponses, ChannelsListChannelsData, ChannelsListChannelsErrors, ChannelsListChannelsResponses, ChannelsListMessagesData, ChannelsListMessagesErrors, ChannelsListMessagesResponses, ChannelsPostMessageData, ChannelsPostMessageErrors, ChannelsPostMessageResponses, OpsHealthzData, OpsHealthzErrors, OpsHealthzResponses, OpsReadyzData, OpsReadyzErrors, OpsReadyzResponses, RealtimeCreateTicketData, RealtimeCreateTicketErrors, RealtimeCreateTicketResponses, RealtimeEventsData, RealtimeEventsErrors, RealtimeEventsResponse, RealtimeEventsResponses, UsersChangePasswordData, UsersChangePasswordErrors, UsersChangePasswordResponses, UsersListUsersData, UsersListUsersErrors, UsersListUsersResponses, UsersMeData, UsersMeErrors, UsersMeResponses, UsersRegisterData, UsersRegisterErrors, UsersRegisterResponses, V1AuthEndSessionData, V1AuthEndSessionErrors, V1AuthEndSessionResponses, V1AuthLogoutData, V1AuthLogoutErrors, V1AuthLogoutResponses, V1AuthProtectedData, V1AuthProtectedErrors, V1AuthProtectedResponses, V1AuthPublicData, V1AuthPublicErrors, V1AuthPublicResponses, V1AuthRefreshData, V1AuthRefreshErrors, V1AuthRefreshResponses, V1AuthStartSessionData, V1AuthStartSessionErrors, V1AuthStartSessionResponses, V1AuthTokenData, V1AuthTokenErrors, V1AuthTokenResponses, V1ChannelsCreateChannelData, V1ChannelsCreateChannelErrors, V1ChannelsCreateChannelResponses, V1ChannelsGetChannelData, V1ChannelsGetChannelErrors, V1ChannelsGetChannelResponses, V1ChannelsListChannelsData, V1ChannelsListChannelsErrors, V1ChannelsListChannelsResponses, V1ChannelsListMessagesData, V1ChannelsListMessagesErrors, V1ChannelsListMessagesResponses, V1ChannelsPostMessageData, V1ChannelsPostMessageErrors, V1ChannelsPostMessageResponses, V1RealtimeCreateTicketData, V1RealtimeCreateTicketErrors, V1RealtimeCreateTicketResponses, V1UsersChangePasswordData, V1UsersChangePasswordErrors, V1UsersChangePasswordResponses, V1UsersListUsersData, V1UsersListUsersErrors, V1UsersListUsersResponses, V1UsersMeData, V1UsersMeErrors, V1UsersMeResponses, V1UsersRegisterData, V1UsersRegisterErrors, V1UsersRegisterResponses } from './types.gen.js';
+import type { AuthConfirmPasswordResetData, AuthConfirmPasswordResetErrors, AuthConfirmPasswordResetResponses, AuthEndSessionData, AuthEndSessionErrors, AuthEndSessionResponses, AuthJwksData, AuthJwksErrors, AuthJwksResponses, AuthLogoutData, AuthLogoutErrors, AuthLogoutResponses, AuthProtectedData, AuthProtectedErrors, AuthProtectedResponses, AuthPublicData, AuthPublicErrors, AuthPublicResponses, AuthRefreshData, AuthRefreshErrors, AuthRefreshResponses, AuthRequestEmailVerificationData, AuthRequestEmailVerificationErrors, AuthRequestEmailVerificationResponses, AuthRequestPasswordResetData, AuthRequestPasswordResetErrors, AuthRequestPasswordResetResponses, AuthStartSessionData, AuthStartSessionErrors, AuthStartSessionResponses, AuthTokenData, AuthTokenErrors, AuthTokenResponses, AuthVerifyEmailData, AuthVerifyEmailErrors, AuthVerifyEmailResponses, ChannelsCreateChannelData, ChannelsCreateChannelErrors, ChannelsCreateChannelResponses, ChannelsGetChannelData, ChannelsGetChannelErrors, ChannelsGetChannelResponses, ChannelsListChannelsData, ChannelsListChannelsErrors, ChannelsListChannelsResponses, ChannelsListMessagesData, ChannelsListMessagesErrors, ChannelsListMessagesResponses, ChannelsPostMessageData, ChannelsPostMessageErrors, ChannelsPostMessageResponses, OpsHealthzData, OpsHealthzErrors, OpsHealthzResponses, OpsReadyzData, OpsReadyzErrors, OpsReadyzResponses, RealtimeCreateTicketData, RealtimeCreateTicketErrors, RealtimeCreateTicketResponses, RealtimeEventsData, RealtimeEventsErrors, RealtimeEventsResponse, RealtimeEventsResponses, UsersChangePasswordData, UsersChangePasswordErrors, UsersChangePasswordResponses, UsersListUsersData, UsersListUsersErrors, UsersListUsersResponses, UsersMeData, UsersMeErrors, UsersMeResponses, UsersRegisterData, UsersRegisterErrors, UsersRegisterResponses, V1AuthConfirmPasswordResetData, V1AuthConfirmPasswordResetErrors, V1AuthConfirmPasswordResetResponses, V1AuthEndSessionData, V1AuthEndSessionErrors, V1AuthEndSessionResponses, V1AuthLogoutData, V1AuthLogoutErrors, V1AuthLogoutResponses, V1AuthProtectedData, V1AuthProtectedErrors, V1AuthProtectedResponses, V1AuthPublicData, V1AuthPublicErrors, V1AuthPublicResponses, V1AuthRefreshData, V1AuthRefreshErrors, V1AuthRefreshResponses, V1AuthRequestEmailVerificationData, V1AuthRequestEmailVerificationErrors, V1AuthRequestEmailVerificationResponses, V1AuthRequestPasswordResetData, V1AuthRequestPasswordResetErrors, V1AuthRequestPasswordResetResponses, V1AuthStartSessionData, V1AuthStartSessionErrors, V1AuthStartSessionResponses, V1AuthTokenData, V1AuthTokenErrors, V1AuthTokenResponses, V1AuthVerifyEmailData, V1AuthVerifyEmailErrors, V1AuthVerifyEmailResponses, V1ChannelsCreateChannelData, V1ChannelsCreateChannelErrors, V1ChannelsCreateChannelResponses, V1ChannelsGetChannelData, V1ChannelsGetChannelErrors, V1ChannelsGetChannelResponses, V1ChannelsListChannelsData, V1ChannelsListChannelsErrors, V1ChannelsListChannelsResponses, V1ChannelsListMessagesData, V1ChannelsListMessagesErrors, V1ChannelsListMessagesResponses, V1ChannelsPostMessageData, V1ChannelsPostMessageErrors, V1ChannelsPostMessageResponses, V1RealtimeCreateTicketData, V1RealtimeCreateTicketErrors, V1RealtimeCreateTicketResponses, V1UsersChangePasswordData, V1UsersChangePasswordErrors, V1UsersChangePasswordResponses, V1UsersListUsersData, V1UsersListUsersErrors, V1UsersListUsersResponses, V1UsersMeData, V1UsersMeErrors, V1UsersMeResponses, V1UsersRegisterData, V1UsersRegisterErrors, V1UsersRegisterResponses } from './types.gen.js';
 
 export type Options<TData extends TDataShape = TDataShape, ThrowOnError extends boolean = boolean, TResponse = unknown> = Options2<TData, ThrowOnError, TResponse> & {
     /**
@@ -28,7 +28,8 @@ export const opsHealthz = <ThrowOnError extends boolean = false>(options?: Optio
 /**
  * Check readiness
  *
- * Readiness: 200 when the database and Redis (if configured) answer, else 503 problem+json.
+ * Readiness: 200 when the database and Redis (if configured) answer, else 503 problem+json; 503 too
+ * from the moment the server is asked to stop (keel.http.shutdown).
  */
 export const opsReadyz = <ThrowOnError extends boolean = false>(options?: Options<OpsReadyzData, ThrowOnError>) => (options?.client ?? client).get<OpsReadyzResponses, OpsReadyzErrors, ThrowOnError>({ url: '/readyz', ...options });
 
@@ -218,6 +219,71 @@ export const v1AuthRefresh = <ThrowOnError extends boolean = false>(options: Opt
  */
 export const v1AuthToken = <ThrowOnError extends boolean = false>(options: Options<V1AuthTokenData, ThrowOnError>) => (options.client ?? client).post<V1AuthTokenResponses, V1AuthTokenErrors, ThrowOnError>({
     url: '/api/v1/auth/token',
+    ...options,
+    headers: {
+        'Content-Type': 'application/json',
+        ...options.headers
+    }
+});
+
+/**
+ * Set a new password with a reset token
+ *
+ * Set a new password with the token from the reset mail; every session of the account ends, its sockets
+ * closing with 4401. A used, expired or unknown token gets 400 `accounts.reset_token_invalid`.
+ */
+export const v1AuthConfirmPasswordReset = <ThrowOnError extends boolean = false>(options: Options<V1AuthConfirmPasswordResetData, ThrowOnError>) => (options.client ?? client).post<V1AuthConfirmPasswordResetResponses, V1AuthConfirmPasswordResetErrors, ThrowOnError>({
+    url: '/api/v1/auth/password-reset/confirm',
+    ...options,
+    headers: {
+        'Content-Type': 'application/json',
+        ...options.headers
+    }
+});
+
+/**
+ * Ask for an email verification mail
+ *
+ * Mail the caller a single-use verification token, valid 24 hours.
+ */
+export const v1AuthRequestEmailVerification = <ThrowOnError extends boolean = false>(options?: Options<V1AuthRequestEmailVerificationData, ThrowOnError>) => (options?.client ?? client).post<V1AuthRequestEmailVerificationResponses, V1AuthRequestEmailVerificationErrors, ThrowOnError>({
+    security: [
+        { scheme: 'bearer', type: 'http' },
+        { scheme: 'bearer', type: 'http' },
+        {
+            in: 'cookie',
+            name: 'keel_session',
+            type: 'apiKey'
+        }
+    ],
+    url: '/api/v1/users/me/email-verification',
+    ...options
+});
+
+/**
+ * Ask for a password reset mail
+ *
+ * Mail a single-use reset token, valid 30 minutes, to the account with this address. The answer is the
+ * same, in similar time, whether or not an account has it; past the auth policy's budget for one address,
+ * nothing more is mailed to it, and the answer is still 202.
+ */
+export const v1AuthRequestPasswordReset = <ThrowOnError extends boolean = false>(options: Options<V1AuthRequestPasswordResetData, ThrowOnError>) => (options.client ?? client).post<V1AuthRequestPasswordResetResponses, V1AuthRequestPasswordResetErrors, ThrowOnError>({
+    url: '/api/v1/auth/password-reset',
+    ...options,
+    headers: {
+        'Content-Type': 'application/json',
+        ...options.headers
+    }
+});
+
+/**
+ * Verify an email address with a token
+ *
+ * Prove the address with the token from the verification mail: the account's `email_verified` becomes
+ * true. A bad token gets 400 `accounts.verification_token_invalid`.
+ */
+export const v1AuthVerifyEmail = <ThrowOnError extends boolean = false>(options: Options<V1AuthVerifyEmailData, ThrowOnError>) => (options.client ?? client).post<V1AuthVerifyEmailResponses, V1AuthVerifyEmailErrors, ThrowOnError>({
+    url: '/api/v1/auth/verify-email',
     ...options,
     headers: {
         'Content-Type': 'application/json',
@@ -527,6 +593,71 @@ export const authRefresh = <ThrowOnError extends boolean = false>(options: Optio
  */
 export const authToken = <ThrowOnError extends boolean = false>(options: Options<AuthTokenData, ThrowOnError>) => (options.client ?? client).post<AuthTokenResponses, AuthTokenErrors, ThrowOnError>({
     url: '/api/v2/auth/token',
+    ...options,
+    headers: {
+        'Content-Type': 'application/json',
+        ...options.headers
+    }
+});
+
+/**
+ * Set a new password with a reset token
+ *
+ * Set a new password with the token from the reset mail; every session of the account ends, its sockets
+ * closing with 4401. A used, expired or unknown token gets 400 `accounts.reset_token_invalid`.
+ */
+export const authConfirmPasswordReset = <ThrowOnError extends boolean = false>(options: Options<AuthConfirmPasswordResetData, ThrowOnError>) => (options.client ?? client).post<AuthConfirmPasswordResetResponses, AuthConfirmPasswordResetErrors, ThrowOnError>({
+    url: '/api/v2/auth/password-reset/confirm',
+    ...options,
+    headers: {
+        'Content-Type': 'application/json',
+        ...options.headers
+    }
+});
+
+/**
+ * Ask for an email verification mail
+ *
+ * Mail the caller a single-use verification token, valid 24 hours.
+ */
+export const authRequestEmailVerification = <ThrowOnError extends boolean = false>(options?: Options<AuthRequestEmailVerificationData, ThrowOnError>) => (options?.client ?? client).post<AuthRequestEmailVerificationResponses, AuthRequestEmailVerificationErrors, ThrowOnError>({
+    security: [
+        { scheme: 'bearer', type: 'http' },
+        { scheme: 'bearer', type: 'http' },
+        {
+            in: 'cookie',
+            name: 'keel_session',
+            type: 'apiKey'
+        }
+    ],
+    url: '/api/v2/users/me/email-verification',
+    ...options
+});
+
+/**
+ * Ask for a password reset mail
+ *
+ * Mail a single-use reset token, valid 30 minutes, to the account with this address. The answer is the
+ * same, in similar time, whether or not an account has it; past the auth policy's budget for one address,
+ * nothing more is mailed to it, and the answer is still 202.
+ */
+export const authRequestPasswordReset = <ThrowOnError extends boolean = false>(options: Options<AuthRequestPasswordResetData, ThrowOnError>) => (options.client ?? client).post<AuthRequestPasswordResetResponses, AuthRequestPasswordResetErrors, ThrowOnError>({
+    url: '/api/v2/auth/password-reset',
+    ...options,
+    headers: {
+        'Content-Type': 'application/json',
+        ...options.headers
+    }
+});
+
+/**
+ * Verify an email address with a token
+ *
+ * Prove the address with the token from the verification mail: the account's `email_verified` becomes
+ * true. A bad token gets 400 `accounts.verification_token_invalid`.
+ */
+export const authVerifyEmail = <ThrowOnError extends boolean = false>(options: Options<AuthVerifyEmailData, ThrowOnError>) => (options.client ?? client).post<AuthVerifyEmailResponses, AuthVerifyEmailErrors, ThrowOnError>({
+    url: '/api/v2/auth/verify-email',
     ...options,
     headers: {
         'Content-Type': 'application/json',

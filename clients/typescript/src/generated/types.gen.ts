@@ -41,10 +41,24 @@ export type ChannelRead = {
 };
 
 /**
+ * EmailVerification
+ */
+export type EmailVerification = {
+    token: string;
+};
+
+/**
  * Liveness
  */
 export type Liveness = {
     status?: 'ok';
+};
+
+/**
+ * MailAccepted
+ */
+export type MailAccepted = {
+    message: string;
 };
 
 /**
@@ -98,6 +112,27 @@ export type PasswordChange = {
      * 8 to 128 characters; never truncated
      */
     new_password: string;
+};
+
+/**
+ * PasswordResetConfirm
+ */
+export type PasswordResetConfirm = {
+    token: string;
+    /**
+     * 8 to 128 characters; never truncated
+     */
+    new_password: string;
+};
+
+/**
+ * PasswordResetRequest
+ */
+export type PasswordResetRequest = {
+    /**
+     * an email address (RFC 5322 dot-atom syntax, a public domain: no IP literals, quoted local parts or special-use domains such as .local and .test); stored with its domain lower-cased (email-validator's normal form)
+     */
+    email: string;
 };
 
 /**
@@ -216,6 +251,10 @@ export type UserRead = {
     id: string;
     username: string;
     email: string;
+    /**
+     * The owner proved they read mail at this address
+     */
+    email_verified: boolean;
     is_admin: boolean;
     /**
      * RFC 3339, UTC
@@ -338,7 +377,7 @@ export type OpsReadyzErrors = {
      */
     400: ProblemDetails;
     /**
-     * The database or Redis is not answering; `checks` says which
+     * The database or Redis is not answering (`checks` says which), or the server is stopping
      */
     503: NotReady;
 };
@@ -630,6 +669,10 @@ export type V1UsersRegisterData = {
     body: UserCreate;
     headers?: {
         /**
+         * Makes a retry safe (draft-ietf-httpapi-idempotency-key-header): a repeat with this key within 24 h, by the same caller with the same request, gets the first answer again (marked Idempotent-Replayed) and is not done twice. Only successes are recorded: a request that failed may be retried with its key.
+         */
+        'Idempotency-Key'?: string;
+        /**
          * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
          */
         'X-Request-ID'?: string;
@@ -645,7 +688,7 @@ export type V1UsersRegisterErrors = {
      */
     400: ProblemDetails;
     /**
-     * The username or email is taken
+     * The username or email is taken; a request with this Idempotency-Key is still in flight (`http.idempotency_key_in_use`): retry shortly
      */
     409: ProblemDetails;
     /**
@@ -657,7 +700,7 @@ export type V1UsersRegisterErrors = {
      */
     415: ProblemDetails;
     /**
-     * The body is not valid JSON, or some of its fields are invalid, missing or unknown (`errors` lists all)
+     * The body is not valid JSON, or some of its fields are invalid, missing or unknown (`errors` lists all); Idempotency-Key is not 1 to 255 visible ASCII characters, or was used with another request (`http.idempotency_key_reused`)
      */
     422: ValidationProblem;
     /**
@@ -962,6 +1005,206 @@ export type V1AuthTokenResponses = {
 
 export type V1AuthTokenResponse = V1AuthTokenResponses[keyof V1AuthTokenResponses];
 
+export type V1AuthConfirmPasswordResetData = {
+    body: PasswordResetConfirm;
+    headers?: {
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
+    };
+    path?: never;
+    query?: never;
+    url: '/api/v1/auth/password-reset/confirm';
+};
+
+export type V1AuthConfirmPasswordResetErrors = {
+    /**
+     * More than one Authorization header
+     */
+    400: ProblemDetails;
+    /**
+     * The body is larger than KEEL_MAX_BODY_BYTES
+     */
+    413: ProblemDetails;
+    /**
+     * The body is not application/json
+     */
+    415: ProblemDetails;
+    /**
+     * The body is not valid JSON, or some of its fields are invalid, missing or unknown (`errors` lists all)
+     */
+    422: ValidationProblem;
+    /**
+     * Too many requests: wait Retry-After seconds
+     */
+    429: ProblemDetails;
+    /**
+     * Too many passwords are being hashed; retry after Retry-After seconds; the database or Redis is not answering: retry after Retry-After seconds
+     */
+    503: ProblemDetails;
+};
+
+export type V1AuthConfirmPasswordResetError = V1AuthConfirmPasswordResetErrors[keyof V1AuthConfirmPasswordResetErrors];
+
+export type V1AuthConfirmPasswordResetResponses = {
+    /**
+     * Request fulfilled, nothing follows
+     */
+    204: void;
+};
+
+export type V1AuthConfirmPasswordResetResponse = V1AuthConfirmPasswordResetResponses[keyof V1AuthConfirmPasswordResetResponses];
+
+export type V1AuthRequestEmailVerificationData = {
+    body?: never;
+    headers?: {
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
+    };
+    path?: never;
+    query?: never;
+    url: '/api/v1/users/me/email-verification';
+};
+
+export type V1AuthRequestEmailVerificationErrors = {
+    /**
+     * More than one Authorization header
+     */
+    400: ProblemDetails;
+    /**
+     * No valid credentials: the bearer token or session cookie is missing, expired or revoked
+     */
+    401: ProblemDetails;
+    /**
+     * A session-cookie request without X-CSRF-Token equal to the keel_csrf cookie
+     */
+    403: ProblemDetails;
+    /**
+     * Too many requests: wait Retry-After seconds
+     */
+    429: ProblemDetails;
+    /**
+     * The database or Redis is not answering: retry after Retry-After seconds; a session cookie could not be renewed
+     */
+    503: ProblemDetails;
+};
+
+export type V1AuthRequestEmailVerificationError = V1AuthRequestEmailVerificationErrors[keyof V1AuthRequestEmailVerificationErrors];
+
+export type V1AuthRequestEmailVerificationResponses = {
+    /**
+     * Request accepted, processing continues off-line
+     */
+    202: MailAccepted;
+};
+
+export type V1AuthRequestEmailVerificationResponse = V1AuthRequestEmailVerificationResponses[keyof V1AuthRequestEmailVerificationResponses];
+
+export type V1AuthRequestPasswordResetData = {
+    body: PasswordResetRequest;
+    headers?: {
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
+    };
+    path?: never;
+    query?: never;
+    url: '/api/v1/auth/password-reset';
+};
+
+export type V1AuthRequestPasswordResetErrors = {
+    /**
+     * More than one Authorization header
+     */
+    400: ProblemDetails;
+    /**
+     * The body is larger than KEEL_MAX_BODY_BYTES
+     */
+    413: ProblemDetails;
+    /**
+     * The body is not application/json
+     */
+    415: ProblemDetails;
+    /**
+     * The body is not valid JSON, or some of its fields are invalid, missing or unknown (`errors` lists all)
+     */
+    422: ValidationProblem;
+    /**
+     * Too many requests: wait Retry-After seconds
+     */
+    429: ProblemDetails;
+    /**
+     * The database or Redis is not answering: retry after Retry-After seconds
+     */
+    503: ProblemDetails;
+};
+
+export type V1AuthRequestPasswordResetError = V1AuthRequestPasswordResetErrors[keyof V1AuthRequestPasswordResetErrors];
+
+export type V1AuthRequestPasswordResetResponses = {
+    /**
+     * Request accepted, processing continues off-line
+     */
+    202: MailAccepted;
+};
+
+export type V1AuthRequestPasswordResetResponse = V1AuthRequestPasswordResetResponses[keyof V1AuthRequestPasswordResetResponses];
+
+export type V1AuthVerifyEmailData = {
+    body: EmailVerification;
+    headers?: {
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
+    };
+    path?: never;
+    query?: never;
+    url: '/api/v1/auth/verify-email';
+};
+
+export type V1AuthVerifyEmailErrors = {
+    /**
+     * More than one Authorization header
+     */
+    400: ProblemDetails;
+    /**
+     * The body is larger than KEEL_MAX_BODY_BYTES
+     */
+    413: ProblemDetails;
+    /**
+     * The body is not application/json
+     */
+    415: ProblemDetails;
+    /**
+     * The body is not valid JSON, or some of its fields are invalid, missing or unknown (`errors` lists all)
+     */
+    422: ValidationProblem;
+    /**
+     * Too many requests: wait Retry-After seconds
+     */
+    429: ProblemDetails;
+    /**
+     * The database or Redis is not answering: retry after Retry-After seconds
+     */
+    503: ProblemDetails;
+};
+
+export type V1AuthVerifyEmailError = V1AuthVerifyEmailErrors[keyof V1AuthVerifyEmailErrors];
+
+export type V1AuthVerifyEmailResponses = {
+    /**
+     * Request fulfilled, nothing follows
+     */
+    204: void;
+};
+
+export type V1AuthVerifyEmailResponse = V1AuthVerifyEmailResponses[keyof V1AuthVerifyEmailResponses];
+
 export type V1ChannelsListChannelsData = {
     body?: never;
     headers?: {
@@ -1023,6 +1266,10 @@ export type V1ChannelsCreateChannelData = {
     body: ChannelCreate;
     headers?: {
         /**
+         * Makes a retry safe (draft-ietf-httpapi-idempotency-key-header): a repeat with this key within 24 h, by the same caller with the same request, gets the first answer again (marked Idempotent-Replayed) and is not done twice. Only successes are recorded: a request that failed may be retried with its key.
+         */
+        'Idempotency-Key'?: string;
+        /**
          * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
          */
         'X-Request-ID'?: string;
@@ -1046,7 +1293,7 @@ export type V1ChannelsCreateChannelErrors = {
      */
     403: ProblemDetails;
     /**
-     * The name is taken
+     * The name is taken; a request with this Idempotency-Key is still in flight (`http.idempotency_key_in_use`): retry shortly
      */
     409: ProblemDetails;
     /**
@@ -1058,7 +1305,7 @@ export type V1ChannelsCreateChannelErrors = {
      */
     415: ProblemDetails;
     /**
-     * The body is not valid JSON, or some of its fields are invalid, missing or unknown (`errors` lists all)
+     * The body is not valid JSON, or some of its fields are invalid, missing or unknown (`errors` lists all); Idempotency-Key is not 1 to 255 visible ASCII characters, or was used with another request (`http.idempotency_key_reused`)
      */
     422: ValidationProblem;
     /**
@@ -1202,6 +1449,10 @@ export type V1ChannelsPostMessageData = {
     body: MessageCreate;
     headers?: {
         /**
+         * Makes a retry safe (draft-ietf-httpapi-idempotency-key-header): a repeat with this key within 24 h, by the same caller with the same request, gets the first answer again (marked Idempotent-Replayed) and is not done twice. Only successes are recorded: a request that failed may be retried with its key.
+         */
+        'Idempotency-Key'?: string;
+        /**
          * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
          */
         'X-Request-ID'?: string;
@@ -1231,6 +1482,10 @@ export type V1ChannelsPostMessageErrors = {
      */
     404: ProblemDetails;
     /**
+     * A request with this Idempotency-Key is still in flight (`http.idempotency_key_in_use`): retry shortly
+     */
+    409: ProblemDetails;
+    /**
      * The body is larger than KEEL_MAX_BODY_BYTES
      */
     413: ProblemDetails;
@@ -1239,7 +1494,7 @@ export type V1ChannelsPostMessageErrors = {
      */
     415: ProblemDetails;
     /**
-     * The body is not valid JSON, or some of its fields are invalid, missing or unknown (`errors` lists all)
+     * The body is not valid JSON, or some of its fields are invalid, missing or unknown (`errors` lists all); Idempotency-Key is not 1 to 255 visible ASCII characters, or was used with another request (`http.idempotency_key_reused`)
      */
     422: ValidationProblem;
     /**
@@ -1554,6 +1809,10 @@ export type UsersRegisterData = {
     body: UserCreate;
     headers?: {
         /**
+         * Makes a retry safe (draft-ietf-httpapi-idempotency-key-header): a repeat with this key within 24 h, by the same caller with the same request, gets the first answer again (marked Idempotent-Replayed) and is not done twice. Only successes are recorded: a request that failed may be retried with its key.
+         */
+        'Idempotency-Key'?: string;
+        /**
          * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
          */
         'X-Request-ID'?: string;
@@ -1569,7 +1828,7 @@ export type UsersRegisterErrors = {
      */
     400: ProblemDetails;
     /**
-     * The username or email is taken
+     * The username or email is taken; a request with this Idempotency-Key is still in flight (`http.idempotency_key_in_use`): retry shortly
      */
     409: ProblemDetails;
     /**
@@ -1581,7 +1840,7 @@ export type UsersRegisterErrors = {
      */
     415: ProblemDetails;
     /**
-     * The body is not valid JSON, or some of its fields are invalid, missing or unknown (`errors` lists all)
+     * The body is not valid JSON, or some of its fields are invalid, missing or unknown (`errors` lists all); Idempotency-Key is not 1 to 255 visible ASCII characters, or was used with another request (`http.idempotency_key_reused`)
      */
     422: ValidationProblem;
     /**
@@ -1886,6 +2145,206 @@ export type AuthTokenResponses = {
 
 export type AuthTokenResponse = AuthTokenResponses[keyof AuthTokenResponses];
 
+export type AuthConfirmPasswordResetData = {
+    body: PasswordResetConfirm;
+    headers?: {
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
+    };
+    path?: never;
+    query?: never;
+    url: '/api/v2/auth/password-reset/confirm';
+};
+
+export type AuthConfirmPasswordResetErrors = {
+    /**
+     * More than one Authorization header
+     */
+    400: ProblemDetails;
+    /**
+     * The body is larger than KEEL_MAX_BODY_BYTES
+     */
+    413: ProblemDetails;
+    /**
+     * The body is not application/json
+     */
+    415: ProblemDetails;
+    /**
+     * The body is not valid JSON, or some of its fields are invalid, missing or unknown (`errors` lists all)
+     */
+    422: ValidationProblem;
+    /**
+     * Too many requests: wait Retry-After seconds
+     */
+    429: ProblemDetails;
+    /**
+     * Too many passwords are being hashed; retry after Retry-After seconds; the database or Redis is not answering: retry after Retry-After seconds
+     */
+    503: ProblemDetails;
+};
+
+export type AuthConfirmPasswordResetError = AuthConfirmPasswordResetErrors[keyof AuthConfirmPasswordResetErrors];
+
+export type AuthConfirmPasswordResetResponses = {
+    /**
+     * Request fulfilled, nothing follows
+     */
+    204: void;
+};
+
+export type AuthConfirmPasswordResetResponse = AuthConfirmPasswordResetResponses[keyof AuthConfirmPasswordResetResponses];
+
+export type AuthRequestEmailVerificationData = {
+    body?: never;
+    headers?: {
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
+    };
+    path?: never;
+    query?: never;
+    url: '/api/v2/users/me/email-verification';
+};
+
+export type AuthRequestEmailVerificationErrors = {
+    /**
+     * More than one Authorization header
+     */
+    400: ProblemDetails;
+    /**
+     * No valid credentials: the bearer token or session cookie is missing, expired or revoked
+     */
+    401: ProblemDetails;
+    /**
+     * A session-cookie request without X-CSRF-Token equal to the keel_csrf cookie
+     */
+    403: ProblemDetails;
+    /**
+     * Too many requests: wait Retry-After seconds
+     */
+    429: ProblemDetails;
+    /**
+     * The database or Redis is not answering: retry after Retry-After seconds; a session cookie could not be renewed
+     */
+    503: ProblemDetails;
+};
+
+export type AuthRequestEmailVerificationError = AuthRequestEmailVerificationErrors[keyof AuthRequestEmailVerificationErrors];
+
+export type AuthRequestEmailVerificationResponses = {
+    /**
+     * Request accepted, processing continues off-line
+     */
+    202: MailAccepted;
+};
+
+export type AuthRequestEmailVerificationResponse = AuthRequestEmailVerificationResponses[keyof AuthRequestEmailVerificationResponses];
+
+export type AuthRequestPasswordResetData = {
+    body: PasswordResetRequest;
+    headers?: {
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
+    };
+    path?: never;
+    query?: never;
+    url: '/api/v2/auth/password-reset';
+};
+
+export type AuthRequestPasswordResetErrors = {
+    /**
+     * More than one Authorization header
+     */
+    400: ProblemDetails;
+    /**
+     * The body is larger than KEEL_MAX_BODY_BYTES
+     */
+    413: ProblemDetails;
+    /**
+     * The body is not application/json
+     */
+    415: ProblemDetails;
+    /**
+     * The body is not valid JSON, or some of its fields are invalid, missing or unknown (`errors` lists all)
+     */
+    422: ValidationProblem;
+    /**
+     * Too many requests: wait Retry-After seconds
+     */
+    429: ProblemDetails;
+    /**
+     * The database or Redis is not answering: retry after Retry-After seconds
+     */
+    503: ProblemDetails;
+};
+
+export type AuthRequestPasswordResetError = AuthRequestPasswordResetErrors[keyof AuthRequestPasswordResetErrors];
+
+export type AuthRequestPasswordResetResponses = {
+    /**
+     * Request accepted, processing continues off-line
+     */
+    202: MailAccepted;
+};
+
+export type AuthRequestPasswordResetResponse = AuthRequestPasswordResetResponses[keyof AuthRequestPasswordResetResponses];
+
+export type AuthVerifyEmailData = {
+    body: EmailVerification;
+    headers?: {
+        /**
+         * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
+         */
+        'X-Request-ID'?: string;
+    };
+    path?: never;
+    query?: never;
+    url: '/api/v2/auth/verify-email';
+};
+
+export type AuthVerifyEmailErrors = {
+    /**
+     * More than one Authorization header
+     */
+    400: ProblemDetails;
+    /**
+     * The body is larger than KEEL_MAX_BODY_BYTES
+     */
+    413: ProblemDetails;
+    /**
+     * The body is not application/json
+     */
+    415: ProblemDetails;
+    /**
+     * The body is not valid JSON, or some of its fields are invalid, missing or unknown (`errors` lists all)
+     */
+    422: ValidationProblem;
+    /**
+     * Too many requests: wait Retry-After seconds
+     */
+    429: ProblemDetails;
+    /**
+     * The database or Redis is not answering: retry after Retry-After seconds
+     */
+    503: ProblemDetails;
+};
+
+export type AuthVerifyEmailError = AuthVerifyEmailErrors[keyof AuthVerifyEmailErrors];
+
+export type AuthVerifyEmailResponses = {
+    /**
+     * Request fulfilled, nothing follows
+     */
+    204: void;
+};
+
+export type AuthVerifyEmailResponse = AuthVerifyEmailResponses[keyof AuthVerifyEmailResponses];
+
 export type ChannelsListChannelsData = {
     body?: never;
     headers?: {
@@ -1950,6 +2409,10 @@ export type ChannelsCreateChannelData = {
     body: ChannelCreate;
     headers?: {
         /**
+         * Makes a retry safe (draft-ietf-httpapi-idempotency-key-header): a repeat with this key within 24 h, by the same caller with the same request, gets the first answer again (marked Idempotent-Replayed) and is not done twice. Only successes are recorded: a request that failed may be retried with its key.
+         */
+        'Idempotency-Key'?: string;
+        /**
          * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
          */
         'X-Request-ID'?: string;
@@ -1973,7 +2436,7 @@ export type ChannelsCreateChannelErrors = {
      */
     403: ProblemDetails;
     /**
-     * The name is taken
+     * The name is taken; a request with this Idempotency-Key is still in flight (`http.idempotency_key_in_use`): retry shortly
      */
     409: ProblemDetails;
     /**
@@ -1985,7 +2448,7 @@ export type ChannelsCreateChannelErrors = {
      */
     415: ProblemDetails;
     /**
-     * The body is not valid JSON, or some of its fields are invalid, missing or unknown (`errors` lists all)
+     * The body is not valid JSON, or some of its fields are invalid, missing or unknown (`errors` lists all); Idempotency-Key is not 1 to 255 visible ASCII characters, or was used with another request (`http.idempotency_key_reused`)
      */
     422: ValidationProblem;
     /**
@@ -2132,6 +2595,10 @@ export type ChannelsPostMessageData = {
     body: MessageCreate;
     headers?: {
         /**
+         * Makes a retry safe (draft-ietf-httpapi-idempotency-key-header): a repeat with this key within 24 h, by the same caller with the same request, gets the first answer again (marked Idempotent-Replayed) and is not done twice. Only successes are recorded: a request that failed may be retried with its key.
+         */
+        'Idempotency-Key'?: string;
+        /**
          * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
          */
         'X-Request-ID'?: string;
@@ -2161,6 +2628,10 @@ export type ChannelsPostMessageErrors = {
      */
     404: ProblemDetails;
     /**
+     * A request with this Idempotency-Key is still in flight (`http.idempotency_key_in_use`): retry shortly
+     */
+    409: ProblemDetails;
+    /**
      * The body is larger than KEEL_MAX_BODY_BYTES
      */
     413: ProblemDetails;
@@ -2169,7 +2640,7 @@ export type ChannelsPostMessageErrors = {
      */
     415: ProblemDetails;
     /**
-     * The body is not valid JSON, or some of its fields are invalid, missing or unknown (`errors` lists all)
+     * The body is not valid JSON, or some of its fields are invalid, missing or unknown (`errors` lists all); Idempotency-Key is not 1 to 255 visible ASCII characters, or was used with another request (`http.idempotency_key_reused`)
      */
     422: ValidationProblem;
     /**

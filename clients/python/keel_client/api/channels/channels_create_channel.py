@@ -15,9 +15,13 @@ from ...types import UNSET, Response, Unset
 def _get_kwargs(
     *,
     body: ChannelCreate,
+    idempotency_key: str | Unset = UNSET,
     x_request_id: str | Unset = UNSET,
 ) -> dict[str, Any]:
     headers: dict[str, Any] = {}
+    if not isinstance(idempotency_key, Unset):
+        headers["Idempotency-Key"] = idempotency_key
+
     if not isinstance(x_request_id, Unset):
         headers["X-Request-ID"] = x_request_id
 
@@ -108,6 +112,7 @@ def sync_detailed(
     *,
     client: AuthenticatedClient,
     body: ChannelCreate,
+    idempotency_key: str | Unset = UNSET,
     x_request_id: str | Unset = UNSET,
 ) -> Response[ChannelRead | ProblemDetails | ValidationProblem]:
     """Create a channel
@@ -115,6 +120,7 @@ def sync_detailed(
      Create a channel. Its name is unique; `description` is optional.
 
     Args:
+        idempotency_key (str | Unset):
         x_request_id (str | Unset):
         body (ChannelCreate):
 
@@ -128,6 +134,7 @@ def sync_detailed(
 
     kwargs = _get_kwargs(
         body=body,
+        idempotency_key=idempotency_key,
         x_request_id=x_request_id,
     )
 
@@ -142,6 +149,7 @@ def sync(
     *,
     client: AuthenticatedClient,
     body: ChannelCreate,
+    idempotency_key: str | Unset = UNSET,
     x_request_id: str | Unset = UNSET,
 ) -> ChannelRead | ProblemDetails | ValidationProblem | None:
     """Create a channel
@@ -149,6 +157,7 @@ def sync(
      Create a channel. Its name is unique; `description` is optional.
 
     Args:
+        idempotency_key (str | Unset):
         x_request_id (str | Unset):
         body (ChannelCreate):
 
@@ -163,6 +172,7 @@ def sync(
     return sync_detailed(
         client=client,
         body=body,
+        idempotency_key=idempotency_key,
         x_request_id=x_request_id,
     ).parsed
 
@@ -171,6 +181,7 @@ async def asyncio_detailed(
     *,
     client: AuthenticatedClient,
     body: ChannelCreate,
+    idempotency_key: str | Unset = UNSET,
     x_request_id: str | Unset = UNSET,
 ) -> Response[ChannelRead | ProblemDetails | ValidationProblem]:
     """Create a channel
@@ -178,6 +189,7 @@ async def asyncio_detailed(
      Create a channel. Its name is unique; `description` is optional.
 
     Args:
+        idempotency_key (str | Unset):
         x_request_id (str | Unset):
         body (ChannelCreate):
 
@@ -191,6 +203,7 @@ async def asyncio_detailed(
 
     kwargs = _get_kwargs(
         body=body,
+        idempotency_key=idempotency_key,
         x_request_id=x_request_id,
     )
 
@@ -203,6 +216,7 @@ async def asyncio(
     *,
     client: AuthenticatedClient,
     body: ChannelCreate,
+    idempotency_key: str | Unset = UNSET,
     x_request_id: str | Unset = UNSET,
 ) -> ChannelRead | ProblemDetails | ValidationProblem | None:
     """Create a channel
@@ -210,6 +224,7 @@ async def asyncio(
      Create a channel. Its name is unique; `description` is optional.
 
     Args:
+        idempotency_key (str | Unset):
         x_request_id (str | Unset):
         body (ChannelCreate):
 
@@ -225,6 +240,7 @@ async def asyncio(
         await asyncio_detailed(
             client=client,
             body=body,
+            idempotency_key=idempotency_key,
             x_request_id=x_request_id,
         )
     ).parsed

@@ -18,9 +18,13 @@ def _get_kwargs(
     channel_id: UUID,
     *,
     body: MessageCreate,
+    idempotency_key: str | Unset = UNSET,
     x_request_id: str | Unset = UNSET,
 ) -> dict[str, Any]:
     headers: dict[str, Any] = {}
+    if not isinstance(idempotency_key, Unset):
+        headers["Idempotency-Key"] = idempotency_key
+
     if not isinstance(x_request_id, Unset):
         headers["X-Request-ID"] = x_request_id
 
@@ -66,6 +70,11 @@ def _parse_response(
         response_404 = ProblemDetails.from_dict(response.json())
 
         return response_404
+
+    if response.status_code == 409:
+        response_409 = ProblemDetails.from_dict(response.json())
+
+        return response_409
 
     if response.status_code == 413:
         response_413 = ProblemDetails.from_dict(response.json())
@@ -114,6 +123,7 @@ def sync_detailed(
     *,
     client: AuthenticatedClient,
     body: MessageCreate,
+    idempotency_key: str | Unset = UNSET,
     x_request_id: str | Unset = UNSET,
 ) -> Response[MessageRead | ProblemDetails | ValidationProblem]:
     """Post a message
@@ -122,6 +132,7 @@ def sync_detailed(
 
     Args:
         channel_id (UUID):
+        idempotency_key (str | Unset):
         x_request_id (str | Unset):
         body (MessageCreate):
 
@@ -136,6 +147,7 @@ def sync_detailed(
     kwargs = _get_kwargs(
         channel_id=channel_id,
         body=body,
+        idempotency_key=idempotency_key,
         x_request_id=x_request_id,
     )
 
@@ -151,6 +163,7 @@ def sync(
     *,
     client: AuthenticatedClient,
     body: MessageCreate,
+    idempotency_key: str | Unset = UNSET,
     x_request_id: str | Unset = UNSET,
 ) -> MessageRead | ProblemDetails | ValidationProblem | None:
     """Post a message
@@ -159,6 +172,7 @@ def sync(
 
     Args:
         channel_id (UUID):
+        idempotency_key (str | Unset):
         x_request_id (str | Unset):
         body (MessageCreate):
 
@@ -174,6 +188,7 @@ def sync(
         channel_id=channel_id,
         client=client,
         body=body,
+        idempotency_key=idempotency_key,
         x_request_id=x_request_id,
     ).parsed
 
@@ -183,6 +198,7 @@ async def asyncio_detailed(
     *,
     client: AuthenticatedClient,
     body: MessageCreate,
+    idempotency_key: str | Unset = UNSET,
     x_request_id: str | Unset = UNSET,
 ) -> Response[MessageRead | ProblemDetails | ValidationProblem]:
     """Post a message
@@ -191,6 +207,7 @@ async def asyncio_detailed(
 
     Args:
         channel_id (UUID):
+        idempotency_key (str | Unset):
         x_request_id (str | Unset):
         body (MessageCreate):
 
@@ -205,6 +222,7 @@ async def asyncio_detailed(
     kwargs = _get_kwargs(
         channel_id=channel_id,
         body=body,
+        idempotency_key=idempotency_key,
         x_request_id=x_request_id,
     )
 
@@ -218,6 +236,7 @@ async def asyncio(
     *,
     client: AuthenticatedClient,
     body: MessageCreate,
+    idempotency_key: str | Unset = UNSET,
     x_request_id: str | Unset = UNSET,
 ) -> MessageRead | ProblemDetails | ValidationProblem | None:
     """Post a message
@@ -226,6 +245,7 @@ async def asyncio(
 
     Args:
         channel_id (UUID):
+        idempotency_key (str | Unset):
         x_request_id (str | Unset):
         body (MessageCreate):
 
@@ -242,6 +262,7 @@ async def asyncio(
             channel_id=channel_id,
             client=client,
             body=body,
+            idempotency_key=idempotency_key,
             x_request_id=x_request_id,
         )
     ).parsed

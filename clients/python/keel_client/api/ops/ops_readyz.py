@@ -70,7 +70,8 @@ def sync_detailed(
 ) -> Response[NotReady | ProblemDetails | Readiness]:
     """Check readiness
 
-     Readiness: 200 when the database and Redis (if configured) answer, else 503 problem+json.
+     Readiness: 200 when the database and Redis (if configured) answer, else 503 problem+json; 503 too
+    from the moment the server is asked to stop (keel.http.shutdown).
 
     Args:
         x_request_id (str | Unset):
@@ -101,7 +102,8 @@ def sync(
 ) -> NotReady | ProblemDetails | Readiness | None:
     """Check readiness
 
-     Readiness: 200 when the database and Redis (if configured) answer, else 503 problem+json.
+     Readiness: 200 when the database and Redis (if configured) answer, else 503 problem+json; 503 too
+    from the moment the server is asked to stop (keel.http.shutdown).
 
     Args:
         x_request_id (str | Unset):
@@ -127,7 +129,8 @@ async def asyncio_detailed(
 ) -> Response[NotReady | ProblemDetails | Readiness]:
     """Check readiness
 
-     Readiness: 200 when the database and Redis (if configured) answer, else 503 problem+json.
+     Readiness: 200 when the database and Redis (if configured) answer, else 503 problem+json; 503 too
+    from the moment the server is asked to stop (keel.http.shutdown).
 
     Args:
         x_request_id (str | Unset):
@@ -156,7 +159,8 @@ async def asyncio(
 ) -> NotReady | ProblemDetails | Readiness | None:
     """Check readiness
 
-     Readiness: 200 when the database and Redis (if configured) answer, else 503 problem+json.
+     Readiness: 200 when the database and Redis (if configured) answer, else 503 problem+json; 503 too
+    from the moment the server is asked to stop (keel.http.shutdown).
 
     Args:
         x_request_id (str | Unset):

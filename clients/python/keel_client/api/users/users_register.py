@@ -15,9 +15,13 @@ from ...types import UNSET, Response, Unset
 def _get_kwargs(
     *,
     body: UserCreate,
+    idempotency_key: str | Unset = UNSET,
     x_request_id: str | Unset = UNSET,
 ) -> dict[str, Any]:
     headers: dict[str, Any] = {}
+    if not isinstance(idempotency_key, Unset):
+        headers["Idempotency-Key"] = idempotency_key
+
     if not isinstance(x_request_id, Unset):
         headers["X-Request-ID"] = x_request_id
 
@@ -98,6 +102,7 @@ def sync_detailed(
     *,
     client: AuthenticatedClient | Client,
     body: UserCreate,
+    idempotency_key: str | Unset = UNSET,
     x_request_id: str | Unset = UNSET,
 ) -> Response[ProblemDetails | UserRead | ValidationProblem]:
     """Register a user
@@ -106,6 +111,7 @@ def sync_detailed(
     password is hashed with Argon2id and never stored or returned.
 
     Args:
+        idempotency_key (str | Unset):
         x_request_id (str | Unset):
         body (UserCreate):
 
@@ -119,6 +125,7 @@ def sync_detailed(
 
     kwargs = _get_kwargs(
         body=body,
+        idempotency_key=idempotency_key,
         x_request_id=x_request_id,
     )
 
@@ -133,6 +140,7 @@ def sync(
     *,
     client: AuthenticatedClient | Client,
     body: UserCreate,
+    idempotency_key: str | Unset = UNSET,
     x_request_id: str | Unset = UNSET,
 ) -> ProblemDetails | UserRead | ValidationProblem | None:
     """Register a user
@@ -141,6 +149,7 @@ def sync(
     password is hashed with Argon2id and never stored or returned.
 
     Args:
+        idempotency_key (str | Unset):
         x_request_id (str | Unset):
         body (UserCreate):
 
@@ -155,6 +164,7 @@ def sync(
     return sync_detailed(
         client=client,
         body=body,
+        idempotency_key=idempotency_key,
         x_request_id=x_request_id,
     ).parsed
 
@@ -163,6 +173,7 @@ async def asyncio_detailed(
     *,
     client: AuthenticatedClient | Client,
     body: UserCreate,
+    idempotency_key: str | Unset = UNSET,
     x_request_id: str | Unset = UNSET,
 ) -> Response[ProblemDetails | UserRead | ValidationProblem]:
     """Register a user
@@ -171,6 +182,7 @@ async def asyncio_detailed(
     password is hashed with Argon2id and never stored or returned.
 
     Args:
+        idempotency_key (str | Unset):
         x_request_id (str | Unset):
         body (UserCreate):
 
@@ -184,6 +196,7 @@ async def asyncio_detailed(
 
     kwargs = _get_kwargs(
         body=body,
+        idempotency_key=idempotency_key,
         x_request_id=x_request_id,
     )
 
@@ -196,6 +209,7 @@ async def asyncio(
     *,
     client: AuthenticatedClient | Client,
     body: UserCreate,
+    idempotency_key: str | Unset = UNSET,
     x_request_id: str | Unset = UNSET,
 ) -> ProblemDetails | UserRead | ValidationProblem | None:
     """Register a user
@@ -204,6 +218,7 @@ async def asyncio(
     password is hashed with Argon2id and never stored or returned.
 
     Args:
+        idempotency_key (str | Unset):
         x_request_id (str | Unset):
         body (UserCreate):
 
@@ -219,6 +234,7 @@ async def asyncio(
         await asyncio_detailed(
             client=client,
             body=body,
+            idempotency_key=idempotency_key,
             x_request_id=x_request_id,
         )
     ).parsed
