@@ -8,7 +8,6 @@ from http import HTTPStatus
 from typing import Any, Final
 
 import msgspec
-import sqlalchemy.exc
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from litestar.openapi import ResponseSpec
@@ -28,7 +27,7 @@ from keel.errors import (
 )
 from keel.http.requests import DECODED_BODY, ClientDisconnected
 from keel.http.validation import sentence, split_path, struct_errors
-from keel.shared import BackendUnavailable
+from keel.shared.errors import OUTAGES
 
 log = logging.getLogger("keel.http")
 _encoder = msgspec.json.Encoder()
@@ -288,15 +287,6 @@ def internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[
     return problem(500, detail="The server failed to handle this request.")
 
 
-# what a database or Redis outage raises (the pool's TimeoutError included): the client did nothing wrong
-OUTAGES: Final = (
-    sqlalchemy.exc.TimeoutError,
-    sqlalchemy.exc.OperationalError,
-    sqlalchemy.exc.InterfaceError,
-    BackendUnavailable,
-    ConnectionError,
-    TimeoutError,
-)
 EXCEPTION_HANDLERS: Final = {
     KeelError: keel_error,
     **dict.fromkeys(OUTAGES, dependency_unavailable),

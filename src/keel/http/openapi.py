@@ -10,7 +10,7 @@ before or around the handler, and is added here from the same facts the edge act
 - a body: 413 over KEEL_MAX_BODY_BYTES, 415 for another media type, 422 listing every bad field;
 - a query parameter: 422;
 - the rate-limited prefix: 429 with `Retry-After`, and `RateLimit`/`RateLimit-Policy` on every answer that passed;
-- a database or Redis dependency: 503 with `Retry-After` while it does not answer (keel.http.errors.OUTAGES);
+- a database or Redis dependency: 503 with `Retry-After` while it does not answer (keel.shared.errors.OUTAGES);
 - a 304: `ETag` on it and an `If-None-Match` parameter;
 - `opt={IDEMPOTENT: ...}`: the `Idempotency-Key` parameter, its 409 and 422, and `Idempotent-Replayed` on a 2xx.
 

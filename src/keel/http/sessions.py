@@ -28,10 +28,10 @@ from typing import Final
 from litestar.datastructures import Cookie
 
 from keel.errors import Forbidden, KeelError, Unavailable
-from keel.http.errors import OUTAGES
 from keel.identity.errors import InvalidToken
 from keel.identity.tokens import Claims
 from keel.identity.verifier import TokenVerifier
+from keel.shared.errors import OUTAGES
 
 SESSION_COOKIE: Final = "keel_session"
 REFRESH_COOKIE: Final = "keel_refresh"

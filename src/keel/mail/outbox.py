@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import make_msgid, parseaddr
 
-from sqlalchemy import exc as sa_exc
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -29,10 +28,9 @@ from keel.db import utcnow
 from keel.mail.message import build, render
 from keel.mail.models import OutboxMail
 from keel.mail.transport import Transport
+from keel.shared.errors import OUTAGES
 
 log = logging.getLogger("keel.mail")
-# what a database outage raises here (asyncpg's refused connection comes through unwrapped): one line, no traceback
-_OUTAGES = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, OSError, TimeoutError)
 
 
 @dataclass(frozen=True)
@@ -129,7 +127,7 @@ class Sender:
             try:
                 while await self.deliver_due() == self._batch:
                     pass
-            except _OUTAGES as exc:  # the database is down: the rows wait in it, and the next round tries again
+            except OUTAGES as exc:  # the database is down: the rows wait in it, and the next round tries again
                 log.warning("mail outbox: database unavailable (%s: %s); retrying", type(exc).__name__, exc)
             except Exception:  # a bug: logged whole, and the loop carries on so that other mail still goes out
                 log.exception("mail outbox round failed; retrying")

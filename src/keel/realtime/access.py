@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from keel.errors import KeelError, RateLimited, Unavailable
 from keel.http.auth import AmbiguousCredentials, credentials
-from keel.http.errors import OUTAGES, render_error
+from keel.http.errors import render_error
 from keel.http.scope import set_caller, set_set_cookies
 from keel.http.sessions import OriginRefused, SessionCookies
 from keel.idempotency.service import Idempotency
@@ -25,6 +25,7 @@ from keel.ratelimit.deps import RateLimits, rate_limit_headers, retry_after
 from keel.realtime import tickets
 from keel.realtime.hub import Hub
 from keel.shared.cache import ReadCache
+from keel.shared.errors import OUTAGES
 from keel.shared.kv import KeyValueStore
 
 log = logging.getLogger("keel.realtime")

@@ -15,11 +15,12 @@ import uuid
 from typing import Any, Final
 
 from keel.errors import Invalid
-from keel.http.errors import OUTAGES, send_problem
+from keel.http.errors import send_problem
 from keel.http.scope import set_cookies_of
 from keel.realtime.access import Realtime, Refused, admit, query_params
 from keel.realtime.errors import CLOSE_GOING_AWAY, ChannelNotFound, TooSlow
 from keel.realtime.peers import Delivery, Peer
+from keel.shared.errors import OUTAGES
 from keel.types import MAX_INT64
 
 KEEP_ALIVE: Final = 15.0

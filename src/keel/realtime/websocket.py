@@ -19,7 +19,7 @@ import msgspec
 
 from keel import telemetry
 from keel.errors import Unavailable
-from keel.http.errors import OUTAGES, problem_headers
+from keel.http.errors import problem_headers
 from keel.http.scope import set_cookies_of, set_handshake_status
 from keel.idempotency.errors import KeyInUse, KeyReused
 from keel.idempotency.service import Claim, Outcome
@@ -29,6 +29,7 @@ from keel.realtime.access import Realtime, Refused, admit, frame_allowed
 from keel.realtime.errors import ChannelNotFound, TooSlow
 from keel.realtime.peers import Delivery, Peer
 from keel.realtime.schemas import Author, MessageCreate, MessageRead
+from keel.shared.errors import OUTAGES
 
 log = logging.getLogger("keel.realtime")
 _encoder = msgspec.json.Encoder()

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Final
 
+import sqlalchemy.exc
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -17,6 +18,18 @@ BREAKER_SECONDS: Final = 1.0
 
 class BackendUnavailable(Exception):
     """Redis cannot be reached now; the caller degrades (fail open, bypass the cache) and carries on."""
+
+
+# what a database or Redis outage raises (the pool's TimeoutError included; asyncpg's refused connection comes
+# through unwrapped as a ConnectionError): nothing a client did wrong, and a retry shortly may succeed
+OUTAGES: Final = (
+    sqlalchemy.exc.TimeoutError,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    BackendUnavailable,
+    ConnectionError,
+    TimeoutError,
+)
 
 
 @contextmanager
