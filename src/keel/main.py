@@ -121,10 +121,13 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
         # fingerprints are keyed by a secret every instance shares: a sign-up's body holds a password
         idempotency = Idempotency(keyring.derive_key("idempotency fingerprint"))
         rate_limits = RateLimits(
-            limiter=Limiter(backends.scripts, batch=backends.redis is not None),
+            limiter=Limiter(backends.scripts, batch=backends.redis is not None, lease=backends.redis is not None),
             clients=clients,
             default=NamedPolicy.of(DEFAULT_POLICY, settings.rate_limit) if settings.rate_limit else None,
-            auth=NamedPolicy.of(AUTH_POLICY, settings.auth_rate_limit) if settings.auth_rate_limit else None,
+            # exact: the login and sign-up flood bounds are stated to the request, so no leases for them
+            auth=NamedPolicy.of(AUTH_POLICY, settings.auth_rate_limit, exact=True)
+            if settings.auth_rate_limit
+            else None,
         )
         verifier = TokenVerifier(keyring, denylist)
         sessions = Sessions(

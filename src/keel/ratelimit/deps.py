@@ -41,12 +41,13 @@ class NamedPolicy:
     name: str
     policy: RatePolicy
     header: str  # its member of RateLimit-Policy, e.g. '"default";q=20;w=2'
+    exact: bool = False  # never answered from a lease of the Redis limiter (keel.ratelimit.lease)
 
     @classmethod
-    def of(cls, name: str, policy: RatePolicy) -> NamedPolicy:
+    def of(cls, name: str, policy: RatePolicy, *, exact: bool = False) -> NamedPolicy:
         # draft-ietf-httpapi-ratelimit-headers-10: q is the quota (the burst), w its window in seconds
         window = max(1, math.ceil(policy.burst * policy.emission_interval))
-        return cls(name, policy, f'"{name}";q={policy.burst};w={window}')
+        return cls(name, policy, f'"{name}";q={policy.burst};w={window}', exact)
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ class RateLimits:
     async def _check(self, bucket: str, named: NamedPolicy) -> Decision:
         decision = self.limiter.check_now(bucket, named.policy, named.name)
         if decision is None:  # the Redis limiter: awaited, batched with this tick's other checks
-            decision = await self.limiter.check(bucket, named.policy, named.name)
+            decision = await self.limiter.check(bucket, named.policy, named.name, exact=named.exact)
         return decision
 
 

@@ -89,3 +89,59 @@ return result
 """
 
 GCRA: Final = AtomicScript(lua=GCRA_LUA, local=gcra_local)
+
+
+def gcra_lease_local(state: LocalState, keys: Sequence[str], args: Sequence[Arg], now_seconds: float) -> list[int]:
+    """The Python twin of GCRA_LEASE_LUA: the same integers for the same calls."""
+    now = round(now_seconds * 1000)
+    result: list[int] = []
+    for i, key in enumerate(keys):
+        interval, burst, wanted = int(args[3 * i]), int(args[3 * i + 1]), int(args[3 * i + 2])
+        stored = state.get(key)
+        tat = now if stored is None else int(stored)
+        start = max(tat, now)
+        available = (now + burst * interval - start) // interval
+        granted = max(0, min(wanted, available))
+        if granted == 0:
+            result += (0, 0, start + interval - burst * interval - now, tat - now)
+        else:
+            new_tat = start + granted * interval
+            state.set(key, new_tat, (new_tat - now) / 1000)
+            result += (granted, available - granted, 0, new_tat - now)
+    return result
+
+
+# A lease: up to `wanted` tokens of a key's budget at once, for an instance to hand out locally (keel.ratelimit.lease).
+# KEYS: the buckets. ARGV: emission_interval_ms, burst, wanted for each key in turn. Returns granted (0..wanted),
+# remaining, retry_after_ms, reset_after_ms for each key in turn. It grants what is there, up to `wanted`; with
+# wanted = 1 it is GCRA_LUA to the integer, so exact checks and leases share one batch.
+GCRA_LEASE_LUA: Final = """
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local result = {}
+for i, key in ipairs(KEYS) do
+  local interval = tonumber(ARGV[3 * i - 2])
+  local burst = tonumber(ARGV[3 * i - 1])
+  local wanted = tonumber(ARGV[3 * i])
+  local tat = tonumber(redis.call('GET', key)) or now
+  local start = math.max(tat, now)
+  local granted = math.max(0, math.min(wanted, math.floor((now + burst * interval - start) / interval)))
+  local n = #result
+  if granted == 0 then
+    result[n + 1] = 0
+    result[n + 2] = 0
+    result[n + 3] = start + interval - burst * interval - now
+    result[n + 4] = tat - now
+  else
+    local new_tat = start + granted * interval
+    redis.call('SET', key, string.format('%d', new_tat), 'PX', new_tat - now)
+    result[n + 1] = granted
+    result[n + 2] = math.floor((now + burst * interval - new_tat) / interval)
+    result[n + 3] = 0
+    result[n + 4] = new_tat - now
+  end
+end
+return result
+"""
+
+GCRA_LEASE: Final = AtomicScript(lua=GCRA_LEASE_LUA, local=gcra_lease_local)

@@ -1,4 +1,8 @@
-"""The Limiter: GCRA checks on the shared script runner, batched per event-loop tick, failing open in an outage."""
+"""The Limiter: GCRA checks on the shared script runner, batched per event-loop tick, failing open in an outage.
+
+With `lease=True` (the Redis limiter), a check that need not be exact is answered from a lease of the key's budget
+when the instance holds one (keel.ratelimit.lease); the rest go to Redis as before, one entry of the tick's batch.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,12 @@ import time
 from typing import Final
 
 from keel import metrics
-from keel.ratelimit.gcra import GCRA, Decision, decisions
+from keel.ratelimit.gcra import GCRA, GCRA_LEASE, RESULT_WIDTH, Decision
+from keel.ratelimit.lease import Grant, Leases
 from keel.settings import RatePolicy
 from keel.shared import BackendUnavailable
 from keel.shared.atomic import Arg, InProcessScriptRunner, ScriptRunner
+from keel.shared.expiring import Clock
 
 __all__ = ["LIMITER_ERRORS", "RATE_LIMITED", "Decision", "Limiter"]
 
@@ -24,18 +30,28 @@ LIMITER_ERRORS: Final = metrics.LIMITER_ERRORS
 # one EVALSHA holds the Redis event loop for its whole run; past this many keys a tick's checks go as several
 MAX_BATCH: Final = 256
 
-_Pending = tuple[str, int, int, asyncio.Future[Decision]]  # key, emission interval ms, burst, the caller's answer
+# key, emission interval ms, burst, tokens wanted, the answer (None: the backend is down, fail open)
+_Pending = tuple[str, int, int, int, asyncio.Future[Grant | None]]
 
 
 class Limiter:
     """Counts requests against RatePolicies; allows everything, without waiting, while the backend is down."""
 
     def __init__(
-        self, scripts: ScriptRunner, *, batch: bool, breaker_seconds: float = 1.0, log_interval: float = 60.0
+        self,
+        scripts: ScriptRunner,
+        *,
+        batch: bool,
+        lease: bool = False,
+        breaker_seconds: float = 1.0,
+        log_interval: float = 60.0,
+        clock: Clock = time.monotonic,
     ) -> None:
         self._scripts = scripts
         # in-process: checks run as plain calls, no coroutine, future or breaker (nothing can be down)
         self._local = scripts if isinstance(scripts, InProcessScriptRunner) else None
+        # leasing only pays when a round trip is saved; in-process every check is already a plain call
+        self._leases = Leases(clock) if lease and self._local is None else None
         self._batch = batch
         self._breaker_seconds = breaker_seconds
         self._log_interval = log_interval
@@ -59,41 +75,78 @@ class Limiter:
             RATE_LIMITED.labels(policy_name).inc()
         return Decision(allowed == 1, remaining, retry_ms / 1000, reset_ms / 1000)
 
-    async def check(self, key: str, policy: RatePolicy, policy_name: str) -> Decision:
-        """Count one request by `key` against `policy`; an unavailable backend allows it."""
+    async def check(self, key: str, policy: RatePolicy, policy_name: str, *, exact: bool = False) -> Decision:
+        """Count one request by `key` against `policy`; an unavailable backend allows it.
+
+        `exact`: never answer from a lease (the auth policy, whose flood bounds are stated exactly).
+        """
         if (decision := self.check_now(key, policy, policy_name)) is not None:
             return decision
-        if self._is_failing:
-            # the breaker: until the window ends, and while one probe is out, nobody waits on a dead backend
-            if self._is_probing or time.monotonic() < self._probe_at:
-                return self._fail_open(policy.burst)
-            self._is_probing = True
         bucket = f"rl:{policy_name}:{key}"
         interval = max(1, round(policy.period * 1000 / policy.limit))
-        if self._batch:
-            decision = await self._submit(bucket, interval, policy.burst)
+        if self._leases is None or exact:
+            future = self._request(bucket, interval, policy.burst, 1)
+            decision = self._decision(None if future is None else await future, policy.burst)
         else:
-            decision = await self._run_one(bucket, interval, policy.burst)
+            decision = await self._leased(self._leases, bucket, interval, policy.burst)
         if not decision.allowed:
             RATE_LIMITED.labels(policy_name).inc()
         return decision
 
-    async def _run_one(self, bucket: str, interval: int, burst: int) -> Decision:
+    async def _leased(self, leases: Leases, bucket: str, interval: int, burst: int) -> Decision:
+        while True:
+            if (decision := leases.take(bucket, interval, burst)) is not None:
+                return decision
+            future = leases.pending(bucket)
+            if future is None:
+                size = leases.size_for(bucket, burst)
+                future = self._request(bucket, interval, burst, size)
+                if future is None:
+                    return self._fail_open(burst)
+                leases.start(bucket, size, interval, future)
+            # shielded: a caller that goes away must not cancel the lease the others wait for
+            grant = await asyncio.shield(future)
+            if grant is None or grant[0] == 0:
+                # down, or no token left when the script ran: every check that waited for it gets that answer
+                return self._decision(grant, burst)
+            # granted: take a token of it, or, when the checks that waited too took them all, ask again
+
+    def _request(self, bucket: str, interval: int, burst: int, tokens: int) -> asyncio.Future[Grant | None] | None:
+        """Up to `tokens` tokens of `bucket` from the backend; None while the breaker keeps the backend out."""
+        if self._is_failing:
+            # the breaker: until the window ends, and while one probe is out, nobody waits on a dead backend
+            if self._is_probing or time.monotonic() < self._probe_at:
+                return None
+            self._is_probing = True
+        if self._batch:
+            return self._submit(bucket, interval, burst, tokens)
+        task = asyncio.ensure_future(self._run_one(bucket, interval, burst, tokens))
+        # a task cancelled before its first step never runs _run_one's `finally`: the probe must end anyway
+        task.add_done_callback(self._end_probe)
+        return task
+
+    def _end_probe(self, _: object) -> None:
+        self._is_probing = False
+
+    def _decision(self, grant: Grant | None, burst: int) -> Decision:
+        if grant is None:
+            return self._fail_open(burst)
+        granted, remaining, retry_after_ms, reset_after_ms = grant
+        return Decision(granted > 0, remaining, retry_after_ms / 1000, reset_after_ms / 1000)
+
+    async def _run_one(self, bucket: str, interval: int, burst: int, tokens: int) -> Grant | None:
         try:
-            flat = await self._scripts.run(GCRA, [bucket], [interval, burst])
+            flat = await self._scripts.run(GCRA_LEASE, [bucket], [interval, burst, tokens])
         except BackendUnavailable as exc:
             self._on_outage(exc)
-            return self._fail_open(burst)
-        finally:
-            # also when the caller is cancelled mid-probe, or the breaker would stay open for good
-            self._is_probing = False
+            return None
         self._on_success()
-        allowed, remaining, retry_after_ms, reset_after_ms = flat  # `decisions(flat)[0]`, without its list
-        return Decision(allowed == 1, remaining, retry_after_ms / 1000, reset_after_ms / 1000)
+        granted, remaining, retry_after_ms, reset_after_ms = flat
+        return granted, remaining, retry_after_ms, reset_after_ms
 
-    def _submit(self, bucket: str, interval: int, burst: int) -> asyncio.Future[Decision]:
+    def _submit(self, bucket: str, interval: int, burst: int, tokens: int) -> asyncio.Future[Grant | None]:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Decision] = loop.create_future()
+        future: asyncio.Future[Grant | None] = loop.create_future()
         if self._pending is None or len(self._pending) >= MAX_BATCH:
             self._pending = []
             # a task's first step is scheduled with call_soon, so the batch leaves on the next loop iteration,
@@ -101,22 +154,22 @@ class Limiter:
             task = loop.create_task(self._run_batch(self._pending))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        self._pending.append((bucket, interval, burst, future))
+        self._pending.append((bucket, interval, burst, tokens, future))
         return future
 
     async def _run_batch(self, batch: list[_Pending]) -> None:
         if self._pending is batch:
             self._pending = None  # from now on, checks start the next batch
         args: list[Arg] = []
-        for _, interval, burst, _ in batch:
-            args += (interval, burst)
+        for _, interval, burst, tokens, _ in batch:
+            args += (interval, burst, tokens)
         try:
-            flat = await self._scripts.run(GCRA, [bucket for bucket, *_ in batch], args)
+            flat = await self._scripts.run(GCRA_LEASE, [bucket for bucket, *_ in batch], args)
         except BackendUnavailable as exc:
             self._on_outage(exc)
-            for _, _, burst, future in batch:
+            for *_, future in batch:
                 if not future.done():
-                    future.set_result(self._fail_open(burst))
+                    future.set_result(None)
         except Exception as exc:
             # not an outage but a fault (a script error, a bug): each caller raises it, as if it had run alone
             for *_, future in batch:
@@ -124,9 +177,10 @@ class Limiter:
                     future.set_exception(exc)
         else:
             self._on_success()
-            for (*_, future), decision in zip(batch, decisions(flat), strict=True):
+            for i, (*_, future) in enumerate(batch):
                 if not future.done():  # a caller cancelled meanwhile has gone; its request still counted
-                    future.set_result(decision)
+                    j = i * RESULT_WIDTH
+                    future.set_result((flat[j], flat[j + 1], flat[j + 2], flat[j + 3]))
         finally:
             self._is_probing = False
             for *_, future in batch:
