@@ -21,7 +21,7 @@ import shutil
 import statistics
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,20 +63,28 @@ def cpu_seconds(pid: int) -> float:
 
 def measure_case(case: Case, logs: Path, label: str, seconds: int) -> tuple[float, float]:
     """(µs of server CPU per request, rps) of one case: a fresh server, a warm-up, then the measured run."""
+    us, rps, _ = measure_counted(case, logs, label, seconds, lambda: 0.0)
+    return us, rps
+
+
+def measure_counted(
+    case: Case, logs: Path, label: str, seconds: int, counter: Callable[[], float]
+) -> tuple[float, float, float]:
+    """`measure_case`, plus how much `counter` (read around the measured run) grew per request."""
     port = free_port()
     with running(case, port, logs / f"{case.id}.{label}.server.log") as proc:
         check_limiter(case, port)
         run_wrk(wrk_argv(case, port, WARMUP_S), WARMUP_S)
-        before = cpu_seconds(proc.pid)
+        before, counted = cpu_seconds(proc.pid), counter()
         output = run_wrk(wrk_argv(case, port, seconds), seconds)
-        after = cpu_seconds(proc.pid)
+        after, counted = cpu_seconds(proc.pid), counter() - counted
     (logs / f"{case.id}.{label}.wrk.txt").write_text(output)
     sample = parse_wrk(output)
     if sample.non_2xx:
         raise BenchError(f"{case.id}: {sample.non_2xx} non-2xx responses (log: {logs})")
     if sample.socket_errors:  # a timeout on a busy machine: the figure still holds, per request
         print(f"  {case.id}: socket errors: {sample.socket_errors}")
-    return (after - before) / sample.requests * 1e6, sample.rps
+    return (after - before) / sample.requests * 1e6, sample.rps, counted / sample.requests
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

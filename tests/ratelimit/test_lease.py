@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import uuid
 from collections.abc import Sequence
 
@@ -220,3 +221,31 @@ async def test_a_backend_outage_fails_open_as_before_and_held_leases_still_count
     assert (await limiter.check(hot, HOT, "default")).allowed  # used up: fails open, without waiting (breaker)
     assert len(backend.runs) == runs
     assert limiter_errors() == errors + 6
+
+
+class InstantBackend(Backend):
+    """Answers within the batch task's first step, as a fast Redis reply can: no yield before the result is set."""
+
+    async def run(self, script: AtomicScript, keys: Sequence[str], args: Sequence[Arg]) -> list[int]:
+        self.runs.append((list(keys), list(args)))
+        return self.inner.run_now(script, keys, args)
+
+
+def test_a_check_that_finds_its_lease_answered_but_not_installed_does_not_spin() -> None:
+    # a regression: awaiting an answered request returns without yielding, so a check that found one before its
+    # done-callback ran looped without end, and the server stopped answering anything
+    results: list[bool] = []
+
+    async def scenario() -> None:
+        limiter = Limiter(InstantBackend(), batch=True, lease=True)
+        key = new_key()
+        first = asyncio.ensure_future(limiter.check(key, HOT, "default"))
+        await asyncio.sleep(0)  # `first` has sent its lease request: the batch task is scheduled
+        second = asyncio.ensure_future(limiter.check(key, HOT, "default"))  # runs right after the batch task
+        results.extend(d.allowed for d in await asyncio.gather(first, second))
+
+    thread = threading.Thread(target=asyncio.run, args=(scenario(),), daemon=True)
+    thread.start()
+    thread.join(timeout=10)
+    assert not thread.is_alive(), "the event loop is spinning"
+    assert results == [True, True]

@@ -57,7 +57,8 @@ class Leases:
     def __init__(self, clock: Clock = time.monotonic) -> None:
         self._clock = clock
         self._held: ExpiringDict[_Lease] = ExpiringDict(clock)
-        self._in_flight: dict[str, asyncio.Future[Grant | None]] = {}
+        # a key's lease request on its way: (the answer, tokens asked for, emission interval ms)
+        self._in_flight: dict[str, tuple[asyncio.Future[Grant | None], int, int]] = {}
 
     def take(self, bucket: str, interval: int, burst: int) -> Decision | None:
         """Admit one request from the key's live lease; None when it has no tokens left, or none at all."""
@@ -71,8 +72,18 @@ class Leases:
         return Decision(allowed=True, remaining=remaining, retry_after=0.0, reset_after=(lease.tat - now) / 1000)
 
     def pending(self, bucket: str) -> asyncio.Future[Grant | None] | None:
-        """The key's lease request on its way, which a check waits for rather than asking again."""
-        return self._in_flight.get(bucket)
+        """The key's lease request on its way, which a check waits for rather than asking again.
+
+        A request already answered is settled here and None returned, so a check never awaits a finished future:
+        that returns without yielding, and the check would loop before the done-callback installs the lease.
+        """
+        in_flight = self._in_flight.get(bucket)
+        if in_flight is None:
+            return None
+        if in_flight[0].done():
+            self._settle(bucket, in_flight[0])
+            return None
+        return in_flight[0]
 
     def size_for(self, bucket: str, burst: int) -> int:
         """Tokens to ask for: 1 for a key without a live lease, twice the last lease's when that one was used up."""
@@ -81,13 +92,16 @@ class Leases:
 
     def start(self, bucket: str, size: int, interval: int, future: asyncio.Future[Grant | None]) -> None:
         """Track the lease request `future` for `bucket`; its granted tokens become the key's lease."""
-        self._in_flight[bucket] = future
+        self._in_flight[bucket] = (future, size, interval)
         # registered before anyone awaits `future`, so the lease is in place when the waiters resume
-        future.add_done_callback(lambda done: self._granted(bucket, size, interval, done))
+        future.add_done_callback(lambda done: self._settle(bucket, done))
 
-    def _granted(self, bucket: str, size: int, interval: int, future: asyncio.Future[Grant | None]) -> None:
-        if self._in_flight.get(bucket) is future:
-            del self._in_flight[bucket]
+    def _settle(self, bucket: str, future: asyncio.Future[Grant | None]) -> None:
+        in_flight = self._in_flight.get(bucket)
+        if in_flight is None or in_flight[0] is not future:
+            return  # settled already, by `pending`
+        del self._in_flight[bucket]
+        _, size, interval = in_flight
         if future.cancelled() or future.exception() is not None:
             return
         grant = future.result()

@@ -94,11 +94,11 @@ class Limiter:
         return decision
 
     async def _leased(self, leases: Leases, bucket: str, interval: int, burst: int) -> Decision:
-        while True:
-            if (decision := leases.take(bucket, interval, burst)) is not None:
-                return decision
+        while True:  # each turn returns, or awaits a request that has not been answered yet
             future = leases.pending(bucket)
             if future is None:
+                if (decision := leases.take(bucket, interval, burst)) is not None:
+                    return decision
                 size = leases.size_for(bucket, burst)
                 future = self._request(bucket, interval, burst, size)
                 if future is None:
