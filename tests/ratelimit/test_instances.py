@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+from redis import Redis as SyncRedis
 
 from tests.conftest import empty_tables
 from tests.servers import RedisProcess, keel_serve, run_keel, scaled_env
@@ -103,3 +105,21 @@ def test_a_redis_outage_fails_open_and_limiting_resumes(pg_url: str, tmp_path: P
                 time.sleep(0.1)
             log = server.output()
     assert log.count("failing open") == 1, log  # logged once per outage, not per request
+
+
+def test_two_instances_leasing_one_budget_admit_it_within_the_stated_tolerance(pg_url: str, tmp_path: Path) -> None:
+    # "1/min burst 160": leases of up to 20 tokens, nothing refills meanwhile. Leases only move a token's use later,
+    # so together the instances admit at most the burst, and at least the burst less what two held leases can lose.
+    burst, k = 160, 20
+    asyncio.run(empty_tables(pg_url))
+    with RedisProcess() as redis:  # a server of its own: its script count is these instances' alone
+        env = {"KEEL_RATE_LIMIT": f"1/min burst {burst}", "DATABASE_URL": pg_url, "REDIS_URL": redis.url}
+        with keel_serve(env, tmp_path) as a, keel_serve(env, tmp_path) as b:
+            with ThreadPoolExecutor(4) as pool:  # two clients on each instance, all at once
+                codes = [code for codes in pool.map(statuses, [a.url, b.url] * 2, [100] * 4) for code in codes]
+            with SyncRedis.from_url(redis.url) as client:
+                runs = int(client.info("commandstats")["cmdstat_evalsha"]["calls"])
+    admitted, refused = codes.count(200), codes.count(429)
+    assert admitted + refused == len(codes)
+    assert burst - 2 * (k - 1) <= admitted <= burst
+    assert runs - refused <= admitted / 2  # (each refusal is a run) the admitted were mostly answered from leases
