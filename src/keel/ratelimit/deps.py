@@ -109,8 +109,8 @@ class RateLimits:
         return results
 
     async def _check(self, bucket: str, named: NamedPolicy) -> Decision:
-        decision = self.limiter.check_now(bucket, named.policy, named.name)
-        if decision is None:  # the Redis limiter: awaited, batched with this tick's other checks
+        decision = self.limiter.check_now(bucket, named.policy, named.name, exact=named.exact)
+        if decision is None:  # the Redis limiter without a lease's token: awaited, batched with this tick's others
             decision = await self.limiter.check(bucket, named.policy, named.name, exact=named.exact)
         return decision
 

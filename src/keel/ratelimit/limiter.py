@@ -63,11 +63,15 @@ class Limiter:
         self._warn_at = -math.inf  # monotonic time after which an outage may be logged again
         self._is_outage_logged = False
 
-    def check_now(self, key: str, policy: RatePolicy, policy_name: str) -> Decision | None:
-        """`check` without awaiting, when the backend is in-process; None when the caller must await `check`."""
-        if self._local is None:
-            return None
+    def check_now(self, key: str, policy: RatePolicy, policy_name: str, *, exact: bool = False) -> Decision | None:
+        """`check` without awaiting, when the backend is in-process or the key's lease has a token left; None when
+        the caller must await `check`."""
         interval = max(1, round(policy.period * 1000 / policy.limit))
+        if self._local is None:
+            # a lease's token needs no coroutine either: most checks of a hot key end here
+            if self._leases is None or exact:
+                return None
+            return self._leases.take(f"rl:{policy_name}:{key}", interval, policy.burst)
         allowed, remaining, retry_ms, reset_ms = self._local.run_now(
             GCRA, [f"rl:{policy_name}:{key}"], [interval, policy.burst]
         )
@@ -80,7 +84,7 @@ class Limiter:
 
         `exact`: never answer from a lease (the auth policy, whose flood bounds are stated exactly).
         """
-        if (decision := self.check_now(key, policy, policy_name)) is not None:
+        if (decision := self.check_now(key, policy, policy_name, exact=exact)) is not None:
             return decision
         bucket = f"rl:{policy_name}:{key}"
         interval = max(1, round(policy.period * 1000 / policy.limit))
