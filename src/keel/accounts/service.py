@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import msgspec
-from sqlalchemy import insert, or_, select, tuple_, update
+from sqlalchemy import or_, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import QueryableAttribute
@@ -118,10 +118,8 @@ async def _issue(
     session: AsyncSession, sessions: Sessions, user: User, *, family_id: uuid.UUID, parent_id: uuid.UUID | None
 ) -> TokenPair:
     refresh_token = secrets.token_urlsafe(32)
-    # one INSERT statement, not an object for the unit of work: a flush (change tracking, dependency sort, identity
-    # map) cost the event loop more than anything else in a login (bench/login.py), and nothing reads the row back
-    await session.execute(
-        insert(RefreshToken).values(
+    session.add(
+        RefreshToken(
             token_hash=token_digest(refresh_token),
             family_id=family_id,
             parent_id=parent_id,
