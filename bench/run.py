@@ -1173,6 +1173,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import login as login_cpu  # bench/login.py, where a login's CPU goes (`--only login-cpu`)
     import observability  # here, not at the top: bench/observability.py imports this module's helpers
     import realtime
     import scale
@@ -1196,6 +1197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{scale.SCALE_ID:38} keel behind nginx with 1, 2, 4 instances and --workers 2; cross-instance fan-out"
             )
             return 0
+        if args.only and login_cpu.LOGIN_CPU_ID in args.only:
+            return login_cpu.main([])
         cases = [c for c in every if not args.only or any(s in c.id for s in args.only)]
         cases = with_limiter_twins(cases, every)  # a limiter cost needs both rows
         login = not args.only or any(s in LOGIN_ID for s in args.only)

@@ -7,9 +7,10 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiosqlite
 import pytest
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -80,6 +81,47 @@ async def test_reads_do_not_queue_behind_a_writer(engine: AsyncEngine) -> None:
         await writer.execute(WRITE)
         assert await reader.scalar(text("SELECT count(*) FROM t")) == 0  # WAL: the reader sees the last commit
         await writer.rollback()
+
+
+async def test_a_connection_given_back_after_its_commit_is_not_rolled_back_again(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rollbacks: list[object] = []
+    rollback = aiosqlite.Connection.rollback
+
+    async def counted(self: aiosqlite.Connection) -> None:
+        rollbacks.append(self)
+        await rollback(self)
+
+    monkeypatch.setattr(aiosqlite.Connection, "rollback", counted)
+    async with engine.connect() as conn:  # a write, committed
+        await conn.execute(WRITE)
+        await conn.commit()
+    async with engine.connect() as conn:  # a read: Python's sqlite3 began no transaction for it
+        await conn.scalar(text("SELECT count(*) FROM t"))
+        await conn.commit()
+    assert rollbacks == []  # SQLAlchemy's default reset rolled back on each return: a round trip for nothing
+    async with engine.connect() as conn:  # a write left open is still rolled back, by SQLAlchemy's Connection
+        await conn.execute(WRITE)
+    assert len(rollbacks) == 1
+
+
+async def test_a_connection_given_back_inside_a_transaction_is_rolled_back(engine: AsyncEngine) -> None:
+    def write_behind_sqlalchemys_back(conn: Connection) -> None:
+        # a DBAPI connection written through and handed back: only the pool's reset can end its transaction
+        raw = conn.engine.raw_connection()
+        cursor = raw.cursor()
+        cursor.execute("INSERT INTO t (n) VALUES (2)")
+        cursor.close()
+        raw.close()
+
+    async with engine.connect() as conn:
+        await conn.run_sync(write_behind_sqlalchemys_back)
+    # kept, its open transaction would hold SQLite's write lock (this write would time out) or commit with this
+    async with asyncio.timeout(1), engine.begin() as conn:
+        await conn.execute(WRITE)
+    async with engine.connect() as conn:
+        assert (await conn.execute(text("SELECT n FROM t"))).scalars().all() == [1]
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 from sqlalchemy.util import await_
 
 from keel import metrics
@@ -125,8 +126,15 @@ def _create_engine(url: str, pool_size: int, statement_timeout: float) -> AsyncE
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         # a request waiting this long for a connection gets 503 instead of queueing for SQLAlchemy's default 30 s
-        engine = create_async_engine(url, connect_args={"timeout": 5}, pool_timeout=POOL_TIMEOUT, hide_parameters=True)
+        engine = create_async_engine(
+            url,
+            connect_args={"timeout": 5},
+            pool_timeout=POOL_TIMEOUT,
+            hide_parameters=True,
+            pool_reset_on_return=None,  # _reset_sqlite does it, only when there is something to reset
+        )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine.pool, "reset", _reset_sqlite)
         _queue_sqlite_writers(engine)
         return engine
     pg_url, statement_caches = statement_cache_sizes(make_url(url))
@@ -183,6 +191,22 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
     for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "busy_timeout=5000"):
         cursor.execute(f"PRAGMA {pragma}")
     cursor.close()
+
+
+def _reset_sqlite(dbapi_connection: Any, record: ConnectionPoolEntry, state: PoolResetState) -> None:
+    """Roll a returned SQLite connection back only if it is inside a transaction.
+
+    SQLAlchemy's default rolls back every connection it is given back, even one whose transaction just committed:
+    on aiosqlite that is a round trip to the connection's thread and a wake-up of the event loop for nothing, one
+    in five of a login's (bench/login.py). Python's sqlite3 begins a transaction only before a write, and commit
+    or rollback ends it, so `in_transaction` (aiosqlite's, read without a round trip) says whether one is open: a
+    write left uncommitted still holds SQLite's write lock and is rolled back as before. A driver connection
+    without the attribute is rolled back, as SQLAlchemy would.
+    """
+    if not state.asyncio_safe:  # garbage collection of a lost connection: nothing may be awaited, as by default
+        return
+    if getattr(record.driver_connection, "in_transaction", True):
+        dbapi_connection.rollback()
 
 
 class _WriterQueue:
