@@ -14,10 +14,11 @@ What they honour of the API: ids and parent, name, kind, start and end times, at
 sequences of them; others are dropped as the SDK drops them), events (record_exception included), links, status
 (an OK status is final), update_name, is_recording, use as a context manager. The sampler: keel's default (parent
 based, a ratio of new traces drawn here) or any the SDK builds from OTEL_TRACES_SAMPLER, asked per span as the SDK
-asks it. A RECORD_ONLY decision records nothing here (nothing would be exported either). No span limits: keel and
-its two instrumentations (SQLAlchemy, redis) set a bounded handful of attributes per span. OTEL_BSP_MAX_QUEUE_SIZE,
-OTEL_BSP_SCHEDULE_DELAY and OTEL_BSP_MAX_EXPORT_BATCH_SIZE size the queue as the SDK's batch processor reads them;
-what does not fit, or what the collector refuses, is counted in `keel_spans_dropped_total`.
+asks it. A RECORD_ONLY decision records nothing here (nothing would be exported either); a dropped span is an
+UnsampledSpan, whose ids are drawn only if asked for. No span limits: keel and its two instrumentations
+(SQLAlchemy, redis) set a bounded handful of attributes per span. OTEL_BSP_MAX_QUEUE_SIZE, OTEL_BSP_SCHEDULE_DELAY
+and OTEL_BSP_MAX_EXPORT_BATCH_SIZE size the queue as the SDK's batch processor reads them; what does not fit, or
+what the collector refuses, is counted in `keel_spans_dropped_total`.
 """
 
 from __future__ import annotations
@@ -211,9 +212,6 @@ class UnsampledSpan(NonRecordingSpan):
             trace_id = self._trace_id or _bits(128) or 1
             context = self._context = SpanContext(trace_id, _bits(64) or 1, False, self._flags, self._trace_state)
         return context
-
-    def __repr__(self) -> str:
-        return f"UnsampledSpan({self._context!r})"
 
 
 class LeanTracer(trace.Tracer):
