@@ -16,9 +16,10 @@ Each block's CPU is the process's (`time.process_time`: the event loop's thread 
 thread's alone (`time.thread_time`); every block ends with a pause of 0.3 s (the exporter wakes every 100 ms,
 `OTEL_BSP_SCHEDULE_DELAY`), so what a block's spans cost to encode and send is charged to that block, not the
 next. The figure per configuration is the median over cycles of (its µs per request minus `off`'s µs per request
-in the same cycle). The access line is written by the real AccessLog to stderr, which points at /dev/null; the
-middleware, the router, the rate limiter (in-process, never
-tripping) and the handler run as under `keel serve`.
+in the same cycle). `--path /api/v1/protected` signs the bench user up and logs it in first (as bench/run.py
+does), and sends its token with every request. The access line is written by the real AccessLog to stderr, which
+points at /dev/null; the middleware, the router, the rate limiter (in-process, never tripping) and the handler run
+as under `keel serve`.
 
 Each sampler runs in a child process of its own (the sampler is fixed at startup): `b` is keel's default
 (parent-based 10 %), `a` is `OTEL_TRACES_SAMPLER=always_on`, `0` records nothing (`OTEL_TRACES_SAMPLER_ARG=0`:
@@ -41,6 +42,8 @@ import time
 import traceback
 from pathlib import Path
 from typing import Any
+
+from run import BENCH_USER, FORM_TYPE, login_form
 
 ROOT = Path(__file__).resolve().parent.parent
 SINK = ROOT / "bench" / "otlp_sink.py"
@@ -118,6 +121,25 @@ async def measure(path: str, cycles: int, block: int, sink_port: int) -> dict[st
     }
     statuses: dict[int, int] = {}
 
+    async def call(method: str, target: str, body: bytes, content_type: bytes) -> tuple[int, bytes]:
+        """One request outside the measured blocks (the bench user's sign-up and login), its status and body."""
+        headers = [(b"host", b"127.0.0.1:8000"), (b"content-type", content_type)]
+        scope = {**scope_template, "method": method, "path": target, "raw_path": target.encode(), "headers": headers}
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+        answer: dict[str, Any] = {"body": b""}
+
+        async def receive() -> dict[str, Any]:
+            return messages.pop() if messages else {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                answer["status"] = message["status"]
+            else:
+                answer["body"] += message.get("body", b"")
+
+        await app({**scope, "state": {}}, receive, send)  # type: ignore[arg-type]
+        return answer["status"], answer["body"]
+
     async def one() -> None:
         scope = {**scope_template, "headers": list(scope_template["headers"]), "state": {}}
         requested = False
@@ -143,6 +165,12 @@ async def measure(path: str, cycles: int, block: int, sink_port: int) -> dict[st
         return (time.process_time() - cpu) / block * 1e6, (time.thread_time() - loop_cpu) / block * 1e6
 
     async with app.lifespan():
+        if path == "/api/v1/protected":  # as bench/run.py's keel_bench_token: sign up, log in, send the token
+            created, _ = await call("POST", "/api/v1/users", json.dumps(BENCH_USER).encode(), b"application/json")
+            status, body = await call("POST", "/api/v1/auth/token", login_form().encode(), FORM_TYPE.encode())
+            assert (created, status) == (201, 200), (created, status, body[:200])
+            token = json.loads(body)["access_token"]
+            scope_template["headers"] = [*scope_template["headers"], (b"authorization", f"Bearer {token}".encode())]
         traced = telemetry.tracer
         assert traced is not None, "tracing did not start"
         gc.collect()

@@ -126,3 +126,14 @@ def test_the_filter_redacts_a_records_message_extras_and_exception() -> None:
     formatted = JsonFormatter().format(record)
     for secret in ("t1ck3t", "a55e55", "hunter2"):
         assert secret not in formatted
+
+
+@pytest.mark.parametrize(
+    ("duration", "expected"), [(0.0123456, 12.346), (0.0000004, 0.0), (0.0000005, 0.001), (1.5, 1500.0), (0.1, 100.0)]
+)
+def test_the_duration_is_in_milliseconds_to_the_microsecond(duration: float, expected: float) -> None:
+    stream = io.BytesIO()
+    AccessLog("json", stream).request(
+        method="GET", route="/x", path="/x", status=200, duration=duration, request_id="r", user_id=None, client_ip="c"
+    )
+    assert json.loads(stream.getvalue())["duration_ms"] == expected

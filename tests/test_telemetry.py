@@ -336,12 +336,16 @@ async def test_tracing_on_builds_a_provider_and_shutdown_is_bounded(tmp_path: Pa
             provider = telemetry._provider
             assert provider is not None
             assert provider.queue._thread.is_alive()  # the export thread runs from the start
-            scope = {"type": "http", "method": "GET", "path": "/x", "headers": [], "path_template": "/x"}
+            traceparent = f"00-{CLIENT_TRACE_ID}-{CLIENT_SPAN_ID}-01".encode()  # sampled: log lines carry ids
+            headers = [(b"traceparent", traceparent)]
+            scope = {"type": "http", "method": "GET", "path": "/x", "headers": headers, "path_template": "/x"}
             server_span = telemetry.start_server_span(scope)
             assert server_span is not None
             ids = telemetry.current_ids()
             assert ids is not None
-            assert (len(ids[0]), len(ids[1])) == (32, 16)
+            assert ids[0] == CLIENT_TRACE_ID
+            assert len(ids[1]) == 16
+            assert ids[1] != CLIENT_SPAN_ID  # the server span's own
             server_span.close(200)
         finally:
             start = time.monotonic()

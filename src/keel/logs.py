@@ -169,7 +169,7 @@ class AccessLog:
         if second != self._second:  # strftime once a second, not once a request
             self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         millis = int((now - second) * 1000)
-        duration_ms = round(duration * 1000, 3)
+        duration_ms = int(duration * 1_000_000 + 0.5) / 1000  # to the µs: a third of round(…, 3)'s cost
         if self._json:
             line = _encoder.encode(
                 _AccessLine(

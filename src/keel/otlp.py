@@ -32,10 +32,19 @@ _SMALL: Final = tuple(bytes((n,)) for n in range(0x80))
 _FIXED64: Final = struct.Struct("<Q").pack
 _DOUBLE: Final = struct.Struct("<d").pack
 _FIXED32: Final = struct.Struct("<I").pack
+# a span's fixed-width fields, each packed with its tag in one call: trace_id (1) and span_id (2), big-endian bytes;
+# parent_span_id (4); start (7) and end (8) times, fixed64
+_IDS: Final = struct.Struct(">2sQQ2sQ").pack
+_PARENT: Final = struct.Struct(">2sQ").pack
+_TIMES: Final = struct.Struct("<cQcQ").pack
+_LOW64: Final = 0xFFFF_FFFF_FFFF_FFFF
 _HAS_IS_REMOTE: Final = 0x100  # SpanFlags: SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK
 _IS_REMOTE: Final = 0x200  # SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
 _KINDS: Final = {kind: b"\x30" + _SMALL[kind.value + 1] for kind in SpanKind}  # OTLP counts from UNSPECIFIED
 _STATUS_CODES: Final = {code: b"\x18" + _SMALL[code.value] if code.value else b"" for code in StatusCode}
+_STATUSES: Final = {code: b"\x7a" + _SMALL[len(encoded)] + encoded for code, encoded in _STATUS_CODES.items()}
+_LOCAL_FLAGS: Final = b"\x85\x01" + _FIXED32(_HAS_IS_REMOTE)  # a span's flags (16): its parent is local, or none
+_REMOTE_FLAGS: Final = b"\x85\x01" + _FIXED32(_HAS_IS_REMOTE | _IS_REMOTE)
 _CACHE_LIMIT: Final = 4096  # encoded attribute pairs kept; most repeat (method, scheme, route, db.system ...)
 _pairs: dict[tuple[bytes, str, type, object], bytes] = {}  # each encoded in its field
 _headers: dict[object, bytes] = {}  # a resource's or a scope's encoding: a handful per process
@@ -100,14 +109,15 @@ def encode_spans(spans: Sequence[Any]) -> bytes:
 
 def _span(span: Any) -> bytes:
     context = span.get_span_context()
-    out = [b"\x0a\x10", context.trace_id.to_bytes(16, "big"), b"\x12\x08", context.span_id.to_bytes(8, "big")]
+    trace_id = context.trace_id
+    out = [_IDS(b"\x0a\x10", trace_id >> 64, trace_id & _LOW64, b"\x12\x08", context.span_id)]
     if context.trace_state:
         out.append(_field(b"\x1a", _trace_state(context).encode()))
     parent = span.parent
     if parent is not None:
-        out += (b"\x22\x08", parent.span_id.to_bytes(8, "big"))
+        out.append(_PARENT(b"\x22\x08", parent.span_id))
     out += (_field(b"\x2a", span.name.encode()), _KINDS[span.kind])
-    out += (b"\x39", _FIXED64(span.start_time or 0), b"\x41", _FIXED64(span.end_time or 0))
+    out.append(_TIMES(b"\x39", span.start_time or 0, b"\x41", span.end_time or 0))
     out += _attributes(span.attributes, b"\x4a")
     if span.dropped_attributes:
         out += (b"\x50", _varint(span.dropped_attributes))
@@ -123,9 +133,11 @@ def _span(span: Any) -> bytes:
     if span.dropped_links:
         out += (b"\x70", _varint(span.dropped_links))
     status = span.status
-    encoded_status = _field(b"\x12", status.description.encode()) if status.description else b""
-    encoded_status += _STATUS_CODES[status.status_code]
-    out += (_field(b"\x7a", encoded_status), b"\x85\x01", _FIXED32(_flags(parent)))
+    if status.description:
+        out.append(_field(b"\x7a", _field(b"\x12", status.description.encode()) + _STATUS_CODES[status.status_code]))
+    else:
+        out.append(_STATUSES[status.status_code])
+    out.append(_REMOTE_FLAGS if parent is not None and parent.is_remote else _LOCAL_FLAGS)
     return b"".join(out)
 
 

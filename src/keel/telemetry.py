@@ -14,6 +14,7 @@ which exporter, and whether a sampler was chosen.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -25,13 +26,14 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, _get_from_env_or_default
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.trace.span import TraceState
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keel import otlp
 from keel.settings import Settings
-from keel.tracing import LeanProvider
+from keel.tracing import LeanProvider, LeanSpan, LeanTracer
 
 log = logging.getLogger("keel.telemetry")
 T = TypeVar("T")
@@ -39,6 +41,11 @@ T = TypeVar("T")
 SHUTDOWN_TIMEOUT: Final = 3.0  # seconds the final flush may take; a dead collector must not hold shutdown up
 _METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"})
 _propagator: Final = TraceContextTextMapPropagator()
+# W3C Trace Context's `traceparent` and its limits, as the API's propagator reads them (a later version may append
+# fields); tests/test_telemetry.py holds the two readings to the same answers
+_TRACEPARENT: Final = re.compile(rb"^[ \t]*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:(-.*)|[ \t]*)$")
+_TRACEPARENT_MAX: Final = 512
+_TRACESTATE_MAX: Final = 8192
 
 # The process's tracer while tracing is on, else None: the one thing hot paths look at.
 tracer: Tracer | None = None
@@ -84,12 +91,13 @@ def shutdown() -> None:
 
 
 def current_ids() -> tuple[str, str] | None:
-    """(trace_id, span_id) in hex of the current span, for log lines; None when nothing is traced."""
+    """(trace_id, span_id) in hex of the current span, for log lines; None unless it is sampled."""
     if tracer is None:
         return None
-    span_context = trace.get_current_span().get_span_context()
-    if not span_context.is_valid:
+    span = trace.get_current_span()
+    if type(span) is not LeanSpan:  # unsampled, or none: as for ServerSpan.ids()
         return None
+    span_context = span.get_span_context()
     return format(span_context.trace_id, "032x"), format(span_context.span_id, "016x")
 
 
@@ -103,7 +111,7 @@ class ServerSpan:
     so for most requests under the default sampler this is a context attached and detached.
     """
 
-    __slots__ = ("_is_done", "_status", "_token", "method", "scope", "span")
+    __slots__ = ("_is_done", "_is_recorded", "_status", "_token", "method", "scope", "span")
 
     def __init__(self, span: Span, method: str, scope: Any) -> None:
         self.span = span
@@ -111,7 +119,8 @@ class ServerSpan:
         self.scope = scope  # the router writes the matched route's template into it
         self._token = otel_context.attach(trace.set_span_in_context(span))
         self._status: int | None = None
-        self._is_done = not span.is_recording()
+        self._is_recorded = span.is_recording()
+        self._is_done = not self._is_recorded
 
     def status(self, status: int) -> None:
         """The response status: 5xx marks the span as an error (4xx is the client's, per the conventions)."""
@@ -122,28 +131,34 @@ class ServerSpan:
         if self._is_done:
             return
         self._status = status
-        if any(name == b"content-type" and value.startswith(b"text/event-stream") for name, value in headers):
-            self.end()
+        for name, value in headers:  # a loop, not any(<generator>): a quarter of the cost on a sampled request
+            if name == b"content-type":
+                if value.startswith(b"text/event-stream"):
+                    self.end()
+                return
 
     def end(self, error: BaseException | None = None) -> None:
         """End the span (once), named `{METHOD} {route template}`, or `{METHOD}` alone when no route matched."""
         if self._is_done:
             return
         self._is_done = True
-        attributes: dict[str, str | int] = {}
+        span = self.span
+        # a LeanSpan (every recording span of keel's provider) takes its attributes as they are: keel's are scalars
+        attributes: dict[str, Any] = span.attributes if type(span) is LeanSpan else {}
         if self._status is not None:
             attributes["http.response.status_code"] = self._status
         route = self.scope.get("path_template")
         if route:
             attributes["http.route"] = route
-            self.span.update_name(f"{self.method} {route}")
-        self.span.set_attributes(attributes)
+            span.update_name(f"{self.method} {route}")
+        if type(span) is not LeanSpan:
+            span.set_attributes(attributes)
         if error is not None:
-            self.span.record_exception(error)
-            self.span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+            span.record_exception(error)
+            span.set_status(Status(StatusCode.ERROR, type(error).__name__))
         elif self._status is not None and self._status >= 500:
-            self.span.set_status(Status(StatusCode.ERROR))
-        self.span.end()
+            span.set_status(Status(StatusCode.ERROR))
+        span.end()
 
     def close(self, status: int | None = None, error: BaseException | None = None) -> None:
         """A handshake's end: record `status`, end the span and leave its context."""
@@ -156,10 +171,13 @@ class ServerSpan:
         """Leave the span's context; call from the task that started it, after end()."""
         otel_context.detach(self._token)
 
-    def ids(self) -> tuple[str, str]:
-        """(trace_id, span_id) in hex, for the request's log line (current_ids() without the context lookup)."""
+    def ids(self) -> tuple[str, str] | None:
+        """(trace_id, span_id) in hex for the request's log line when the span is sampled, else None: an unsampled
+        request's trace leads nowhere (nothing of it is exported), and its ids would cost drawing them."""
+        if not self._is_recorded:
+            return None
         span_context = self.span.get_span_context()
-        return format(span_context.trace_id, "032x"), format(span_context.span_id, "016x")
+        return f"{span_context.trace_id:032x}", f"{span_context.span_id:016x}"
 
 
 def start_server_span(scope: Any) -> ServerSpan | None:
@@ -167,31 +185,53 @@ def start_server_span(scope: Any) -> ServerSpan | None:
 
     Named for the method only until end() learns the route template: raw paths hold ids and would make span
     names unbounded. The query string is never recorded: /ws?ticket= and /events?ticket= carry credentials.
+    Under keel's default sampler the headers are scanned once, for the trace context, and the attributes are built
+    only for a span that records them; a dropped request's span is an UnsampledSpan, its ids drawn only if asked.
     """
     if tracer is None:
         return None
-    carrier: dict[str, str] = {}
-    user_agent = None
+    traceparent = tracestate = None
     for name, value in scope["headers"]:
-        if name == b"traceparent" or name == b"tracestate":
-            carrier[name.decode()] = value.decode("latin-1")
-        elif name == b"user-agent":
-            user_agent = value.decode("latin-1")
+        if name == b"traceparent":
+            traceparent = value
+        elif name == b"tracestate":
+            tracestate = value
     method = scope.get("method", "GET")  # a WebSocket handshake is a GET
     method = method if method in _METHODS else "_OTHER"
-    parent = _propagator.extract(carrier) if carrier else None
-    if _provider is not None and _provider.root_ratio is not None:
-        # keel's default sampler decides without the attributes: built only for a span that records them
-        span = tracer.start_span(method, context=parent, kind=SpanKind.SERVER)
-        if span.is_recording():
-            span.set_attributes(_server_attributes(scope, method, user_agent))
-    else:  # a named sampler may look at them
-        attributes = _server_attributes(scope, method, user_agent)
-        span = tracer.start_span(method, context=parent, kind=SpanKind.SERVER, attributes=attributes)
+    span: Span
+    if type(tracer) is LeanTracer and _provider is not None and _provider.root_ratio is not None:  # keel's default
+        parent = _remote_parent(traceparent, tracestate) if traceparent is not None else None
+        span = tracer.start_server_span(method, parent)
+        if type(span) is LeanSpan:
+            span.attributes.update(_server_attributes(scope, method))
+        return ServerSpan(span, method, scope)
+    # a named sampler may look at the attributes: the API's way, with the propagator's parsing
+    carrier = {"traceparent": traceparent.decode("latin-1")} if traceparent is not None else {}
+    if carrier and tracestate is not None:
+        carrier["tracestate"] = tracestate.decode("latin-1")
+    context = _propagator.extract(carrier) if carrier else None
+    attributes = _server_attributes(scope, method)
+    span = tracer.start_span(method, context=context, kind=SpanKind.SERVER, attributes=attributes)
     return ServerSpan(span, method, scope)
 
 
-def _server_attributes(scope: Any, method: str, user_agent: str | None) -> dict[str, str | int]:
+def _remote_parent(traceparent: bytes, tracestate: bytes | None) -> SpanContext | None:
+    """The client's span from its W3C `traceparent` (and `tracestate`), as the SDK's propagator reads them, or None
+    when the header is malformed (the request then starts a trace of its own)."""
+    match = _TRACEPARENT.search(traceparent) if len(traceparent) <= _TRACEPARENT_MAX else None
+    if match is None:
+        return None
+    version, trace_id, span_id, flags, rest = match.groups()
+    if version == b"ff" or (version == b"00" and rest):
+        return None
+    state = None
+    if tracestate is not None and len(tracestate) <= _TRACESTATE_MAX:
+        state = TraceState.from_header([tracestate.decode("latin-1")])
+    context = SpanContext(int(trace_id, 16), int(span_id, 16), True, TraceFlags(int(flags, 16)), state)
+    return context if context.is_valid else None
+
+
+def _server_attributes(scope: Any, method: str) -> dict[str, str | int]:
     attributes: dict[str, str | int] = {
         "http.request.method": method,
         "url.path": scope["path"],
@@ -203,8 +243,10 @@ def _server_attributes(scope: Any, method: str, user_agent: str | None) -> dict[
             attributes["server.port"] = server[1]
     if client := scope.get("client"):
         attributes["client.address"] = client[0]
-    if user_agent is not None:
-        attributes["user_agent.original"] = user_agent
+    for name, value in scope["headers"]:
+        if name == b"user-agent":
+            attributes["user_agent.original"] = value.decode("latin-1")
+            break
     return attributes
 
 

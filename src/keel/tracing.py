@@ -14,10 +14,11 @@ What they honour of the API: ids and parent, name, kind, start and end times, at
 sequences of them; others are dropped as the SDK drops them), events (record_exception included), links, status
 (an OK status is final), update_name, is_recording, use as a context manager. The sampler: keel's default (parent
 based, a ratio of new traces drawn here) or any the SDK builds from OTEL_TRACES_SAMPLER, asked per span as the SDK
-asks it. A RECORD_ONLY decision records nothing here (nothing would be exported either). No span limits: keel and
-its two instrumentations (SQLAlchemy, redis) set a bounded handful of attributes per span. OTEL_BSP_MAX_QUEUE_SIZE,
-OTEL_BSP_SCHEDULE_DELAY and OTEL_BSP_MAX_EXPORT_BATCH_SIZE size the queue as the SDK's batch processor reads them;
-what does not fit, or what the collector refuses, is counted in `keel_spans_dropped_total`.
+asks it. A RECORD_ONLY decision records nothing here (nothing would be exported either); a dropped span is an
+UnsampledSpan, whose ids are drawn only if asked for. No span limits: keel and its two instrumentations
+(SQLAlchemy, redis) set a bounded handful of attributes per span. OTEL_BSP_MAX_QUEUE_SIZE, OTEL_BSP_SCHEDULE_DELAY
+and OTEL_BSP_MAX_EXPORT_BATCH_SIZE size the queue as the SDK's batch processor reads them; what does not fit, or
+what the collector refuses, is counted in `keel_spans_dropped_total`.
 """
 
 from __future__ import annotations
@@ -191,6 +192,28 @@ def _cleaned(attributes: Attributes) -> dict[str, Any]:
     return cleaned
 
 
+class UnsampledSpan(NonRecordingSpan):
+    """A span the sampler dropped: it records nothing, and its ids are drawn only if something asks for them (a
+    `traceparent` sent downstream, say): most requests under the default sampler never do. A client's trace id, when
+    the request continued one, is kept, so whatever it sends on stays in the client's trace."""
+
+    __slots__ = ("_flags", "_trace_id", "_trace_state")
+
+    def __init__(
+        self, trace_id: int = 0, flags: TraceFlags = _UNSAMPLED, trace_state: TraceState | None = None
+    ) -> None:
+        """A new trace's span (no `trace_id`: one is drawn when asked for), or one continuing a trace."""
+        self._context: SpanContext | None = None  # type: ignore[assignment]  # drawn on first use
+        self._trace_id, self._flags, self._trace_state = trace_id, flags, trace_state
+
+    def get_span_context(self) -> SpanContext:
+        context = self._context
+        if context is None:
+            trace_id = self._trace_id or _bits(128) or 1
+            context = self._context = SpanContext(trace_id, _bits(64) or 1, False, self._flags, self._trace_state)
+        return context
+
+
 class LeanTracer(trace.Tracer):
     """Spans of one instrumentation scope; the work is skipped for spans no one will see."""
 
@@ -210,6 +233,8 @@ class LeanTracer(trace.Tracer):
         set_status_on_exception: bool = True,
     ) -> trace.Span:
         parent = trace.get_current_span(context)
+        if type(parent) is UnsampledSpan:  # see below: without drawing its ids
+            return parent
         parent_context: SpanContext | None = parent.get_span_context()
         provider = self._provider
         if parent_context is not None and parent_context.is_valid:
@@ -220,29 +245,48 @@ class LeanTracer(trace.Tracer):
                 return parent
             trace_id = parent_context.trace_id
         else:
-            parent_context, trace_id = None, _bits(128) or 1
+            parent_context, trace_id = None, 0
         ratio = provider.root_ratio
         trace_state: TraceState | None = None
         if ratio is not None:  # keel's default: follow the parent, or draw `ratio` of new traces
-            sampled = parent_context.trace_flags.sampled if parent_context is not None else random.random() < ratio
             if parent_context is not None:
-                trace_state = parent_context.trace_state
+                sampled, trace_state = parent_context.trace_flags.sampled, parent_context.trace_state
+            else:
+                sampled = random.random() < ratio
             values = _cleaned(attributes) if sampled else {}
         elif (sampler := provider.sampler) is ALWAYS_ON:
             sampled, values = True, _cleaned(attributes)
         elif sampler is ALWAYS_OFF:
             sampled, values = False, {}
         else:
+            trace_id = trace_id or _bits(128) or 1  # a ratio sampler decides on it
             result = sampler.should_sample(context, trace_id, name, kind, attributes, links)
             sampled = result.decision.is_sampled()  # type: ignore[no-untyped-call]
             values, trace_state = _cleaned(result.attributes), result.trace_state
-        span_id = _bits(64) or 1
         if not sampled:
-            return NonRecordingSpan(SpanContext(trace_id, span_id, False, _UNSAMPLED, trace_state))
-        span_context = SpanContext(trace_id, span_id, False, _SAMPLED, trace_state)
+            # a remote parent's trace goes on with its flags (the client's word on its trace id's randomness)
+            flags = TraceFlags(parent_context.trace_flags & ~1) if parent_context is not None else _UNSAMPLED
+            return UnsampledSpan(trace_id, flags, trace_state)
+        span_context = SpanContext(trace_id or _bits(128) or 1, _bits(64) or 1, False, _SAMPLED, trace_state)
         return LeanSpan(
             provider, self._scope, name, span_context, parent_context, kind, values, list(links or ()), start_time
         )
+
+    def start_server_span(self, name: str, parent: SpanContext | None) -> LeanSpan | UnsampledSpan:
+        """A SERVER span under keel's default sampler, without the API's context lookups: it follows the client's
+        decision (`parent`, from its `traceparent`), or draws its share of new traces."""
+        provider = self._provider
+        ratio = provider.root_ratio
+        assert ratio is not None
+        if parent is None:
+            if random.random() >= ratio:
+                return UnsampledSpan()
+            context = SpanContext(_bits(128) or 1, _bits(64) or 1, False, _SAMPLED)
+        elif not parent.trace_flags.sampled:
+            return UnsampledSpan(parent.trace_id, parent.trace_flags, parent.trace_state)
+        else:
+            context = SpanContext(parent.trace_id, _bits(64) or 1, False, _SAMPLED, parent.trace_state)
+        return LeanSpan(provider, self._scope, name, context, parent, SpanKind.SERVER, {}, (), None)
 
     @contextmanager
     def start_as_current_span(  # type: ignore[override]  # the API's is a context manager of its own kind
@@ -287,7 +331,7 @@ class LeanProvider(trace.TracerProvider):
         instrumenting_library_version: str | None = None,
         schema_url: str | None = None,
         attributes: Attributes = None,
-    ) -> trace.Tracer:
+    ) -> LeanTracer:
         scope = InstrumentationScope(instrumenting_module_name, instrumenting_library_version, schema_url, attributes)
         return LeanTracer(self, scope)
 

@@ -1,0 +1,167 @@
+"""The server span under keel's default sampler: the client's `traceparent` read as the API's propagator reads it,
+an unsampled request that draws no ids unless asked and still continues the client's trace downstream, and access
+lines that carry ids only for sampled requests."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from keel import telemetry
+from keel.http.middleware import EdgeMiddleware
+from keel.logs import AccessLog
+from keel.settings import Settings
+from keel.tracing import LeanSpan, UnsampledSpan
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+SPAN_ID = "00f067aa0ba902b7"
+
+
+@pytest.fixture
+async def tracing(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Tracing on with keel's default sampler at the parametrized ratio, towards a port that never answers."""
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path}/keel.db")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        settings = Settings(OTEL_EXPORTER_OTLP_ENDPOINT=endpoint, OTEL_TRACES_SAMPLER_ARG=request.param)
+        try:
+            assert telemetry.setup(settings, engine)
+            yield
+        finally:
+            telemetry.shutdown()
+            await engine.dispose()
+
+
+def scope_with(*headers: tuple[bytes, bytes]) -> dict[str, Any]:
+    return {"type": "http", "method": "GET", "path": "/x", "headers": list(headers), "path_template": "/x"}
+
+
+@pytest.mark.parametrize(
+    "traceparent",
+    [
+        f"00-{TRACE_ID}-{SPAN_ID}-01",
+        f"00-{TRACE_ID}-{SPAN_ID}-00",
+        f" \t00-{TRACE_ID}-{SPAN_ID}-01 ",
+        f"00-{TRACE_ID}-{SPAN_ID}-01-extra",  # version 00 has no more fields
+        f"01-{TRACE_ID}-{SPAN_ID}-01-extra",  # a later version may
+        f"ff-{TRACE_ID}-{SPAN_ID}-01",
+        f"00-{TRACE_ID.upper()}-{SPAN_ID}-01",
+        f"00-{'0' * 32}-{SPAN_ID}-01",
+        f"00-{TRACE_ID}-{'0' * 16}-01",
+        f"00-{TRACE_ID}-{SPAN_ID}-1",
+        f"00-{TRACE_ID}-{SPAN_ID}-01" + " " * 600,
+        "garbage",
+    ],
+)
+@pytest.mark.parametrize("tracestate", [None, "vendor=value,other=1", "not a state", "k=" + "v" * 9000])
+def test_the_traceparent_is_read_as_the_propagator_reads_it(traceparent: str, tracestate: str | None) -> None:
+    carrier = {"traceparent": traceparent} | ({"tracestate": tracestate} if tracestate is not None else {})
+    expected = trace.get_current_span(telemetry._propagator.extract(carrier)).get_span_context()
+    ours = telemetry._remote_parent(traceparent.encode(), tracestate.encode() if tracestate is not None else None)
+    if not expected.is_valid:
+        assert ours is None
+    else:
+        assert ours == expected  # ids, flags, remote, and the trace state
+        assert ours.trace_state == expected.trace_state
+
+
+@pytest.mark.parametrize("tracing", ["1"], indirect=True)  # the client's decision wins over the odds
+async def test_an_unsampled_request_draws_no_ids_yet_continues_the_clients_trace(tracing: None) -> None:
+    server_span = telemetry.start_server_span(scope_with((b"traceparent", f"00-{TRACE_ID}-{SPAN_ID}-00".encode())))
+    assert server_span is not None
+    span = server_span.span
+    try:
+        assert isinstance(span, UnsampledSpan)
+        assert not span.is_recording()
+        assert server_span.ids() is None
+        assert telemetry.current_ids() is None
+        child = telemetry.start_span("realtime.publish")  # children are the request's span itself
+        assert child is span
+        assert span._context is None  # nothing asked for ids so far: none drawn
+        # sent downstream (a broker message, say), it names the client's trace, its own span, and "not sampled"
+        sent = telemetry.with_traceparent(b"{}", child)
+        _, parent = telemetry.split_traceparent(sent)
+        assert parent is not None
+        version, trace_id, span_id, flags = parent.decode().split("-")
+        assert (version, trace_id, flags) == ("00", TRACE_ID, "00")
+        assert span_id not in (SPAN_ID, "0" * 16)
+        assert span.get_span_context() is span.get_span_context()  # drawn once
+    finally:
+        server_span.close(200)
+
+
+@pytest.mark.parametrize("tracing", ["0"], indirect=True)
+async def test_a_new_unsampled_trace_draws_its_ids_only_when_asked(tracing: None) -> None:
+    server_span = telemetry.start_server_span(scope_with((b"user-agent", b"t/1")))
+    assert server_span is not None
+    span = server_span.span
+    assert isinstance(span, UnsampledSpan)
+    assert span._context is None
+    context = span.get_span_context()
+    assert context.is_valid
+    assert not context.is_remote
+    assert not context.trace_flags.sampled
+    server_span.close(200)
+
+
+@pytest.mark.parametrize("tracing", ["0"], indirect=True)  # the client's decision wins over the odds
+async def test_a_sampled_request_records_its_attributes_and_continues_the_client(tracing: None) -> None:
+    scope = scope_with((b"user-agent", b"t/1"), (b"traceparent", f"00-{TRACE_ID}-{SPAN_ID}-01".encode()))
+    scope |= {"client": ("10.0.0.1", 5000), "server": ("127.0.0.1", 8000), "scheme": "https"}
+    server_span = telemetry.start_server_span(scope)
+    assert server_span is not None
+    span = server_span.span
+    assert isinstance(span, LeanSpan)
+    server_span.close(503)
+    assert span.name == "GET /x"
+    assert span.parent is not None
+    assert (format(span.parent.span_id, "016x"), span.parent.is_remote) == (SPAN_ID, True)
+    assert format(span.get_span_context().trace_id, "032x") == TRACE_ID
+    assert span.attributes == {
+        "http.request.method": "GET",
+        "url.path": "/x",
+        "url.scheme": "https",
+        "server.address": "127.0.0.1",
+        "server.port": 8000,
+        "client.address": "10.0.0.1",
+        "user_agent.original": "t/1",
+        "http.response.status_code": 503,
+        "http.route": "/x",
+    }
+    assert span.status.status_code is trace.StatusCode.ERROR
+
+
+@pytest.mark.parametrize("tracing", ["0"], indirect=True)
+@pytest.mark.parametrize("flags", ["01", "00"])
+async def test_the_access_line_carries_ids_only_for_a_sampled_request(tracing: None, flags: str) -> None:
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        ids = telemetry.current_ids()
+        seen.append(ids[1] if ids is not None else "")
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def send(message: Any) -> None:
+        pass
+
+    stream = io.BytesIO()
+    edge = EdgeMiddleware(app, access_log=AccessLog("json", stream))
+    await edge(scope_with((b"traceparent", f"00-{TRACE_ID}-{SPAN_ID}-{flags}".encode())), None, send)  # type: ignore[arg-type]
+    edge.access_log.flush()  # type: ignore[union-attr]
+    line = json.loads(stream.getvalue())
+    if flags == "01":
+        assert (line["trace_id"], line["span_id"]) == (TRACE_ID, seen[0])
+        assert seen[0] not in ("", SPAN_ID)
+    else:
+        assert (line["trace_id"], line["span_id"], seen) == (None, None, [""])
