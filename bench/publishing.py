@@ -29,19 +29,20 @@ sys.path.insert(0, str(ROOT))
 from tests.conftest import TEST_JWT_SECRET, migrate  # noqa: E402
 from tests.servers import keel_serve, scaled_env, sign_up  # noqa: E402
 
+PART = "publishing"  # bench/run.py --only publishing runs this, and only this
 SUBSCRIBERS, PUBLISHERS = 100, 16
 PG_URL = os.environ.get("KEEL_TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/keel_test_commit")
 REDIS_URL = os.environ.get("KEEL_TEST_REDIS_URL", "redis://127.0.0.1:6379/2")
 
 
-async def scenario(url: str, token: str, channel: str, pid: int, seconds: float) -> list[str]:
+async def scenario(url: str, token: str, channel: str, pid: int, seconds: float, subscribers_n: int) -> list[str]:
     ws_url = url.replace("http://", "ws://") + "/ws"
     headers = {"Authorization": f"Bearer {token}"}
 
     async def socket() -> ClientConnection:
         return await connect(ws_url, additional_headers=headers, compression=None, max_queue=None, open_timeout=60)
 
-    subscribers = [await socket() for _ in range(SUBSCRIBERS)]
+    subscribers = [await socket() for _ in range(subscribers_n)]
     for ws in subscribers:
         await ws.send(json.dumps({"type": "subscribe", "channel": channel}))
         await ws.recv()
@@ -105,7 +106,7 @@ async def scenario(url: str, token: str, channel: str, pid: int, seconds: float)
     return lines
 
 
-def run(label: str, src: Path | None, backend: str, seconds: float) -> None:
+def run(label: str, src: Path | None, backend: str, seconds: float, subscribers: int = SUBSCRIBERS) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         extra = {"PYTHONPATH": str(src)} if src else {}
         settings = {"KEEL_WS_SEND_QUEUE": "10000", "KEEL_MAX_STREAMS_PER_USER": "1000"}
@@ -124,22 +125,23 @@ def run(label: str, src: Path | None, backend: str, seconds: float) -> None:
             channel = httpx.post(
                 f"{server.url}/api/v1/channels", json={"name": "bench"}, headers={"Authorization": f"Bearer {token}"}
             ).json()["id"]
-            lines = asyncio.run(scenario(server.url, token, channel, server.process.pid, seconds))
+            lines = asyncio.run(scenario(server.url, token, channel, server.process.pid, seconds, subscribers))
     load = os.getloadavg()[0]
     for line in lines:
-        print(f"{label:6} {backend:6} {line}  load {load:.1f}", flush=True)
+        print(f"{label:6} {backend:10} {subscribers:3} subscribers {line}  load {load:.1f}", flush=True)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", type=Path, help="another checkout's src directory, run first per backend")
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--backends", default="sqlite,postgresql")
-    args = parser.parse_args()
+    parser.add_argument("--subscribers", type=int, default=SUBSCRIBERS, help="0: the cost without fan-out")
+    args = parser.parse_args(argv)
     for backend in args.backends.split(","):
         if args.before:
-            run("before", args.before, backend, args.seconds)
-        run("after", None, backend, args.seconds)
+            run("before", args.before, backend, args.seconds, args.subscribers)
+        run("after", None, backend, args.seconds, args.subscribers)
 
 
 if __name__ == "__main__":
