@@ -1175,10 +1175,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     import login as login_cpu  # bench/login.py, where a login's CPU goes (`--only login-cpu`)
     import observability  # here, not at the top: bench/observability.py imports this module's helpers
+    import publishing
     import realtime
     import scale
 
     args = parse_args(argv)
+    if args.only == [publishing.PART]:  # its own servers and before/after pairing: see bench/publishing.py
+        publishing.main([])
+        return 0
     if not SHARED_BENCH.is_dir():
         print(f"bench: the peers folder {SHARED_BENCH} is missing (expected ../shared/bench beside the repo)")
         return 1
@@ -1193,6 +1197,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             print("\n".join(f"{part:38} {text} (once)" for part, text in realtime.PARTS.items()))
             print(f"{observability.OBSERVABILITY_ID:38} keel before observability against access log, metrics, tracing")
+            print(
+                f"{publishing.PART:38} publishing into one channel, REST and WS, 100 subscribers (bench/publishing.py)"
+            )
             print(
                 f"{scale.SCALE_ID:38} keel behind nginx with 1, 2, 4 instances and --workers 2; cross-instance fan-out"
             )

@@ -56,6 +56,7 @@ from keel.ratelimit.deps import (
 from keel.ratelimit.limiter import Limiter
 from keel.realtime import asyncapi
 from keel.realtime.access import Realtime, StreamCounts
+from keel.realtime.committer import Committer
 from keel.realtime.hub import Hub
 from keel.realtime.router import COMMON as CHANNELS
 from keel.realtime.router import LISTS as CHANNEL_LISTS
@@ -147,6 +148,7 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
             cors_origins=settings.cors_origins,
         )
         hub = Hub(backends.broker, sessionmaker)
+        committer = Committer(sessionmaker, backends.broker, backends.cache)
         if backends.redis is not None:  # one process needs no watch: a broker in it cannot lose what it was given
             hub.watch()
         smtp_url = settings.smtp_url.get_secret_value() if settings.smtp_url else None
@@ -177,6 +179,7 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
                 StreamCounts(settings.max_streams_per_user),
                 session_cookies,
                 idempotency,
+                committer,
             ),
             idempotency=IdempotencyEdge(idempotency, clients.client_ip),
         )
@@ -188,6 +191,7 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
         finally:
             restore_signals()
             await sender.stop()
+            await committer.close()  # queued publishes commit and go out before the hub and engine close
             await hub.close()
             await denylist.stop()
             hasher.close()

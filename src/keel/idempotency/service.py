@@ -77,11 +77,26 @@ class Claim:
         self.ttl = ttl
         self._locked_in = locked_in  # the transaction that holds the lock
 
-    async def record(self, session: AsyncSession, body: bytes, headers: dict[str, str] | None = None) -> None:
-        """Add the record of this answer to the session's transaction (committed with the write, or not at all)."""
-        if session.sync_session.get_transaction() is not self._locked_in:
+    async def hold(self, session: AsyncSession) -> None:
+        """Hand the write to another transaction (a group commit): end the claim's own, which returns its connection
+        and its lock; the write's transaction takes the lock again (`lock`, or `record`) before it records.
+
+        Between the two a twin on another instance may take the lock: it answers 409 (KeyInUse), or this write
+        does, and the client's retry then replays whichever committed."""
+        await session.rollback()
+        self._locked_in = None
+
+    async def lock(self, session: AsyncSession) -> None:
+        """Take the claim's lock in the session's transaction unless it holds it already; KeyInUse if a twin does."""
+        transaction = session.sync_session.get_transaction()
+        if transaction is None or transaction is not self._locked_in:
             # a use case that committed since the claim (a sign-up) is in a new transaction, without the lock
             await _lock(session, self.attempt)
+            self._locked_in = session.sync_session.get_transaction()
+
+    async def record(self, session: AsyncSession, body: bytes, headers: dict[str, str] | None = None) -> None:
+        """Add the record of this answer to the session's transaction (committed with the write, or not at all)."""
+        await self.lock(session)
         now = utcnow()
         session.add(
             IdempotencyRecord(

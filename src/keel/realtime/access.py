@@ -23,6 +23,7 @@ from keel.identity.tokens import Claims
 from keel.identity.verifier import TokenVerifier
 from keel.ratelimit.deps import RateLimits, rate_limit_headers, retry_after
 from keel.realtime import tickets
+from keel.realtime.committer import Committer
 from keel.realtime.hub import Hub
 from keel.shared.cache import ReadCache
 from keel.shared.errors import OUTAGES
@@ -44,6 +45,7 @@ class Realtime:
     streams: StreamCounts
     session_cookies: SessionCookies
     idempotency: Idempotency  # a publish frame's idempotency_key
+    committer: Committer  # every publish, REST and WebSocket, goes through it
 
 
 class Refused(Exception):

@@ -17,7 +17,7 @@ from keel.http.idempotency import IDEMPOTENT, Idempotent
 from keel.http.pagination import Cursor, Limit, Offset, Page, decode_cursor, encode_cursor
 from keel.idempotency.service import Claim
 from keel.realtime import service, tickets
-from keel.realtime.hub import Hub
+from keel.realtime.access import Realtime
 from keel.realtime.schemas import (
     Author,
     ChannelCreate,
@@ -86,24 +86,19 @@ class ChannelsController(Controller):
         channel_id: FromPath[uuid.UUID],
         data: JSONBody[MessageCreate],
         db_session: DbSession,
-        backends: SharedBackends,
         idempotency: Idempotent,
         state: State,
     ) -> Response[MessageRead]:
         """Post a message; it gets the channel's next seq and goes live to every subscriber."""
         claims = current_principal()
-        hub: Hub = state.realtime.hub
+        realtime: Realtime = state.realtime
+        hub = realtime.hub
 
         async def post(claim: Claim | None) -> MessageRead:
-            message = await service.post_message(
-                db_session,
-                backends.broker,
-                backends.cache,
-                channel_id=channel_id,
-                author=Author(claims.user_id, claims.username),
-                body=data.body,
-                idempotency=claim,
-            )
+            if claim is not None:
+                await claim.hold(db_session)  # the batch's transaction records it; this one's connection goes back
+            draft = service.Draft(Author(claims.user_id, claims.username), data.body, claim)
+            message = await realtime.committer.publish(channel_id, draft)
             hub.published(channel_id, message.seq)
             return message
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Final
 
 import msgspec
 from opentelemetry.trace import SpanKind
-from sqlalchemy import Uuid, any_, bindparam, select, update
+from sqlalchemy import Uuid, any_, bindparam, insert, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -90,6 +91,15 @@ async def list_channels(
     return (await session.scalars(query)).all()
 
 
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """A message to append: who wrote it, what it says, and the idempotency claim its record commits with."""
+
+    author: Author
+    body: str
+    claim: Claim | None = None
+
+
 async def post_message(
     session: AsyncSession,
     broker: Broker,
@@ -102,43 +112,63 @@ async def post_message(
 ) -> MessageRead:
     """Append a message with the channel's next seq, then publish it to live subscribers; with an idempotency
     claim, its record commits with the message."""
-    # one statement takes the next seq and locks the channel row until commit, so concurrent writers on any
-    # number of instances queue here and seq stays 1, 2, 3 ... with no gap (a rollback returns the number)
-    seq = await session.scalar(
+    (read,) = await append_messages(session, channel_id, [Draft(author, body, idempotency)])
+    await broadcast(broker, cache, channel_id, [read])
+    return read
+
+
+async def append_messages(session: AsyncSession, channel_id: uuid.UUID, drafts: Sequence[Draft]) -> list[MessageRead]:
+    """Append messages with the channel's next seqs, in order, in one transaction that commits them together with
+    their idempotency records (keel.realtime.committer groups concurrent publishes so)."""
+    # one statement reserves the next len(drafts) seqs and locks the channel row until commit, so concurrent writers
+    # on any number of instances queue here and seq stays 1, 2, 3 ... with no gap (a rollback returns the numbers)
+    last = await session.scalar(
         update(Channel)
         .where(Channel.id == channel_id)
-        .values(last_seq=Channel.last_seq + 1)
+        .values(last_seq=Channel.last_seq + len(drafts))
         .returning(Channel.last_seq)
     )
-    if seq is None:
+    if last is None:
         await session.rollback()
         raise ChannelNotFound(f"No channel {channel_id}.")
-    # id and time set here, not at flush: the recorded answer needs them before the commit, at no extra round trip
-    message = Message(
-        id=uuid.uuid4(), channel_id=channel_id, seq=seq, author_id=author.id, body=body, created_at=utcnow()
-    )
-    session.add(message)
-    read = MessageRead(
-        id=message.id,
-        channel_id=channel_id,
-        seq=seq,
-        author=author,
-        body=body,
-        created_at=message.created_at,
-    )
-    if idempotency is not None:
-        await idempotency.record(session, encode_message(read))
+    # ids and time set here, not at flush: the recorded answers need them before the commit, at no extra round trip
+    now = utcnow()
+    first = last - len(drafts) + 1
+    reads = [
+        MessageRead(id=uuid.uuid4(), channel_id=channel_id, seq=first + i, author=d.author, body=d.body, created_at=now)
+        for i, d in enumerate(drafts)
+    ]
+    rows = [
+        {
+            "id": r.id,
+            "channel_id": channel_id,
+            "seq": r.seq,
+            "author_id": r.author.id,
+            "body": r.body,
+            "created_at": now,
+        }
+        for r in reads
+    ]
+    await session.execute(insert(Message), rows)  # one multi-row INSERT (SQLAlchemy's insertmanyvalues)
+    for draft, read in zip(drafts, reads, strict=True):
+        if draft.claim is not None:
+            await draft.claim.record(session, encode_message(read))
     await session.commit()
-    # before the publish: a subscriber that reads the channel on seeing the message must not get a cached page
+    return reads
+
+
+async def broadcast(broker: Broker, cache: ReadCache, channel_id: uuid.UUID, messages: Sequence[MessageRead]) -> None:
+    """Publish committed messages of one channel to live subscribers, in seq order."""
+    # before the publish: a subscriber that reads the channel on seeing a message must not get a cached page
     await cache.invalidate(channel_scope(channel_id), CHANNEL_LIST)
-    try:  # published only after the row committed; live delivery is best effort, the database is the record
-        if telemetry.tracer is None:
-            await broker.publish(topic(channel_id), encode_message(read))
-        else:
-            await _traced_publish(broker, read)
-    except BackendUnavailable:
-        log.warning("message %s/%d committed but not broadcast: broker unavailable", channel_id, seq)
-    return read
+    for read in messages:
+        try:  # published only after the row committed; live delivery is best effort, the database is the record
+            if telemetry.tracer is None:
+                await broker.publish(topic(channel_id), encode_message(read))
+            else:
+                await _traced_publish(broker, read)
+        except BackendUnavailable:
+            log.warning("message %s/%d committed but not broadcast: broker unavailable", channel_id, read.seq)
 
 
 async def _traced_publish(broker: Broker, message: MessageRead) -> None:

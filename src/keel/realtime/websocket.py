@@ -26,6 +26,7 @@ from keel.idempotency.service import Claim, Outcome
 from keel.identity.tokens import Claims
 from keel.realtime import frames, service
 from keel.realtime.access import Realtime, Refused, admit, frame_allowed
+from keel.realtime.committer import ShuttingDown
 from keel.realtime.errors import ChannelNotFound, TooSlow
 from keel.realtime.peers import Delivery, Peer
 from keel.realtime.schemas import Author, MessageCreate, MessageRead
@@ -253,6 +254,8 @@ async def _handle(realtime: Realtime, scope: Any, socket: Socket, claims: Claims
         socket.send(frames.error(exc))
     except ChannelNotFound as exc:
         socket.send(frames.error(frames.FrameError("not_found", str(exc), ref)))
+    except ShuttingDown as exc:  # a publish after the committer closed: resume on another instance
+        socket.end(exc)
     except OUTAGES as exc:
         # the database is down: nothing is lost (a publish did not commit, a replay did not finish), and the
         # client resumes with `since` once it reconnects
@@ -276,15 +279,10 @@ async def _publish(realtime: Realtime, scope: Any, socket: Socket, claims: Claim
     async with hub.publishing(), hub.session() as session:
 
         async def post(claim: Claim | None) -> MessageRead:
-            return await service.post_message(
-                session,
-                hub.broker,
-                realtime.cache,
-                channel_id=frame.channel,
-                author=Author(claims.user_id, claims.username),
-                body=frame.body,
-                idempotency=claim,
-            )
+            if claim is not None:
+                await claim.hold(session)  # the batch's transaction records it; this one's connection goes back
+            draft = service.Draft(Author(claims.user_id, claims.username), frame.body, claim)
+            return await realtime.committer.publish(frame.channel, draft)
 
         try:
             result = await realtime.idempotency.run(session, attempt, post)

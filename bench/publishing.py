@@ -1,0 +1,148 @@
+"""Publishing into one channel at the limit (issue 16 goal 2): msg/s, p99 ack latency and server CPU per message,
+REST and WS publishers, 100 WS subscribers, on SQLite and on PostgreSQL + Redis.
+
+    .venv/bin/python bench/publishing.py [--before SRC_DIR] [--seconds 4]
+
+`--before` runs the same scenario first on another checkout's `src` (e.g. `git archive def2c58 src | tar -x -C
+/tmp/base`), interleaved per backend, so before and after share the machine's load. Each server is `keel serve`
+(tests/servers.py: real process, fresh SQLite file or emptied PostgreSQL and flushed Redis).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+from websockets.asyncio.client import ClientConnection, connect
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.conftest import TEST_JWT_SECRET, migrate  # noqa: E402
+from tests.servers import keel_serve, scaled_env, sign_up  # noqa: E402
+
+PART = "publishing"  # bench/run.py --only publishing runs this, and only this
+SUBSCRIBERS, PUBLISHERS = 100, 16
+PG_URL = os.environ.get("KEEL_TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/keel_test_commit")
+REDIS_URL = os.environ.get("KEEL_TEST_REDIS_URL", "redis://127.0.0.1:6379/2")
+
+
+async def scenario(url: str, token: str, channel: str, pid: int, seconds: float, subscribers_n: int) -> list[str]:
+    ws_url = url.replace("http://", "ws://") + "/ws"
+    headers = {"Authorization": f"Bearer {token}"}
+
+    async def socket() -> ClientConnection:
+        return await connect(ws_url, additional_headers=headers, compression=None, max_queue=None, open_timeout=60)
+
+    subscribers = [await socket() for _ in range(subscribers_n)]
+    for ws in subscribers:
+        await ws.send(json.dumps({"type": "subscribe", "channel": channel}))
+        await ws.recv()
+    received = [0]
+
+    async def drain(ws: ClientConnection) -> None:
+        async for _ in ws:
+            received[0] += 1
+
+    readers = [asyncio.create_task(drain(ws)) for ws in subscribers]
+    process = psutil.Process(pid)
+    lines = []
+    for via in ("REST", "WS"):
+        latencies: list[float] = []
+
+        async def rest(i: int, deadline: float, latencies: list[float]) -> None:
+            reader, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
+            head = (
+                f"POST /api/v1/channels/{channel}/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                "Content-Type: application/json\r\n"
+            )
+            n = 0
+            while (start := time.perf_counter()) < deadline:
+                payload = json.dumps({"body": f"r{i}-{n}"}).encode()
+                writer.write(f"{head}Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+                response = await reader.readuntil(b"\r\n\r\n")
+                length = int(response.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                assert response.startswith(b"HTTP/1.1 201"), response
+                latencies.append((time.perf_counter() - start) * 1000)
+                n += 1
+            writer.close()
+
+        async def ws_publisher(i: int, deadline: float, latencies: list[float]) -> None:
+            ws = await socket()
+            n = 0
+            while (start := time.perf_counter()) < deadline:
+                await ws.send(json.dumps({"type": "publish", "channel": channel, "body": f"w{i}-{n}", "ref": str(n)}))
+                reply = json.loads(await ws.recv())
+                assert reply["type"] == "published", reply
+                latencies.append((time.perf_counter() - start) * 1000)
+                n += 1
+            await ws.close()
+
+        publisher = rest if via == "REST" else ws_publisher
+        cpu_before, wall = sum(process.cpu_times()[:2]), time.perf_counter()
+        await asyncio.gather(*(publisher(i, wall + seconds, latencies) for i in range(PUBLISHERS)))
+        wall = time.perf_counter() - wall
+        await asyncio.sleep(1)  # the fan-out's tail
+        cpu = sum(process.cpu_times()[:2]) - cpu_before
+        latencies.sort()
+        p99 = latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))]
+        lines.append(
+            f"{via}: {len(latencies) / wall:.0f} msg/s, p99 {p99:.0f} ms, server CPU {cpu / len(latencies) * 1000:.2f}"
+            f" ms/msg ({len(latencies)} msgs)"
+        )
+    for task in readers:
+        task.cancel()
+    for ws in subscribers:
+        await ws.close()
+    return lines
+
+
+def run(label: str, src: Path | None, backend: str, seconds: float, subscribers: int = SUBSCRIBERS) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        extra = {"PYTHONPATH": str(src)} if src else {}
+        settings = {"KEEL_WS_SEND_QUEUE": "10000", "KEEL_MAX_STREAMS_PER_USER": "1000"}
+        if backend == "sqlite":
+            env: dict[str, str | None] = {
+                "DATABASE_URL": f"sqlite+aiosqlite:///{tmp}/keel.db",
+                "KEEL_JWT_SECRET": TEST_JWT_SECRET,
+                **settings,
+                **extra,
+            }
+            asyncio.run(migrate(f"sqlite+aiosqlite:///{tmp}/keel.db"))
+        else:
+            env = scaled_env(PG_URL, REDIS_URL, **settings, **extra)
+        with keel_serve(env, Path(tmp)) as server:
+            token = sign_up(server.url)["access_token"]
+            channel = httpx.post(
+                f"{server.url}/api/v1/channels", json={"name": "bench"}, headers={"Authorization": f"Bearer {token}"}
+            ).json()["id"]
+            lines = asyncio.run(scenario(server.url, token, channel, server.process.pid, seconds, subscribers))
+    load = os.getloadavg()[0]
+    for line in lines:
+        print(f"{label:6} {backend:10} {subscribers:3} subscribers {line}  load {load:.1f}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", type=Path, help="another checkout's src directory, run first per backend")
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--subscribers", type=int, default=SUBSCRIBERS, help="0: the cost without fan-out")
+    args = parser.parse_args(argv)
+    for backend in args.backends.split(","):
+        if args.before:
+            run("before", args.before, backend, args.seconds, args.subscribers)
+        run("after", None, backend, args.seconds, args.subscribers)
+
+
+if __name__ == "__main__":
+    main()
