@@ -12,6 +12,7 @@ or that many of its largest event's bytes) is ended: the client reconnects with 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import uuid
 from typing import Any, Final
@@ -25,6 +26,8 @@ from keel.realtime.errors import CLOSE_GOING_AWAY, ChannelNotFound, TooSlow
 from keel.realtime.peers import Delivery, Peer
 from keel.shared.errors import OUTAGES
 from keel.types import MAX_INT64
+
+log = logging.getLogger("keel.realtime")
 
 KEEP_ALIVE: Final = 15.0
 RETRY_MS: Final = 3000
@@ -205,6 +208,7 @@ async def _serve(
         # before its first message still reconnects with a Last-Event-ID, and misses nothing published meanwhile
         opening = b"retry: %d\nid: %s\n\n" % (RETRY_MS, stream.event_id())
         stream.direct = DirectBody.of(scope)
+        log.debug("event stream opened: %s", "direct writes" if stream.direct else "ASGI sends")  # tests hold to this
         if stream.direct is not None:
             stream.write(chunk(opening))
         else:
