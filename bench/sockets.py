@@ -5,7 +5,7 @@
 
 For each kind and N, on a fresh `keel serve` pinned to CPU 0 (one worker; this process on CPU 1): N subscribers
 connect (WebSockets subscribed to the bench channel, or `GET /events` streams on it), round-robin over --sources
-loopback source addresses (127.0.0.1, 127.0.0.2, ...: one address has only ~28 000 ephemeral ports), idle for
+loopback source addresses (127.0.0.2, 127.0.0.3, ...: one address has only ~28 000 ephemeral ports), idle for
 --settle-s (past keel's 20 s WebSocket ping, so heartbeats are on and answered), and the server's RSS delta over N is
 the memory per socket. Then a WebSocket publisher (another socket) publishes --publishes messages, one at a time:
 each is timed from just before its send to its arrival at every subscriber (raw sockets on one epoll, only recv and
@@ -176,7 +176,9 @@ def cpu_s(process: psutil.Process) -> float:
 
 
 def measure(server: realtime.Server, kind: str, n: int, args: argparse.Namespace, until: float) -> Result:
-    sources = [f"127.0.0.{i + 1}" for i in range(args.sources)]
+    # never 127.0.0.1: a client socket bound there holds a port that another process's test server may have just
+    # been given by a free-port probe (a run with 127.0.0.1 made other tests fail to bind)
+    sources = [f"127.0.0.{i + 2}" for i in range(args.sources)]
     time.sleep(1)
     rss_before = server.rss()
     started = time.monotonic()
