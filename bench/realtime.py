@@ -338,13 +338,14 @@ class Subscriber:
 
     __slots__ = ("case_id", "channel", "chunks", "protocol", "ready", "sock", "subscribing")
 
-    def __init__(self, server: Server, channel: str) -> None:
+    def __init__(self, server: Server, channel: str, source: str = "") -> None:
         self.case_id = server.case.id
         self.channel = channel  # subscribed to once the handshake is done; "" for none
         self.subscribing = False  # the subscribe is sent, its answer not yet read
         self.ready = False  # the handshake is done, and the subscribe answered if there is one
         self.chunks: list[tuple[float, bytes]] = []  # (when the loop saw the socket readable, what it read)
-        self.sock = socket.create_connection((HOST, server.port), timeout=10)
+        # a loopback source address of its own (bench/sockets.py): one address has only ~28 000 ephemeral ports
+        self.sock = socket.create_connection((HOST, server.port), timeout=10, source_address=(source or HOST, 0))
         self.sock.setblocking(False)
         self.protocol = ClientProtocol(parse_uri(f"ws://{HOST}:{server.port}/ws"))  # no extensions: no deflate
         request = self.protocol.connect()
@@ -413,24 +414,33 @@ class Subscribers:
     every one of the N is measured the same way.
     """
 
-    def __init__(self, server: Server, n: int, publisher: Server | None = None) -> None:
+    def __init__(
+        self,
+        server: Server,
+        n: int,
+        publisher: Server | None = None,
+        sources: Sequence[str] = (),
+        timeout: float = CONNECT_TIMEOUT_S,
+    ) -> None:
         self.server = server
+        self.sources = sources or (HOST,)
         self.poll = select.epoll()
         self.live: dict[int, Subscriber] = {}  # by fd, until the server closes it
         self.subscribers: list[Subscriber] = []
         self.publisher = self.connect("", publisher or server)  # another instance: bench/scale.py's cross fan-out
-        deadline = time.monotonic() + CONNECT_TIMEOUT_S
+        deadline = time.monotonic() + timeout
         while not self.publisher.ready or len(self.subscribers) < n or not all(s.ready for s in self.subscribers):
             if time.monotonic() > deadline:
-                raise BenchError(f"{server.case.id}: {n} subscribers not ready within {CONNECT_TIMEOUT_S:.0f} s")
+                raise BenchError(f"{server.case.id}: {n} subscribers not ready within {timeout:.0f} s")
             opening = sum(not s.ready for s in self.subscribers)
             for _ in range(min(n - len(self.subscribers), CONNECT_CONCURRENCY - opening)):
                 self.subscribers.append(self.connect(server.channel))
             self.pump(0.05)
 
     def connect(self, channel: str, server: Server | None = None) -> Subscriber:
+        source = self.sources[len(self.subscribers) % len(self.sources)]
         try:
-            sub = Subscriber(server or self.server, channel)
+            sub = Subscriber(server or self.server, channel, source)
         except OSError as exc:
             raise BenchError(f"{self.server.case.id}: connecting a WebSocket: {exc}") from None
         self.live[sub.sock.fileno()] = sub

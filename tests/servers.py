@@ -12,7 +12,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,15 +77,25 @@ class Server:
 
 @contextmanager
 def keel_serve(
-    env: Mapping[str, str | None], cwd: Path, *args: str, ready_timeout: float = 60, port: int | None = None
+    env: Mapping[str, str | None],
+    cwd: Path,
+    *args: str,
+    ready_timeout: float = 60,
+    port: int | None = None,
+    command: Sequence[str] | None = None,
 ) -> Iterator[Server]:
     """`keel serve` on a free port (or `port`: a restart where clients expect it), ready when /healthz answers;
-    stopped with SIGTERM afterwards."""
+    stopped with SIGTERM afterwards. `command` runs instead (another server for keel's app), `{port}` filled in."""
     port = port or free_port()
+    argv = (
+        [part.replace("{port}", str(port)) for part in command]
+        if command is not None
+        else [sys.executable, "-m", "keel", "serve", "--port", str(port), *args]
+    )
     log = cwd / f"server-{port}-{time.monotonic_ns()}.log"
     with log.open("w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "keel", "serve", "--port", str(port), *args],
+            argv,
             env=clean_env(env),
             cwd=cwd,
             stdout=out,

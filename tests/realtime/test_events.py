@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import sys
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from urllib.parse import urlencode
 
 import httpx
 import pytest
 
 from keel.realtime.events import BadStreamRequest, parse_request
-from tests.realtime.conftest import EventReader, Live
+from tests.conftest import Backend
+from tests.realtime.conftest import EventReader, Live, backend_env, start_live
+from tests.servers import keel_serve
+
+# keel's app under uvicorn's h11 protocol: no DirectBody is offered, so events go through ASGI `send`
+H11_SERVER = [sys.executable, "-m", "uvicorn", "keel.asgi:app", "--factory", "--http", "h11", "--port", "{port}"]
 
 
 @contextmanager
@@ -169,3 +176,23 @@ def test_the_opening_carries_the_position_so_a_stream_dropped_before_any_message
     missed = [live.post(f"missed {i}") for i in range(2)]
     with events(live, live.channel, headers={"Last-Event-ID": opening.id}) as stream:
         assert [stream.next().message for _ in range(2)] == missed
+
+
+@pytest.mark.parametrize("server", ["keel serve", "uvicorn h11"])
+def test_events_go_straight_to_the_connection_under_keel_serve_and_through_send_elsewhere(
+    backend: Backend, tmp_path: Path, server: str
+) -> None:
+    command = None if server == "keel serve" else H11_SERVER
+    with keel_serve(backend_env(backend, KEEL_LOG_LEVEL="debug"), tmp_path, command=command) as running:
+        live = start_live(running)
+        other = live.new_channel("other")
+        # one channel: the chunk shared by every such stream; two: the stream's own id with both positions
+        with events(live, live.channel) as one, events(live, live.channel, other) as two:
+            posted = [live.post(f"m{i}") for i in range(3)]
+            for message in posted:
+                event = one.next()
+                assert (event.id, event.message) == (f"{live.channel}:{message['seq']}", message)
+                event = two.next()
+                assert (event.id, event.message) == (f"{live.channel}:{message['seq']},{other}:0", message)
+        expected = "direct writes" if command is None else "ASGI sends"
+        assert running.output().count(f"event stream opened: {expected}") == 2

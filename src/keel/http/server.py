@@ -21,11 +21,14 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from keel.http.direct import DirectBody
 from keel.http.errors import PROBLEM_JSON, problem_body
 from keel.http.middleware import REQUEST_ID_HEADER, SECURITY_HEADERS, request_id_of
 
 HEAD_LIMIT: Final = 64 * 1024  # bytes of request line and headers (SPEC §2)
 HEAD_TIMEOUT: Final = 20.0  # seconds from a head's first byte to its end (SPEC §2)
+# GETs whose app may write its body straight to the connection (keel.http.direct): the event streams' fan-out
+DIRECT_PATHS: Final = frozenset({"/events"})
 
 _BAD_REQUEST: Final = problem_body(400, code="http.bad_request", detail="The request is not valid HTTP/1.1.")
 _HEAD_TOO_LARGE: Final = problem_body(
@@ -120,6 +123,11 @@ class KeelHttpToolsProtocol(HttpToolsProtocol):
             self._is_head_too_large = True
             raise _HeadTooLarge
         HttpToolsProtocol.on_headers_complete(self)
+        scope, cycle = self.scope, self.cycle
+        # an upgrade's scope has no path yet, and no cycle; otherwise the cycle was made for this scope just now and
+        # its task has not run yet, so the app sees this key
+        if scope.get("path") in DIRECT_PATHS and scope["method"] == "GET" and getattr(cycle, "scope", None) is scope:
+            DirectBody.attach(scope, cycle)
 
     def on_message_complete(self) -> None:
         self._is_idle = True

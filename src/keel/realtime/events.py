@@ -2,19 +2,23 @@
 
 Each event's `id:` is the stream's position in every channel it follows (`<channel>:<seq>` pairs joined by `,`),
 so one `Last-Event-ID` resumes them all. Events are rendered when the hub delivers them (the id is the position
-right after that message) and written by the stream's own task; a second small task only watches for the client
-going away (the server's `send` does not tell). A stream whose unsent events pass KEEL_WS_SEND_QUEUE is ended:
-the client reconnects with Last-Event-ID and loses nothing.
+right after that message). Under `keel serve` they are written straight to the connection as the hub delivers them
+(keel.http.direct): a stream following one channel gets the same bytes as every other such stream, built once per
+message; elsewhere the stream's own task sends them through ASGI `send`. A second small task only watches for the
+client going away (the server's `send` does not tell). A stream whose unsent events pass KEEL_WS_SEND_QUEUE (events,
+or that many of its largest event's bytes) is ended: the client reconnects with Last-Event-ID and loses nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import uuid
 from typing import Any, Final
 
 from keel.errors import Invalid
+from keel.http.direct import DirectBody, chunk
 from keel.http.errors import send_problem
 from keel.http.scope import set_cookies_of
 from keel.realtime.access import Realtime, Refused, admit, query_params
@@ -22,6 +26,8 @@ from keel.realtime.errors import CLOSE_GOING_AWAY, ChannelNotFound, TooSlow
 from keel.realtime.peers import Delivery, Peer
 from keel.shared.errors import OUTAGES
 from keel.types import MAX_INT64
+
+log = logging.getLogger("keel.realtime")
 
 KEEP_ALIVE: Final = 15.0
 RETRY_MS: Final = 3000
@@ -33,6 +39,7 @@ _PAIR: Final = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}:[0
 #: Every `id:` the server writes (Stream.event_id): a `<channel id>:<seq>` pair for each channel, joined by `,`.
 EVENT_ID_PATTERN: Final = rf"^{_PAIR}(,{_PAIR})*$"
 _MESSAGE_START: Final = b"event: %s\nid: " % MESSAGE_EVENT.encode()
+_KEEP_ALIVE: Final = b": keep-alive\n\n"
 # ASCII digits only: int() would also take "+5", " 5", "1_000" and other scripts' digits
 _SEQ: Final = re.compile(r"[0-9]{1,19}")
 HEADERS: Final = [
@@ -56,15 +63,38 @@ class Stream(Peer):
         super().__init__(session_id, send_queue)
         self.pending: list[bytes] = []
         self._wake: asyncio.Future[None] | None = None
+        self.direct: DirectBody | None = None  # set once the response has started, under `keel serve`
+        self._largest = 256  # the largest chunk written directly so far: the backlog bound is send_queue of these
 
     def send_message(self, delivery: Delivery) -> None:
         if self.closing:
             return
+        if self.direct is not None:
+            if len(self.positions) == 1:
+                self.write(delivery.sse_chunk(_shared_chunk))
+            else:
+                self.write(chunk(self._event(delivery)))
+            return
         if len(self.pending) >= self.send_queue:
             self.end(TooSlow("too slow"))  # ends the stream; the client resumes with Last-Event-ID
             return
-        self.pending.append(b"%s%s\ndata: %s\n\n" % (_MESSAGE_START, self.event_id(), delivery.payload))
+        self.pending.append(self._event(delivery))
         self._wakeup()
+
+    def _event(self, delivery: Delivery) -> bytes:
+        return b"%s%s\ndata: %s\n\n" % (_MESSAGE_START, self.event_id(), delivery.payload)
+
+    def write(self, framed: bytes) -> None:
+        """Write chunks straight to the connection; a stream that far behind (or gone) is ended instead."""
+        assert self.direct is not None
+        if self.closing:
+            return
+        size = len(framed)
+        if size > self._largest:
+            self._largest = size
+        if not self.direct.write(framed, self.send_queue * self._largest):
+            self.end(TooSlow("too slow"))
+            self.direct.abort()  # else the response's end would wait for the client to read the backlog
 
     def event_id(self) -> bytes:
         return ",".join(f"{channel}:{position.seq}" for channel, position in self.positions.items()).encode()
@@ -89,6 +119,11 @@ class Stream(Peer):
         finally:
             timer.cancel()
             self._wake = None
+
+
+def _shared_chunk(delivery: Delivery) -> bytes:
+    # a stream that follows only this channel is at exactly this position once it has the message
+    return chunk(b"%s%s:%d\ndata: %s\n\n" % (_MESSAGE_START, delivery.channel.encode(), delivery.seq, delivery.payload))
 
 
 def parse_request(scope: Any) -> tuple[list[uuid.UUID], dict[uuid.UUID, int]]:
@@ -138,7 +173,7 @@ async def serve_events(realtime: Realtime, scope: Any, receive: Any, send: Any) 
         try:
             cookies = set_cookies_of(scope)  # a renewed session's, on the stream's own response
             await _serve(
-                realtime, stream, channels, resume, receive, send, [*HEADERS, *cookies] if cookies else HEADERS
+                realtime, stream, channels, resume, scope, receive, send, [*HEADERS, *cookies] if cookies else HEADERS
             )
         finally:
             stream.closing = True
@@ -150,6 +185,7 @@ async def _serve(
     stream: Stream,
     channels: list[uuid.UUID],
     resume: dict[uuid.UUID, int],
+    scope: Any,
     receive: Any,
     send: Any,
     headers: list[tuple[bytes, bytes]],
@@ -171,17 +207,26 @@ async def _serve(
         # the position comes first too, with no data (no event fires, but EventSource keeps it): a stream dropped
         # before its first message still reconnects with a Last-Event-ID, and misses nothing published meanwhile
         opening = b"retry: %d\nid: %s\n\n" % (RETRY_MS, stream.event_id())
-        await send({"type": "http.response.body", "body": opening, "more_body": True})
+        stream.direct = DirectBody.of(scope)
+        log.debug("event stream opened: %s", "direct writes" if stream.direct else "ASGI sends")  # tests hold to this
+        if stream.direct is not None:
+            stream.write(chunk(opening))
+        else:
+            await send({"type": "http.response.body", "body": opening, "more_body": True})
         for channel in channels:
             await hub.replay(stream, channel)
         while not stream.closing:
             await stream.wait()
             if stream.pending:
-                chunk = b"".join(stream.pending)
+                body = b"".join(stream.pending)
                 stream.pending.clear()
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            elif not stream.closing:
-                await send({"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True})
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+            elif stream.closing:
+                break
+            elif stream.direct is not None:
+                stream.write(chunk(_KEEP_ALIVE))
+            else:
+                await send({"type": "http.response.body", "body": _KEEP_ALIVE, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
     finally:
         watcher.cancel()

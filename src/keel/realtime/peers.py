@@ -16,19 +16,26 @@ from keel.realtime.errors import close_code
 class Delivery:
     """One message on its way to a feed's followers; each wire form is built once, by the first that needs it."""
 
-    __slots__ = ("_ws_frame", "channel", "payload", "seq")
+    __slots__ = ("_sse_chunk", "_ws_frame", "channel", "payload", "seq")
 
     def __init__(self, channel: str, seq: int, payload: bytes) -> None:
         self.channel = channel
         self.seq = seq
         self.payload = payload  # the message's JSON
         self._ws_frame: bytes | None = None
+        self._sse_chunk: bytes | None = None
 
     def ws_frame(self, build: Callable[[bytes], bytes]) -> bytes:
         """The WebSocket frame carrying this message, built by `build` from its JSON frame once per message."""
         if self._ws_frame is None:
             self._ws_frame = build(frames.message(self.channel, self.payload))
         return self._ws_frame
+
+    def sse_chunk(self, build: Callable[[Delivery], bytes]) -> bytes:
+        """The event of this message for a stream following only its channel (the same bytes for all), built once."""
+        if self._sse_chunk is None:
+            self._sse_chunk = build(self)
+        return self._sse_chunk
 
 
 class Position:
