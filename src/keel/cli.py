@@ -25,11 +25,13 @@ from keel.accounts.models import User
 from keel.accounts.passwords import PasswordHasher
 from keel.accounts.schemas import UserCreate
 from keel.errors import KeelError
+from keel.http import granian
 from keel.http.server import KeelHttpToolsProtocol
 from keel.identity.keys import generate_ed25519_keypair, load_keyring
 from keel.logs import configure_logging
 from keel.main import VERSION, create_app, keyring_options, openapi_document
 from keel.realtime import asyncapi as realtime_asyncapi
+from keel.realtime.hub import DRAIN_TIMEOUT
 from keel.realtime.websocket import MAX_FRAME_BYTES, PING_INTERVAL, PING_TIMEOUT
 from keel.settings import ConfigError, Settings, load_settings
 
@@ -113,9 +115,14 @@ async def _check_database(url: str, wait: float) -> str | None:
 @click.option("--host", help="Interface to bind [KEEL_HOST, 127.0.0.1].")
 @click.option("--port", help="Port to bind [KEEL_PORT, 3000].")
 @click.option("--workers", help="Worker processes [KEEL_WORKERS, 1]; more than one needs REDIS_URL.")
-def serve(host: str | None, port: str | None, workers: str | None) -> None:
+@click.option(
+    "--server",
+    type=click.Choice(["uvicorn", "granian"]),
+    help="uvicorn for WebSocket/SSE, granian for plain HTTP (less CPU per request) [KEEL_SERVER, uvicorn].",
+)
+def serve(host: str | None, port: str | None, workers: str | None, server: str | None) -> None:
     """Serve the API (the schema must be current: see `keel migrate`)."""
-    settings = settings_or_exit(KEEL_HOST=host, KEEL_PORT=port, KEEL_WORKERS=workers)
+    settings = settings_or_exit(KEEL_HOST=host, KEEL_PORT=port, KEEL_WORKERS=workers, KEEL_SERVER=server)
     if settings.workers > 1 and settings.redis_url is None:
         fail(
             f"--workers {settings.workers} needs REDIS_URL: the in-process broker, cache and limiter are per "
@@ -130,18 +137,20 @@ def serve(host: str | None, port: str | None, workers: str | None) -> None:
         fail(str(exc), code=2)
     configure_logging(settings.log_format, settings.log_level)
     base = f"http://{settings.host}:{settings.port}"
-    click.echo(f"keel: serving on {base} (docs: {base}/swagger-ui)", err=True)
+    click.echo(f"keel: serving on {base} with {settings.server} (docs: {base}/swagger-ui)", err=True)
+    run = _run_granian if settings.server == "granian" else _run_uvicorn
     if settings.workers == 1:
-        _run_uvicorn(settings)
+        run(settings)
         return
     # Workers add up in one scrape (SPEC §9): each keeps its metrics in files under one fresh directory, which
     # prometheus_client finds through its own variable. The only environment keel writes: uvicorn spawns the workers
     # (multiprocessing "spawn"), so they inherit it and read it when they import prometheus_client, before any metric
-    # exists. Fresh per run, so no figure of an earlier run is added in; removed when the server stops.
+    # exists. Fresh per run, so no figure of an earlier run is added in; removed when the server stops. Granian's
+    # workers (multiprocessing "fork") inherit it the same way.
     with tempfile.TemporaryDirectory(prefix="keel-metrics-") as directory:
         os.environ[metrics.MULTIPROCESS_DIR] = directory
         try:
-            _run_uvicorn(settings)
+            run(settings)
         finally:
             del os.environ[metrics.MULTIPROCESS_DIR]
 
@@ -177,6 +186,16 @@ def _run_uvicorn(settings: Settings) -> None:
         log_config=None,
         lifespan="on",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
+    )
+
+
+def _run_granian(settings: Settings) -> None:
+    # Granian's supervisor handles SIGTERM itself and returns once every worker has drained: the exit is 0 as above
+    granian.run(
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        stop_timeout=int(DRAIN_TIMEOUT) + GRACEFUL_SHUTDOWN,
     )
 
 

@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", validation_alias="KEEL_HOST", min_length=1)
     port: int = Field(3000, validation_alias="KEEL_PORT", ge=1, le=65535)
     workers: int = Field(1, validation_alias="KEEL_WORKERS", ge=1, le=256)
+    # uvicorn: the least memory per WebSocket and SSE stream; granian: the least CPU per plain HTTP request
+    # (keel.http.granian; deploy/ runs both, realtime on uvicorn)
+    server: Literal["uvicorn", "granian"] = Field("uvicorn", validation_alias="KEEL_SERVER")
 
     jwt_secret: SecretStr | None = Field(None, validation_alias="KEEL_JWT_SECRET")
     jwt_private_key_file: Path | None = Field(None, validation_alias="KEEL_JWT_PRIVATE_KEY_FILE")

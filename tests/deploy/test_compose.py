@@ -91,6 +91,15 @@ def test_compose_runs_replicas_behind_nginx_with_their_services(compose: dict[st
     assert int(services["keel"]["stop_grace_period"].removesuffix("s")) > DRAIN_TIMEOUT + GRACEFUL_SHUTDOWN
 
 
+def test_http_replicas_run_granian_and_realtime_ones_uvicorn_with_one_configuration(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert services["keel"]["command"] == ["serve", "--server", "granian"]
+    assert services["keel-realtime"]["command"] == ["serve", "--server", "uvicorn"]
+    assert services["keel-realtime"]["environment"] == services["keel"]["environment"]
+    assert services["keel-realtime"]["stop_grace_period"] == services["keel"]["stop_grace_period"]
+    assert services["nginx"]["depends_on"]["keel-realtime"] == {"condition": "service_healthy"}
+
+
 def test_keel_trusts_exactly_the_nginx_hop(compose: dict[str, Any]) -> None:
     services = compose["services"]
     nginx_address = services["nginx"]["networks"]["internal"]["ipv4_address"]
@@ -108,6 +117,7 @@ def test_nginx_gets_every_placeholder_of_its_template(compose: dict[str, Any]) -
     assert placeholders
     assert placeholders <= set(nginx["environment"])
     assert nginx["environment"]["KEEL_UPSTREAM_SERVERS"] == "server keel:3000;"  # the image's KEEL_PORT
+    assert nginx["environment"]["KEEL_REALTIME_SERVERS"] == "server keel-realtime:3000;"
     assert "./nginx.conf:/etc/nginx/templates/nginx.conf.template:ro" in nginx["volumes"]
 
 
@@ -118,7 +128,8 @@ def test_traces_and_metrics_go_to_the_services_that_take_them(compose: dict[str,
     assert collector["receivers"]["otlp"]["protocols"]["http"]["endpoint"].endswith(":4318")
     prometheus = DEPLOY / "observability" / "prometheus-compose.yml"
     [job] = yaml.safe_load(prometheus.read_text())["scrape_configs"]
-    assert job["dns_sd_configs"] == [{"names": ["keel"], "type": "A", "port": 3000, "refresh_interval": "30s"}]
+    [sd] = job["dns_sd_configs"]
+    assert sd == {"names": ["keel", "keel-realtime"], "type": "A", "port": 3000, "refresh_interval": "30s"}
     checked = subprocess.run(
         [tool("promtool", "prometheus"), "check", "config", str(prometheus)], capture_output=True, text=True
     )

@@ -88,13 +88,32 @@ def test_the_pieces_point_at_each_other(k8s: dict[tuple[str, str], dict[str, Any
         for rule in ingress["spec"]["rules"]
         for path in rule["http"]["paths"]
     ]
-    assert {(b["name"], b["port"]["name"]) for b in backends} == {("keel", "http")}
+    assert {(b["name"], b["port"]["name"]) for b in backends} == {("keel", "http"), ("keel-realtime", "http")}
     realtime = k8s["Ingress", "keel-realtime"]
-    paths = {path["path"] for rule in realtime["spec"]["rules"] for path in rule["http"]["paths"]}
-    assert paths == {"/ws", "/events"}
+    paths = {
+        path["path"]: path["backend"]["service"]["name"]
+        for rule in realtime["spec"]["rules"]
+        for path in rule["http"]["paths"]
+    }
+    assert paths == {"/ws": "keel-realtime", "/events": "keel-realtime"}
     annotations = realtime["metadata"]["annotations"]
     assert int(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 3600
     assert annotations["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
+
+
+def test_http_pods_run_granian_and_realtime_pods_uvicorn(k8s: dict[tuple[str, str], dict[str, Any]]) -> None:
+    http, realtime = (k8s["Deployment", name]["spec"]["template"] for name in ("keel", "keel-realtime"))
+    [http_container], [realtime_container] = http["spec"]["containers"], realtime["spec"]["containers"]
+    assert http_container["args"] == ["serve", "--server", "granian"]
+    assert realtime_container["args"] == ["serve", "--server", "uvicorn"]
+    # the same image, settings, probes and drain; only the server differs
+    assert {**realtime_container, "args": None} == {**http_container, "args": None}
+    assert realtime["spec"]["terminationGracePeriodSeconds"] == http["spec"]["terminationGracePeriodSeconds"]
+    # neither Service sends traffic to the other pool
+    selector = k8s["Service", "keel-realtime"]["spec"]["selector"]
+    assert selector.items() <= realtime["metadata"]["labels"].items()
+    assert not k8s["Service", "keel"]["spec"]["selector"].items() <= realtime["metadata"]["labels"].items()
+    assert not selector.items() <= http["metadata"]["labels"].items()
 
 
 def test_the_migration_job_runs_the_deployments_image(k8s: dict[tuple[str, str], dict[str, Any]]) -> None:

@@ -1,5 +1,6 @@
-"""The nginx deployment shape (deploy/nginx.conf through deploy/cluster.py): Debian's nginx in front of two real
-`keel serve` processes on PostgreSQL and Redis, driven by real clients.
+"""The nginx deployment shape (deploy/nginx.conf through deploy/cluster.py): Debian's nginx in front of three real
+`keel serve` processes on PostgreSQL and Redis, two on Granian for HTTP and one on uvicorn for /ws and /events,
+driven by real clients.
 
 Every client here connects to nginx from its own loopback address (127.0.0.2, 127.0.0.3, ...), while nginx reaches
 keel from 127.0.0.1, the one trusted proxy: so keel can tell a client from the proxy, as on a real network.
@@ -77,13 +78,32 @@ def shape(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory)
     tool("nginx", "nginx")
     env = clean_env(scaled_env(pg_url, redis_url, KEEL_AUTH_RATE_LIMIT=f"1/h burst {AUTH_BURST}"))
     directory = tmp_path_factory.mktemp("cluster")
-    with cluster(directory, env=env, port=free_port(), keel_ports=[free_port(), free_port()]) as running:
+    nginx, *http, realtime = distinct_ports(4)
+    with cluster(directory, env=env, port=nginx, keel_ports=http, realtime_ports=[realtime]) as running:
         yield Shape(running)
 
 
+def distinct_ports(count: int) -> list[int]:
+    """`count` free ports, no two alike: the kernel may hand out a port it has just handed out and seen closed."""
+    ports: list[int] = []
+    while len(ports) < count:
+        if (port := free_port()) not in ports:
+            ports.append(port)
+    return ports
+
+
 def test_the_template_names_only_what_cluster_fills_in() -> None:
-    rendered = render(TEMPLATE.read_text(), listen="127.0.0.1:8080", upstreams=["127.0.0.1:3001", "127.0.0.1:3002"])
+    rendered = render(
+        TEMPLATE.read_text(),
+        listen="127.0.0.1:8080",
+        upstreams=["127.0.0.1:3001", "127.0.0.1:3002"],
+        realtime=["127.0.0.1:3003"],
+    )
     assert "server 127.0.0.1:3001; server 127.0.0.1:3002;" in rendered
+    assert "upstream keel_realtime {\n        zone keel_realtime 64k;\n        server 127.0.0.1:3003;" in rendered
+    # one pool serves everything when there is no realtime pool
+    single = render(TEMPLATE.read_text(), listen="80", upstreams=["k:3000"])
+    assert "upstream keel_realtime {\n        zone keel_realtime 64k;\n        server k:3000;" in single
     assert "listen 127.0.0.1:8080;" in rendered
     assert "${" not in rendered
     with pytest.raises(ValueError, match="unknown placeholder"):
@@ -103,12 +123,15 @@ async def test_websocket_through_nginx_gets_what_is_published_on_either_instance
             assert live == list(range(1, 9))
             await send(socket, type="publish", channel=channel, body="over the socket", ref="r")
             assert (await receive(socket))["type"] in {"published", "message"}
-    # which instance held the socket (its line is written when it closes), and who took the posts
+    # the socket was held by the realtime instance (its line is written when it closes), the posts went round the
+    # HTTP pool on Granian and reached it through Redis
     posts = "/api/v1/channels/{channel_id}/messages"
-    [holder] = eventually(lambda: [i for i in shape.cluster.instances if shape.access_lines(i, "/ws")])
-    [other] = [i for i in shape.cluster.instances if i != holder]
-    assert shape.access_lines(other, posts), "no publish went to the instance without the socket"
-    assert shape.access_lines(holder, posts), "nginx sent every publish to one instance"
+    [realtime] = shape.cluster.realtime
+    eventually(lambda: shape.access_lines(realtime, "/ws"))
+    assert not shape.access_lines(realtime, posts), "a publish went to the realtime pool"
+    for instance in shape.cluster.instances:
+        assert not shape.access_lines(instance, "/ws")
+        assert shape.access_lines(instance, posts), f"nginx sent no publish to {instance}"
 
 
 async def test_server_sent_events_arrive_through_nginx_one_by_one(shape: Shape) -> None:
@@ -132,6 +155,9 @@ async def test_server_sent_events_arrive_through_nginx_one_by_one(shape: Shape) 
             for i in range(3):  # each event is read while the stream stays open: nothing waits for a buffer to fill
                 posted = client.post(f"/api/v1/channels/{channel}/messages", json={"body": f"e{i}"}).json()
                 assert await next_data() == posted
+    [realtime] = shape.cluster.realtime
+    eventually(lambda: shape.access_lines(realtime, "/events"))
+    assert not any(shape.access_lines(instance, "/events") for instance in shape.cluster.instances)
 
 
 def test_a_logout_on_one_instance_is_honoured_by_the_other(shape: Shape) -> None:
@@ -166,29 +192,34 @@ def test_one_rate_limit_budget_per_real_client_whatever_forwarding_headers_it_se
     assert all(f"upstream={instance.removeprefix('http://')}" in nginx_log for instance in shape.cluster.instances)
 
 
-def free_port_pair() -> int:
-    """A port P such that P and P + 1 are both free: `--first-keel-port` takes consecutive ports."""
+def free_port_run(count: int, besides: int) -> int:
+    """A port P such that P ... P + count - 1 are all free and not `besides`: `--first-keel-port` takes consecutive
+    ports."""
     while True:
         port = free_port()
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-            return port
+        if besides in range(port, port + count):
+            continue
+        try:
+            for offset in range(1, count):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port + offset))
+        except OSError:
+            continue
+        return port
 
 
 def test_make_cluster_serves_until_ctrl_c_stops_it_all(pg_url: str, redis_url: str, tmp_path: Path) -> None:
     tool("nginx", "nginx")
     env = clean_env({"DATABASE_URL": pg_url, "REDIS_URL": redis_url, "KEEL_JWT_SECRET": TEST_JWT_SECRET})
-    port, first = free_port(), free_port_pair()
+    port = free_port()
+    first = free_port_run(3, besides=port)  # two Granian instances and one uvicorn, by default
     command = [sys.executable, cluster_script.__file__, "--port", str(port), "--first-keel-port", str(first)]
     output = tmp_path / "cluster.out"
     with output.open("wb") as out:
         process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        urls = [f"http://127.0.0.1:{p}/readyz" for p in (port, first, first + 1)]
-        eventually(lambda: all(_answers(url) for url in urls), within=60)
+        urls = [f"http://127.0.0.1:{p}/readyz" for p in (port, first, first + 1, first + 2)]
+        eventually(lambda: all(_answers(url) for url in urls), within=90)  # four processes on a loaded machine
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=40) == 0, output.read_text()
         assert not any(_answers(url) for url in urls)

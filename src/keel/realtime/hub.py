@@ -35,6 +35,9 @@ log = logging.getLogger("keel.realtime")
 
 PAGE: Final = 500  # messages per history query when replaying or filling a gap
 DRAIN_TIMEOUT: Final = 5.0  # how long shutdown waits for in-flight publishes before closing sockets
+# then how long it waits for the closed sockets and streams to go: a server that stops its connections as soon as
+# the drain returns (Granian) would otherwise cut off close frames still queued for their writers
+CLOSE_WAIT: Final = 1.0
 
 CONNECTIONS: Final = {"ws": metrics.WS_CONNECTIONS, "sse": metrics.SSE_CONNECTIONS}
 DELIVERED: Final = metrics.REALTIME_MESSAGES
@@ -183,6 +186,8 @@ class Hub:
         self._sessionmaker = sessionmaker
         self._feeds: dict[uuid.UUID, Feed] = {}
         self._peers: set[Peer] = set()
+        self._no_peers = asyncio.Event()
+        self._no_peers.set()
         self._sessions: dict[str, set[Peer]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._publishing = 0
@@ -197,6 +202,7 @@ class Hub:
 
     def connect(self, peer: Peer) -> None:
         self._peers.add(peer)
+        self._no_peers.clear()
         self._sessions.setdefault(peer.session, set()).add(peer)
         CONNECTIONS[peer.kind].inc()
 
@@ -205,6 +211,8 @@ class Hub:
         if peer not in self._peers:
             return
         self._peers.discard(peer)
+        if not self._peers:
+            self._no_peers.set()
         session = self._sessions.get(peer.session)
         if session is not None:
             session.discard(peer)
@@ -353,6 +361,9 @@ class Hub:
                     await self.progress.wait()
         for peer in tuple(self._peers):
             peer.close(CLOSE_GOING_AWAY, "server shutting down")
+        with suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_WAIT):
+                await self._no_peers.wait()
 
     def _undelivered(self) -> bool:
         """Whether a local publish has yet to reach this instance's followers of its channel."""
