@@ -10,8 +10,9 @@ parallelism, and each transaction now carries many messages instead of one.
 
 Failure: a batch that fails commits nothing; on a constraint error (an author deleted meanwhile, a twin's
 idempotency record) its drafts are retried one by one so one bad row does not fail its neighbours; any other error
-(the database down) is every waiter's. A waiter that goes away (its client disconnected) does not take its draft
-back: queued is sent, as a request the server has read is, and an idempotent retry answers with its seq.
+(the database down) is every waiter's, and an outage also that of the drafts queued behind the batch. A waiter that
+goes away (its client disconnected) does not take its draft back: queued is sent, as a request the server has read
+is, and an idempotent retry answers with its seq.
 
 Shutdown: `close` refuses new publishes (503 / 1012) and waits for the queued ones to commit and go out.
 """
@@ -35,6 +36,7 @@ from keel.realtime import service
 from keel.realtime.schemas import MessageRead
 from keel.shared.broker import Broker
 from keel.shared.cache import ReadCache
+from keel.shared.errors import OUTAGES
 
 log = logging.getLogger("keel.realtime")
 
@@ -120,6 +122,12 @@ class Committer:
         except Exception as exc:  # every waiter gets it: nothing of the batch committed
             for waiter in batch:
                 _fail(waiter, exc)
+            if isinstance(exc, OUTAGES):
+                # and so do those queued behind it: the database is down, and each has already waited for this
+                # batch; a second batch would hold them past SPEC §10's 5 s answer (its statement timeout again)
+                queue = self._queues[channel_id]
+                while queue:
+                    _fail(queue.popleft(), exc)
             return
         self.transactions += 1
         try:
