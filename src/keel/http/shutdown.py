@@ -11,7 +11,8 @@ steps in front of it, from the first signal:
 4. the drain (keel.realtime.hub.Hub.drain): in-flight publishes, WebSocket and REST, commit, are answered and reach
    this instance's followers; then every socket gets 1001 and every SSE stream ends;
 5. the signal goes on to uvicorn: open requests finish within keel.cli.GRACEFUL_SHUTDOWN, then the lifespan's
-   shutdown closes the pools and flushes traces.
+   shutdown closes the pools and flushes traces. Under `--server granian` the signal goes on to Granian's worker
+   instead (keel.http.granian hands Granian's handler over to this chain), which then stops the same way.
 
 Another SIGTERM while stopping changes nothing (with `--workers` the supervisor passes on the one the whole process
 group got); a second Ctrl-C goes to uvicorn at once, which then stops without waiting.
