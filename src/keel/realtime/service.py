@@ -100,23 +100,6 @@ class Draft:
     claim: Claim | None = None
 
 
-async def post_message(
-    session: AsyncSession,
-    broker: Broker,
-    cache: ReadCache,
-    *,
-    channel_id: uuid.UUID,
-    author: Author,
-    body: str,
-    idempotency: Claim | None = None,
-) -> MessageRead:
-    """Append a message with the channel's next seq, then publish it to live subscribers; with an idempotency
-    claim, its record commits with the message."""
-    (read,) = await append_messages(session, channel_id, [Draft(author, body, idempotency)])
-    await broadcast(broker, cache, channel_id, [read])
-    return read
-
-
 async def append_messages(session: AsyncSession, channel_id: uuid.UUID, drafts: Sequence[Draft]) -> list[MessageRead]:
     """Append messages with the channel's next seqs, in order, in one transaction that commits them together with
     their idempotency records (keel.realtime.committer groups concurrent publishes so)."""
