@@ -36,6 +36,7 @@ from run import (
     WARMUP_S,
     BenchError,
     Case,
+    Sample,
     check_limiter,
     ensure_cpus,
     ensure_wrk,
@@ -71,6 +72,14 @@ def measure_counted(
     case: Case, logs: Path, label: str, seconds: int, counter: Callable[[], float]
 ) -> tuple[float, float, float]:
     """`measure_case`, plus how much `counter` (read around the measured run) grew per request."""
+    sample, us, counted = measure_sample(case, logs, label, seconds, counter)
+    return us, sample.rps, counted
+
+
+def measure_sample(
+    case: Case, logs: Path, label: str, seconds: int, counter: Callable[[], float] = lambda: 0.0
+) -> tuple[Sample, float, float]:
+    """wrk's reading of the measured run, µs of server CPU per request, and `counter`'s growth per request."""
     port = free_port()
     with running(case, port, logs / f"{case.id}.{label}.server.log") as proc:
         check_limiter(case, port)
@@ -84,7 +93,7 @@ def measure_counted(
         raise BenchError(f"{case.id}: {sample.non_2xx} non-2xx responses (log: {logs})")
     if sample.socket_errors:  # a timeout on a busy machine: the figure still holds, per request
         print(f"  {case.id}: socket errors: {sample.socket_errors}")
-    return (after - before) / sample.requests * 1e6, sample.rps, counted / sample.requests
+    return sample, (after - before) / sample.requests * 1e6, counted / sample.requests
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -132,6 +132,7 @@ class Case:
     variant: str = ""  # shown after the name: what differs from the app's standard configuration
     limiter_off: str = ""  # for a rate-limited row: the case id of the same configuration with KEEL_RATE_LIMIT=off
     cost_goal: str = ""  # the LIMITER_COST_GOAL that limiter_off's cost is read against
+    connections: int = CONNECTIONS  # wrk's
 
     @property
     def is_keel(self) -> bool:
@@ -410,7 +411,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def wrk_argv(case: Case, port: int, seconds: int) -> list[str]:
-    return wrk_command(port, case.path, seconds, CONNECTIONS, TIMEOUT, case.headers)
+    return wrk_command(port, case.path, seconds, case.connections, TIMEOUT, case.headers)
 
 
 def wrk_command(
@@ -1173,6 +1174,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import http_goals
     import login as login_cpu  # bench/login.py, where a login's CPU goes (`--only login-cpu`)
     import observability  # here, not at the top: bench/observability.py imports this module's helpers
     import publishing
@@ -1203,6 +1205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(
                 f"{scale.SCALE_ID:38} keel behind nginx with 1, 2, 4 instances and --workers 2; cross-instance fan-out"
             )
+            print(f"{http_goals.PART:38} issue 16 goal 1 with the full production stack, against the peers")
             return 0
         if args.only and login_cpu.LOGIN_CPU_ID in args.only:
             return login_cpu.main([])
@@ -1212,7 +1215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parts = [p for p in realtime.PARTS if not args.only or any(s in p for s in args.only)]
         observe = not args.only or any(s in observability.OBSERVABILITY_ID for s in args.only)
         scaled = not args.only or any(s in scale.SCALE_ID for s in args.only)
-        if not cases and not login and not parts and not observe and not scaled:
+        goals = not args.only or any(s in http_goals.PART for s in args.only)
+        if not cases and not login and not parts and not observe and not scaled and not goals:
             print(f"bench: no case id contains any of {args.only}; see --list")
             return 1
         return run(
@@ -1225,6 +1229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             realtime_n=args.realtime_n,
             baseline_rev=args.baseline_rev if observe else "",
             scale_out=scaled,
+            http_goals=goals,
         )
     except BenchError as exc:
         print(f"bench: {exc}")
@@ -1247,9 +1252,11 @@ def run(
     realtime_n: Sequence[int] = (),
     baseline_rev: str = "",
     scale_out: bool = False,
+    http_goals: bool = False,
 ) -> int:
     """The selected cases and scenarios; the observability scenario runs when `baseline_rev` is given."""
-    import observability  # see main()
+    import http_goals as goals_part  # see main()
+    import observability
     import realtime
     import scale
 
@@ -1266,15 +1273,15 @@ def run(
             cases = [c for c in cases if c.id not in skipped]
             remarks.append(f"Not measured, since {exc}: {', '.join(skipped)}.")
             print(f"bench: {remarks[-1]}", flush=True)
-    if not cases and not login and not realtime_parts and not baseline_rev and not scale_out:
+    if not cases and not login and not realtime_parts and not baseline_rev and not scale_out and not http_goals:
         raise BenchError("nothing left to measure")
-    if realtime_parts or any(not c.is_keel for c in cases):
+    if realtime_parts or http_goals or any(not c.is_keel for c in cases):
         ensure_peers_venv()
     started, commit_at_start = datetime.now(UTC), git_commit()
     logs = RESULTS / f"{started:%Y%m%dT%H%M%SZ}"
     logs.mkdir(parents=True, exist_ok=True)
     tokens: dict[str, str] = {}
-    if login or realtime_parts or baseline_rev or any(c.is_keel for c in cases):
+    if login or realtime_parts or baseline_rev or http_goals or any(c.is_keel for c in cases):
         migrate_keel(workdir)
         tokens[KEEL_TOKEN] = keel_bench_token(workdir, logs)
     if any(PEER_TOKEN in h for c in cases for h in c.headers):
@@ -1285,10 +1292,12 @@ def run(
     seconds += realtime.estimate_s(realtime_parts, realtime_n, rounds) if realtime_parts else 0
     seconds += observability.estimate_s(rounds) if baseline_rev else 0
     seconds += scale.estimate_s(rounds) if scale_out else 0
+    seconds += goals_part.estimate_s(rounds) if http_goals else 0
     what = f"{len(cases)} cases x {rounds} round(s)" + (" + the login scenario" if login else "")
     what += f" + {len(realtime_parts)} realtime scenario(s)" if realtime_parts else ""
     what += " + the observability scenario" if baseline_rev else ""
     what += " + the scale-out scenario" if scale_out else ""
+    what += " + the full-stack HTTP goals" if http_goals else ""
     print(f"bench: {what}, about {math.ceil(seconds / 60)} min; logs in {logs}", flush=True)
     for n in range(rounds):
         for case in cases:
@@ -1328,10 +1337,18 @@ def run(
         except BenchError as exc:  # PostgreSQL or nginx missing: every other figure is still worth writing
             remarks.append(f"Scale-out scenario not measured: {exc}")
             print(f"bench: {remarks[-1]}", flush=True)
+    goals = None
+    if http_goals:
+        try:
+            goals = goals_part.measure(workdir, logs, tokens[KEEL_TOKEN], rounds)
+        except BenchError as exc:  # PostgreSQL missing: every other figure is still worth writing
+            remarks.append(f"Full-stack HTTP goals not measured: {exc}")
+            print(f"bench: {remarks[-1]}", flush=True)
     results = [Result(c, tuple(samples[c.id])) for c in cases]
     realtime_report = realtime.report(realtime_result) if realtime_result else []
     realtime_report += observability.report(observed) if observed else []
     realtime_report += scale.report(scaled) if scaled else []
+    realtime_report += goals_part.report(goals) if goals else []
     report = section(results, login_result, rounds, started, remarks, commit_at_start, realtime_report)
     raw: dict[str, object] = {
         "cases": [{"case": r.case.id, "samples": [asdict(s) for s in r.samples]} for r in results],
@@ -1339,6 +1356,7 @@ def run(
         "realtime": asdict(realtime_result) if realtime_result else None,
         "observability": asdict(observed) if observed else None,
         "scale": asdict(scaled) if scaled else None,
+        "http_goals": asdict(goals) if goals else None,
     }
     (logs / "results.json").write_text(json.dumps(raw, indent=2))
     print("\n" + report)
