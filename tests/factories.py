@@ -11,6 +11,7 @@ from keel import db
 from keel.accounts import service
 from keel.accounts.passwords import PasswordHasher
 from keel.settings import Settings
+from keel.shared.cache import InProcessReadCache
 
 Client = AsyncTestClient[Litestar]
 PASSWORD = "correct horse battery"
@@ -60,8 +61,13 @@ async def make_admin(settings: Settings, username: str = "root", password: str =
     hasher = PasswordHasher(workers=1)
     try:
         async with db.create_sessionmaker(engine)() as session:
-            await service.create_admin(
-                session, hasher, username=username, email=f"{username}@example.com", password=password
+            await service.create_admin(  # as `keel create-admin` does without Redis: the app's cache is not ours
+                session,
+                hasher,
+                InProcessReadCache(),
+                username=username,
+                email=f"{username}@example.com",
+                password=password,
             )
     finally:
         hasher.close()

@@ -34,6 +34,7 @@ from keel.realtime import asyncapi as realtime_asyncapi
 from keel.realtime.hub import DRAIN_TIMEOUT
 from keel.realtime.websocket import MAX_FRAME_BYTES, PING_INTERVAL, PING_TIMEOUT
 from keel.settings import ConfigError, Settings, load_settings
+from keel.shared import open_backends
 
 # seconds uvicorn waits for open connections after keel's own drain (keel.realtime.hub.DRAIN_TIMEOUT) on SIGTERM;
 # deploy/ sizes its stop grace periods from both
@@ -237,15 +238,19 @@ def create_admin(username: str, email: str) -> None:
     async def run() -> tuple[User, bool]:
         engine = db.create_engine(settings.database_url, pool_size=1)
         hasher = PasswordHasher(workers=1)
+        # with Redis, a promotion invalidates every instance's cached `GET /users/me` at once; the in-process
+        # cache lives in the server's memory, out of this process' reach: there it is current within its TTL
+        backends = await open_backends(settings.redis_url)
         try:
             if problem := await _schema_problem(engine):
                 fail(problem)
             async with db.create_sessionmaker(engine)() as session:
                 return await accounts.create_admin(
-                    session, hasher, username=data.username, email=data.email, password=data.password
+                    session, hasher, backends.cache, username=data.username, email=data.email, password=data.password
                 )
         finally:
             hasher.close()
+            await backends.close()
             await engine.dispose()
 
     try:

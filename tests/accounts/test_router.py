@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from keel import db
 from keel.accounts import deps as accounts_deps
+from keel.accounts import service as accounts_service
 from keel.accounts.errors import PasswordPoolBusy
 from keel.accounts.models import User
 from keel.accounts.passwords import Argon2Settings, PasswordHasher
@@ -366,3 +367,36 @@ async def test_a_caller_is_seen_only_by_handlers_that_require_one(settings: Sett
         assert (await client.get("/api/v1/protected", headers=headers)).json()["username"] == "ada"
         # the caller of the request before is gone, and a valid token does not make the mistake work
         assert (await client.get("/test/whoami", headers=headers)).status_code == 500
+
+
+async def test_me_is_a_conditional_read_that_a_write_to_the_account_invalidates(
+    client: Client, settings: Settings
+) -> None:
+    await register(client, "ada")
+    auth = bearer(await log_in(client))
+    first = await client.get("/api/v1/users/me", headers=auth)
+    assert first.json()["is_admin"] is False
+    etag = first.headers["etag"]
+    assert first.headers["cache-control"] == "private, no-cache"
+    unchanged = await client.get("/api/v1/users/me", headers={**auth, "If-None-Match": etag})
+    assert (unchanged.status_code, unchanged.content) == (304, b"")
+    # a promotion through the app's own cache, as `keel create-admin` does through a shared Redis
+    engine = db.create_engine(settings.database_url)
+    hasher = PasswordHasher(workers=1)
+    try:
+        async with db.create_sessionmaker(engine)() as session:
+            await accounts_service.create_admin(
+                session,
+                hasher,
+                client.app.state.backends.cache,
+                username="ada",
+                email="ada.new@example.com",
+                password=PASSWORD,
+            )
+    finally:
+        hasher.close()
+        await engine.dispose()
+    changed = await client.get("/api/v1/users/me", headers={**auth, "If-None-Match": etag})
+    assert changed.status_code == 200
+    assert (changed.json()["is_admin"], changed.json()["email"]) == (True, "ada.new@example.com")
+    assert changed.headers["etag"] != etag

@@ -19,10 +19,11 @@ from keel.accounts.errors import ResetTokenInvalid, VerificationTokenInvalid
 from keel.accounts.models import MailedToken, RefreshToken, User
 from keel.accounts.names import canonical
 from keel.accounts.passwords import PasswordHasher
-from keel.accounts.service import Sessions, get_user, revoke_sessions, token_digest
+from keel.accounts.service import Sessions, get_user, revoke_sessions, token_digest, user_scope
 from keel.db import utcnow
 from keel.identity.tokens import Claims
 from keel.mail.outbox import Postbox
+from keel.shared.cache import ReadCache
 
 RESET_TTL: Final = timedelta(minutes=30)
 VERIFICATION_TTL: Final = timedelta(hours=24)
@@ -74,7 +75,13 @@ async def request_password_reset(
 
 
 async def confirm_password_reset(
-    session: AsyncSession, hasher: PasswordHasher, sessions: Sessions, *, token: str, new_password: str
+    session: AsyncSession,
+    hasher: PasswordHasher,
+    sessions: Sessions,
+    cache: ReadCache,
+    *,
+    token: str,
+    new_password: str,
 ) -> None:
     """Spend the reset token, set the new password and end every session of the account (ResetTokenInvalid)."""
     digest = token_digest(token)
@@ -121,6 +128,7 @@ async def confirm_password_reset(
     # the same revocation as a password change, of every session: refresh families, access tokens, sockets (4401)
     await revoke_sessions(session, sessions, list(families))
     await session.commit()  # when there was no session, revoke_sessions committed nothing
+    await cache.invalidate(user_scope(user.id))  # email_verified may have changed
 
 
 async def request_email_verification(
@@ -135,7 +143,7 @@ async def request_email_verification(
     postbox.wake()
 
 
-async def verify_email(session: AsyncSession, *, token: str) -> None:
+async def verify_email(session: AsyncSession, cache: ReadCache, *, token: str) -> None:
     """Spend a verification token: its account's address is verified (VerificationTokenInvalid)."""
     now = utcnow()
     spent = (
@@ -158,3 +166,4 @@ async def verify_email(session: AsyncSession, *, token: str) -> None:
         raise VerificationTokenInvalid("The verification token is invalid, expired or already used.")
     user.email_verified = True
     await session.commit()
+    await cache.invalidate(user_scope(user.id))

@@ -11,7 +11,7 @@ from keel.accounts import recovery
 from keel.accounts.deps import HASHES_PASSWORD, Hasher, Mail, MailBudget, SessionPolicy
 from keel.accounts.schemas import EmailVerification, MailAccepted, PasswordResetConfirm, PasswordResetRequest
 from keel.http.auth import SECURITY, USER, current_principal
-from keel.http.deps import DbSession
+from keel.http.deps import DbSession, SharedBackends
 from keel.http.errors import problem_response
 from keel.http.requests import RATE_LIMIT
 
@@ -49,12 +49,17 @@ class RecoveryController(Controller):
         responses={400: problem_response("The token is invalid, expired or already used"), **BUSY},
     )
     async def confirm_password_reset(
-        self, data: JSONBody[PasswordResetConfirm], db_session: DbSession, hasher: Hasher, sessions: SessionPolicy
+        self,
+        data: JSONBody[PasswordResetConfirm],
+        db_session: DbSession,
+        hasher: Hasher,
+        sessions: SessionPolicy,
+        backends: SharedBackends,
     ) -> None:
         """Set a new password with the token from the reset mail; every session of the account ends, its sockets
         closing with 4401. A used, expired or unknown token gets 400 `accounts.reset_token_invalid`."""
         await recovery.confirm_password_reset(
-            db_session, hasher, sessions, token=data.token, new_password=data.new_password
+            db_session, hasher, sessions, backends.cache, token=data.token, new_password=data.new_password
         )
 
     @post(
@@ -77,7 +82,9 @@ class RecoveryController(Controller):
         status_code=204,
         responses={400: problem_response("The token is invalid, expired or already used")},
     )
-    async def verify_email(self, data: JSONBody[EmailVerification], db_session: DbSession) -> None:
+    async def verify_email(
+        self, data: JSONBody[EmailVerification], db_session: DbSession, backends: SharedBackends
+    ) -> None:
         """Prove the address with the token from the verification mail: the account's `email_verified` becomes
         true. A bad token gets 400 `accounts.verification_token_invalid`."""
-        await recovery.verify_email(db_session, token=data.token)
+        await recovery.verify_email(db_session, backends.cache, token=data.token)

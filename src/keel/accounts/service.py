@@ -33,6 +33,7 @@ from keel.idempotency.service import Claim
 from keel.identity.denylist import Denylist, session_key
 from keel.identity.models import Revocation
 from keel.identity.tokens import LEEWAY, Claims, Keyring
+from keel.shared.cache import ReadCache
 
 _encoder = msgspec.json.Encoder()
 
@@ -272,6 +273,11 @@ def username_of(user_id: QueryableAttribute[uuid.UUID]) -> ScalarSelect[str]:
     return select(User.username).where(User.id == user_id).scalar_subquery()
 
 
+def user_scope(user_id: uuid.UUID) -> str:
+    """The read-cache scope of an account's `GET /users/me`: every write to what UserRead shows invalidates it."""
+    return f"user:{user_id}"
+
+
 async def get_user(session: AsyncSession, user_id: uuid.UUID) -> User:
     user = await session.get(User, user_id)
     if user is None:
@@ -290,7 +296,7 @@ async def list_users(
 
 
 async def create_admin(
-    session: AsyncSession, hasher: PasswordHasher, *, username: str, email: str, password: str
+    session: AsyncSession, hasher: PasswordHasher, cache: ReadCache, *, username: str, email: str, password: str
 ) -> tuple[User, bool]:
     """Make `username` an admin with this email and password: (user, created) — promotes an existing user."""
     user = await session.scalar(select(User).where(User.username_key == canonical(username)))
@@ -306,4 +312,5 @@ async def create_admin(
     except IntegrityError:  # the email is another account's
         await session.rollback()
         raise EmailTaken("That email is already registered.") from None
+    await cache.invalidate(user_scope(user.id))
     return user, False

@@ -92,7 +92,7 @@ export const v1UsersChangePassword = <ThrowOnError extends boolean = false>(opti
 /**
  * Get the current user
  *
- * The account of the token's bearer.
+ * The account of the token's bearer, with an ETag (If-None-Match gives 304).
  */
 export const v1UsersMe = <ThrowOnError extends boolean = false>(options?: Options<V1UsersMeData, ThrowOnError>) => (options?.client ?? client).get<V1UsersMeResponses, V1UsersMeErrors, ThrowOnError>({
     security: [
@@ -466,7 +466,7 @@ export const usersChangePassword = <ThrowOnError extends boolean = false>(option
 /**
  * Get the current user
  *
- * The account of the token's bearer.
+ * The account of the token's bearer, with an ETag (If-None-Match gives 304).
  */
 export const usersMe = <ThrowOnError extends boolean = false>(options?: Options<UsersMeData, ThrowOnError>) => (options?.client ?? client).get<UsersMeResponses, UsersMeErrors, ThrowOnError>({
     security: [

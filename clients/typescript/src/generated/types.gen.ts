@@ -569,6 +569,10 @@ export type V1UsersMeData = {
     body?: never;
     headers?: {
         /**
+         * The ETag of the copy you hold: 304 with no body while it is current
+         */
+        'If-None-Match'?: string;
+        /**
          * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
          */
         'X-Request-ID'?: string;
@@ -1705,6 +1709,10 @@ export type UsersChangePasswordResponse = UsersChangePasswordResponses[keyof Use
 export type UsersMeData = {
     body?: never;
     headers?: {
+        /**
+         * The ETag of the copy you hold: 304 with no body while it is current
+         */
+        'If-None-Match'?: string;
         /**
          * Your id for this request: when it is 1 to 128 of A-Z a-z 0-9 . _ - it is echoed in the X-Request-ID response header and written to the log line and trace; any other value (or none) is replaced by a generated id, never refused.
          */

@@ -1,5 +1,5 @@
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
@@ -12,9 +12,13 @@ from ...types import UNSET, Response, Unset
 
 def _get_kwargs(
     *,
+    if_none_match: str | Unset = UNSET,
     x_request_id: str | Unset = UNSET,
 ) -> dict[str, Any]:
     headers: dict[str, Any] = {}
+    if not isinstance(if_none_match, Unset):
+        headers["If-None-Match"] = if_none_match
+
     if not isinstance(x_request_id, Unset):
         headers["X-Request-ID"] = x_request_id
 
@@ -29,11 +33,15 @@ def _get_kwargs(
 
 def _parse_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> ProblemDetails | UserRead | None:
+) -> Any | ProblemDetails | UserRead | None:
     if response.status_code == 200:
         response_200 = UserRead.from_dict(response.json())
 
         return response_200
+
+    if response.status_code == 304:
+        response_304 = cast(Any, None)
+        return response_304
 
     if response.status_code == 400:
         response_400 = ProblemDetails.from_dict(response.json())
@@ -63,7 +71,7 @@ def _parse_response(
 
 def _build_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> Response[ProblemDetails | UserRead]:
+) -> Response[Any | ProblemDetails | UserRead]:
     return Response(
         status_code=HTTPStatus(response.status_code),
         content=response.content,
@@ -75,13 +83,15 @@ def _build_response(
 def sync_detailed(
     *,
     client: AuthenticatedClient,
+    if_none_match: str | Unset = UNSET,
     x_request_id: str | Unset = UNSET,
-) -> Response[ProblemDetails | UserRead]:
+) -> Response[Any | ProblemDetails | UserRead]:
     """Get the current user
 
-     The account of the token's bearer.
+     The account of the token's bearer, with an ETag (If-None-Match gives 304).
 
     Args:
+        if_none_match (str | Unset):
         x_request_id (str | Unset):
 
     Raises:
@@ -89,10 +99,11 @@ def sync_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[ProblemDetails | UserRead]
+        Response[Any | ProblemDetails | UserRead]
     """
 
     kwargs = _get_kwargs(
+        if_none_match=if_none_match,
         x_request_id=x_request_id,
     )
 
@@ -106,13 +117,15 @@ def sync_detailed(
 def sync(
     *,
     client: AuthenticatedClient,
+    if_none_match: str | Unset = UNSET,
     x_request_id: str | Unset = UNSET,
-) -> ProblemDetails | UserRead | None:
+) -> Any | ProblemDetails | UserRead | None:
     """Get the current user
 
-     The account of the token's bearer.
+     The account of the token's bearer, with an ETag (If-None-Match gives 304).
 
     Args:
+        if_none_match (str | Unset):
         x_request_id (str | Unset):
 
     Raises:
@@ -120,11 +133,12 @@ def sync(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        ProblemDetails | UserRead
+        Any | ProblemDetails | UserRead
     """
 
     return sync_detailed(
         client=client,
+        if_none_match=if_none_match,
         x_request_id=x_request_id,
     ).parsed
 
@@ -132,13 +146,15 @@ def sync(
 async def asyncio_detailed(
     *,
     client: AuthenticatedClient,
+    if_none_match: str | Unset = UNSET,
     x_request_id: str | Unset = UNSET,
-) -> Response[ProblemDetails | UserRead]:
+) -> Response[Any | ProblemDetails | UserRead]:
     """Get the current user
 
-     The account of the token's bearer.
+     The account of the token's bearer, with an ETag (If-None-Match gives 304).
 
     Args:
+        if_none_match (str | Unset):
         x_request_id (str | Unset):
 
     Raises:
@@ -146,10 +162,11 @@ async def asyncio_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[ProblemDetails | UserRead]
+        Response[Any | ProblemDetails | UserRead]
     """
 
     kwargs = _get_kwargs(
+        if_none_match=if_none_match,
         x_request_id=x_request_id,
     )
 
@@ -161,13 +178,15 @@ async def asyncio_detailed(
 async def asyncio(
     *,
     client: AuthenticatedClient,
+    if_none_match: str | Unset = UNSET,
     x_request_id: str | Unset = UNSET,
-) -> ProblemDetails | UserRead | None:
+) -> Any | ProblemDetails | UserRead | None:
     """Get the current user
 
-     The account of the token's bearer.
+     The account of the token's bearer, with an ETag (If-None-Match gives 304).
 
     Args:
+        if_none_match (str | Unset):
         x_request_id (str | Unset):
 
     Raises:
@@ -175,12 +194,13 @@ async def asyncio(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        ProblemDetails | UserRead
+        Any | ProblemDetails | UserRead
     """
 
     return (
         await asyncio_detailed(
             client=client,
+            if_none_match=if_none_match,
             x_request_id=x_request_id,
         )
     ).parsed
