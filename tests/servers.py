@@ -60,10 +60,25 @@ def run_keel(
     )
 
 
-def free_port() -> int:
+def unused_port() -> int:
+    """A loopback port nothing listens on now: the kernel's pick for port 0, released at once."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
+        return port
+
+
+_handed_out: set[int] = set()  # every port free_port returned in this process
+_handing_out = threading.Lock()  # tests start servers from threads too
+
+
+def free_port() -> int:
+    """A free loopback port, never one this process handed out before: the kernel may offer a port again as soon as
+    it is released, and a test that asked for two would then start two servers on one port."""
+    with _handing_out:
+        while (port := unused_port()) in _handed_out:
+            pass  # a set lookup and one more bind: handing out stays as cheap as the bind
+        _handed_out.add(port)
         return port
 
 
