@@ -17,14 +17,16 @@ bench/results/), for a before/after pair. Prints a markdown table; nothing is wr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import statistics
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 
@@ -50,6 +52,8 @@ from run import (
     wrk_argv,
 )
 
+T = TypeVar("T")
+
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process and its descendants so far (uvicorn's workers, if any)."""
@@ -60,6 +64,28 @@ def cpu_seconds(pid: int) -> float:
         times = proc.cpu_times()
         total += times.user + times.system
     return total
+
+
+@contextlib.contextmanager
+def measuring(name: str) -> Iterator[tuple[Path, Path, datetime]]:
+    """A CPU-per-request run's set-up, shared with bench/limiter_cpu.py: wrk and the CPU split checked, a scratch
+    directory (removed afterwards) and a log folder RESULTS/<name>-<time>; yields (scratch, logs, started)."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"keel-{name}-"))
+    try:
+        ensure_cpus()
+        ensure_wrk()
+        started = datetime.now(UTC)
+        logs = RESULTS / f"{name}-{started:%Y%m%dT%H%M%SZ}"
+        logs.mkdir(parents=True, exist_ok=True)
+        yield workdir, logs, started
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def rotated(configurations: Sequence[T], round_index: int) -> tuple[T, ...]:
+    """The configurations in round `round_index`'s order: each round starts one further, so none always goes first."""
+    turn = round_index % len(configurations)
+    return (*configurations[turn:], *configurations[:turn])
 
 
 def measure_case(case: Case, logs: Path, label: str, seconds: int) -> tuple[float, float]:
@@ -111,50 +137,42 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     variants = [v for v in VARIANTS if not args.only or v.key in args.only]
-    workdir = Path(tempfile.mkdtemp(prefix="keel-cpu-"))
     try:
-        ensure_cpus()
-        ensure_wrk()
-        started = datetime.now(UTC)
-        logs = RESULTS / f"cpu-{started:%Y%m%dT%H%M%SZ}"
-        logs.mkdir(parents=True, exist_ok=True)
-        migrate_keel(workdir)
-        tokens = {"": keel_bench_token(workdir, logs)}
-        tree = Path()
-        if any(v.key == "baseline" for v in variants):
-            tree, _ = baseline_tree(args.baseline_rev)
-            (workdir / "baseline").mkdir()
-            migrate_keel(workdir / "baseline", tree / ".venv" / "bin")
-            serve = (str(tree / ".venv" / "bin" / "keel"), *KEEL_SERVE[1:])
-            tokens["baseline"] = keel_bench_token(workdir / "baseline", logs, serve, "baseline-setup")
-        figures: dict[tuple[str, str], list[tuple[float, float]]] = {}
-        serve = KEEL_SERVE
-        if args.keel:
-            other, _ = baseline_tree(args.keel)
-            serve = (str(other / ".venv" / "bin" / "keel"), *KEEL_SERVE[1:])
-        with sink(logs) as sink_port:
-            by_variant = {
-                key: [replace(c, argv=serve) if key != "baseline" else c for c in variant_cases]
-                for key, variant_cases in cases(variants, workdir, tree, sink_port).items()
-            }
-            for n in range(args.rounds):
-                turn = n % len(variants)
-                for v in (*variants[turn:], *variants[:turn]):
-                    token = tokens.get(v.key, tokens[""])
-                    for case in by_variant[v.key]:
-                        case = replace(case, headers=tuple(h.replace(KEEL_TOKEN, token) for h in case.headers))
-                        us, rps = measure_case(case, logs, f"r{n + 1}", args.duration)
-                        figures.setdefault((v.key, case.path), []).append((us, rps))
-                        print(f"  round {n + 1}/{args.rounds}  {case.id:24} {us:7.1f} µs/request  {rps:7.0f} rps")
-        commit = args.keel or git_commit()
-        print(f"\n{started:%Y-%m-%d %H:%M} UTC, keel {commit}, {args.rounds} round(s) of {args.duration} s\n")
-        print(table(variants, figures))
-        return 0
+        with measuring("cpu") as (workdir, logs, started):
+            migrate_keel(workdir)
+            tokens = {"": keel_bench_token(workdir, logs)}
+            tree = Path()
+            if any(v.key == "baseline" for v in variants):
+                tree, _ = baseline_tree(args.baseline_rev)
+                (workdir / "baseline").mkdir()
+                migrate_keel(workdir / "baseline", tree / ".venv" / "bin")
+                serve = (str(tree / ".venv" / "bin" / "keel"), *KEEL_SERVE[1:])
+                tokens["baseline"] = keel_bench_token(workdir / "baseline", logs, serve, "baseline-setup")
+            figures: dict[tuple[str, str], list[tuple[float, float]]] = {}
+            serve = KEEL_SERVE
+            if args.keel:
+                other, _ = baseline_tree(args.keel)
+                serve = (str(other / ".venv" / "bin" / "keel"), *KEEL_SERVE[1:])
+            with sink(logs) as sink_port:
+                by_variant = {
+                    key: [replace(c, argv=serve) if key != "baseline" else c for c in variant_cases]
+                    for key, variant_cases in cases(variants, workdir, tree, sink_port).items()
+                }
+                for n in range(args.rounds):
+                    for v in rotated(variants, n):
+                        token = tokens.get(v.key, tokens[""])
+                        for case in by_variant[v.key]:
+                            case = replace(case, headers=tuple(h.replace(KEEL_TOKEN, token) for h in case.headers))
+                            us, rps = measure_case(case, logs, f"r{n + 1}", args.duration)
+                            figures.setdefault((v.key, case.path), []).append((us, rps))
+                            print(f"  round {n + 1}/{args.rounds}  {case.id:24} {us:7.1f} µs/request  {rps:7.0f} rps")
+            commit = args.keel or git_commit()
+            print(f"\n{started:%Y-%m-%d %H:%M} UTC, keel {commit}, {args.rounds} round(s) of {args.duration} s\n")
+            print(table(variants, figures))
+            return 0
     except BenchError as exc:
         print(f"bench: {exc}")
         return 1
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def table(variants: Sequence[Variant], figures: dict[tuple[str, str], list[tuple[float, float]]]) -> str:

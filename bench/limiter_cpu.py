@@ -16,30 +16,24 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
 import redis
 
-from cpu_per_request import measure_counted
+from cpu_per_request import measure_counted, measuring, rotated
 from observability import baseline_tree
 from run import (
     CLIENT_CPU,
     HOST,
     KEEL_ENV,
     KEEL_SERVE,
-    RESULTS,
     BenchError,
     Case,
-    ensure_cpus,
-    ensure_wrk,
     free_port,
     git_commit,
     keel_bench_token,
@@ -96,45 +90,37 @@ Figures = dict[tuple[str, str, str], list[tuple[float, float, float]]]  # (tree,
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="keel-limiter-"))
     try:
-        ensure_cpus()
-        ensure_wrk()
-        started = datetime.now(UTC)
-        logs = RESULTS / f"limiter-{started:%Y%m%dT%H%M%SZ}"
-        logs.mkdir(parents=True, exist_ok=True)
-        before, before_sha = baseline_tree(args.before)
-        serves = {"after": KEEL_SERVE, "before": (str(before / ".venv" / "bin" / "keel"), *KEEL_SERVE[1:])}
-        tokens = {}
-        for tree, serve in serves.items():
-            (workdir / tree).mkdir()
-            migrate_keel(workdir / tree, Path(serve[0]).parent)
-            tokens[tree] = keel_bench_token(workdir / tree, logs, serve, f"{tree}-setup")
-        figures: Figures = {}
-        configs = [(tree, backend) for tree in serves for backend in BACKENDS]
-        with private_redis() as redis_url:
-            for n in range(args.rounds):
-                turn = n % len(configs)
-                for tree, backend in (*configs[turn:], *configs[:turn]):
-                    env = {**KEEL_ENV, "REDIS_URL": redis_url} if backend == "Redis" else KEEL_ENV
-                    for path in PATHS:
-                        headers = (f"Authorization: Bearer {tokens[tree]}",) if path.endswith("protected") else ()
-                        name = f"{tree}-{backend}-{path.rsplit('/', 1)[-1]}"
-                        case = Case(name, "keel", "uvicorn", path, serves[tree], workdir / tree, env, headers)
-                        counter = (lambda: float(script_runs(redis_url))) if backend == "Redis" else (lambda: 0.0)
-                        us, rps, per_request = measure_counted(case, logs, f"r{n + 1}", args.duration, counter)
-                        figures.setdefault((tree, backend, path), []).append((us, rps, per_request))
-                        print(f"  round {n + 1}/{args.rounds}  {case.id:28} {us:7.1f} µs/request  {rps:7.0f} rps")
-        load = Path("/proc/loadavg").read_text().split()[:3]
-        print(f"\n{started:%Y-%m-%d %H:%M} UTC, keel {git_commit()} against {before_sha[:7]}, ", end="")
-        print(f"{args.rounds} round(s) of {args.duration} s, load average {' '.join(load)} at the end\n")
-        print(table(figures))
-        return 0
+        with measuring("limiter") as (workdir, logs, started):
+            before, before_sha = baseline_tree(args.before)
+            serves = {"after": KEEL_SERVE, "before": (str(before / ".venv" / "bin" / "keel"), *KEEL_SERVE[1:])}
+            tokens = {}
+            for tree, serve in serves.items():
+                (workdir / tree).mkdir()
+                migrate_keel(workdir / tree, Path(serve[0]).parent)
+                tokens[tree] = keel_bench_token(workdir / tree, logs, serve, f"{tree}-setup")
+            figures: Figures = {}
+            configs = [(tree, backend) for tree in serves for backend in BACKENDS]
+            with private_redis() as redis_url:
+                for n in range(args.rounds):
+                    for tree, backend in rotated(configs, n):
+                        env = {**KEEL_ENV, "REDIS_URL": redis_url} if backend == "Redis" else KEEL_ENV
+                        for path in PATHS:
+                            headers = (f"Authorization: Bearer {tokens[tree]}",) if path.endswith("protected") else ()
+                            name = f"{tree}-{backend}-{path.rsplit('/', 1)[-1]}"
+                            case = Case(name, "keel", "uvicorn", path, serves[tree], workdir / tree, env, headers)
+                            counter = (lambda: float(script_runs(redis_url))) if backend == "Redis" else (lambda: 0.0)
+                            us, rps, per_request = measure_counted(case, logs, f"r{n + 1}", args.duration, counter)
+                            figures.setdefault((tree, backend, path), []).append((us, rps, per_request))
+                            print(f"  round {n + 1}/{args.rounds}  {case.id:28} {us:7.1f} µs/request  {rps:7.0f} rps")
+            load = Path("/proc/loadavg").read_text().split()[:3]
+            print(f"\n{started:%Y-%m-%d %H:%M} UTC, keel {git_commit()} against {before_sha[:7]}, ", end="")
+            print(f"{args.rounds} round(s) of {args.duration} s, load average {' '.join(load)} at the end\n")
+            print(table(figures))
+            return 0
     except BenchError as exc:
         print(f"bench: {exc}")
         return 1
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def table(figures: Figures) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,14 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from observability import baseline_tree
 from run import (
-    ARGON2_MIB,
-    KEEL_BIN,
     KEEL_ENV,
     KEEL_SERVE,
     LOGIN_LUA,
-    SERVER_CPU,
     BenchError,
     Case,
+    argon2_hash_ms,
     free_port,
     keel_bench_token,
     login_form,
@@ -80,26 +77,6 @@ def thread_cpu(pid: int) -> Threads:
     return Threads(loop, argon2, other)
 
 
-def argon2_cpu_ms() -> float:
-    """One Argon2id hash with keel's parameters, in CPU time on CPU 0 (median of 20): the ceiling's hash. run.py's
-    argon2_hash_ms times wall clock, which on a shared machine counts the other programs' turns on the core."""
-    script = (
-        "import statistics, time\n"
-        "from argon2.low_level import Type, hash_secret_raw\n"
-        "def once():\n"
-        "    t = time.thread_time()\n"
-        f"    hash_secret_raw(b'password', b'0123456789abcdef', 2, {ARGON2_MIB * 1024}, 1, 32, Type.ID)\n"
-        "    return (time.thread_time() - t) * 1000\n"
-        "once()\n"
-        "print(statistics.median(once() for _ in range(20)))\n"
-    )
-    argv = ["taskset", "-c", SERVER_CPU, str(KEEL_BIN / "python"), "-c", script]
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise BenchError(f"timing one Argon2 hash failed: {done.stderr.strip()}")
-    return float(done.stdout)
-
-
 @dataclass(frozen=True)
 class Run:
     variant: str
@@ -140,7 +117,7 @@ def measure(variant: str, serve: tuple[str, ...], workdir: Path, logs: Path, sec
 def measure_once(variant: str, serve: tuple[str, ...], workdir: Path, logs: Path, seconds: int) -> Run:
     case = Case(f"{LOGIN_CPU_ID}-{variant.split()[0]}", "keel", "uvicorn", "/api/v1/public", serve, workdir, KEEL_ENV)
     port = free_port()
-    hash_ms = argon2_cpu_ms()
+    hash_ms = argon2_hash_ms(clock="thread_time")  # the ceiling's hash, in CPU time on CPU 0
     with running(case, port, logs / f"{case.id}.server.log") as proc:
         argv = wrk_command(
             port, "/api/v1/auth/token", WARMUP_S, CONNECTIONS, "30s", script=LOGIN_LUA, script_args=(login_form(),)

@@ -37,12 +37,12 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
+from in_process import CONCURRENCY, bench_app, get, http_scope
 from run import BENCH_USER, FORM_TYPE, login_form
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,8 +53,6 @@ SAMPLERS = {
     "a": {"OTEL_TRACES_SAMPLER": "always_on"},
     "0": {"OTEL_TRACES_SAMPLER_ARG": "0"},
 }
-NEVER_TRIPS = "1000000000/s burst 1000000000"
-CONCURRENCY = 64
 SCHEDULE_DELAY_MS = 100  # the exporter's wake-up: each block's spans leave during the pause that ends it
 PAUSE_S = 0.3
 
@@ -71,32 +69,19 @@ def free_port() -> int:
 
 async def measure(path: str, cycles: int, block: int, sink_port: int) -> dict[str, Any]:
     import prometheus_client
-    from sqlalchemy.ext.asyncio import create_async_engine
 
-    from keel import db, metrics, telemetry
+    from keel import metrics, telemetry
     from keel.http.middleware import EdgeMiddleware
-    from keel.logs import AccessLog, configure_logging
-    from keel.main import create_app
-    from keel.settings import Settings
+    from keel.logs import AccessLog
 
-    workdir = tempfile.mkdtemp(prefix="keel-paired-")
-    url = f"sqlite+aiosqlite:///{workdir}/keel.db"
-    engine = create_async_engine(url)
-    await db.upgrade(engine)
-    await engine.dispose()
-    settings = Settings(
-        _env_file=None,
-        DATABASE_URL=url,
-        KEEL_JWT_SECRET="keel-bench-only-hs256-secret-0123456789abcdef",  # noqa: S106  # a bench secret
-        KEEL_RATE_LIMIT=NEVER_TRIPS,
-        KEEL_AUTH_RATE_LIMIT=NEVER_TRIPS,
+    # keel's other records stay quiet (at `warning`); the access log is ours, switched per configuration below
+    app = await bench_app(
+        "keel-paired-",
         KEEL_LOG_FORMAT="json",
         KEEL_LOG_LEVEL="info",
         OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{sink_port}",
         OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
     )
-    configure_logging(settings.log_format, "warning")  # keel's other records stay quiet; the access log is ours
-    app = create_app(settings)
     edge = app.asgi_handler
     assert isinstance(edge, EdgeMiddleware)
     access_log = AccessLog("json")
@@ -105,20 +90,7 @@ async def measure(path: str, cycles: int, block: int, sink_port: int) -> dict[st
     def no_metrics(method: str, route: str, status: int, seconds: float) -> None:
         pass
 
-    scope_template = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"127.0.0.1:8000"), (b"user-agent", b"paired/1"), (b"accept", b"*/*")],
-        "client": ("127.0.0.1", 40000),
-        "server": ("127.0.0.1", 8000),
-    }
+    scope_template = http_scope(path, b"paired/1")
     statuses: dict[int, int] = {}
 
     async def call(method: str, target: str, body: bytes, content_type: bytes) -> tuple[int, bytes]:
@@ -140,27 +112,10 @@ async def measure(path: str, cycles: int, block: int, sink_port: int) -> dict[st
         await app({**scope, "state": {}}, receive, send)  # type: ignore[arg-type]
         return answer["status"], answer["body"]
 
-    async def one() -> None:
-        scope = {**scope_template, "headers": list(scope_template["headers"]), "state": {}}
-        requested = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal requested
-            if not requested:
-                requested = True
-                return {"type": "http.request", "body": b"", "more_body": False}
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                statuses[message["status"]] = statuses.get(message["status"], 0) + 1
-
-        await app(scope, receive, send)  # type: ignore[arg-type]  # Litestar.__call__ puts itself in the scope, then the edge runs
-
     async def run_block() -> tuple[float, float]:
         cpu, loop_cpu = time.process_time(), time.thread_time()
         for _ in range(block // CONCURRENCY):
-            await asyncio.gather(*(one() for _ in range(CONCURRENCY)))
+            await asyncio.gather(*(get(app, scope_template, statuses) for _ in range(CONCURRENCY)))
         await asyncio.sleep(PAUSE_S)  # every configuration pauses alike; a traced block's spans are exported meanwhile
         return (time.process_time() - cpu) / block * 1e6, (time.thread_time() - loop_cpu) / block * 1e6
 

@@ -329,6 +329,24 @@ def closed_readers(readers: Sequence[asyncio.Task[None]]) -> int:
 # --- scenarios -------------------------------------------------------------------------------------------------
 
 
+def raw_connection(server: Server, source: str = "") -> socket.socket:
+    """A non-blocking socket to `server`, from the loopback `source` address if given (bench/sockets.py spreads its
+    connections over several: one address has only ~28 000 ephemeral ports)."""
+    sock = socket.create_connection((HOST, server.port), timeout=10, source_address=(source or HOST, 0))
+    sock.setblocking(False)
+    return sock
+
+
+def recv_waiting(sock: socket.socket) -> bytes | None:
+    """One recv of what is waiting: None when nothing is, b"" once the server has closed (or reset) the connection."""
+    try:
+        return sock.recv(RECV_BYTES)
+    except BlockingIOError:
+        return None
+    except ConnectionError:
+        return b""
+
+
 class Subscriber:
     """A raw socket speaking WebSocket: bytes are read as they come, frames parsed only between publishes.
 
@@ -344,9 +362,7 @@ class Subscriber:
         self.subscribing = False  # the subscribe is sent, its answer not yet read
         self.ready = False  # the handshake is done, and the subscribe answered if there is one
         self.chunks: list[tuple[float, bytes]] = []  # (when the loop saw the socket readable, what it read)
-        # a loopback source address of its own (bench/sockets.py): one address has only ~28 000 ephemeral ports
-        self.sock = socket.create_connection((HOST, server.port), timeout=10, source_address=(source or HOST, 0))
-        self.sock.setblocking(False)
+        self.sock = raw_connection(server, source)
         self.protocol = ClientProtocol(parse_uri(f"ws://{HOST}:{server.port}/ws"))  # no extensions: no deflate
         request = self.protocol.connect()
         request.headers.update(server.headers)
@@ -369,12 +385,8 @@ class Subscriber:
 
     def read(self, now: float) -> bool:
         """One recv, dated `now`; False once the server has closed the connection."""
-        try:
-            data = self.sock.recv(RECV_BYTES)
-        except BlockingIOError:
+        if (data := recv_waiting(self.sock)) is None:
             return True
-        except ConnectionError:
-            data = b""
         self.chunks.append((now, data))
         return bool(data)
 

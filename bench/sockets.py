@@ -23,7 +23,6 @@ import argparse
 import gc
 import os
 import select
-import socket
 import statistics
 import sys
 import tempfile
@@ -37,12 +36,11 @@ from pathlib import Path
 import psutil
 
 import realtime
-from run import CLIENT_CPU, HOST, KEEL_SERVE, BenchError, Case, keel_bench_token, migrate_keel
+from run import CLIENT_CPU, KEEL_SERVE, BenchError, Case, keel_bench_token, migrate_keel
 
 FD_MARGIN = 500  # fds each process keeps for everything else
 DELIVERY_TIMEOUT_S = 10.0
 PUBLISH_GAP_S = 0.5
-RECV_BYTES = 65536
 NAN = float("nan")
 
 
@@ -73,19 +71,14 @@ class Stream:
     __slots__ = ("chunks", "ready", "sock")
 
     def __init__(self, server: realtime.Server, source: str) -> None:
-        self.sock = socket.create_connection((HOST, server.port), timeout=10, source_address=(source, 0))
-        self.sock.setblocking(False)
+        self.sock = realtime.raw_connection(server, source)
         self.sock.sendall(server.events_request())
         self.chunks: list[tuple[float, bytes]] = []
         self.ready = False
 
     def read(self, now: float) -> bool:
-        try:
-            data = self.sock.recv(RECV_BYTES)
-        except BlockingIOError:
+        if (data := realtime.recv_waiting(self.sock)) is None:
             return True
-        except ConnectionError:
-            data = b""
         if not self.ready:
             if not self.chunks and not data.startswith(b"HTTP/1.1 200"):
                 status = data.split(b"\r\n", 1)[0]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+import uuid
 from typing import Any
 
 from litestar import Litestar
@@ -10,11 +12,26 @@ from litestar.testing import AsyncTestClient
 from keel import db
 from keel.accounts import service
 from keel.accounts.passwords import PasswordHasher
+from keel.identity.tokens import Claims
 from keel.settings import Settings
 from keel.shared.cache import InProcessReadCache
 
 Client = AsyncTestClient[Litestar]
 PASSWORD = "correct horse battery"
+
+
+def make_claims(username: str = "ada") -> Claims:
+    """A fresh user's claims as a verified 15-minute access token carries them: what a ticket stands for."""
+    now = int(time.time())
+    return Claims(
+        user_id=uuid.uuid4(),
+        username=username,
+        session_id=uuid.uuid4(),
+        jti="j",
+        issued_at=now,
+        expires_at=now + 900,
+        scopes=frozenset({"user"}),
+    )
 
 
 async def register(

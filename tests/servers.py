@@ -13,12 +13,14 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import psutil
+from prometheus_client.multiprocess import MultiProcessCollector
 
 # the developer's own configuration must not leak into a test's server
 _OWN_VARIABLES = ("DATABASE_URL", "REDIS_URL")
@@ -58,10 +60,25 @@ def run_keel(
     )
 
 
-def free_port() -> int:
+def unused_port() -> int:
+    """A loopback port nothing listens on now: the kernel's pick for port 0, released at once."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
+        return port
+
+
+_handed_out: set[int] = set()  # every port free_port returned in this process
+_handing_out = threading.Lock()  # tests start servers from threads too
+
+
+def free_port() -> int:
+    """A free loopback port, never one this process handed out before: the kernel may offer a port again as soon as
+    it is released, and a test that asked for two would then start two servers on one port."""
+    with _handing_out:
+        while (port := unused_port()) in _handed_out:
+            pass  # a set lookup and one more bind: handing out stays as cheap as the bind
+        _handed_out.add(port)
         return port
 
 
@@ -126,6 +143,43 @@ def keel_serve(
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+def answered_by_worker(directory: Path, route: str) -> dict[str, float]:
+    """Requests to `route` each worker counted, read from its own file (counter_<pid>.db) in the server's metrics
+    `directory`."""
+    counts: dict[str, float] = {}
+    for path in directory.glob("counter_*.db"):
+        for family in MultiProcessCollector.merge([str(path)]):  # type: ignore[no-untyped-call]
+            for s in family.samples:
+                if s.name == "http_requests_total" and s.labels["route"] == route:
+                    counts[path.stem] = counts.get(path.stem, 0.0) + s.value
+    return counts
+
+
+def load_both_workers(url: str, directory: Path, route: str) -> int:
+    """GET `route` from four connections side by side until both of the server's two workers have answered some;
+    the requests sent. Fails if one worker answered all by the deadline."""
+
+    def get(_: int) -> None:
+        with httpx.Client(base_url=url) as client:  # one connection each, open side by side
+            for _ in range(5):
+                assert client.get(route).status_code == 200
+
+    def answered() -> int:
+        return len([n for n in answered_by_worker(directory, route).values() if n])
+
+    # a worker still starting, or restarted by its supervisor on a loaded machine, or the kernel's choice, may leave
+    # one idle for a while: a deadline, not a count
+    sent, deadline = 0, time.monotonic() + 90
+    with ThreadPoolExecutor(4) as pool:
+        while time.monotonic() < deadline:
+            list(pool.map(get, range(4)))
+            sent += 20
+            if answered() >= 2:
+                break
+    assert answered() >= 2, "one worker answered all"
+    return sent
 
 
 class RedisProcess:

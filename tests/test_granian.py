@@ -7,13 +7,11 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import inspect
-import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -21,17 +19,15 @@ import pytest
 from granian.server.mp import MPServer
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
-from websockets.exceptions import ConnectionClosed
 
 from keel.http import granian
 from keel.http.server import HEAD_LIMIT
 from tests.conftest import Backend
 from tests.ratelimit.test_instances import STRICT, migrated, statuses
-from tests.realtime.conftest import backend_env, receive, start_live, subscribe
-from tests.realtime.test_events import events
-from tests.servers import clean_env, free_port, keel_serve, scaled_env
-from tests.test_lifecycle import channel_locked
-from tests.test_metrics import answered_by_worker, requests_to, scrape
+from tests.realtime.conftest import backend_env
+from tests.servers import clean_env, free_port, keel_serve, load_both_workers, scaled_env
+from tests.test_lifecycle import sigterm_during_publish
+from tests.test_metrics import requests_to, scrape
 
 GRANIAN = ("--server", "granian")
 
@@ -60,29 +56,11 @@ async def test_sigterm_on_granian_answers_an_in_flight_publish_then_closes_socke
     backend: Backend, tmp_path: Path
 ) -> None:
     with keel_serve(backend_env(backend, KEEL_SHUTDOWN_DELAY="1s"), tmp_path, *GRANIAN) as server:
-        live = start_live(server)
-        async with live.socket() as subscriber:
-            await subscribe(subscriber, live.channel)
-            with events(live, live.channel) as stream:
-                async with channel_locked(backend.database_url, live.channel):
-                    publish = asyncio.ensure_future(asyncio.to_thread(live.post, "in flight at SIGTERM"))
-                    await asyncio.sleep(1.0)  # the publish waits for the lock
-                    os.killpg(server.process.pid, signal.SIGTERM)
-                    ready = await asyncio.to_thread(httpx.get, f"{live.url}/readyz")
-                    assert ready.status_code == 503  # keel's handler got the signal, not Granian's
-                    await asyncio.sleep(1.5)
-                    assert not publish.done()  # the drain waits for it; Granian has not stopped the worker
-                posted = await publish
-                frame = await receive(subscriber)
-                assert (frame["type"], frame["message"]) == ("message", posted)
-                with pytest.raises(ConnectionClosed) as closed:
-                    await receive(subscriber)
-                assert closed.value.rcvd is not None
-                assert closed.value.rcvd.code == 1001
-                event = await asyncio.to_thread(stream.next)
-                assert event.message == posted
-                with pytest.raises(EOFError):
-                    await asyncio.to_thread(stream.next)
+        async with sigterm_during_publish(server, backend.database_url) as signalled:
+            ready = await asyncio.to_thread(httpx.get, f"{signalled.url}/readyz")
+            assert ready.status_code == 503  # keel's handler got the signal, not Granian's
+            await asyncio.sleep(1.5)
+            assert not signalled.publish.done()  # the drain waits for it; Granian has not stopped the worker
         assert server.process.wait(timeout=30) == 0
     assert "Traceback" not in server.output()
 
@@ -100,24 +78,11 @@ def test_granian_rewrites_no_client_address_keel_trusts_only_its_proxies(tmp_pat
 def test_two_granian_workers_answer_and_add_up_in_every_scrape(pg_url: str, redis_url: str, tmp_path: Path) -> None:
     temp = tmp_path / "tmp"
     temp.mkdir()
-    route, sent = "/api/v1/public", 0
+    route = "/api/v1/public"
     env = scaled_env(pg_url, redis_url, TMPDIR=str(temp))
     with keel_serve(env, tmp_path, *GRANIAN, "--workers", "2", ready_timeout=90) as server:
         (directory,) = temp.glob("keel-metrics-*")
-
-        def get(_: int) -> None:
-            with httpx.Client(base_url=server.url) as client:
-                for _ in range(5):
-                    assert client.get(route).status_code == 200
-
-        deadline = time.monotonic() + 90
-        with ThreadPoolExecutor(4) as pool:
-            while time.monotonic() < deadline:
-                list(pool.map(get, range(4)))
-                sent += 20
-                if len([n for n in answered_by_worker(directory, route).values() if n]) >= 2:
-                    break
-        assert len([n for n in answered_by_worker(directory, route).values() if n]) >= 2, "one worker answered all"
+        sent = load_both_workers(server.url, directory, route)
         for _ in range(4):
             assert requests_to(scrape(server.url)[1], route) == sent
     assert server.process.wait(timeout=30) == 0

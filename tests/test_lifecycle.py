@@ -12,7 +12,9 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -25,7 +27,7 @@ from keel.realtime.models import Channel
 from tests.conftest import TEST_JWT_SECRET, Backend
 from tests.realtime.conftest import backend_env, receive, start_live, subscribe
 from tests.realtime.test_events import events
-from tests.servers import TcpForwarder, free_port, keel_serve, run_keel
+from tests.servers import Server, TcpForwarder, free_port, keel_serve, run_keel
 from tests.test_telemetry import http_receiver, traced_env
 
 RETRY = "keel: database not reachable ("
@@ -47,39 +49,57 @@ async def channel_locked(database_url: str, channel_id: str) -> AsyncIterator[No
         await engine.dispose()
 
 
+@dataclass(frozen=True)
+class Signalled:
+    """What a test of the drain sees between the SIGTERM and the release of the lock its publish waits for."""
+
+    url: str
+    publish: asyncio.Future[dict[str, Any]]  # the REST publish, still waiting for the lock
+    at: float  # monotonic time of the SIGTERM
+
+
+@asynccontextmanager
+async def sigterm_during_publish(server: Server, database_url: str) -> AsyncIterator[Signalled]:
+    """SIGTERM to `server` while a REST publish waits for its channel's lock, with a subscriber on a WebSocket and one
+    on an event stream. The body checks the drain while the lock holds; on leaving, the lock goes and the publish is
+    answered 201 and reaches both subscribers, then the socket is closed with 1001 and the stream ends."""
+    live = start_live(server)
+    async with live.socket() as subscriber:
+        await subscribe(subscriber, live.channel)
+        with events(live, live.channel) as stream:
+            async with channel_locked(database_url, live.channel):
+                publish = asyncio.ensure_future(asyncio.to_thread(live.post, "in flight at SIGTERM"))
+                await asyncio.sleep(1.0)  # the publish waits for the lock (SQLite lets it wait 5 s in all)
+                at = time.monotonic()
+                os.killpg(server.process.pid, signal.SIGTERM)
+                yield Signalled(live.url, publish, at)
+            posted = await publish  # the lock is gone: it commits and is answered 201 (live.post checks)
+            frame = await receive(subscriber)
+            assert (frame["type"], frame["message"]) == ("message", posted)
+            with pytest.raises(ConnectionClosed) as closed:
+                await receive(subscriber)
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == 1001
+            event = await asyncio.to_thread(stream.next)
+            assert event.message == posted
+            with pytest.raises(EOFError):  # the stream ended
+                await asyncio.to_thread(stream.next)
+
+
 async def test_sigterm_answers_and_delivers_an_in_flight_rest_publish_before_closing_sockets(
     backend: Backend, tmp_path: Path
 ) -> None:
     env = backend_env(backend, KEEL_SHUTDOWN_DELAY=f"{DELAY * 1000:.0f}ms")
     with keel_serve(env, tmp_path) as server:
-        live = start_live(server)
-        async with live.socket() as subscriber:
-            await subscribe(subscriber, live.channel)
-            with events(live, live.channel) as stream:
-                async with channel_locked(backend.database_url, live.channel):
-                    publish = asyncio.ensure_future(asyncio.to_thread(live.post, "in flight at SIGTERM"))
-                    await asyncio.sleep(1.0)  # the publish waits for the lock (SQLite lets it wait 5 s in all)
-                    stopped_at = time.monotonic()
-                    os.killpg(server.process.pid, signal.SIGTERM)
-                    ready = await asyncio.to_thread(httpx.get, f"{live.url}/readyz")
-                    assert ready.status_code == 503
-                    assert ready.json()["code"] == "ops.not_ready"
-                    assert ready.json()["detail"] == "The server is shutting down."
-                    await asyncio.sleep(DELAY + 0.5 - (time.monotonic() - stopped_at))
-                    with pytest.raises(httpx.ConnectError):  # the listener is closed: new connections stop
-                        await asyncio.to_thread(httpx.get, f"{live.url}/healthz")
-                    assert not publish.done()  # the drain waits for it
-                posted = await publish  # the lock is gone: it commits and is answered 201 (live.post checks)
-                frame = await receive(subscriber)
-                assert (frame["type"], frame["message"]) == ("message", posted)
-                with pytest.raises(ConnectionClosed) as closed:
-                    await receive(subscriber)
-                assert closed.value.rcvd is not None
-                assert closed.value.rcvd.code == 1001
-                event = await asyncio.to_thread(stream.next)
-                assert event.message == posted
-                with pytest.raises(EOFError):  # the stream ended
-                    await asyncio.to_thread(stream.next)
+        async with sigterm_during_publish(server, backend.database_url) as signalled:
+            ready = await asyncio.to_thread(httpx.get, f"{signalled.url}/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["code"] == "ops.not_ready"
+            assert ready.json()["detail"] == "The server is shutting down."
+            await asyncio.sleep(DELAY + 0.5 - (time.monotonic() - signalled.at))
+            with pytest.raises(httpx.ConnectError):  # the listener is closed: new connections stop
+                await asyncio.to_thread(httpx.get, f"{signalled.url}/healthz")
+            assert not signalled.publish.done()  # the drain waits for it
         assert server.process.wait(timeout=15) == 0
     output = server.output()
     assert "Traceback" not in output

@@ -9,14 +9,11 @@ import re
 import shutil
 import subprocess
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client import REGISTRY
-from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from keel import db, metrics
@@ -24,7 +21,7 @@ from keel.accounts.errors import PasswordPoolBusy
 from keel.accounts.passwords import PasswordHasher
 from tests.conftest import IN_CI, TEST_JWT_SECRET, Backend
 from tests.factories import Client, bearer, log_in, make_channel, register
-from tests.servers import keel_serve, run_keel, scaled_env, sign_up
+from tests.servers import keel_serve, load_both_workers, run_keel, scaled_env, sign_up
 
 DASHBOARD = Path(__file__).parent.parent / "deploy" / "observability" / "grafana-dashboard.json"
 MESSAGES_ROUTE = "/api/v1/channels/{channel_id}/messages"
@@ -118,41 +115,15 @@ def test_every_metric_the_dashboard_queries_is_exported(tmp_path: Path) -> None:
     assert not missing, f"the dashboard queries metrics /metrics does not export: {missing}"
 
 
-def answered_by_worker(directory: Path, route: str) -> dict[str, float]:
-    """Requests to `route` each worker counted, read from its own file (counter_<pid>.db)."""
-    counts: dict[str, float] = {}
-    for path in directory.glob("counter_*.db"):
-        for family in MultiProcessCollector.merge([str(path)]):  # type: ignore[no-untyped-call]
-            for s in family.samples:
-                if s.name == "http_requests_total" and s.labels["route"] == route:
-                    counts[path.stem] = counts.get(path.stem, 0.0) + s.value
-    return counts
-
-
 def test_two_workers_add_up_in_every_scrape(pg_url: str, redis_url: str, tmp_path: Path) -> None:
     temp = tmp_path / "tmp"  # where `keel serve` makes its metrics directory, to look inside and to see it go
     temp.mkdir()
-    route, sent = "/api/v1/public", 0
+    route = "/api/v1/public"
     with keel_serve(
         scaled_env(pg_url, redis_url, TMPDIR=str(temp)), tmp_path, "--workers", "2", ready_timeout=60
     ) as server:
         (directory,) = temp.glob("keel-metrics-*")
-
-        def get(_: int) -> None:
-            with httpx.Client(base_url=server.url) as client:  # one connection each, open side by side
-                for _ in range(5):
-                    assert client.get(route).status_code == 200
-
-        # until both workers have answered some (a worker still starting, or restarted by uvicorn's supervisor on a
-        # loaded machine, or the kernel's choice, may leave one idle for a while): a deadline, not a count
-        deadline = time.monotonic() + 90
-        with ThreadPoolExecutor(4) as pool:
-            while time.monotonic() < deadline:
-                list(pool.map(get, range(4)))
-                sent += 20
-                if len([n for n in answered_by_worker(directory, route).values() if n]) >= 2:
-                    break
-        assert len([n for n in answered_by_worker(directory, route).values() if n]) >= 2, "one worker answered all"
+        sent = load_both_workers(server.url, directory, route)
         scrapes = [scrape(server.url) for _ in range(8)]
         promtool_check(scrapes[0][0])
     for _, samples in scrapes:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from collections.abc import Sequence
 
@@ -24,9 +25,21 @@ def new_key() -> str:
 
 
 async def check(scripts: ScriptRunner, checks: Sequence[tuple[str, int, int]]) -> list[Decision]:
-    """One script run for (key, interval_ms, burst) checks."""
-    args = [value for _, interval, burst in checks for value in (interval, burst)]
+    """One script run for (key, interval_ms, burst) exact checks: one token each."""
+    args = [value for _, interval, burst in checks for value in (interval, burst, 1)]
     return decisions(await scripts.run(GCRA, [key for key, _, _ in checks], args))
+
+
+def textbook_gcra(tats: dict[str, int], key: str, interval: int, burst: int, now: int) -> list[int]:
+    """GCRA as it is usually stated, one request at a time (keel's exact script before leases folded into it): admit
+    unless the TAT would run more than `burst - 1` intervals ahead; the script's four integers."""
+    tat = tats.get(key, now)
+    new_tat = max(tat, now) + interval
+    allow_at = new_tat - burst * interval
+    if now < allow_at:
+        return [0, 0, allow_at - now, tat - now]
+    tats[key] = new_tat
+    return [1, (now - allow_at) // interval, 0, new_tat - now]
 
 
 class FakeClock:
@@ -103,7 +116,7 @@ async def test_bucket_refills_one_request_per_interval() -> None:
 def test_a_bucket_expires_when_it_is_full_again() -> None:
     clock = FakeClock()
     state = LocalState(clock)
-    gcra_local(state, ["k"] * 3, [INTERVAL_MS, BURST] * 3, clock.now)
+    gcra_local(state, ["k"] * 3, [INTERVAL_MS, BURST, 1] * 3, clock.now)
 
     assert state.ttl("k") == pytest.approx(0.3)  # idle clients cost no memory once their bucket is full
     clock.now += 0.3
@@ -163,7 +176,7 @@ def accepted_times(times_ms: Sequence[int], interval: int, burst: int) -> list[i
     accepted = []
     for t in times_ms:
         clock.now = t / 1000
-        [allowed, *_] = gcra_local(state, ["k"], [interval, burst], clock.now)
+        [allowed, *_] = gcra_local(state, ["k"], [interval, burst, 1], clock.now)
         if allowed:
             accepted.append(t)
     return accepted
@@ -197,3 +210,35 @@ def test_traffic_within_the_rate_is_never_rejected(gaps: list[int], start: int, 
         times.append(times[-1] + interval + gap)
 
     assert accepted_times(times, interval, burst) == times
+
+
+@settings(database=None, max_examples=300)
+@given(
+    traffic=st.lists(
+        st.tuples(st.integers(0, 400), st.sampled_from("abc"), st.integers(1, 300), st.integers(1, 10)), max_size=80
+    )
+)
+def test_one_token_is_the_textbook_gcra_over_random_traffic(traffic: list[tuple[int, str, int, int]]) -> None:
+    clock = FakeClock()
+    state = LocalState(clock)
+    tats: dict[str, int] = {}
+    now = 1_000_000
+    for gap, key, interval, burst in traffic:
+        now += gap
+        clock.now = now / 1000
+        assert gcra_local(state, [key], [interval, burst, 1], clock.now) == textbook_gcra(
+            tats, key, interval, burst, now
+        )
+
+
+async def test_one_call_of_one_token_checks_is_the_textbook_gcra(backends: Backends) -> None:
+    # fresh keys in one call: every check sees the same instant, so the integers are exact on Redis too
+    rng = random.Random(16)
+    keys = [new_key() for _ in range(3)]
+    checks = [(rng.choice(keys), rng.randint(1, 300), rng.randint(1, 10)) for _ in range(200)]
+    args = [value for _, interval, burst in checks for value in (interval, burst, 1)]
+
+    flat = await backends.scripts.run(GCRA, [key for key, _, _ in checks], args)
+
+    tats: dict[str, int] = {}
+    assert flat == [n for key, interval, burst in checks for n in textbook_gcra(tats, key, interval, burst, 0)]

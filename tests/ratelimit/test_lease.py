@@ -13,12 +13,12 @@ from prometheus_client import REGISTRY
 
 from keel.ratelimit.clients import ClientResolver
 from keel.ratelimit.deps import AUTH_POLICY, NamedPolicy, RateLimits
-from keel.ratelimit.gcra import GCRA, GCRA_LEASE
+from keel.ratelimit.gcra import GCRA
 from keel.ratelimit.lease import MAX_LEASE, largest_lease, lifetime
 from keel.ratelimit.limiter import Limiter
 from keel.settings import RatePolicy
 from keel.shared import BackendUnavailable
-from keel.shared.atomic import Arg, AtomicScript, InProcessScriptRunner, LocalState
+from keel.shared.atomic import Arg, AtomicScript, InProcessScriptRunner
 from tests.shared.conftest import OpenBackends
 
 HOT = RatePolicy(limit=1, period=60, burst=64)  # largest lease 8; nothing refills during a test
@@ -49,7 +49,7 @@ class Backend:
         return await self.inner.run(script, keys, args)
 
     def wanted(self) -> list[int]:
-        """The tokens asked for per key, over every run so far (the third argument of each GCRA_LEASE triple)."""
+        """The tokens asked for per key, over every run so far (the third argument of each GCRA triple)."""
         return [int(value) for _, args in self.runs for value in args[2::3]]
 
 
@@ -66,22 +66,13 @@ def test_largest_lease_is_an_eighth_of_the_burst_between_1_and_256() -> None:
     assert [lifetime(1, 1), lifetime(4, 100), lifetime(256, 1000)] == pytest.approx([0.05, 0.4, 1.0])
 
 
-def test_a_lease_of_one_token_is_the_exact_check() -> None:
-    clock = FakeClock()
-    exact, leased = LocalState(clock), LocalState(clock)
-    rng = random.Random(7)
-    for _ in range(300):
-        clock.now += rng.choice((0.0, 0.01, 0.05, 0.3))
-        assert GCRA_LEASE.local(leased, ["k"], [100, 5, 1], clock.now) == GCRA.local(exact, ["k"], [100, 5], clock.now)
-
-
 async def test_lua_and_python_lease_twins_agree(redis_url: str, open_instance: OpenBackends) -> None:
     runners = {"lua": (await open_instance(redis_url)).scripts, "python": InProcessScriptRunner()}
     keys = {name: new_key() for name in runners}
     seen: dict[str, list[list[int]]] = {name: [] for name in runners}
     for wanted in (4, 4, 4, 1):  # burst 10: 4, 4, the last 2 (a partial grant), then a refusal
         for name, runner in runners.items():
-            seen[name].append(await runner.run(GCRA_LEASE, [keys[name]], [60_000, 10, wanted]))
+            seen[name].append(await runner.run(GCRA, [keys[name]], [60_000, 10, wanted]))
     for name in runners:
         assert [(grant[0], grant[1]) for grant in seen[name]] == [(4, 6), (4, 2), (2, 0), (0, 0)], name
     for lua, python in zip(seen["lua"], seen["python"], strict=True):

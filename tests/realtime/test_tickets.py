@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import time
-import uuid
 
 from litestar.testing import TestClient
 
-from keel.identity.tokens import Claims
 from keel.main import create_app
 from keel.realtime import tickets
 from keel.shared import open_backends
 from tests.conftest import Backend, make_settings
+from tests.factories import make_claims
 
-CLAIMS = Claims(
-    user_id=uuid.uuid4(),
-    username="ada",
-    session_id=uuid.uuid4(),
-    jti="j",
-    issued_at=int(time.time()),
-    expires_at=int(time.time()) + 900,
-    scopes=frozenset({"user"}),
-)
+CLAIMS = make_claims()
 
 
 async def test_a_ticket_stands_for_its_claims_once_and_expires(backend: Backend) -> None:

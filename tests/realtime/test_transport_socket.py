@@ -8,27 +8,17 @@ work after they are gone (frames both ways, pings, a close).
 from __future__ import annotations
 
 import asyncio
-import time
-import uuid
 from typing import Any
 
 import uvicorn
 from websockets.asyncio.client import connect
 
-from keel.identity.tokens import Claims
 from keel.realtime import websocket
 from keel.realtime.websocket import TransportSocket
+from tests.factories import make_claims
 from tests.servers import free_port
 
-CLAIMS = Claims(
-    user_id=uuid.uuid4(),
-    username="ada",
-    session_id=uuid.uuid4(),
-    jti="j",
-    issued_at=int(time.time()),
-    expires_at=int(time.time()) + 900,
-    scopes=frozenset({"user"}),
-)
+CLAIMS = make_claims()
 
 
 class App:

@@ -7,7 +7,9 @@ redis-cell and throttled, nothing ever ticks: state changes only when a request 
 exactly when its bucket is full again, so idle clients cost no memory.
 
 Several keys go into one call so that the Redis limiter can send every check of one event-loop tick as one
-EVALSHA. The keys are processed in order, so a key listed twice sees its own earlier update.
+EVALSHA. The keys are processed in order, so a key listed twice sees its own earlier update. Each key asks for
+`wanted` tokens: 1 is the exact check, more a lease of the key's budget (keel.ratelimit.lease), granted in part when
+fewer are left; one script serves both, so they share a batch.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Final
 
 from keel.shared.atomic import Arg, AtomicScript, LocalState
 
-RESULT_WIDTH: Final = 4  # allowed, remaining, retry_after_ms, reset_after_ms per key
+RESULT_WIDTH: Final = 4  # granted (for one token: allowed), remaining, retry_after_ms, reset_after_ms per key
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +36,7 @@ class Decision:
 def decisions(flat: Sequence[int]) -> list[Decision]:
     """Decode the script's flat result, four integers per key, into one Decision per key."""
     return [
-        Decision(flat[i] == 1, flat[i + 1], flat[i + 2] / 1000, flat[i + 3] / 1000)
+        Decision(flat[i] > 0, flat[i + 1], flat[i + 2] / 1000, flat[i + 3] / 1000)
         for i in range(0, len(flat), RESULT_WIDTH)
     ]
 
@@ -42,57 +44,6 @@ def decisions(flat: Sequence[int]) -> list[Decision]:
 def gcra_local(state: LocalState, keys: Sequence[str], args: Sequence[Arg], now_seconds: float) -> list[int]:
     """The Python twin of GCRA_LUA: the same integers for the same calls."""
     # rounded, not floored: a fake clock's seconds * 1000 may land just below a whole millisecond
-    now = round(now_seconds * 1000)
-    result: list[int] = []
-    for i, key in enumerate(keys):
-        interval, burst = int(args[2 * i]), int(args[2 * i + 1])
-        stored = state.get(key)
-        tat = now if stored is None else int(stored)
-        new_tat = max(tat, now) + interval
-        allow_at = new_tat - burst * interval
-        if now < allow_at:
-            result += (0, 0, allow_at - now, tat - now)
-        else:
-            state.set(key, new_tat, (new_tat - now) / 1000)
-            result += (1, (now - allow_at) // interval, 0, new_tat - now)
-    return result
-
-
-# KEYS: the buckets. ARGV: emission_interval_ms, burst for each key in turn.
-# Returns allowed (1/0), remaining, retry_after_ms, reset_after_ms for each key in turn.
-# Redis >= 5 replicates a script's effects rather than the script, so reading TIME before writing is allowed.
-GCRA_LUA: Final = """
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-local result = {}
-for i, key in ipairs(KEYS) do
-  local interval = tonumber(ARGV[2 * i - 1])
-  local burst = tonumber(ARGV[2 * i])
-  local tat = tonumber(redis.call('GET', key)) or now
-  local new_tat = math.max(tat, now) + interval
-  local allow_at = new_tat - burst * interval
-  local n = #result
-  if now < allow_at then
-    result[n + 1] = 0
-    result[n + 2] = 0
-    result[n + 3] = allow_at - now
-    result[n + 4] = tat - now
-  else
-    redis.call('SET', key, string.format('%d', new_tat), 'PX', new_tat - now)
-    result[n + 1] = 1
-    result[n + 2] = math.floor((now - allow_at) / interval)
-    result[n + 3] = 0
-    result[n + 4] = new_tat - now
-  end
-end
-return result
-"""
-
-GCRA: Final = AtomicScript(lua=GCRA_LUA, local=gcra_local)
-
-
-def gcra_lease_local(state: LocalState, keys: Sequence[str], args: Sequence[Arg], now_seconds: float) -> list[int]:
-    """The Python twin of GCRA_LEASE_LUA: the same integers for the same calls."""
     now = round(now_seconds * 1000)
     result: list[int] = []
     for i, key in enumerate(keys):
@@ -111,11 +62,13 @@ def gcra_lease_local(state: LocalState, keys: Sequence[str], args: Sequence[Arg]
     return result
 
 
-# A lease: up to `wanted` tokens of a key's budget at once, for an instance to hand out locally (keel.ratelimit.lease).
 # KEYS: the buckets. ARGV: emission_interval_ms, burst, wanted for each key in turn. Returns granted (0..wanted),
-# remaining, retry_after_ms, reset_after_ms for each key in turn. It grants what is there, up to `wanted`; with
-# wanted = 1 it is GCRA_LUA to the integer, so exact checks and leases share one batch.
-GCRA_LEASE_LUA: Final = """
+# remaining, retry_after_ms, reset_after_ms for each key in turn: up to `wanted` tokens, fewer when fewer are left.
+# With wanted = 1 it is the exact check: granted is allowed (1/0), refused when the TAT has run more than
+# `burst - 1` intervals ahead (tests/ratelimit/test_gcra.py holds it to the textbook GCRA over random traffic).
+# With wanted = k it is a lease (keel.ratelimit.lease), so exact checks and leases share one batch.
+# Redis >= 5 replicates a script's effects rather than the script, so reading TIME before writing is allowed.
+GCRA_LUA: Final = """
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local result = {}
@@ -144,4 +97,4 @@ end
 return result
 """
 
-GCRA_LEASE: Final = AtomicScript(lua=GCRA_LEASE_LUA, local=gcra_lease_local)
+GCRA: Final = AtomicScript(lua=GCRA_LUA, local=gcra_local)

@@ -1,8 +1,8 @@
 """Leases: a hot key's requests answered in-process from tokens taken from Redis in one script run.
 
 With the limiter in Redis every check used to be one entry of an EVALSHA. A lease takes k tokens of a key's GCRA
-budget at once (GCRA_LEASE advances the key's TAT by k emission intervals, granting fewer when fewer are left), and
-the instance answers the key's next requests from them without a round trip. k adapts per key: it starts at 1 (the
+budget at once (GCRA asked for k advances the key's TAT by k emission intervals, granting fewer when fewer are left),
+and the instance answers the key's next requests from them without a round trip. k adapts per key: it starts at 1 (the
 exact check), doubles each time a lease is used up before it lapses, and is at most `largest_lease(burst)` =
 min(256, burst // 8), never below 1; so a key that is not hot, and every key of a small burst, is checked exactly.
 A lease lapses `lifetime(k)` after it was granted: k emission intervals, within 50 ms and 1 s. Its unused tokens are
@@ -31,7 +31,7 @@ MAX_LEASE: Final = 256  # tokens; one lease is also at most 1/BURST_SHARE of the
 BURST_SHARE: Final = 8
 MIN_LIFETIME, MAX_LIFETIME = 0.05, 1.0  # seconds
 
-Grant = tuple[int, int, int, int]  # GCRA_LEASE's four integers for one key: granted, remaining, retry ms, reset ms
+Grant = tuple[int, int, int, int]  # GCRA's four integers for one key: granted, remaining, retry ms, reset ms
 
 
 def largest_lease(burst: int) -> int:

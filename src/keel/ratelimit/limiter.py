@@ -13,7 +13,7 @@ import time
 from typing import Final
 
 from keel import metrics
-from keel.ratelimit.gcra import GCRA, GCRA_LEASE, RESULT_WIDTH, Decision
+from keel.ratelimit.gcra import GCRA, RESULT_WIDTH, Decision
 from keel.ratelimit.lease import Grant, Leases
 from keel.settings import RatePolicy
 from keel.shared import BackendUnavailable
@@ -73,7 +73,7 @@ class Limiter:
                 return None
             return self._leases.take(f"rl:{policy_name}:{key}", interval, policy.burst)
         allowed, remaining, retry_ms, reset_ms = self._local.run_now(
-            GCRA, [f"rl:{policy_name}:{key}"], [interval, policy.burst]
+            GCRA, [f"rl:{policy_name}:{key}"], [interval, policy.burst, 1]
         )
         if not allowed:
             RATE_LIMITED.labels(policy_name).inc()
@@ -140,7 +140,7 @@ class Limiter:
 
     async def _run_one(self, bucket: str, interval: int, burst: int, tokens: int) -> Grant | None:
         try:
-            flat = await self._scripts.run(GCRA_LEASE, [bucket], [interval, burst, tokens])
+            flat = await self._scripts.run(GCRA, [bucket], [interval, burst, tokens])
         except BackendUnavailable as exc:
             self._on_outage(exc)
             return None
@@ -168,7 +168,7 @@ class Limiter:
         for _, interval, burst, tokens, _ in batch:
             args += (interval, burst, tokens)
         try:
-            flat = await self._scripts.run(GCRA_LEASE, [bucket for bucket, *_ in batch], args)
+            flat = await self._scripts.run(GCRA, [bucket for bucket, *_ in batch], args)
         except BackendUnavailable as exc:
             self._on_outage(exc)
             for *_, future in batch:
