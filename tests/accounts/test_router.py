@@ -19,6 +19,7 @@ from keel.accounts.passwords import Argon2Settings, PasswordHasher
 from keel.http.auth import current_principal
 from keel.main import create_app
 from keel.settings import Settings
+from keel.shared import open_backends
 from tests.factories import PASSWORD, bearer, log_in, make_admin, register
 
 Client = AsyncTestClient[Litestar]
@@ -380,21 +381,20 @@ async def test_me_is_a_conditional_read_that_a_write_to_the_account_invalidates(
     assert first.headers["cache-control"] == "private, no-cache"
     unchanged = await client.get("/api/v1/users/me", headers={**auth, "If-None-Match": etag})
     assert (unchanged.status_code, unchanged.content) == (304, b"")
-    # a promotion through the app's own cache, as `keel create-admin` does through a shared Redis
+    # a promotion as `keel create-admin` makes it: through its own Redis client to the shared cache (scaled), or,
+    # embedded, through the app's in-process cache (which the CLI cannot reach: there the TTL bounds staleness)
     engine = db.create_engine(settings.database_url)
     hasher = PasswordHasher(workers=1)
+    backends = await open_backends(settings.redis_url)
+    cache = backends.cache if settings.redis_url else client.app.state.backends.cache
     try:
         async with db.create_sessionmaker(engine)() as session:
             await accounts_service.create_admin(
-                session,
-                hasher,
-                client.app.state.backends.cache,
-                username="ada",
-                email="ada.new@example.com",
-                password=PASSWORD,
+                session, hasher, cache, username="ada", email="ada.new@example.com", password=PASSWORD
             )
     finally:
         hasher.close()
+        await backends.close()
         await engine.dispose()
     changed = await client.get("/api/v1/users/me", headers={**auth, "If-None-Match": etag})
     assert changed.status_code == 200

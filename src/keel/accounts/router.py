@@ -14,6 +14,7 @@ from litestar.enums import RequestEncodingType
 from litestar.exceptions import ValidationException
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 from litestar.params import JSONBody
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.accounts import service
 from keel.accounts.deps import HASHES_PASSWORD, Hasher, SessionPolicy
@@ -107,11 +108,11 @@ class UsersController(Controller):
         responses=NOT_MODIFIED,
         response_headers=VALIDATOR_HEADERS,
     )
-    async def me(self, db_session: DbSession, reads: ConditionalReads) -> Response[UserRead]:
+    async def me(self, reads: ConditionalReads) -> Response[UserRead]:
         """The account of the token's bearer, with an ETag (If-None-Match gives 304)."""
         user_id = current_principal().user_id
 
-        async def load() -> UserRead:
+        async def load(db_session: AsyncSession) -> UserRead:
             return UserRead.from_model(await service.get_user(db_session, user_id))
 
         # the hottest per-user read (every client polls it): from the read cache while no write changed the account,

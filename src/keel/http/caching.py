@@ -18,6 +18,7 @@ from litestar.datastructures import ResponseHeader
 from litestar.enums import MediaType
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.response import Response
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from keel import metrics
 from keel.shared import BackendUnavailable
@@ -56,13 +57,22 @@ def is_current(if_none_match: str | None, etag: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Reads:
-    """Conditional JSON reads for one request: handlers get it as `reads: ConditionalReads`."""
+    """Conditional JSON reads for one request: handlers get it as `reads: ConditionalReads`.
+
+    It opens the database session `load` reads with only on a miss, so a handler needs no `db_session` of its own:
+    a cache hit then costs no session, and Litestar resolves one dependency instead of two, which it would run in
+    an anyio task group (a cache hit of `GET /users/me`, in-process: 500–585 → 186–204 µs of CPU; `/protected` 130).
+    """
 
     cache: ReadCache
     if_none_match: str | None
+    sessionmaker: async_sessionmaker[AsyncSession]
 
-    async def json(self, load: Callable[[], Awaitable[Any]], *, scope: str, key: str | None) -> Response[Any]:
-        """`load()`'s JSON with its ETag, or 304; with a `key`, from the cache while no write changed `scope`."""
+    async def json(
+        self, load: Callable[[AsyncSession], Awaitable[Any]], *, scope: str, key: str | None
+    ) -> Response[Any]:
+        """`load(session)`'s JSON with its ETag, or 304; with a `key`, from the cache while no write changed
+        `scope`."""
         lookup = None
         if key is not None:
             try:
@@ -74,7 +84,8 @@ class Reads:
         if lookup is not None and lookup.value is not None:
             etag, body = lookup.value[:ETAG_LENGTH].decode(), lookup.value[ETAG_LENGTH:]
         else:
-            body = _encoder.encode(await load())
+            async with self.sessionmaker() as session:
+                body = _encoder.encode(await load(session))
             etag = entity_tag(body)
             if lookup is not None and key is not None:
                 # stamped with the version read before load(): a write that raced it hides this entry

@@ -22,7 +22,8 @@ async def provide_db_session(state: State) -> AsyncIterator[AsyncSession]:
 
 def provide_reads(request: Request[Any, Any, Any]) -> Reads:
     """Conditional reads (ETag, 304, the read cache) for this request."""
-    return Reads(request.app.state.backends.cache, request.headers.get("if-none-match"))
+    state = request.app.state
+    return Reads(state.backends.cache, request.headers.get("if-none-match"), state.sessionmaker)
 
 
 def from_state(name: str) -> Provide:

@@ -8,6 +8,7 @@ from typing import Final
 from litestar import Controller, Response, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath, JSONBody
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from keel.http.auth import SECURITY, USER, current_principal
 from keel.http.caching import NOT_MODIFIED, VALIDATOR_HEADERS
@@ -64,13 +65,11 @@ class ChannelsController(Controller):
         return await idempotency.run(db_session, create, data=data)
 
     @get("/{channel_id:str}", summary="Get a channel", responses=READ, response_headers=VALIDATOR_HEADERS)
-    async def get_channel(
-        self, channel_id: FromPath[uuid.UUID], db_session: DbSession, reads: ConditionalReads
-    ) -> Response[ChannelRead]:
+    async def get_channel(self, channel_id: FromPath[uuid.UUID], reads: ConditionalReads) -> Response[ChannelRead]:
         """One channel, with the seq of its latest message (`last_seq`). Send its ETag in If-None-Match to get 304
         while it has not changed."""
 
-        async def load() -> ChannelRead:
+        async def load(db_session: AsyncSession) -> ChannelRead:
             return ChannelRead.from_model(await service.get_channel(db_session, channel_id))
 
         return await reads.json(load, scope=service.channel_scope(channel_id), key="channel")
@@ -115,14 +114,13 @@ class ChannelListsV1(Controller):
     @get(summary="List channels", responses=NOT_MODIFIED, response_headers=VALIDATOR_HEADERS)
     async def list_channels(
         self,
-        db_session: DbSession,
         reads: ConditionalReads,
         limit: Limit = 50,
         offset: Offset = 0,
     ) -> Response[list[ChannelRead]]:
         """Channels by name (byte order)."""
 
-        async def load() -> list[ChannelRead]:
+        async def load(db_session: AsyncSession) -> list[ChannelRead]:
             return [
                 ChannelRead.from_model(c) for c in await service.list_channels(db_session, limit=limit, offset=offset)
             ]
@@ -138,14 +136,13 @@ class ChannelListsV1(Controller):
     async def list_messages(
         self,
         channel_id: FromPath[uuid.UUID],
-        db_session: DbSession,
         reads: ConditionalReads,
         limit: Limit = 50,
         offset: Offset = 0,
     ) -> Response[list[MessageRead]]:
         """A channel's messages, newest first."""
 
-        async def load() -> list[MessageRead]:
+        async def load(db_session: AsyncSession) -> list[MessageRead]:
             return await service.list_messages(db_session, channel_id, limit=limit, offset=offset)
 
         scope = service.channel_scope(channel_id)
@@ -161,7 +158,6 @@ class ChannelListsV2(Controller):
     @get(summary="List channels", responses=NOT_MODIFIED, response_headers=VALIDATOR_HEADERS)
     async def list_channels(
         self,
-        db_session: DbSession,
         reads: ConditionalReads,
         limit: Limit = 50,
         cursor: Cursor = None,
@@ -169,7 +165,7 @@ class ChannelListsV2(Controller):
         """Channels by name (byte order), a page at a time."""
         after: str | None = decode_cursor(cursor, ChannelName) if cursor else None
 
-        async def load() -> Page[ChannelRead]:
+        async def load(db_session: AsyncSession) -> Page[ChannelRead]:
             channels = await service.list_channels(db_session, limit=limit, after=after)
             more = len(channels) == limit
             return Page(
@@ -187,7 +183,6 @@ class ChannelListsV2(Controller):
     async def list_messages(
         self,
         channel_id: FromPath[uuid.UUID],
-        db_session: DbSession,
         reads: ConditionalReads,
         limit: Limit = 50,
         cursor: Cursor = None,
@@ -195,7 +190,7 @@ class ChannelListsV2(Controller):
         """A channel's messages, newest first, a page at a time."""
         before: int | None = decode_cursor(cursor, Position) if cursor else None
 
-        async def load() -> Page[MessageRead]:
+        async def load(db_session: AsyncSession) -> Page[MessageRead]:
             messages = await service.list_messages(db_session, channel_id, limit=limit, before_seq=before)
             more = len(messages) == limit and messages[-1].seq > 1
             return Page(messages, encode_cursor(messages[-1].seq) if more else None)
