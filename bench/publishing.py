@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -35,6 +36,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "src"))
 
 from tests.conftest import TEST_JWT_SECRET, migrate  # noqa: E402
 from tests.servers import keel_serve, scaled_env, sign_up  # noqa: E402
@@ -44,6 +46,7 @@ PART = "publishing"  # bench/run.py --only publishing runs this, and only this
 # larger than this; at 2 000 msg/s and p99 <= 50 ms a closed loop needs rate x latency = 32-100 in flight
 SUBSCRIBERS, PUBLISHERS = 100, 32
 PG_URL = os.environ.get("KEEL_TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/keel_test_commit")
+PY_SPY: str | None = None
 REDIS_URL = os.environ.get("KEEL_TEST_REDIS_URL", "redis://127.0.0.1:6379/2")
 
 
@@ -98,7 +101,8 @@ async def scenario(
 
         publisher = rest if via == "REST" else ws_publisher
         cpu_before, wall = sum(process.cpu_times()[:2]), time.perf_counter()
-        await asyncio.gather(*(publisher(i, wall + seconds, latencies) for i in range(publishers)))
+        with py_spy(pid, f"{via}-{subscribers is not None}"):
+            await asyncio.gather(*(publisher(i, wall + seconds, latencies) for i in range(publishers)))
         wall = time.perf_counter() - wall
         await asyncio.sleep(1)  # the fan-out's tail
         cpu = sum(process.cpu_times()[:2]) - cpu_before
@@ -131,6 +135,22 @@ def _expect(subscribers: subprocess.Popen[str], last_seq: int) -> dict[str, Any]
 
 
 @contextmanager
+def py_spy(pid: int, name: str) -> Iterator[None]:
+    """With --py-spy: the server's profile over the block, folded stacks in bench/results/publishing-*.txt."""
+    if PY_SPY is None:
+        yield
+        return
+    out = ROOT / "bench" / "results" / f"publishing-{name}-{pid}.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    argv = [PY_SPY, "record", "--pid", str(pid), "--format", "raw", "--rate", "250", "--output", str(out)]
+    with subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as spy:
+        try:
+            yield
+        finally:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
+
+
+@contextmanager
 def subscriber_process(url: str, token: str, channel: str, n: int) -> Iterator[subprocess.Popen[str] | None]:
     """bench/subscribers.py with `n` sockets subscribed to `channel` (None for none), on the client CPU."""
     if not n:
@@ -156,7 +176,8 @@ def run(
     publishers: int = PUBLISHERS,
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        extra = {"PYTHONPATH": str(src)} if src else {}
+        # this checkout's src unless told otherwise: the shared venv's editable install may be another worktree's
+        extra = {"PYTHONPATH": str(src or ROOT / "src")}
         settings = {"KEEL_WS_SEND_QUEUE": "10000", "KEEL_MAX_STREAMS_PER_USER": "1000"}
         if backend == "sqlite":
             env: dict[str, str | None] = {
@@ -189,7 +210,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--subscribers", type=int, default=SUBSCRIBERS, help="0: the cost without fan-out")
     parser.add_argument("--publishers", type=int, default=PUBLISHERS, help="concurrent publishers (closed loop)")
+    parser.add_argument("--py-spy", help="py-spy's path: profile the server during each row (costs it CPU)")
     args = parser.parse_args(argv)
+    global PY_SPY  # a switch for the whole run
+    PY_SPY = args.py_spy
     for backend in args.backends.split(","):
         if args.before:
             run("before", args.before, backend, args.seconds, args.subscribers, args.publishers)
