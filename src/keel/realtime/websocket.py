@@ -30,7 +30,7 @@ from keel.realtime import frames, service
 from keel.realtime.access import Realtime, Refused, admit, frame_allowed
 from keel.realtime.committer import ShuttingDown
 from keel.realtime.errors import ChannelNotFound, TooSlow
-from keel.realtime.peers import Delivery, Peer
+from keel.realtime.peers import Delivery, Peer, Position, Run
 from keel.realtime.schemas import Author, MessageCreate, MessageRead
 from keel.shared.errors import OUTAGES
 
@@ -135,15 +135,23 @@ class TransportSocket(Socket):
     def send_message(self, delivery: Delivery) -> None:
         self._write(delivery.ws_frame(text_frame))
 
+    def send_run(self, run: Run, position: Position) -> None:
+        # a committed batch's frames in one write: one send() per socket per batch instead of per message
+        position.seq = run.last
+        frames, largest = run.ws_frames(text_frame)
+        self._write(frames, largest)
+
     def send(self, frame: bytes) -> None:
         self._write(text_frame(frame))
 
-    def _write(self, frame: bytes) -> None:
+    def _write(self, frame: bytes, largest: int = 0) -> None:
+        """Write one frame, or several joined (`largest`: the largest of them); past the send queue, close."""
         if self.closing:
             return
         size = len(frame)
-        if size > self._largest:
-            self._largest = size
+        largest = largest or size
+        if largest > self._largest:
+            self._largest = largest
         if self._transport.get_write_buffer_size() + size > self.send_queue * self._largest:
             self.end(TooSlow("too slow: send queue full"))
             return
