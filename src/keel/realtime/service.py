@@ -6,7 +6,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final, cast
 
 import msgspec
 from opentelemetry.trace import Span, SpanKind
@@ -26,9 +26,14 @@ from keel.shared import BackendUnavailable
 from keel.shared.broker import Broker
 from keel.shared.cache import ReadCache
 
+if TYPE_CHECKING:
+    from sqlalchemy import Table
+
 log = logging.getLogger("keel.realtime")
 _encoder = msgspec.json.Encoder()
 
+_CHANNELS: Final = cast("Table", Channel.__table__)
+_MESSAGES: Final = cast("Table", Message.__table__)
 # read-cache scopes: what one write changes. Every list shows every channel's last_seq, so a message changes both.
 CHANNEL_LIST: Final = "channels"
 # idempotency operations (SPEC §6): a WebSocket publish is the REST post of a message, whatever the API version
@@ -105,11 +110,14 @@ async def append_messages(session: AsyncSession, channel_id: uuid.UUID, drafts: 
     their idempotency records (keel.realtime.committer groups concurrent publishes so)."""
     # one statement reserves the next len(drafts) seqs and locks the channel row until commit, so concurrent writers
     # on any number of instances queue here and seq stays 1, 2, 3 ... with no gap (a rollback returns the numbers)
+    # Core statements on the tables, not ORM ones: no identity map to synchronise and no ORM bulk layer (py-spy, WS
+    # publishes without subscribers: the ORM's bulk UPDATE and INSERT paths were ~7 % of the server's samples)
+    channels = _CHANNELS.c
     last = await session.scalar(
-        update(Channel)
-        .where(Channel.id == channel_id)
-        .values(last_seq=Channel.last_seq + len(drafts))
-        .returning(Channel.last_seq)
+        update(_CHANNELS)
+        .where(channels.id == channel_id)
+        .values(last_seq=channels.last_seq + len(drafts))
+        .returning(channels.last_seq)
     )
     if last is None:
         await session.rollback()
@@ -132,7 +140,7 @@ async def append_messages(session: AsyncSession, channel_id: uuid.UUID, drafts: 
         }
         for r in reads
     ]
-    await session.execute(insert(Message), rows)  # one multi-row INSERT (SQLAlchemy's insertmanyvalues)
+    await session.execute(insert(_MESSAGES), rows)  # one multi-row INSERT (SQLAlchemy's insertmanyvalues)
     for draft, read in zip(drafts, reads, strict=True):
         if draft.claim is not None:
             await draft.claim.record(session, encode_message(read))
