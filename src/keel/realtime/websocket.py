@@ -1,7 +1,8 @@
 """`GET /ws` (SPEC §7): a pure-ASGI endpoint, one task per socket (the server's), frames handled in order.
 
 Fan-out writes to a socket synchronously. Under uvicorn's wsproto implementation (what `keel serve` runs) a frame
-is encoded once per message and written straight to each socket's transport; the transport's unsent backlog is
+is encoded once per message and written straight to each socket's transport, the frames of a run of messages (a
+committed batch, keel.realtime.hub) joined in one write; the transport's unsent backlog is
 the send queue, bounded at KEEL_WS_SEND_QUEUE frames' worth of bytes (bench/SPIKES.md: awaiting each socket, or a
 task per socket, is 2-3x slower at 5 000 sockets). Under any other ASGI server a socket gets a bounded queue and
 a writer task instead. Either way a socket past its bound is closed with 1013 at once and never delays the rest.
