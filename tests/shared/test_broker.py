@@ -57,6 +57,29 @@ async def test_publish_reaches_every_handler_in_order(backends: Backends) -> Non
     assert elsewhere == []
 
 
+async def test_publish_many_reaches_a_handler_in_order_within_one_loop_iteration(backends: Backends) -> None:
+    # what coalesced fan-out relies on (keel.realtime.hub): a feed that settles on the next iteration gets the whole
+    # batch at once, in-process and through Redis alike
+    channel = new_channel()
+    got: list[bytes] = []
+    iterations: list[int] = []  # how many messages had arrived at each iteration that saw one
+
+    def handler(data: bytes) -> None:
+        if not got or iterations[-1] != -1:
+            iterations.append(-1)
+            asyncio.get_running_loop().call_soon(lambda: iterations.__setitem__(-1, len(got)))
+        got.append(data)
+
+    await backends.broker.subscribe(channel, handler)
+    batches = [[b"%d.%d" % (batch, i) for i in range(20)] for batch in range(3)]
+    for n, batch in enumerate(batches, 1):
+        await backends.broker.publish_many(channel, batch)
+        await eventually(lambda: len(got) == 20 * n and iterations[-1] != -1)  # noqa: B023  # called at once
+
+    assert got == [message for batch in batches for message in batch]
+    assert iterations == [20, 40, 60]
+
+
 async def test_closed_subscription_gets_nothing_more(backends: Backends) -> None:
     channel = new_channel()
     closed: list[bytes] = []
@@ -183,6 +206,8 @@ async def test_publish_raises_backend_unavailable_when_redis_is_down(open_instan
 
     with pytest.raises(BackendUnavailable):
         await backends.broker.publish(new_channel(), b"lost")
+    with pytest.raises(BackendUnavailable):
+        await backends.broker.publish_many(new_channel(), [b"lost", b"too"])
     # subscribing during an outage does not hang; the subscription goes live when Redis returns
     async with asyncio.timeout(2):
         await backends.broker.subscribe(new_channel(), lambda data: None)

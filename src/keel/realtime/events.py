@@ -23,7 +23,7 @@ from keel.http.errors import send_problem
 from keel.http.scope import set_cookies_of
 from keel.realtime.access import Realtime, Refused, admit, query_params
 from keel.realtime.errors import CLOSE_GOING_AWAY, ChannelNotFound, TooSlow
-from keel.realtime.peers import Delivery, Peer
+from keel.realtime.peers import Delivery, Peer, Position, Run
 from keel.shared.errors import OUTAGES
 from keel.types import MAX_INT64
 
@@ -81,17 +81,27 @@ class Stream(Peer):
         self.pending.append(self._event(delivery))
         self._wakeup()
 
+    def send_run(self, run: Run, position: Position) -> None:
+        if self.direct is not None and len(self.positions) == 1 and not self.closing:
+            # a committed batch's events in one write to the connection
+            position.seq = run.last
+            chunks, largest = run.sse_chunks(_shared_chunk)
+            self.write(chunks, largest)
+        else:  # the event ids of a stream following several channels are each message's own
+            super().send_run(run, position)
+
     def _event(self, delivery: Delivery) -> bytes:
         return b"%s%s\ndata: %s\n\n" % (_MESSAGE_START, self.event_id(), delivery.payload)
 
-    def write(self, framed: bytes) -> None:
-        """Write chunks straight to the connection; a stream that far behind (or gone) is ended instead."""
+    def write(self, framed: bytes, largest: int = 0) -> None:
+        """Write chunks straight to the connection (`largest`: the largest of them, if several); a stream that far
+        behind (or gone) is ended instead."""
         assert self.direct is not None
         if self.closing:
             return
-        size = len(framed)
-        if size > self._largest:
-            self._largest = size
+        largest = largest or len(framed)
+        if largest > self._largest:
+            self._largest = largest
         if not self.direct.write(framed, self.send_queue * self._largest):
             self.end(TooSlow("too slow"))
             self.direct.abort()  # else the response's end would wait for the client to read the backlog

@@ -6,8 +6,11 @@ can overtake each other, and an outage can lose some) waits while the gap is rea
 follower sees seq N+1 right after N. If the database cannot fill a gap, the feed's followers are closed with 1012
 so they resume with `since`/`Last-Event-ID` (SPEC §10).
 
-Delivery is synchronous, from the broker's callback: one encoded frame per message, written to each follower
-without awaiting any of them (bench/SPIKES.md); a follower that cannot keep up closes itself.
+Delivery is synchronous, without awaiting any follower (bench/SPIKES.md): one encoded frame per message, built once
+for all followers, and one write per follower per run of messages. The broker's callbacks only collect; the feed
+settles once per loop iteration (call_soon), so the messages of one committed batch, which the committer publishes
+together, reach each socket as one write of their frames (one send() instead of one per message). A follower that
+cannot keep up closes itself.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from keel import metrics, telemetry
 from keel.errors import KeelError, Unavailable
 from keel.realtime import service
 from keel.realtime.errors import CLOSE_GOING_AWAY, SessionRevoked
-from keel.realtime.peers import Delivery, Peer, Position
+from keel.realtime.peers import Delivery, Peer, Position, Run
 from keel.realtime.watch import SeqWatch
 from keel.shared.broker import Broker, Subscription
 
@@ -53,6 +56,7 @@ _seq_of = msgspec.json.Decoder(_Seq)
 class Feed:
     __slots__ = (
         "_filling",
+        "_settling",
         "channel_id",
         "followers",
         "hub",
@@ -75,6 +79,7 @@ class Feed:
         self.traces: dict[int, bytes] = {}  # seq -> the traceparent of its publish, while tracing is on
         self.opened: asyncio.Future[Subscription] | None = None
         self._filling = False
+        self._settling = False  # a settle is scheduled for this loop iteration's end
 
     def subscription(self) -> Subscription | None:
         """The broker subscription, once the feed has opened."""
@@ -92,13 +97,25 @@ class Feed:
         self.pending[seq] = data
         if parent is not None and telemetry.tracer is not None:
             self.traces[seq] = parent
-        if self.subscription() is not None and not self._filling:
-            self.settle()
+        if not self._settling and not self._filling and self.subscription() is not None:
+            # not at once: the rest of a batch published together arrives in this same loop iteration, and a run
+            # of messages goes to each follower in one write (bench/publishing.py, 100 subscribers, SQLite, load 7:
+            # server CPU per message 0.87 -> 0.47 ms for WS publishes, 1.29 -> 0.90 ms for REST)
+            self._settling = True
+            asyncio.get_running_loop().call_soon(self.settle)
 
     def settle(self) -> None:
         """Deliver what is pending in order; a gap starts a fill from the database."""
-        while (data := self.pending.pop(self.last_seq + 1, None)) is not None:
-            self.fan_out(self.last_seq + 1, data)
+        self._settling = False
+        if self._filling:  # the fill delivers what is pending once it is done
+            return
+        run = []
+        seq = self.last_seq + 1
+        while (data := self.pending.pop(seq, None)) is not None:
+            run.append(Delivery(self.name, seq, data))
+            seq += 1
+        if run:
+            self.fan_out(Run(run))
         if self.pending:
             for seq in [s for s in self.pending if s <= self.last_seq]:
                 del self.pending[seq]
@@ -116,9 +133,10 @@ class Feed:
         try:
             while True:
                 page = await self.hub.history(self.channel_id, after_seq=self.last_seq)
-                for seq, data in page:
+                for seq, _ in page:
                     self.pending.pop(seq, None)
-                    self.fan_out(seq, data)
+                if page:
+                    self.fan_out(Run([Delivery(self.name, seq, data) for seq, data in page]))
                 if len(page) < PAGE:
                     break
         except Exception:
@@ -139,38 +157,51 @@ class Feed:
         if self.pending:
             self.settle()
 
-    def fan_out(self, seq: int, data: bytes) -> None:
+    def fan_out(self, run: Run) -> None:
         if telemetry.tracer is None:
-            self._fan_out(seq, data)
+            self._fan_out(run)
             return
-        # one span per message, never per socket: a child of the publish that sent it, on whichever instance
-        parent = self.traces.pop(seq, None)
-        span = telemetry.start_span(
-            "realtime.fanout",
-            parent=telemetry.context_of(parent) if parent is not None else None,
-            kind=SpanKind.CONSUMER,
-        )
-        span.set_attribute("messaging.destination.name", service.topic(self.channel_id))
-        span.set_attribute("keel.realtime.seq", seq)
+        # one span per message, never per socket or per run: a child of the publish that sent it, on whichever
+        # instance; the run is still written to each follower at once
+        spans = []
+        for delivery in run.deliveries:
+            parent = self.traces.pop(delivery.seq, None)
+            span = telemetry.start_span(
+                "realtime.fanout",
+                parent=telemetry.context_of(parent) if parent is not None else None,
+                kind=SpanKind.CONSUMER,
+            )
+            span.set_attribute("messaging.destination.name", service.topic(self.channel_id))
+            span.set_attribute("keel.realtime.seq", delivery.seq)
+            spans.append(span)
+        starts: list[int] = []
         try:
-            span.set_attribute("keel.realtime.recipients", self._fan_out(seq, data))
+            self._fan_out(run, starts)
+            for delivery, span in zip(run.deliveries, spans, strict=True):
+                span.set_attribute("keel.realtime.recipients", sum(start <= delivery.seq for start in starts))
         finally:
-            span.end()
+            for span in spans:
+                span.end()
 
-    def _fan_out(self, seq: int, data: bytes) -> int:
-        """Write one message to every follower that is live; returns how many got it."""
-        self.last_seq = seq
+    def _fan_out(self, run: Run, starts: list[int] | None = None) -> int:
+        """Write a run of messages to every follower that is live, each in one write; returns how many messages
+        went out in all. `starts` gets the first seq each recipient got (the spans' recipients per message)."""
+        first, last = run.first, run.last
+        self.last_seq = last
         self.hub.progress.set()
-        delivery = Delivery(self.name, seq, data)
         sent = 0
         # a copy: a peer may leave while we write (its task runs later, but stay safe)
         for peer, position in tuple(self.followers.items()):
             if position.backlog is not None:
-                position.backlog.append(delivery)
-            elif seq > position.seq:
-                position.seq = seq
-                peer.send_message(delivery)
-                sent += 1
+                position.backlog.extend(run.deliveries)
+                continue
+            if position.seq >= last:
+                continue
+            part = run if position.seq < first else run.after(position.seq)
+            peer.send_run(part, position)
+            sent += len(part.deliveries)
+            if starts is not None:
+                starts.append(part.first)
         if sent:
             DELIVERED.inc(sent)
         return sent

@@ -1,5 +1,6 @@
 """What the hub delivers to, and what it delivers: a follower (a WebSocket or an SSE stream), its position in each
-channel, and one message on its way to every follower of a channel."""
+channel, one message on its way to every follower of a channel, and a run of consecutive messages that goes to each
+follower as one write."""
 
 from __future__ import annotations
 
@@ -38,6 +39,48 @@ class Delivery:
         return self._sse_chunk
 
 
+class Run:
+    """Consecutive messages of one channel (seq N, N+1, …) that a feed delivers together: what one committed batch
+    became. Each follower that gets all of them gets them in one socket write; the joined wire forms are built once
+    per run, by the first follower that needs them."""
+
+    __slots__ = ("_sse_chunks", "_ws_frames", "deliveries")
+
+    def __init__(self, deliveries: list[Delivery]) -> None:
+        self.deliveries = deliveries
+        self._ws_frames: tuple[bytes, int] | None = None
+        self._sse_chunks: tuple[bytes, int] | None = None
+
+    @property
+    def first(self) -> int:
+        return self.deliveries[0].seq
+
+    @property
+    def last(self) -> int:
+        return self.deliveries[-1].seq
+
+    def after(self, seq: int) -> Run:
+        """The part of this run after `seq` (a follower that already had some of it)."""
+        return Run([d for d in self.deliveries if d.seq > seq])
+
+    def ws_frames(self, build: Callable[[bytes], bytes]) -> tuple[bytes, int]:
+        """Every message's WebSocket frame (Delivery.ws_frame) concatenated, so one write carries them all, and the
+        largest of them (what send-queue bounds count)."""
+        if self._ws_frames is None:
+            self._ws_frames = _joined([d.ws_frame(build) for d in self.deliveries])
+        return self._ws_frames
+
+    def sse_chunks(self, build: Callable[[Delivery], bytes]) -> tuple[bytes, int]:
+        """Every message's shared SSE chunk (Delivery.sse_chunk) concatenated, and the largest of them."""
+        if self._sse_chunks is None:
+            self._sse_chunks = _joined([d.sse_chunk(build) for d in self.deliveries])
+        return self._sse_chunks
+
+
+def _joined(parts: list[bytes]) -> tuple[bytes, int]:
+    return b"".join(parts), max(map(len, parts))
+
+
 class Position:
     """Where one follower is in one channel: the last seq it got, and what arrived live while it replayed."""
 
@@ -62,6 +105,13 @@ class Peer:
     def send_message(self, delivery: Delivery) -> None:
         """Write `delivery` now, without awaiting; a peer too far behind closes itself instead."""
         raise NotImplementedError
+
+    def send_run(self, run: Run, position: Position) -> None:
+        """Write every message of `run` now, in order, moving `position` to each as it goes (an SSE event's id is
+        the position right after its message). A peer that can write the whole run at once overrides this."""
+        for delivery in run.deliveries:
+            position.seq = delivery.seq
+            self.send_message(delivery)
 
     def close(self, code: int, reason: str) -> None:
         """Start closing (idempotent); the peer's own task then calls Hub.disconnect."""

@@ -1,7 +1,8 @@
 """`GET /ws` (SPEC §7): a pure-ASGI endpoint, one task per socket (the server's), frames handled in order.
 
 Fan-out writes to a socket synchronously. Under uvicorn's wsproto implementation (what `keel serve` runs) a frame
-is encoded once per message and written straight to each socket's transport; the transport's unsent backlog is
+is encoded once per message and written straight to each socket's transport, the frames of a run of messages (a
+committed batch, keel.realtime.hub) joined in one write; the transport's unsent backlog is
 the send queue, bounded at KEEL_WS_SEND_QUEUE frames' worth of bytes (bench/SPIKES.md: awaiting each socket, or a
 task per socket, is 2-3x slower at 5 000 sockets). Under any other ASGI server a socket gets a bounded queue and
 a writer task instead. Either way a socket past its bound is closed with 1013 at once and never delays the rest.
@@ -30,7 +31,7 @@ from keel.realtime import frames, service
 from keel.realtime.access import Realtime, Refused, admit, frame_allowed
 from keel.realtime.committer import ShuttingDown
 from keel.realtime.errors import ChannelNotFound, TooSlow
-from keel.realtime.peers import Delivery, Peer
+from keel.realtime.peers import Delivery, Peer, Position, Run
 from keel.realtime.schemas import Author, MessageCreate, MessageRead
 from keel.shared.errors import OUTAGES
 
@@ -135,15 +136,23 @@ class TransportSocket(Socket):
     def send_message(self, delivery: Delivery) -> None:
         self._write(delivery.ws_frame(text_frame))
 
+    def send_run(self, run: Run, position: Position) -> None:
+        # a committed batch's frames in one write: one send() per socket per batch instead of per message
+        position.seq = run.last
+        frames, largest = run.ws_frames(text_frame)
+        self._write(frames, largest)
+
     def send(self, frame: bytes) -> None:
         self._write(text_frame(frame))
 
-    def _write(self, frame: bytes) -> None:
+    def _write(self, frame: bytes, largest: int = 0) -> None:
+        """Write one frame, or several joined (`largest`: the largest of them); past the send queue, close."""
         if self.closing:
             return
         size = len(frame)
-        if size > self._largest:
-            self._largest = size
+        largest = largest or size
+        if largest > self._largest:
+            self._largest = largest
         if self._transport.get_write_buffer_size() + size > self.send_queue * self._largest:
             self.end(TooSlow("too slow: send queue full"))
             return
