@@ -61,7 +61,8 @@ class Reads:
 
     It opens the database session `load` reads with only on a miss, so a handler needs no `db_session` of its own:
     a cache hit then costs no session, and Litestar resolves one dependency instead of two, which it would run in
-    an anyio task group (a cache hit of `GET /users/me`, in-process: 500 to 585 → 186 to 204 µs of CPU; `/protected` 130).
+    an anyio task group (a cache hit of `GET /users/me`, in-process: 500 to 585 → 186 to 204 µs of CPU;
+    `/protected` 130).
     """
 
     cache: ReadCache
