@@ -84,6 +84,38 @@ class _Zstd:
 COMPRESSORS: Final[dict[str, Callable[[], Compressor]]] = {"zstd": _Zstd, "br": _Brotli, "gzip": _Gzip}
 
 
+def compress_whole(encoding: str, body: bytes) -> bytes:
+    compressor = COMPRESSORS[encoding]()
+    return compressor.compress(body) + compressor.finish()
+
+
+class EncodedBodies:
+    """Compressed whole bodies by (strong ETag, coding), oldest out past `budget` bytes.
+
+    A strong ETag is a hash of the body's bytes (keel.http.caching), and the compressors are deterministic, so the
+    pair names one encoded body. The cached reads are the same bytes request after request: compressing a 50-message
+    page with br took ~200 µs of a hit's ~390 (in-process, 2026-12-04), i.e. half of it. Bodies without an ETag are
+    compressed every time, as before.
+    """
+
+    def __init__(self, budget: int = 8 * 1024 * 1024) -> None:
+        self._budget = budget
+        self._size = 0
+        self._bodies: dict[tuple[bytes, str], bytes] = {}  # insertion-ordered: the first is the oldest
+
+    def get(self, etag: bytes, encoding: str, body: bytes) -> bytes:
+        key = (etag, encoding)
+        encoded = self._bodies.get(key)
+        if encoded is None:
+            encoded = compress_whole(encoding, body)
+            if len(encoded) <= self._budget:
+                self._bodies[key] = encoded
+                self._size += len(encoded)
+                while self._size > self._budget:
+                    self._size -= len(self._bodies.pop(next(iter(self._bodies))))
+        return encoded
+
+
 def choose_encoding(accept_encoding: str) -> str | None:
     """The best of ENCODINGS by the client's q-values (RFC 9110 §12.5.3), or None."""
     weights: dict[str, float] = {}
@@ -109,6 +141,7 @@ def choose_encoding(accept_encoding: str) -> str | None:
 class CompressionMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self.encoded = EncodedBodies()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
@@ -151,23 +184,31 @@ class CompressionMiddleware:
                     await send(start)
                     await send(message)
                     return
-                compressor = COMPRESSORS[encoding]()
+                etag = _strong_etag(start.get("headers", ()))
                 headers = [(k, v) for k, v in _suffix_etag(start.get("headers", ()), suffix) if k != b"content-length"]
                 headers += [(b"content-encoding", encoding.encode()), (b"vary", b"Accept-Encoding")]
                 start["headers"] = headers
                 if not more:
-                    # a whole body: compress it in one go and say how long it is
-                    data = compressor.compress(body) + compressor.finish()
+                    # a whole body: compressed in one go (or found, by its ETag), and its length said
+                    data = compress_whole(encoding, body) if etag is None else self.encoded.get(etag, encoding, body)
                     headers.append((b"content-length", str(len(data)).encode()))
                     await send(start)
                     await send(HTTPResponseBodyEvent(type="http.response.body", body=data, more_body=False))
                     return
+                compressor = COMPRESSORS[encoding]()
                 await send(start)
             # a streamed body stays streamed: every chunk is flushed as it goes
             data = compressor.compress(body) + (compressor.flush() if more else compressor.finish())
             await send(HTTPResponseBodyEvent(type="http.response.body", body=data, more_body=more))
 
         await self.app(scope, receive, compressing_send)
+
+
+def _strong_etag(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
+    for name, value in headers:
+        if name == b"etag":
+            return value if value.startswith(b'"') else None  # a weak tag may name several bodies
+    return None
 
 
 def _compressible(start: HTTPResponseStartEvent) -> bool:
