@@ -14,7 +14,8 @@ import pytest
 
 from keel.realtime.errors import TooSlow
 from keel.realtime.events import Stream
-from keel.realtime.hub import Feed, Hub
+from keel.realtime.feed import Feed
+from keel.realtime.hub import Hub
 from keel.realtime.peers import Delivery, Peer, Position, Run
 from keel.realtime.websocket import TransportSocket
 from keel.shared.broker import InProcessBroker, Subscription
