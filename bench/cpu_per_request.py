@@ -30,7 +30,7 @@ from typing import TypeVar
 
 import psutil
 
-from observability import PATHS, VARIANTS, Variant, baseline_tree, cases, sink
+from observability import PATHS, VARIANTS, Variant, baseline_tree, cases, sink, source_of
 from run import (
     KEEL_SERVE,
     KEEL_TOKEN,
@@ -155,7 +155,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 serve = (str(other / ".venv" / "bin" / "keel"), *KEEL_SERVE[1:])
             with sink(logs) as sink_port:
                 by_variant = {
-                    key: [replace(c, argv=serve) if key != "baseline" else c for c in variant_cases]
+                    key: [
+                        replace(c, argv=serve, env={**c.env, "PYTHONPATH": str(source_of(serve[0]))})
+                        if key != "baseline"
+                        else c
+                        for c in variant_cases
+                    ]
                     for key, variant_cases in cases(variants, workdir, tree, sink_port).items()
                 }
                 for n in range(args.rounds):

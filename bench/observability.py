@@ -216,6 +216,10 @@ def cases(variants: Sequence[Variant], workdir: Path, baseline: Path, sink_port:
         argv, cwd = KEEL_SERVE, workdir
         if v.key == "baseline":
             argv, cwd = (str(baseline / ".venv" / "bin" / "keel"), *KEEL_SERVE[1:]), workdir / "baseline"
+        # each keel serves its own tree's source: a worktree sharing another checkout's venv (whose editable install
+        # points there) would otherwise serve that checkout's code, and a PYTHONPATH left in the environment would
+        # make the baseline serve today's
+        env["PYTHONPATH"] = str(source_of(argv[0]))
         by_variant[v.key] = [
             Case(
                 f"obs-{v.key}-{path.rsplit('/', 1)[-1]}",
@@ -231,6 +235,12 @@ def cases(variants: Sequence[Variant], workdir: Path, baseline: Path, sink_port:
             for path in PATHS
         ]
     return by_variant
+
+
+def source_of(keel: str) -> Path:
+    """The `src` of the tree whose venv holds the `keel` executable (venvs may be symlinks: the path is not
+    resolved)."""
+    return Path(keel).parent.parent.parent / "src"
 
 
 def measure_case(case: Case, logs: Path, label: str, sink_port: int) -> Measured:

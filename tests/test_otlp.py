@@ -102,3 +102,19 @@ def test_the_exporters_still_have_what_keel_reaches_into() -> None:
         assert type(grpc)._translate_data is not OTLPSpanExporter._translate_data  # type: ignore[attr-defined]
     finally:
         grpc.shutdown()
+
+
+def test_equal_values_of_other_types_are_encoded_as_their_own() -> None:
+    # True == 1 == 1.0 and they hash alike: the encoder's cache of attribute pairs must not answer one for another
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource({"service.name": "keel"}))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("keel")
+    for value in (1, True, 1.0, "1", 1, False, 0, 0.0, True):
+        span = tracer.start_span("x", attributes={"v": value})
+        span.add_event("e", {"v": value})
+        span.end()
+    provider.shutdown()
+    spans = exporter.get_finished_spans()
+    for batch in (spans, spans[::-1]):  # either order fills the cache first
+        assert ExportTraceServiceRequest.FromString(otlp.encode_spans(batch)) == sdk_encode_spans(batch)

@@ -7,12 +7,14 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+import pytest
 from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON, TraceIdRatioBased
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Sampler, TraceIdRatioBased
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.span import TraceState
 from prometheus_client import REGISTRY
 
 from keel import otlp
@@ -114,5 +116,35 @@ def test_a_named_sampler_is_asked_and_unsampled_children_are_their_parent() -> N
         assert root.get_span_context().is_valid  # ids for the log lines all the same
         child = tracer.start_span("child", context=trace.set_span_in_context(root))
         assert child is root
+    finally:
+        provider.shutdown()
+
+
+@pytest.mark.parametrize("sampler", [ALWAYS_ON, ALWAYS_OFF])
+@pytest.mark.parametrize("flags", [0, 1, 3])
+@pytest.mark.parametrize("has_parent", [False, True])
+def test_a_server_span_decided_without_the_api_is_the_one_the_api_would_start(
+    sampler: Sampler, flags: int, has_parent: bool
+) -> None:
+    # always_on and always_off decide server spans in LeanTracer.start_server_span, as keel's default does
+    provider = LeanProvider(Resource({}), Collecting(), None, sampler)
+    tracer = provider.get_tracer("keel")
+    state = TraceState([("vendor", "value")])
+    parent = SpanContext(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0xF067AA0BA902B7, True, TraceFlags(flags), state)
+    try:
+        assert provider.serves_server_spans
+        fast = tracer.start_server_span("GET", parent if has_parent else None)
+        context = trace.set_span_in_context(NonRecordingSpan(parent)) if has_parent else None
+        general = tracer.start_span("GET", context=context, kind=SpanKind.SERVER)
+        assert type(fast) is type(general)
+        assert fast.is_recording() is general.is_recording() is (sampler is ALWAYS_ON)
+        ours, theirs = fast.get_span_context(), general.get_span_context()
+        assert (ours.trace_flags, ours.trace_state, ours.is_remote) == (theirs.trace_flags, theirs.trace_state, False)
+        if has_parent:
+            assert ours.trace_id == theirs.trace_id == parent.trace_id
+            assert ours.trace_state == state
+        if isinstance(fast, LeanSpan) and isinstance(general, LeanSpan):
+            assert fast.parent == general.parent == (parent if has_parent else None)
+            assert fast.kind is general.kind is SpanKind.SERVER
     finally:
         provider.shutdown()

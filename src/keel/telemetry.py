@@ -98,7 +98,7 @@ def current_ids() -> tuple[str, str] | None:
     if type(span) is not LeanSpan:  # unsampled, or none: as for ServerSpan.ids()
         return None
     span_context = span.get_span_context()
-    return format(span_context.trace_id, "032x"), format(span_context.span_id, "016x")
+    return span_context.trace_id.to_bytes(16, "big").hex(), span_context.span_id.to_bytes(8, "big").hex()
 
 
 # -- spans of keel's own -------------------------------------------------------------------------------------
@@ -177,7 +177,8 @@ class ServerSpan:
         if not self._is_recorded:
             return None
         span_context = self.span.get_span_context()
-        return f"{span_context.trace_id:032x}", f"{span_context.span_id:016x}"
+        # the ids' bytes in hex: half the CPU of f"{:032x}" and f"{:016x}" (0.96 -> 0.44 µs, load 7-8)
+        return span_context.trace_id.to_bytes(16, "big").hex(), span_context.span_id.to_bytes(8, "big").hex()
 
 
 def start_server_span(scope: Any) -> ServerSpan | None:
@@ -199,13 +200,13 @@ def start_server_span(scope: Any) -> ServerSpan | None:
     method = scope.get("method", "GET")  # a WebSocket handshake is a GET
     method = method if method in _METHODS else "_OTHER"
     span: Span
-    if type(tracer) is LeanTracer and _provider is not None and _provider.root_ratio is not None:  # keel's default
+    if type(tracer) is LeanTracer and _provider is not None and _provider.serves_server_spans:  # keel's, always_on
         parent = _remote_parent(traceparent, tracestate) if traceparent is not None else None
         span = tracer.start_server_span(method, parent)
         if type(span) is LeanSpan:
             span.attributes.update(_server_attributes(scope, method))
         return ServerSpan(span, method, scope)
-    # a named sampler may look at the attributes: the API's way, with the propagator's parsing
+    # another named sampler may look at the attributes: the API's way, with the propagator's parsing
     carrier = {"traceparent": traceparent.decode("latin-1")} if traceparent is not None else {}
     if carrier and tracestate is not None:
         carrier["tracestate"] = tracestate.decode("latin-1")

@@ -1,34 +1,30 @@
-"""keel's own spans behind the OpenTelemetry API: a provider, tracers and spans that record only what keel exports,
-and a bounded queue that a thread of its own sends in batches through an OTLP exporter.
+"""keel's own spans behind the OpenTelemetry API: a provider, tracers and spans that record only what keel exports.
+Ended, they go to keel/span_queue.py's bounded queue, which a thread of its own sends in batches through an OTLP
+exporter.
 
 Why not the SDK's: measured with bench/paired.py on the 2-core development VM (always_on, `GET /api/v1/public`,
 two spans a request), the SDK's span cost ~40 µs on the event loop's thread from start to end (the span object and
 its lock, a SpanContext, attribute validation into BoundedAttributes, the span processor chain, the ReadableSpan
 copy at end, the batch processor's lock and condition), and its batch processor ~15 µs more in its thread. The SDK
 is built for generality (several processors, limits, views, metrics of its own); keel has one processor, one
-exporter and a bounded set of attributes. These spans are a plain object with slots; end() appends them to a deque
-(a lock-free append under the GIL), and the export thread encodes them with keel/otlp.py and hands the bytes to
-the SDK's OTLP exporter (transport, retries, headers, TLS, compression stay its). The numbers are in BENCHMARKS.md.
+exporter and a bounded set of attributes. These spans are a plain object with slots; end() appends them to the
+export queue, whose thread encodes them with keel/otlp.py and hands the bytes to the SDK's OTLP exporter
+(transport, retries, headers, TLS, compression stay its). The numbers are in BENCHMARKS.md.
 
 What they honour of the API: ids and parent, name, kind, start and end times, attributes (str, bool, int, float and
 sequences of them; others are dropped as the SDK drops them), events (record_exception included), links, status
 (an OK status is final), update_name, is_recording, use as a context manager. The sampler: keel's default (parent
 based, a ratio of new traces drawn here) or any the SDK builds from OTEL_TRACES_SAMPLER, asked per span as the SDK
-asks it. A RECORD_ONLY decision records nothing here (nothing would be exported either); a dropped span is an
+asks it (server spans under keel's default, always_on or always_off are decided here, without the API's context).
+A RECORD_ONLY decision records nothing here (nothing would be exported either); a dropped span is an
 UnsampledSpan, whose ids are drawn only if asked for. No span limits: keel and its two instrumentations
-(SQLAlchemy, redis) set a bounded handful of attributes per span. OTEL_BSP_MAX_QUEUE_SIZE, OTEL_BSP_SCHEDULE_DELAY
-and OTEL_BSP_MAX_EXPORT_BATCH_SIZE size the queue as the SDK's batch processor reads them; what does not fit, or
-what the collector refuses, is counted in `keel_spans_dropped_total`.
+(SQLAlchemy, redis) set a bounded handful of attributes per span.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import random
-import threading
 import traceback
-from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from time import time_ns
@@ -39,16 +35,15 @@ from opentelemetry import trace
 from opentelemetry.attributes import _clean_attribute_value  # the API's own check, for the rare non-scalar value
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Sampler
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import Attributes, AttributeValue
 
-from keel import otlp
+from keel.span_queue import ExportQueue
 
-log = logging.getLogger("keel.telemetry")
 _SCALARS: Final = (str, bool, int, float)
 _SAMPLED: Final = TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID)
 _UNSAMPLED: Final = TraceFlags(TraceFlags.RANDOM_TRACE_ID)
@@ -254,10 +249,10 @@ class LeanTracer(trace.Tracer):
             else:
                 sampled = random.random() < ratio
             values = _cleaned(attributes) if sampled else {}
-        elif (sampler := provider.sampler) is ALWAYS_ON:
-            sampled, values = True, _cleaned(attributes)
-        elif sampler is ALWAYS_OFF:
-            sampled, values = False, {}
+        elif (sampler := provider.sampler) is ALWAYS_ON or sampler is ALWAYS_OFF:
+            sampled, values = sampler is ALWAYS_ON, _cleaned(attributes) if sampler is ALWAYS_ON else {}
+            if parent_context is not None:  # the parent's state goes on, as the SDK's static samplers keep it
+                trace_state = parent_context.trace_state
         else:
             trace_id = trace_id or _bits(128) or 1  # a ratio sampler decides on it
             result = sampler.should_sample(context, trace_id, name, kind, attributes, links)
@@ -273,17 +268,28 @@ class LeanTracer(trace.Tracer):
         )
 
     def start_server_span(self, name: str, parent: SpanContext | None) -> LeanSpan | UnsampledSpan:
-        """A SERVER span under keel's default sampler, without the API's context lookups: it follows the client's
-        decision (`parent`, from its `traceparent`), or draws its share of new traces."""
+        """A SERVER span without the API's context lookups, under keel's default sampler (it follows the client's
+        decision, `parent` from its `traceparent`, or draws its share of new traces) or a named `always_on` or
+        `always_off` (which decide alone, whatever the client's flag), as `LeanProvider.serves_server_spans` says.
+
+        always_on took the general path, with the propagator's str carrier, the API's context and the attributes
+        checked one by one: 12.5 -> 9.5 µs of the loop's CPU a request, 25.6 -> 13.6 with a client's `traceparent`
+        (bench/span_cost.py, load 7-8)."""
         provider = self._provider
         ratio = provider.root_ratio
-        assert ratio is not None
-        if parent is None:
-            if random.random() >= ratio:
+        if ratio is None:  # always_on or always_off
+            sampled = provider.sampler is ALWAYS_ON
+        elif parent is None:
+            sampled = random.random() < ratio
+        else:
+            sampled = parent.trace_flags.sampled
+        if not sampled:
+            if parent is None:
                 return UnsampledSpan()
+            flags = parent.trace_flags
+            return UnsampledSpan(parent.trace_id, TraceFlags(flags & ~1) if flags & 1 else flags, parent.trace_state)
+        if parent is None:
             context = SpanContext(_bits(128) or 1, _bits(64) or 1, False, _SAMPLED)
-        elif not parent.trace_flags.sampled:
-            return UnsampledSpan(parent.trace_id, parent.trace_flags, parent.trace_state)
         else:
             context = SpanContext(parent.trace_id, _bits(64) or 1, False, _SAMPLED, parent.trace_state)
         return LeanSpan(provider, self._scope, name, context, parent, SpanKind.SERVER, {}, (), None)
@@ -323,6 +329,8 @@ class LeanProvider(trace.TracerProvider):
         self.resource = resource
         self.root_ratio = root_ratio
         self.sampler = sampler
+        # whether LeanTracer.start_server_span can decide for a server span (else the sampler is asked, the API's way)
+        self.serves_server_spans = root_ratio is not None or sampler is ALWAYS_ON or sampler is ALWAYS_OFF
         self.queue = ExportQueue(exporter)
 
     def get_tracer(
@@ -340,73 +348,3 @@ class LeanProvider(trace.TracerProvider):
 
     def shutdown(self) -> None:
         self.queue.shutdown()
-
-
-def _env_int(name: str, default: int) -> int:
-    try:
-        value = int(os.environ.get(name) or default)
-    except ValueError:
-        log.warning("%s: not a whole number; %d instead", name, default)
-        return default
-    return value if value > 0 else default
-
-
-class ExportQueue:
-    """Ended spans, sent in batches from a daemon thread: every OTEL_BSP_SCHEDULE_DELAY ms, or as soon as a batch
-    is full. Beyond OTEL_BSP_MAX_QUEUE_SIZE a span is dropped at once (and counted): the loop never waits."""
-
-    def __init__(self, exporter: SpanExporter) -> None:
-        self.exporter = exporter
-        self.max_queue = _env_int("OTEL_BSP_MAX_QUEUE_SIZE", 2048)
-        self.batch = min(_env_int("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512), self.max_queue)
-        self.delay = _env_int("OTEL_BSP_SCHEDULE_DELAY", 5000) / 1000
-        self._spans: deque[LeanSpan] = deque()
-        self._wake = threading.Event()
-        self._export_lock = threading.Lock()  # the thread's exports and a flush's, one at a time
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="keel-span-export", daemon=True)
-        self._thread.start()
-
-    def add(self, span: LeanSpan) -> None:
-        spans = self._spans
-        if len(spans) >= self.max_queue:
-            otlp.DROPPED.inc()
-            return
-        spans.append(span)
-        if len(spans) >= self.batch and not self._wake.is_set():
-            self._wake.set()
-
-    def flush(self) -> bool:
-        """Export everything queued, in this thread."""
-        with self._export_lock:
-            return self._export_all()
-
-    def shutdown(self) -> None:
-        """Export what is queued and stop; the caller bounds the wait (a dead collector holds an export up)."""
-        self._stopping = True
-        self._wake.set()
-        self._thread.join()
-        self.exporter.shutdown()
-
-    def _run(self) -> None:
-        while not self._stopping:
-            self._wake.wait(self.delay)
-            self._wake.clear()
-            with self._export_lock:
-                self._export_all()
-        with self._export_lock:
-            self._export_all()
-
-    def _export_all(self) -> bool:
-        spans, ok = self._spans, True
-        while spans:
-            batch = [spans.popleft() for _ in range(min(self.batch, len(spans)))]
-            try:
-                exported = self.exporter.export(batch) is SpanExportResult.SUCCESS  # type: ignore[arg-type]  # ReadableSpan-like
-            except Exception:
-                log.exception("span export failed")
-                exported = False
-            if not exported:
-                otlp.DROPPED.inc(len(batch))
-                ok = False
-        return ok

@@ -1,0 +1,91 @@
+"""The export side of keel's spans: a bounded queue of ended spans that a thread of its own sends in batches.
+
+keel/tracing.py's spans are appended here when they end (a deque append, lock-free under the GIL: the event loop
+never waits); the thread encodes them with keel/otlp.py and posts them through the SDK's OTLP exporter.
+OTEL_BSP_MAX_QUEUE_SIZE, OTEL_BSP_SCHEDULE_DELAY and OTEL_BSP_MAX_EXPORT_BATCH_SIZE size it as the SDK's batch
+processor reads them; what does not fit, or what the collector refuses, is counted in `keel_spans_dropped_total`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import deque
+from typing import Any
+
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from keel import otlp
+
+log = logging.getLogger("keel.telemetry")
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        value = int(os.environ.get(name) or default)
+    except ValueError:
+        log.warning("%s: not a whole number; %d instead", name, default)
+        return default
+    return value if value > 0 else default
+
+
+class ExportQueue:
+    """Ended spans, sent in batches from a daemon thread: every OTEL_BSP_SCHEDULE_DELAY ms, or as soon as a batch
+    is full. Beyond OTEL_BSP_MAX_QUEUE_SIZE a span is dropped at once (and counted): the loop never waits."""
+
+    def __init__(self, exporter: SpanExporter) -> None:
+        self.exporter = exporter
+        self.max_queue = _env_int("OTEL_BSP_MAX_QUEUE_SIZE", 2048)
+        self.batch = min(_env_int("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512), self.max_queue)
+        self.delay = _env_int("OTEL_BSP_SCHEDULE_DELAY", 5000) / 1000
+        self._spans: deque[Any] = deque()
+        self._wake = threading.Event()
+        self._export_lock = threading.Lock()  # the thread's exports and a flush's, one at a time
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="keel-span-export", daemon=True)
+        self._thread.start()
+
+    def add(self, span: Any) -> None:  # a LeanSpan, ended
+        spans = self._spans
+        if len(spans) >= self.max_queue:
+            otlp.DROPPED.inc()
+            return
+        spans.append(span)
+        if len(spans) >= self.batch and not self._wake.is_set():
+            self._wake.set()
+
+    def flush(self) -> bool:
+        """Export everything queued, in this thread."""
+        with self._export_lock:
+            return self._export_all()
+
+    def shutdown(self) -> None:
+        """Export what is queued and stop; the caller bounds the wait (a dead collector holds an export up)."""
+        self._stopping = True
+        self._wake.set()
+        self._thread.join()
+        self.exporter.shutdown()
+
+    def _run(self) -> None:
+        while not self._stopping:
+            self._wake.wait(self.delay)
+            self._wake.clear()
+            with self._export_lock:
+                self._export_all()
+        with self._export_lock:
+            self._export_all()
+
+    def _export_all(self) -> bool:
+        spans, ok = self._spans, True
+        while spans:
+            batch = [spans.popleft() for _ in range(min(self.batch, len(spans)))]
+            try:
+                exported = self.exporter.export(batch) is SpanExportResult.SUCCESS  # LeanSpans: ReadableSpan-like
+            except Exception:
+                log.exception("span export failed")
+                exported = False
+            if not exported:
+                otlp.DROPPED.inc(len(batch))
+                ok = False
+        return ok
