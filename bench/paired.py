@@ -73,6 +73,7 @@ async def measure(path: str, cycles: int, block: int, sink_port: int) -> dict[st
     import prometheus_client
     from sqlalchemy.ext.asyncio import create_async_engine
 
+    from inprocess import call, get_caller
     from keel import db, metrics, telemetry
     from keel.http.middleware import EdgeMiddleware
     from keel.logs import AccessLog, configure_logging
@@ -105,57 +106,10 @@ async def measure(path: str, cycles: int, block: int, sink_port: int) -> dict[st
     def no_metrics(method: str, route: str, status: int, seconds: float) -> None:
         pass
 
-    scope_template = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"127.0.0.1:8000"), (b"user-agent", b"paired/1"), (b"accept", b"*/*")],
-        "client": ("127.0.0.1", 40000),
-        "server": ("127.0.0.1", 8000),
-    }
     statuses: dict[int, int] = {}
 
-    async def call(method: str, target: str, body: bytes, content_type: bytes) -> tuple[int, bytes]:
-        """One request outside the measured blocks (the bench user's sign-up and login), its status and body."""
-        headers = [(b"host", b"127.0.0.1:8000"), (b"content-type", content_type)]
-        scope = {**scope_template, "method": method, "path": target, "raw_path": target.encode(), "headers": headers}
-        messages = [{"type": "http.request", "body": body, "more_body": False}]
-        answer: dict[str, Any] = {"body": b""}
-
-        async def receive() -> dict[str, Any]:
-            return messages.pop() if messages else {"type": "http.disconnect"}
-
-        async def send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                answer["status"] = message["status"]
-            else:
-                answer["body"] += message.get("body", b"")
-
-        await app({**scope, "state": {}}, receive, send)  # type: ignore[arg-type]
-        return answer["status"], answer["body"]
-
-    async def one() -> None:
-        scope = {**scope_template, "headers": list(scope_template["headers"]), "state": {}}
-        requested = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal requested
-            if not requested:
-                requested = True
-                return {"type": "http.request", "body": b"", "more_body": False}
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                statuses[message["status"]] = statuses.get(message["status"], 0) + 1
-
-        await app(scope, receive, send)  # type: ignore[arg-type]  # Litestar.__call__ puts itself in the scope, then the edge runs
+    headers = [(b"host", b"127.0.0.1:8000"), (b"user-agent", b"paired/1"), (b"accept", b"*/*")]
+    one = get_caller(app, path, headers, statuses)  # Litestar.__call__ puts itself in the scope, then the edge runs
 
     async def run_block() -> tuple[float, float]:
         cpu, loop_cpu = time.process_time(), time.thread_time()
@@ -166,11 +120,11 @@ async def measure(path: str, cycles: int, block: int, sink_port: int) -> dict[st
 
     async with app.lifespan():
         if path == "/api/v1/protected":  # as bench/run.py's keel_bench_token: sign up, log in, send the token
-            created, _ = await call("POST", "/api/v1/users", json.dumps(BENCH_USER).encode(), b"application/json")
-            status, body = await call("POST", "/api/v1/auth/token", login_form().encode(), FORM_TYPE.encode())
+            created, _ = await call(app, "POST", "/api/v1/users", json.dumps(BENCH_USER).encode(), b"application/json")
+            status, body = await call(app, "POST", "/api/v1/auth/token", login_form().encode(), FORM_TYPE.encode())
             assert (created, status) == (201, 200), (created, status, body[:200])
             token = json.loads(body)["access_token"]
-            scope_template["headers"] = [*scope_template["headers"], (b"authorization", f"Bearer {token}".encode())]
+            headers.append((b"authorization", f"Bearer {token}".encode()))
         traced = telemetry.tracer
         assert traced is not None, "tracing did not start"
         gc.collect()

@@ -16,13 +16,11 @@ import asyncio
 import cProfile
 import gc
 import pstats
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
 import uvloop
 
-NEVER_TRIPS = "1000000000/s burst 1000000000"
 CONCURRENCY = 64
 # (label, (file substring, function name)): inclusive time of the outermost call of each
 PARTS = (
@@ -35,61 +33,16 @@ PARTS = (
 
 
 async def drive(requests: int, path: str, profile: cProfile.Profile) -> dict[int, int]:
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    from keel import db
+    from inprocess import bench_settings, get_caller, migrated_sqlite_url
     from keel.logs import configure_logging
     from keel.main import create_app
-    from keel.settings import Settings
 
-    workdir = tempfile.mkdtemp(prefix="keel-profile-")
-    url = f"sqlite+aiosqlite:///{workdir}/keel.db"
-    engine = create_async_engine(url)
-    await db.upgrade(engine)
-    await engine.dispose()
-    settings = Settings(
-        _env_file=None,
-        DATABASE_URL=url,
-        KEEL_JWT_SECRET="keel-bench-only-hs256-secret-0123456789abcdef",  # noqa: S106  # a bench secret
-        KEEL_RATE_LIMIT=NEVER_TRIPS,
-        KEEL_AUTH_RATE_LIMIT=NEVER_TRIPS,
-        KEEL_LOG_LEVEL="warning",
-    )
+    settings = bench_settings(await migrated_sqlite_url("keel-profile-"), KEEL_LOG_LEVEL="warning")
     configure_logging(settings.log_format, "warning")
     app = create_app(settings)
     headers = [(b"host", b"127.0.0.1:8000"), (b"user-agent", b"profile/1"), (b"accept", b"*/*")]
     statuses: dict[int, int] = {}
-
-    async def one() -> None:
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": b"",
-            "root_path": "",
-            "headers": list(headers),
-            "client": ("127.0.0.1", 40000),
-            "server": ("127.0.0.1", 8000),
-            "state": {},
-        }
-        requested = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal requested
-            if not requested:
-                requested = True
-                return {"type": "http.request", "body": b"", "more_body": False}
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                statuses[message["status"]] = statuses.get(message["status"], 0) + 1
-
-        await app(scope, receive, send)  # type: ignore[arg-type]
+    one = get_caller(app, path, headers, statuses)
 
     async with app.lifespan():
         gc.collect()
