@@ -111,7 +111,9 @@ async def test_any_origin_is_never_allowed_credentials(backend: Backend) -> None
 async def test_headers_an_inner_layer_adds_reach_the_response_once(method: str) -> None:
     """The rate limiter hands its headers to the edge (one send wrapper for both): they must arrive, HEAD included,
     and the edge's own headers with them."""
-    from litestar.types import Message, Receive, Scope, Send
+    from typing import Any
+
+    from litestar.types import Receive, Scope, Send
 
     from keel.http.middleware import EdgeMiddleware
     from keel.http.scope import add_response_headers
@@ -122,15 +124,15 @@ async def test_headers_an_inner_layer_adds_reach_the_response_once(method: str) 
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
         await send({"type": "http.response.body", "body": b"ok", "more_body": False})
 
-    sent: list[Message] = []
+    sent: list[dict[str, Any]] = []
 
-    async def send(message: Message) -> None:
+    async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    async def receive() -> Message:
+    async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    edge = EdgeMiddleware(inner, [ALLOWED])  # type: ignore[arg-type]
+    edge = EdgeMiddleware(inner, [ALLOWED])
     scope = {"type": "http", "method": method, "path": "/x", "headers": [(b"origin", ALLOWED.encode())]}
     await edge(scope, receive, send)  # type: ignore[arg-type]
     names = [name for name, _ in sent[0]["headers"]]
