@@ -101,6 +101,15 @@ class RateLimits:
         finally:
             span.end()
 
+    def check_default_now(self, scope: Scope) -> list[tuple[NamedPolicy, Decision]] | None:
+        """`check` of a request only the default policy covers, without a coroutine, when the limiter answers at once
+        (in-process, or a lease's token); None when the caller must await `check`. Most requests end here: two
+        coroutines fewer per request (BENCHMARKS.md, 2026-12-04 section "keel's per-request stack")."""
+        if (named := self.default) is None:
+            return []
+        decision = self.limiter.check_now(self.client_key(scope), named.policy, named.name, exact=named.exact)
+        return None if decision is None else [(named, decision)]
+
     async def _check_all(self, scope: Scope, auth_policy: bool) -> list[tuple[NamedPolicy, Decision]]:
         results = []
         if self.default is not None:
@@ -156,9 +165,10 @@ class RateLimitMiddleware:
             return
         limits: RateLimits = scope["litestar_app"].state.rate_limits
         handler = scope.get("route_handler")
-        results = await limits.check(
-            scope, auth_policy=handler is not None and handler.opt.get(RATE_LIMIT) == AUTH_POLICY
-        )
+        auth_policy = handler is not None and handler.opt.get(RATE_LIMIT) == AUTH_POLICY
+        results = None if auth_policy else limits.check_default_now(scope)
+        if results is None:
+            results = await limits.check(scope, auth_policy=auth_policy)
         if not results:  # every policy that applies is off
             await self.app(scope, receive, send)
             return
