@@ -37,12 +37,12 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
-from in_process import CONCURRENCY, bench_app, get, http_scope
 from run import BENCH_USER, FORM_TYPE, login_form
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +53,8 @@ SAMPLERS = {
     "a": {"OTEL_TRACES_SAMPLER": "always_on"},
     "0": {"OTEL_TRACES_SAMPLER_ARG": "0"},
 }
+NEVER_TRIPS = "1000000000/s burst 1000000000"
+CONCURRENCY = 64
 SCHEDULE_DELAY_MS = 100  # the exporter's wake-up: each block's spans leave during the pause that ends it
 PAUSE_S = 0.3
 
@@ -69,19 +71,33 @@ def free_port() -> int:
 
 async def measure(path: str, cycles: int, block: int, sink_port: int) -> dict[str, Any]:
     import prometheus_client
+    from sqlalchemy.ext.asyncio import create_async_engine
 
-    from keel import metrics, telemetry
+    from inprocess import call, get_caller
+    from keel import db, metrics, telemetry
     from keel.http.middleware import EdgeMiddleware
-    from keel.logs import AccessLog
+    from keel.logs import AccessLog, configure_logging
+    from keel.main import create_app
+    from keel.settings import Settings
 
-    # keel's other records stay quiet (at `warning`); the access log is ours, switched per configuration below
-    app = await bench_app(
-        "keel-paired-",
+    workdir = tempfile.mkdtemp(prefix="keel-paired-")
+    url = f"sqlite+aiosqlite:///{workdir}/keel.db"
+    engine = create_async_engine(url)
+    await db.upgrade(engine)
+    await engine.dispose()
+    settings = Settings(
+        _env_file=None,
+        DATABASE_URL=url,
+        KEEL_JWT_SECRET="keel-bench-only-hs256-secret-0123456789abcdef",  # noqa: S106  # a bench secret
+        KEEL_RATE_LIMIT=NEVER_TRIPS,
+        KEEL_AUTH_RATE_LIMIT=NEVER_TRIPS,
         KEEL_LOG_FORMAT="json",
         KEEL_LOG_LEVEL="info",
         OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{sink_port}",
         OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
     )
+    configure_logging(settings.log_format, "warning")  # keel's other records stay quiet; the access log is ours
+    app = create_app(settings)
     edge = app.asgi_handler
     assert isinstance(edge, EdgeMiddleware)
     access_log = AccessLog("json")
@@ -90,42 +106,25 @@ async def measure(path: str, cycles: int, block: int, sink_port: int) -> dict[st
     def no_metrics(method: str, route: str, status: int, seconds: float) -> None:
         pass
 
-    scope_template = http_scope(path, b"paired/1")
     statuses: dict[int, int] = {}
 
-    async def call(method: str, target: str, body: bytes, content_type: bytes) -> tuple[int, bytes]:
-        """One request outside the measured blocks (the bench user's sign-up and login), its status and body."""
-        headers = [(b"host", b"127.0.0.1:8000"), (b"content-type", content_type)]
-        scope = {**scope_template, "method": method, "path": target, "raw_path": target.encode(), "headers": headers}
-        messages = [{"type": "http.request", "body": body, "more_body": False}]
-        answer: dict[str, Any] = {"body": b""}
-
-        async def receive() -> dict[str, Any]:
-            return messages.pop() if messages else {"type": "http.disconnect"}
-
-        async def send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                answer["status"] = message["status"]
-            else:
-                answer["body"] += message.get("body", b"")
-
-        await app({**scope, "state": {}}, receive, send)  # type: ignore[arg-type]
-        return answer["status"], answer["body"]
+    headers = [(b"host", b"127.0.0.1:8000"), (b"user-agent", b"paired/1"), (b"accept", b"*/*")]
+    one = get_caller(app, path, headers, statuses)  # Litestar.__call__ puts itself in the scope, then the edge runs
 
     async def run_block() -> tuple[float, float]:
         cpu, loop_cpu = time.process_time(), time.thread_time()
         for _ in range(block // CONCURRENCY):
-            await asyncio.gather(*(get(app, scope_template, statuses) for _ in range(CONCURRENCY)))
+            await asyncio.gather(*(one() for _ in range(CONCURRENCY)))
         await asyncio.sleep(PAUSE_S)  # every configuration pauses alike; a traced block's spans are exported meanwhile
         return (time.process_time() - cpu) / block * 1e6, (time.thread_time() - loop_cpu) / block * 1e6
 
     async with app.lifespan():
         if path == "/api/v1/protected":  # as bench/run.py's keel_bench_token: sign up, log in, send the token
-            created, _ = await call("POST", "/api/v1/users", json.dumps(BENCH_USER).encode(), b"application/json")
-            status, body = await call("POST", "/api/v1/auth/token", login_form().encode(), FORM_TYPE.encode())
+            created, _ = await call(app, "POST", "/api/v1/users", json.dumps(BENCH_USER).encode(), b"application/json")
+            status, body = await call(app, "POST", "/api/v1/auth/token", login_form().encode(), FORM_TYPE.encode())
             assert (created, status) == (201, 200), (created, status, body[:200])
             token = json.loads(body)["access_token"]
-            scope_template["headers"] = [*scope_template["headers"], (b"authorization", f"Bearer {token}".encode())]
+            headers.append((b"authorization", f"Bearer {token}".encode()))
         traced = telemetry.tracer
         assert traced is not None, "tracing did not start"
         gc.collect()

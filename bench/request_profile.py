@@ -21,8 +21,7 @@ from typing import Any
 
 import uvloop
 
-from in_process import CONCURRENCY, bench_app, get, http_scope
-
+CONCURRENCY = 64
 # (label, (file substring, function name)): inclusive time of the outermost call of each
 PARTS = (
     ("edge middleware (request id, security headers, access log, metrics)", ("keel/http/middleware.py", "__call__")),
@@ -34,17 +33,25 @@ PARTS = (
 
 
 async def drive(requests: int, path: str, profile: cProfile.Profile) -> dict[int, int]:
-    app = await bench_app("keel-profile-", KEEL_LOG_LEVEL="warning")
-    template = http_scope(path, b"profile/1")
+    from inprocess import bench_settings, get_caller, migrated_sqlite_url
+    from keel.logs import configure_logging
+    from keel.main import create_app
+
+    settings = bench_settings(await migrated_sqlite_url("keel-profile-"), KEEL_LOG_LEVEL="warning")
+    configure_logging(settings.log_format, "warning")
+    app = create_app(settings)
+    headers = [(b"host", b"127.0.0.1:8000"), (b"user-agent", b"profile/1"), (b"accept", b"*/*")]
     statuses: dict[int, int] = {}
+    one = get_caller(app, path, headers, statuses)
+
     async with app.lifespan():
         gc.collect()
         gc.freeze()
         for _ in range(1000 // CONCURRENCY):  # warm-up, unprofiled
-            await asyncio.gather(*(get(app, template, statuses) for _ in range(CONCURRENCY)))
+            await asyncio.gather(*(one() for _ in range(CONCURRENCY)))
         profile.enable()
         for _ in range(requests // CONCURRENCY):
-            await asyncio.gather(*(get(app, template, statuses) for _ in range(CONCURRENCY)))
+            await asyncio.gather(*(one() for _ in range(CONCURRENCY)))
         profile.disable()
     return statuses
 

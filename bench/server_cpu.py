@@ -7,11 +7,18 @@ Issue 16's goal for `keel serve --server granian`: keel >= 0.9 x plain Litestar 
 reuses) and, for reference, wrk's requests per second. Four servers serve `GET /api/v1/public`, each fresh, pinned
 to CPU 0 with wrk on CPU 1; their order rotates every round. keel runs as bench/run.py runs it (`keel serve`,
 limiter on, KEEL_LOG_LEVEL=warning); the peers are ../shared/bench/peers in .venv-peers. Prints a markdown table.
+
+keel is served from this tree's src/ (PYTHONPATH: the shared venv's editable install points elsewhere).
+`--against DIR` serves keel from another src/ too (say the main checkout's, `../main/src`) in the same rounds, as
+`keel-<server>-against`. `--production` turns issue 16's full stack on for keel: the access log at info (to the
+server's log file), CORS for one origin, and tracing configured (an OTLP endpoint, the default sampler at ratio 0:
+nothing sampled); every server, the peers included, then gets `Origin` and `Accept-Encoding: gzip, br` from wrk.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import tempfile
@@ -33,12 +40,42 @@ from run import (
 PATH = "/api/v1/public"
 
 
-def cases(workdir: Path) -> list[Case]:
+SRC = Path(__file__).resolve().parent.parent / "src"
+ORIGIN = "https://app.example.com"
+PRODUCTION_ENV = {
+    "KEEL_LOG_LEVEL": "info",
+    "KEEL_LOG_FORMAT": "json",
+    "KEEL_CORS_ORIGINS": ORIGIN,
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",  # nothing is sampled, so nothing is sent
+    "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+    "OTEL_TRACES_SAMPLER_ARG": "0",
+}
+PRODUCTION_HEADERS = (f"Origin: {ORIGIN}", "Accept-Encoding: gzip, br")
+
+
+def cases(workdir: Path, against: Path | None = None, production: bool = False) -> list[Case]:
+    trees = {"": SRC, **({"-against": against} if against else {})}
+    extra = PRODUCTION_ENV if production else {}
+    headers = PRODUCTION_HEADERS if production else ()
     keel = [
-        Case(f"keel-{server}", "keel", server, PATH, (*KEEL_SERVE, "--server", server), workdir, KEEL_ENV)
+        Case(
+            f"keel-{server}{suffix}",
+            "keel",
+            server,
+            PATH,
+            (*KEEL_SERVE, "--server", server),
+            workdir,
+            {**KEEL_ENV, **extra, "PYTHONPATH": str(src)},
+            headers,
+        )
+        for suffix, src in trees.items()
         for server in ("granian", "uvicorn")
     ]
-    peers = [case for case in peer_cases(workdir) if case.id in {"litestar-granian-public", "litestar-uvicorn-public"}]
+    peers = [
+        dataclasses.replace(case, headers=(*case.headers, *headers))
+        for case in peer_cases(workdir)
+        if case.id in {"litestar-granian-public", "litestar-uvicorn-public"}
+    ]
     return [*keel, *peers]
 
 
@@ -46,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=10, help="seconds of each measured wrk run")
+    parser.add_argument("--against", type=Path, help="another src/ to serve keel from in the same rounds")
+    parser.add_argument("--production", action="store_true", help="access log at info, CORS, tracing configured")
     options = parser.parse_args(argv)
     ensure_wrk()
     ensure_cpus()
@@ -56,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logs = workdir / "logs"
         logs.mkdir()
         migrate_keel(workdir)
-        every = cases(workdir)
+        every = cases(workdir, options.against, options.production)
         for round_ in range(options.rounds):
             order = every[round_ % len(every) :] + every[: round_ % len(every)]
             for case in order:
@@ -69,11 +108,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("| server | µs CPU/request | rps | keel ÷ Litestar (CPU: Litestar µs ÷ keel µs) | keel ÷ Litestar (rps) |")
     print("|---|---:|---:|---:|---:|")
     for server in ("granian", "uvicorn"):
-        keel, litestar = f"keel-{server}", f"litestar-{server}-public"
-        for case_id in (keel, litestar):
-            ratio_cpu = f"{cpu[litestar] / cpu[keel]:.2f}" if case_id == keel else ""
-            ratio_rps = f"{rps[keel] / rps[litestar]:.2f}" if case_id == keel else ""
-            print(f"| {case_id} | {cpu[case_id]:.1f} | {rps[case_id]:.0f} | {ratio_cpu} | {ratio_rps} |")
+        litestar = f"litestar-{server}-public"
+        keels = [case_id for case_id in cpu if case_id.startswith(f"keel-{server}")]
+        for case_id in (*keels, litestar):
+            ratio_cpu = f"{cpu[litestar] / cpu[case_id]:.2f}" if case_id in keels else ""
+            ratio_rps = f"{rps[case_id] / rps[litestar]:.2f}" if case_id in keels else ""
+            rounds = " / ".join(f"{f[0]:.1f}" for f in figures[case_id])
+            print(f"| {case_id} | {cpu[case_id]:.1f} ({rounds}) | {rps[case_id]:.0f} | {ratio_cpu} | {ratio_rps} |")
     return 0
 
 

@@ -105,3 +105,39 @@ async def test_any_origin_is_never_allowed_credentials(backend: Backend) -> None
         )
         assert preflight.status_code == 204
         assert "access-control-allow-credentials" not in preflight.headers
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_headers_an_inner_layer_adds_reach_the_response_once(method: str) -> None:
+    """The rate limiter hands its headers to the edge (one send wrapper for both): they must arrive, HEAD included,
+    and the edge's own headers with them."""
+    from typing import Any
+
+    from litestar.types import Receive, Scope, Send
+
+    from keel.http.middleware import EdgeMiddleware
+    from keel.http.scope import add_response_headers
+
+    async def inner(scope: Scope, receive: Receive, send: Send) -> None:
+        add_response_headers(scope, [(b"ratelimit", b'"default";r=9;t=1')])
+        add_response_headers(scope, [(b"x-second", b"2")])
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok", "more_body": False})
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    edge = EdgeMiddleware(inner, [ALLOWED])
+    scope = {"type": "http", "method": method, "path": "/x", "headers": [(b"origin", ALLOWED.encode())]}
+    await edge(scope, receive, send)  # type: ignore[arg-type]
+    names = [name for name, _ in sent[0]["headers"]]
+    assert names.count(b"ratelimit") == 1
+    assert names.count(b"x-second") == 1
+    assert names.count(b"x-request-id") == 1
+    assert dict(sent[0]["headers"])[b"access-control-allow-origin"] == ALLOWED.encode()
+    assert [m.get("body") for m in sent[1:]] == [b"" if method == "HEAD" else b"ok"]

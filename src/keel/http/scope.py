@@ -17,6 +17,7 @@ _AUTH_ERROR: Final = "keel.auth_error"  # scope-state key: why a presented token
 _HANDSHAKE_STATUS: Final = "keel.handshake_status"  # scope-state key: how a WebSocket handshake was answered
 _SESSION_COOKIE: Final = "keel.session_cookie"  # scope-state key: the Cookie header that named the caller
 _SET_COOKIES: Final = "keel.set_cookies"  # scope-state key: a renewed session's cookies, for /ws and /events
+_RESPONSE_HEADERS: Final = "keel.response_headers"  # scope-state key: headers an inner layer adds to the response
 
 
 def caller_of(scope: Scope) -> Claims | None:
@@ -69,3 +70,19 @@ def set_cookies_of(scope: Scope) -> list[tuple[bytes, bytes]]:
 
 def set_set_cookies(scope: Scope, headers: list[tuple[bytes, bytes]]) -> None:
     scope["state"][_SET_COOKIES] = headers
+
+
+def response_headers_of(scope: Scope) -> list[tuple[bytes, bytes]] | None:
+    """Headers inner layers asked for on this request's response (the rate limiter's), which the edge middleware
+    writes in its one send wrapper: one closure and one await per message fewer than a wrapper of their own."""
+    headers: list[tuple[bytes, bytes]] | None = scope["state"].get(_RESPONSE_HEADERS)
+    return headers
+
+
+def add_response_headers(scope: Scope, headers: list[tuple[bytes, bytes]]) -> None:
+    """Put `headers` on the response of this request, whoever starts it (keel.http.middleware.EdgeMiddleware)."""
+    state = scope["state"]
+    if (added := state.get(_RESPONSE_HEADERS)) is None:
+        state[_RESPONSE_HEADERS] = headers
+    else:
+        added += headers

@@ -11,6 +11,7 @@ outside /api/ and are never limited.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Iterable, Sequence
@@ -18,12 +19,12 @@ from dataclasses import dataclass
 from typing import Final
 
 from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 from keel import telemetry
 from keel.http.errors import problem_body, send_problem
 from keel.http.requests import RATE_LIMIT
-from keel.http.scope import caller_of
+from keel.http.scope import add_response_headers, caller_of
 from keel.ratelimit.clients import ClientResolver
 from keel.ratelimit.gcra import Decision
 from keel.ratelimit.limiter import RATE_LIMITED, Limiter
@@ -42,6 +43,10 @@ class NamedPolicy:
     policy: RatePolicy
     header: str  # its member of RateLimit-Policy, e.g. '"default";q=20;w=2'
     exact: bool = False  # never answered from a lease of the Redis limiter (keel.ratelimit.lease)
+
+    @property
+    def header_bytes(self) -> bytes:
+        return _encoded(self.header)
 
     @classmethod
     def of(cls, name: str, policy: RatePolicy, *, exact: bool = False) -> NamedPolicy:
@@ -96,6 +101,15 @@ class RateLimits:
         finally:
             span.end()
 
+    def check_default_now(self, scope: Scope) -> list[tuple[NamedPolicy, Decision]] | None:
+        """`check` of a request only the default policy covers, without a coroutine, when the limiter answers at once
+        (in-process, or a lease's token); None when the caller must await `check`. Most requests end here: two
+        coroutines fewer per request (BENCHMARKS.md, 2026-12-04 section "keel's per-request stack")."""
+        if (named := self.default) is None:
+            return []
+        decision = self.limiter.check_now(self.client_key(scope), named.policy, named.name, exact=named.exact)
+        return None if decision is None else [(named, decision)]
+
     async def _check_all(self, scope: Scope, auth_policy: bool) -> list[tuple[NamedPolicy, Decision]]:
         results = []
         if self.default is not None:
@@ -115,6 +129,11 @@ class RateLimits:
         return decision
 
 
+@functools.cache
+def _encoded(header: str) -> bytes:  # a policy's header member, encoded once per process rather than per request
+    return header.encode()
+
+
 def _strictness(decision: Decision) -> tuple[bool, int, float]:
     # a refusal first (the longest wait first), then the fewest requests left
     return decision.allowed, decision.remaining, -decision.retry_after
@@ -122,12 +141,12 @@ def _strictness(decision: Decision) -> tuple[bool, int, float]:
 
 def rate_limit_headers(results: Sequence[tuple[NamedPolicy, Decision]]) -> list[tuple[bytes, bytes]]:
     """`RateLimit-Policy` and `RateLimit` for these decisions (r = requests left, t = seconds until full)."""
-    policies = ", ".join(named.header for named, _ in results)
+    policies = b", ".join(named.header_bytes for named, _ in results)
     limits = ", ".join(
         f'"{named.name}";r={decision.remaining if decision.allowed else 0};t={math.ceil(decision.reset_after)}'
         for named, decision in results
     )
-    return [(b"ratelimit-policy", policies.encode()), (b"ratelimit", limits.encode())]
+    return [(b"ratelimit-policy", policies), (b"ratelimit", limits.encode())]
 
 
 def retry_after(results: Iterable[tuple[NamedPolicy, Decision]]) -> int | None:
@@ -146,9 +165,10 @@ class RateLimitMiddleware:
             return
         limits: RateLimits = scope["litestar_app"].state.rate_limits
         handler = scope.get("route_handler")
-        results = await limits.check(
-            scope, auth_policy=handler is not None and handler.opt.get(RATE_LIMIT) == AUTH_POLICY
-        )
+        auth_policy = handler is not None and handler.opt.get(RATE_LIMIT) == AUTH_POLICY
+        results = None if auth_policy else limits.check_default_now(scope)
+        if results is None:
+            results = await limits.check(scope, auth_policy=auth_policy)
         if not results:  # every policy that applies is off
             await self.app(scope, receive, send)
             return
@@ -157,13 +177,10 @@ class RateLimitMiddleware:
         if wait is not None:
             await self._refuse(send, headers, wait, [named.name for named, d in results if not d.allowed])
             return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), *headers]
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
+        # the edge's send wrapper writes them on whatever response follows: no wrapper of our own (a closure and an
+        # await per message: measured in BENCHMARKS.md, 2026-12-04 section "keel's per-request stack")
+        add_response_headers(scope, headers)
+        await self.app(scope, receive, send)
 
     @staticmethod
     async def _refuse(send: Send, headers: list[tuple[bytes, bytes]], wait: int, policies: list[str]) -> None:

@@ -1,0 +1,138 @@
+"""keel's own per-request stack, production configuration, as CPU µs per request in one process: this tree against
+another source tree (default: the main checkout), interleaved.
+
+`.venv/bin/python bench/stack_cpu.py [--rounds 6] [--requests 6400] [--against /work/main/src]
+[--path /api/v1/public|/api/v1/protected]`
+
+Each round starts one child per source tree (PYTHONPATH=<tree>/src, so the shared venv's editable install does not
+decide), alternating which goes first. A child builds `create_app(Settings(...))` with the production stack on:
+request id, security headers, CORS (`KEEL_CORS_ORIGINS`, and every request carries a listed `Origin`), compression,
+the in-process limiter (never tripping), the access log at info (JSON, to stderr = /dev/null), metrics, tracing
+configured with an OTLP endpoint and the default sampler at ratio 0 (`OTEL_TRACES_SAMPLER_ARG=0`: the unsampled
+path, nothing exported). It drives the ASGI app directly (no server: the server's share is bench/server_cpu.py's),
+64 requests at a time on uvloop, and reports `time.process_time` per request over `--requests` after a warm-up.
+`/api/v1/protected` sends a bearer token of a user it signs up first. Prints each round and the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+ORIGIN = "https://app.example.com"
+CONCURRENCY = 64
+FORM = b"application/x-www-form-urlencoded"
+BENCH_USER = {"username": "bench_user", "email": "bench_user@example.com", "password": "bench-password-0123456789"}
+
+
+async def measure(path: str, requests: int) -> dict[str, Any]:
+    from inprocess import bench_settings, call, get_caller, migrated_sqlite_url
+    from keel import telemetry
+    from keel.logs import configure_logging
+    from keel.main import create_app
+
+    settings = bench_settings(
+        await migrated_sqlite_url("keel-stack-"),
+        KEEL_LOG_FORMAT="json",
+        KEEL_LOG_LEVEL="info",
+        KEEL_CORS_ORIGINS=[ORIGIN],
+        OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9",  # nothing is sampled, so nothing is sent
+        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+    )
+    configure_logging(settings.log_format, "warning")
+    app = create_app(settings)
+    headers = [
+        (b"host", b"127.0.0.1:8000"),
+        (b"user-agent", b"stack/1"),
+        (b"accept", b"*/*"),
+        (b"accept-encoding", b"gzip, br"),
+        (b"origin", ORIGIN.encode()),
+    ]
+    statuses: dict[int, int] = {}
+    one = get_caller(app, path, headers, statuses)
+
+    async with app.lifespan():
+        assert telemetry.tracer is not None, "tracing did not start"
+        if path.endswith("/protected"):
+            created, _ = await call(app, "POST", "/api/v1/users", json.dumps(BENCH_USER).encode(), b"application/json")
+            form = f"grant_type=password&username={BENCH_USER['username']}&password={BENCH_USER['password']}"
+            status, body = await call(
+                app, "POST", "/api/v1/auth/token", form.encode(), b"application/x-www-form-urlencoded"
+            )
+            assert (created, status) == (201, 200), (created, status, body[:200])
+            headers.append((b"authorization", f"Bearer {json.loads(body)['access_token']}".encode()))
+        gc.collect()
+        gc.freeze()
+        for _ in range(1280 // CONCURRENCY):  # warm-up
+            await asyncio.gather(*(one() for _ in range(CONCURRENCY)))
+        statuses.clear()
+        cpu = time.process_time()
+        for _ in range(requests // CONCURRENCY):
+            await asyncio.gather(*(one() for _ in range(CONCURRENCY)))
+        cpu = time.process_time() - cpu
+    return {"us": cpu / requests * 1e6, "statuses": statuses}
+
+
+def child(path: str, requests: int) -> None:
+    import uvloop
+
+    errors = os.fdopen(os.dup(2), "w")
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # the access lines go to stderr, as under `keel serve`
+    try:
+        result = uvloop.run(measure(path, requests))
+    except BaseException:
+        import traceback
+
+        traceback.print_exc(file=errors)
+        raise SystemExit(1) from None
+    print(json.dumps(result), flush=True)
+
+
+def run_child(src: Path, path: str, requests: int) -> float:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "KEEL_", "DATABASE_URL"))}
+    env.update(PYTHONPATH=str(src), OTEL_TRACES_SAMPLER_ARG="0")
+    argv = [sys.executable, __file__, "--child", "--path", path, "--requests", str(requests)]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=True, cwd=ROOT)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if set(result["statuses"]) != {"200"}:
+        raise SystemExit(f"{src}: statuses {result['statuses']}")
+    return float(result["us"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--requests", type=int, default=6400)
+    parser.add_argument("--path", default="/api/v1/public")
+    parser.add_argument("--against", type=Path, default=ROOT.parent / "main" / "src")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.path, args.requests)
+        return
+    trees = {"this tree": ROOT / "src", "against": args.against}
+    figures: dict[str, list[float]] = {name: [] for name in trees}
+    for round_ in range(args.rounds):
+        order = list(trees) if round_ % 2 == 0 else list(reversed(trees))
+        for name in order:
+            figures[name].append(run_child(trees[name], args.path, args.requests))
+        print(f"round {round_ + 1}: " + ", ".join(f"{n} {figures[n][-1]:.1f} µs" for n in trees), flush=True)
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    mine, theirs = (statistics.median(figures[n]) for n in trees)
+    diffs = [a - b for a, b in zip(figures["this tree"], figures["against"], strict=True)]
+    print(f"\n{args.path}: this tree {mine:.1f} µs, {args.against} {theirs:.1f} µs per request (medians of")
+    print(f"{args.rounds}); paired difference median {statistics.median(diffs):+.1f} µs; load average {load}")
+
+
+if __name__ == "__main__":
+    main()
