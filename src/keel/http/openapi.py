@@ -259,9 +259,11 @@ def _complete_operation(
         reasons.setdefault(422, []).append(INVALID_QUERY)
     if is_limited:
         reasons[429] = [LIMITED]
-    if DEPENDENCIES.keys() & parameters.keys() and not handler.opt.get(ANSWERS_OUTAGES):
-        reasons.setdefault(503, []).insert(0, OUTAGE)
     is_idempotent = IDEMPOTENT in handler.opt
+    # a handler reaches the database or Redis through a dependency, or through its idempotency record (which lives in
+    # the database) even when it opens its session itself
+    if (DEPENDENCIES.keys() & parameters.keys() or is_idempotent) and not handler.opt.get(ANSWERS_OUTAGES):
+        reasons.setdefault(503, []).insert(0, OUTAGE)
     if is_idempotent:
         reasons.setdefault(409, []).append(KEY_IN_USE)
         reasons.setdefault(422, []).append(KEY_INVALID)
