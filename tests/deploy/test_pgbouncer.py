@@ -4,6 +4,7 @@ server connections, each transaction on whichever is free."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import os
@@ -24,7 +25,10 @@ from tests.realtime.conftest import Live, receive, start_live, subscribe
 from tests.servers import free_port, keel_serve, run_keel, scaled_env
 
 SERVER_CONNECTIONS = 2  # PgBouncer's pool per database and user: far fewer than keel's clients
-CONCURRENT = 60  # requests in flight at once over two keel instances, each with its own pool of connections
+# more keel instances than server connections: each keeps at least one client connection pooled once it has served a
+# request, so pooling shows however few connections a request's batching and caching leave each instance needing
+INSTANCES = SERVER_CONNECTIONS + 1
+CONCURRENT = 60  # requests in flight at once over the instances, each with its own pool of connections
 
 
 @dataclass
@@ -105,7 +109,9 @@ async def test_rest_and_realtime_work_through_pgbouncer_in_transaction_mode(
 ) -> None:
     migrated = run_keel("migrate", env=env, cwd=tmp_path)
     assert migrated.returncode == 0, migrated.stderr
-    with keel_serve(env, tmp_path) as a, keel_serve(env, tmp_path) as b:
+    with contextlib.ExitStack() as stack:
+        instances = [stack.enter_context(keel_serve(env, tmp_path)) for _ in range(INSTANCES)]
+        a, b = instances[:2]
         live = start_live(a)  # register, token, create a channel
         async with Live(b, live.tokens, live.channel).socket() as subscriber:
             await subscribe(subscriber, live.channel)
@@ -115,7 +121,7 @@ async def test_rest_and_realtime_work_through_pgbouncer_in_transaction_mode(
             async with httpx.AsyncClient(headers=live.auth, timeout=30) as client:
 
                 async def post_and_list(i: int) -> tuple[int, int, int]:
-                    base = f"{(a.url, b.url)[i % 2]}/api/v1/channels/{live.channel}/messages"
+                    base = f"{instances[i % INSTANCES].url}/api/v1/channels/{live.channel}/messages"
                     posted = await client.post(base, json={"body": f"m{i}"})
                     listed = await client.get(base, params={"limit": 5})
                     return posted.status_code, listed.status_code, posted.json().get("seq", 0)
