@@ -11,7 +11,6 @@ outside /api/ and are never limited.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
 from collections.abc import Iterable, Sequence
@@ -41,18 +40,14 @@ API_PREFIX: Final = "/api/"
 class NamedPolicy:
     name: str
     policy: RatePolicy
-    header: str  # its member of RateLimit-Policy, e.g. '"default";q=20;w=2'
+    header: bytes  # its member of RateLimit-Policy, e.g. b'"default";q=20;w=2', encoded once per process
     exact: bool = False  # never answered from a lease of the Redis limiter (keel.ratelimit.lease)
-
-    @property
-    def header_bytes(self) -> bytes:
-        return _encoded(self.header)
 
     @classmethod
     def of(cls, name: str, policy: RatePolicy, *, exact: bool = False) -> NamedPolicy:
         # draft-ietf-httpapi-ratelimit-headers-10: q is the quota (the burst), w its window in seconds
         window = max(1, math.ceil(policy.burst * policy.emission_interval))
-        return cls(name, policy, f'"{name}";q={policy.burst};w={window}', exact)
+        return cls(name, policy, f'"{name}";q={policy.burst};w={window}'.encode(), exact)
 
 
 @dataclass(frozen=True)
@@ -129,11 +124,6 @@ class RateLimits:
         return decision
 
 
-@functools.cache
-def _encoded(header: str) -> bytes:  # a policy's header member, encoded once per process rather than per request
-    return header.encode()
-
-
 def _strictness(decision: Decision) -> tuple[bool, int, float]:
     # a refusal first (the longest wait first), then the fewest requests left
     return decision.allowed, decision.remaining, -decision.retry_after
@@ -141,7 +131,7 @@ def _strictness(decision: Decision) -> tuple[bool, int, float]:
 
 def rate_limit_headers(results: Sequence[tuple[NamedPolicy, Decision]]) -> list[tuple[bytes, bytes]]:
     """`RateLimit-Policy` and `RateLimit` for these decisions (r = requests left, t = seconds until full)."""
-    policies = b", ".join(named.header_bytes for named, _ in results)
+    policies = b", ".join(named.header for named, _ in results)
     limits = ", ".join(
         f'"{named.name}";r={decision.remaining if decision.allowed else 0};t={math.ceil(decision.reset_after)}'
         for named, decision in results
