@@ -26,7 +26,7 @@ from keel.accounts.service import Sessions
 from keel.health.router import HealthController
 from keel.http.auth import AuthMiddleware, RequireCaller
 from keel.http.compression import CompressionMiddleware
-from keel.http.deps import DEPENDENCIES
+from keel.http.deps import DEPENDENCIES, SequentialDependencies
 from keel.http.docs import docs_router, openapi_config
 from keel.http.errors import EXCEPTION_HANDLERS
 from keel.http.examples import examples_router
@@ -216,6 +216,7 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
         ],
         lifespan=[lifespan],
         dependencies={**DEPENDENCIES, **ACCOUNTS_DEPENDENCIES, **IDEMPOTENCY_DEPENDENCIES},
+        plugins=[SequentialDependencies()],
         # auth verifies first so the limiter can key by user; refusals come after the limiter, so they count too
         middleware=[AuthMiddleware, RateLimitMiddleware, RequireCaller, PasswordAdmission],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from litestar import Request
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
+from litestar.plugins import ReceiveRoutePlugin
+from litestar.routes import BaseRoute, HTTPRoute, WebSocketRoute
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from keel.http.caching import Reads
 from keel.shared import Backends
+
+if TYPE_CHECKING:
+    from litestar._kwargs import KwargsModel
 
 
 async def provide_db_session(state: State) -> AsyncIterator[AsyncSession]:
@@ -47,3 +52,34 @@ DEPENDENCIES: Final = {
     "backends": from_state("backends"),
     "reads": Provide(provide_reads, sync_to_thread=False),
 }
+
+
+class SequentialDependencies(ReceiveRoutePlugin):
+    """Each route's dependencies resolved one after another, in the request's own task.
+
+    Litestar resolves a handler's independent dependencies concurrently, in an anyio task group per request
+    (litestar-org/litestar#4563): two dependencies cost ~65 µs more than one (bench/dependencies.py), and a
+    generator dependency (the database session) is then started in a child task and closed in the request's.
+    keel's providers are state lookups and a pool checkout, nothing worth overlapping, so every batch of several
+    is split into batches of one in a fixed order, which Litestar awaits directly. A dependency's own dependencies
+    are in earlier batches, so the order stays valid.
+
+    This reshapes Litestar's private `KwargsModel.dependency_batches`: pyproject bounds litestar below 2.26, and
+    tests/http/test_deps.py fails if the attribute moves or a handler's dependencies leave its task again.
+    """
+
+    __slots__ = ()
+
+    def receive_route(self, route: BaseRoute) -> None:
+        models: list[KwargsModel | None] = []
+        if isinstance(route, HTTPRoute):
+            models = [model for _, model in route.route_handler_map.values()]
+        elif isinstance(route, WebSocketRoute):
+            models = [route.handler_parameter_model]
+        for model in models:
+            if model is not None:
+                model.dependency_batches = [
+                    {dependency}
+                    for batch in model.dependency_batches
+                    for dependency in sorted(batch, key=lambda dependency: dependency.key)
+                ]

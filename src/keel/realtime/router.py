@@ -100,9 +100,9 @@ class ChannelsController(Controller):
             hub.published(channel_id, message.seq)
             return message
 
-        # the session opened here, not asked of DI: with two dependencies Litestar resolves them in an anyio task
-        # group per request (py-spy, REST publishes without subscribers: the group and the session's provider and
-        # cleanup were ~11 % of the server's samples); the publish itself needs it only for an idempotency key
+        # the session opened here, not asked of DI: the provider's generator and its cleanup cost more than this
+        # context manager (py-spy, REST publishes without subscribers: with the task group Litestar ran two
+        # dependencies in, before keel.http.deps.SequentialDependencies, ~11 % of the server's samples)
         async with hub.publishing(), hub.session() as session:  # a stopping server answers and delivers it first
             return await idempotency.run(session, post, data=data, target=str(channel_id))
 
