@@ -168,6 +168,8 @@ async def refresh(session: AsyncSession, sessions: Sessions, *, refresh_token: s
             )
             .values(spent_at=now)
             .returning(RefreshToken.id, RefreshToken.family_id, RefreshToken.user_id)
+            # the request's session holds no refresh token to update in memory: skip matching the WHERE against it
+            .execution_options(synchronize_session=False)
         )
     ).first()
     if spent is not None:
