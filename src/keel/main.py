@@ -25,6 +25,7 @@ from keel.accounts.router import jwks
 from keel.accounts.service import Sessions
 from keel.health.router import HealthController
 from keel.http.auth import AuthMiddleware, RequireCaller
+from keel.http.caching import Loads
 from keel.http.compression import CompressionMiddleware
 from keel.http.deps import DEPENDENCIES, SequentialDependencies
 from keel.http.docs import docs_router, openapi_config
@@ -162,6 +163,7 @@ def create_app(settings: Settings, *, extra_handlers: Sequence[ControllerRouterH
             rate_limits=rate_limits,
             sessionmaker=sessionmaker,
             backends=backends,
+            loads=Loads(),
             keyring=keyring,
             hasher=hasher,
             verifier=verifier,

@@ -28,7 +28,7 @@ async def provide_db_session(state: State) -> AsyncIterator[AsyncSession]:
 def provide_reads(request: Request[Any, Any, Any]) -> Reads:
     """Conditional reads (ETag, 304, the read cache) for this request."""
     state = request.app.state
-    return Reads(state.backends.cache, request.headers.get("if-none-match"), state.sessionmaker)
+    return Reads(state.backends.cache, request.headers.get("if-none-match"), state.sessionmaker, state.loads)
 
 
 def from_state(name: str) -> Provide:
