@@ -256,3 +256,22 @@ async def test_the_attributes_read_exist_after_a_request() -> None:
     assert (b"x-one", b"1") in protocol.headers
     assert protocol.cycle.response_complete
     assert protocol.server_state.default_headers == []
+
+
+async def test_a_connection_holds_no_deques_until_it_pipelines() -> None:
+    """Memory per idle connection (bench/sse_memory.py): list-backed events, and a pipeline deque only when needed."""
+    protocol, transport = connect(asyncio.get_running_loop())
+    assert isinstance(protocol.flow._is_writable_event, server.ListEvent)
+    assert protocol.flow._is_writable_event.is_set()  # as uvicorn's FlowControl starts it
+    post = b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabc"
+    protocol.data_received(post)
+    assert isinstance(protocol.cycle.message_event, server.ListEvent)
+    assert protocol.pipeline is server._NO_PIPELINE
+    protocol.data_received(post)  # the first is still answering: uvicorn queues this one
+    assert protocol.pipeline is not server._NO_PIPELINE
+    for _ in range(100):
+        if transport.written.count(b"HTTP/1.1 200 ") == 2:
+            break
+        await asyncio.sleep(0.001)
+    assert transport.written.count(b"HTTP/1.1 200 ") == 2, bytes(transport.written)
+    assert not server._NO_PIPELINE
