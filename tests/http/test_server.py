@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import uvicorn
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
 from keel.http import server
@@ -260,6 +261,9 @@ async def test_the_attributes_read_exist_after_a_request() -> None:
 
 async def test_a_connection_holds_no_deques_until_it_pipelines() -> None:
     """Memory per idle connection (bench/sse_memory.py): list-backed events, and a pipeline deque only when needed."""
+    # what keel.http.server replaces is still uvicorn's (the uvicorn pin is the other half)
+    assert "_is_writable_event" in FlowControl.__init__.__code__.co_names
+    assert "message_event" in RequestResponseCycle.__init__.__code__.co_names
     protocol, transport = connect(asyncio.get_running_loop())
     assert isinstance(protocol.flow._is_writable_event, server.ListEvent)
     assert protocol.flow._is_writable_event.is_set()  # as uvicorn's FlowControl starts it

@@ -5,10 +5,10 @@ so one `Last-Event-ID` resumes them all. Events are rendered when the hub delive
 right after that message). Under `keel serve` they are written straight to the connection as the hub delivers them
 (keel.http.direct): a stream following one channel gets the same bytes as every other such stream, built once per
 message, and the stream's one task only waits on `receive` for the client to go away (a close or shutdown wakes
-that wait, keel.http.direct's `wake`) while a timer writes its keep-alives. Elsewhere the stream's own task sends
-them through ASGI `send`, and a second small task watches for the client going away (the server's `send` does not
-tell). A stream whose unsent events pass KEEL_WS_SEND_QUEUE (events, or that many of its largest event's bytes) is
-ended: the client reconnects with Last-Event-ID and loses nothing.
+that wait, keel.http.direct's `wake`) while the hub's heartbeats write its keep-alives. Elsewhere the stream's
+own task sends them through ASGI `send`, and a second small task watches for the client going away (the server's
+`send` does not tell). A stream whose unsent events pass KEEL_WS_SEND_QUEUE (events, or that many of its largest
+event's bytes) is ended: the client reconnects with Last-Event-ID and loses nothing.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ class Stream(Peer):
     def close(self, code: int, reason: str) -> None:
         self.closing = True
         if self.direct is not None:
-            self.direct.wake()  # the task waits in `receive` (follow_directly)
+            self.direct.wake()  # its task waits in `receive` (_follow_directly)
         self._wakeup()
 
     def beat(self) -> None:
