@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import uvicorn
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
 from keel.http import server
@@ -256,3 +257,25 @@ async def test_the_attributes_read_exist_after_a_request() -> None:
     assert (b"x-one", b"1") in protocol.headers
     assert protocol.cycle.response_complete
     assert protocol.server_state.default_headers == []
+
+
+async def test_a_connection_holds_no_deques_until_it_pipelines() -> None:
+    """Memory per idle connection (bench/sse_memory.py): list-backed events, and a pipeline deque only when needed."""
+    # what keel.http.server replaces is still uvicorn's (the uvicorn pin is the other half)
+    assert "_is_writable_event" in FlowControl.__init__.__code__.co_names
+    assert "message_event" in RequestResponseCycle.__init__.__code__.co_names
+    protocol, transport = connect(asyncio.get_running_loop())
+    assert isinstance(protocol.flow._is_writable_event, server.ListEvent)
+    assert protocol.flow._is_writable_event.is_set()  # as uvicorn's FlowControl starts it
+    post = b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabc"
+    protocol.data_received(post)
+    assert isinstance(protocol.cycle.message_event, server.ListEvent)
+    assert protocol.pipeline is server._NO_PIPELINE
+    protocol.data_received(post)  # the first is still answering: uvicorn queues this one
+    assert protocol.pipeline is not server._NO_PIPELINE
+    for _ in range(100):
+        if transport.written.count(b"HTTP/1.1 200 ") == 2:
+            break
+        await asyncio.sleep(0.001)
+    assert transport.written.count(b"HTTP/1.1 200 ") == 2, bytes(transport.written)
+    assert not server._NO_PIPELINE

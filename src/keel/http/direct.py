@@ -22,7 +22,14 @@ from typing import Any, Final
 
 SCOPE_KEY: Final = "keel.direct_body"
 # the cycle's attributes read here; tests/http/test_direct.py holds uvicorn to them
-CYCLE_ATTRIBUTES: Final = ("transport", "scope", "response_started", "response_complete", "chunked_encoding")
+CYCLE_ATTRIBUTES: Final = (
+    "transport",
+    "scope",
+    "response_started",
+    "response_complete",
+    "chunked_encoding",
+    "message_event",
+)
 
 
 def chunk(data: bytes) -> bytes:
@@ -70,6 +77,11 @@ class DirectBody:
             return False
         transport.write(framed)
         return True
+
+    def wake(self) -> None:
+        """Return the app's pending `receive` (uvicorn's waits on the cycle's message event): a stream that closes
+        wakes its one task this way. That `receive` answers an empty `http.request` (or `http.disconnect`)."""
+        self._cycle.message_event.set()
 
     def abort(self) -> None:
         """Drop the connection and what waits in its buffer: a stream too far behind resumes from its last event."""

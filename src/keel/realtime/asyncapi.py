@@ -24,6 +24,7 @@ from keel.realtime.errors import (
     CLOSE_TRY_AGAIN,
     CLOSE_TRY_LATER,
 )
+from keel.realtime.heartbeats import KEEP_ALIVE
 from keel.realtime.schemas import MessageRead
 from keel.realtime.websocket import MAX_FRAME_BYTES, PING_INTERVAL, PING_TIMEOUT
 
@@ -201,7 +202,7 @@ def _events_channel() -> dict[str, Any]:
         "description": "`text/event-stream`. A message's `headers` here are the event's SSE fields and its "
         "`payload` the event's `data:`. First, once, a `position` event (no `data:`, so no event fires in "
         f"EventSource, but it keeps the id); then a `{events.MESSAGE_EVENT}` event per message, in seq order per "
-        f"channel; a `: keep-alive` comment every {events.KEEP_ALIVE:g} s. To resume after a reconnect send the "
+        f"channel; a `: keep-alive` comment every {KEEP_ALIVE:g} s. To resume after a reconnect send the "
         f"last id back as `Last-Event-ID` (or `?{events.LAST_EVENT_ID_PARAM}=`): every missed message follows once, "
         "in order; channels not in it start live. A stream that falls KEEL_WS_SEND_QUEUE events behind is ended "
         "and resumes the same way. Refusals come before the stream starts, as problem+json: 400 "

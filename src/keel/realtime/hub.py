@@ -16,6 +16,7 @@ from keel import metrics
 from keel.realtime import service
 from keel.realtime.errors import CLOSE_GOING_AWAY, SessionRevoked
 from keel.realtime.feed import PAGE, Feed
+from keel.realtime.heartbeats import Heartbeats
 from keel.realtime.peers import Delivery, Peer, Position
 from keel.realtime.watch import SeqWatch
 from keel.shared.broker import Broker, Subscription
@@ -45,6 +46,7 @@ class Hub:
         self._idle = asyncio.Event()
         self._idle.set()
         self.progress = asyncio.Event()  # set whenever a feed delivers: drain() waits on it
+        self.heartbeats = Heartbeats()  # the keep-alives of the event streams written directly
         self.draining = False
         broker.on_resume(self._on_resume)
 

@@ -12,12 +12,12 @@ from keel.http.errors import CODE_BY_STATUS, allow_value, problem_body, send_pro
 from keel.realtime import tickets
 from keel.realtime.events import (
     CHANNEL_PARAM,
-    KEEP_ALIVE,
     LAST_EVENT_ID_PARAM,
     MAX_CHANNELS,
     RETRY_MS,
     serve_events,
 )
+from keel.realtime.heartbeats import KEEP_ALIVE
 from keel.realtime.websocket import serve_websocket
 
 _EVENT_EXAMPLE: Final = (
