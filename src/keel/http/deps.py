@@ -58,7 +58,7 @@ class SequentialDependencies(ReceiveRoutePlugin):
     """Each route's dependencies resolved one after another, in the request's own task.
 
     Litestar resolves a handler's independent dependencies concurrently, in an anyio task group per request
-    (litestar-org/litestar#4563): two dependencies cost ~65 µs more than one (bench/dependencies.py), and a
+    (litestar-org/litestar#4563): two dependencies cost ~90 µs more than one (bench/dependencies.py), and a
     generator dependency (the database session) is then started in a child task and closed in the request's.
     keel's providers are state lookups and a pool checkout, nothing worth overlapping, so every batch of several
     is split into batches of one in a fixed order, which Litestar awaits directly. A dependency's own dependencies
