@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import FrameType
-from typing import NoReturn
+from typing import Final, NoReturn
 
 import click
 import msgspec
@@ -36,6 +36,8 @@ from keel.realtime.websocket import MAX_FRAME_BYTES, PING_INTERVAL, PING_TIMEOUT
 from keel.settings import ConfigError, Settings, load_settings
 from keel.shared import open_backends
 
+# uvloop, accepting every waiting connection per wake-up as asyncio does (keel.http.accept says why)
+UVICORN_LOOP: Final = "keel.http.accept:GreedyAcceptLoop"
 # seconds uvicorn waits for open connections after keel's own drain (keel.realtime.hub.DRAIN_TIMEOUT) on SIGTERM;
 # deploy/ sizes its stop grace periods from both
 GRACEFUL_SHUTDOWN = 10
@@ -170,7 +172,7 @@ def _run_uvicorn(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
-        loop="uvloop",
+        loop=UVICORN_LOOP,
         # httptools, with the request-head size and time limits of SPEC §2 and problem+json refusals
         http=KeelHttpToolsProtocol,
         # wsproto: the smallest per-socket memory measured here (SPIKES.md); deflate off, it costs 7x memory per
