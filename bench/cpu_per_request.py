@@ -2,14 +2,18 @@
 much less than requests per second.
 
 `.venv/bin/python bench/cpu_per_request.py [--rounds 3] [--duration 10] [--only c --only b] [--baseline-rev REV]
-[--keel REV]`
+[--keel REV] [--interleave]`
 
 Every configuration of bench/observability.py (the af44228 baseline, the access log off, (c), (b), (a)) serves
 `GET /api/v1/public` and `/api/v1/protected` as there: a fresh `keel serve` on CPU 0, wrk on CPU 1, a 3 s warm-up, the
 OTLP sink on CPU 1 for (b) and (a). Around the measured wrk run the harness reads the CPU time (user + system) of the
 server's process tree from /proc; the figure is that time divided by the requests wrk completed, in µs, a median over
 the rounds. It counts everything the server spends for those requests, the batch processor's export thread
-included, and nothing wrk or the sink spend. The order of the configurations rotates every round, as there.
+included, and nothing wrk or the sink spend. The order of the configurations rotates every round, as there. The
+paired column is the median over rounds of each run's figure divided by the baseline's of the same round.
+`--interleave` starts every server once instead (all on CPU 0, each idle but in its turn), warms each up, and then
+runs `--rounds` cycles of one `--duration` run per server, rotating: on a host whose speed drifts by tens of percent
+over minutes (2026-12-04), short runs seconds apart see the same drift, which the paired column cancels.
 `--keel REV` serves today's configurations from keel at REV (built like the baseline, in a worktree under
 bench/results/), for a before/after pair. Prints a markdown table; nothing is written.
 """
@@ -110,9 +114,16 @@ def measure_sample(
     with running(case, port, logs / f"{case.id}.{label}.server.log") as proc:
         check_limiter(case, port)
         run_wrk(wrk_argv(case, port, WARMUP_S), WARMUP_S)
-        before, counted = cpu_seconds(proc.pid), counter()
-        output = run_wrk(wrk_argv(case, port, seconds), seconds)
-        after, counted = cpu_seconds(proc.pid), counter() - counted
+        return measure_run(case, port, proc.pid, logs, label, seconds, counter)
+
+
+def measure_run(
+    case: Case, port: int, pid: int, logs: Path, label: str, seconds: int, counter: Callable[[], float] = lambda: 0.0
+) -> tuple[Sample, float, float]:
+    """`measure_sample`'s measured run, on a server already started and warmed up."""
+    before, counted = cpu_seconds(pid), counter()
+    output = run_wrk(wrk_argv(case, port, seconds), seconds)
+    after, counted = cpu_seconds(pid), counter() - counted
     (logs / f"{case.id}.{label}.wrk.txt").write_text(output)
     sample = parse_wrk(output)
     if sample.non_2xx:
@@ -130,6 +141,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--only", action="append", default=[], metavar="KEY", help="a configuration: baseline, log-off, c, b, a"
     )
     parser.add_argument("--baseline-rev", default="af44228", metavar="REV")
+    parser.add_argument(
+        "--interleave",
+        action="store_true",
+        help="start every server once and alternate short runs among them (--rounds cycles of --duration s)",
+    )
     parser.add_argument("--keel", metavar="REV", help="serve today's configurations from keel at REV, not this tree")
     return parser.parse_args(argv)
 
@@ -163,16 +179,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                     ]
                     for key, variant_cases in cases(variants, workdir, tree, sink_port).items()
                 }
-                for n in range(args.rounds):
-                    for v in rotated(variants, n):
-                        token = tokens.get(v.key, tokens[""])
-                        for case in by_variant[v.key]:
-                            case = replace(case, headers=tuple(h.replace(KEEL_TOKEN, token) for h in case.headers))
+                keyed = [
+                    (
+                        v.key,
+                        replace(
+                            c, headers=tuple(h.replace(KEEL_TOKEN, tokens.get(v.key, tokens[""])) for h in c.headers)
+                        ),
+                    )
+                    for v in variants
+                    for c in by_variant[v.key]
+                ]
+                if args.interleave:
+                    figures = interleaved(keyed, logs, args.rounds, args.duration)
+                else:
+                    for n in range(args.rounds):
+                        for key, case in rotated(keyed, n):
                             us, rps = measure_case(case, logs, f"r{n + 1}", args.duration)
-                            figures.setdefault((v.key, case.path), []).append((us, rps))
+                            figures.setdefault((key, case.path), []).append((us, rps))
                             print(f"  round {n + 1}/{args.rounds}  {case.id:24} {us:7.1f} µs/request  {rps:7.0f} rps")
             commit = args.keel or git_commit()
-            print(f"\n{started:%Y-%m-%d %H:%M} UTC, keel {commit}, {args.rounds} round(s) of {args.duration} s\n")
+            mode = "interleaved on running servers" if args.interleave else "a fresh server per run"
+            print(
+                f"\n{started:%Y-%m-%d %H:%M} UTC, keel {commit}, {args.rounds} round(s) of {args.duration} s, {mode}\n"
+            )
             print(table(variants, figures))
             return 0
     except BenchError as exc:
@@ -180,9 +209,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def interleaved(
+    keyed: Sequence[tuple[str, Case]], logs: Path, cycles: int, seconds: int
+) -> dict[tuple[str, str], list[tuple[float, float]]]:
+    """Every case's server started at once (all on CPU 0, idle but for their turn) and warmed up, then `cycles`
+    cycles of one measured run each, in an order that rotates every cycle: a baseline and its configurations are
+    measured seconds apart, so a host whose speed drifts over minutes moves them together."""
+    figures: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    with contextlib.ExitStack() as stack:
+        started = []
+        for key, case in keyed:
+            port = free_port()
+            proc = stack.enter_context(running(case, port, logs / f"{case.id}.server.log"))
+            check_limiter(case, port)
+            run_wrk(wrk_argv(case, port, WARMUP_S), WARMUP_S)
+            started.append((key, case, port, proc.pid))
+        for n in range(cycles):
+            for key, case, port, pid in rotated(started, n):
+                sample, us, _ = measure_run(case, port, pid, logs, f"c{n + 1}", seconds)
+                figures.setdefault((key, case.path), []).append((us, sample.rps))
+                print(f"  cycle {n + 1}/{cycles}  {case.id:24} {us:7.1f} µs/request  {sample.rps:7.0f} rps")
+    return figures
+
+
 def table(variants: Sequence[Variant], figures: dict[tuple[str, str], list[tuple[float, float]]]) -> str:
-    lines = ["| configuration | path | µs CPU per request (median) | per round | + µs over baseline | rps (noisy) |"]
-    lines.append("|---|---|---|---|---|---|")
+    lines = [
+        "| configuration | path | µs CPU per request (median) | per round | + µs over baseline | paired: median of"
+        " ÷ baseline's in the same round | rps (noisy) |"
+    ]
+    lines.append("|---|---|---|---|---|---|---|")
     for path in PATHS:
         base = figures.get(("baseline", path))
         base_us = statistics.median(us for us, _ in base) if base else None
@@ -194,9 +249,14 @@ def table(variants: Sequence[Variant], figures: dict[tuple[str, str], list[tuple
             extra = (
                 f"{us - base_us:+.1f} ({(us / base_us - 1) * 100:+.0f} %)" if base_us and v.key != "baseline" else ""
             )
+            paired = (
+                f"{(statistics.median(u / b for (u, _), (b, _) in zip(rounds, base, strict=True)) - 1) * 100:+.0f} %"
+                if base and v.key != "baseline"
+                else ""
+            )
             per_round = " / ".join(f"{u:.1f}" for u, _ in rounds)
             rps = statistics.median(r for _, r in rounds)
-            lines.append(f"| {v.label} | `{path}` | **{us:.1f}** | {per_round} | {extra} | {rps:.0f} |")
+            lines.append(f"| {v.label} | `{path}` | **{us:.1f}** | {per_round} | {extra} | {paired} | {rps:.0f} |")
     return "\n".join(lines)
 
 
