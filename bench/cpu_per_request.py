@@ -53,6 +53,7 @@ from run import (
     parse_wrk,
     run_wrk,
     running,
+    with_tokens,
     wrk_argv,
 )
 
@@ -110,11 +111,18 @@ def measure_sample(
     case: Case, logs: Path, label: str, seconds: int, counter: Callable[[], float] = lambda: 0.0
 ) -> tuple[Sample, float, float]:
     """wrk's reading of the measured run, µs of server CPU per request, and `counter`'s growth per request."""
+    with warmed_up(case, logs, label) as (port, pid):
+        return measure_run(case, port, pid, logs, label, seconds, counter)
+
+
+@contextlib.contextmanager
+def warmed_up(case: Case, logs: Path, label: str) -> Iterator[tuple[int, int]]:
+    """The case's server started, its limiter checked and a warm-up run done; yields (port, pid)."""
     port = free_port()
     with running(case, port, logs / f"{case.id}.{label}.server.log") as proc:
         check_limiter(case, port)
         run_wrk(wrk_argv(case, port, WARMUP_S), WARMUP_S)
-        return measure_run(case, port, proc.pid, logs, label, seconds, counter)
+        yield port, proc.pid
 
 
 def measure_run(
@@ -180,12 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for key, variant_cases in cases(variants, workdir, tree, sink_port).items()
                 }
                 keyed = [
-                    (
-                        v.key,
-                        replace(
-                            c, headers=tuple(h.replace(KEEL_TOKEN, tokens.get(v.key, tokens[""])) for h in c.headers)
-                        ),
-                    )
+                    (v.key, with_tokens(c, {KEEL_TOKEN: tokens.get(v.key, tokens[""])}))
                     for v in variants
                     for c in by_variant[v.key]
                 ]
@@ -217,13 +220,7 @@ def interleaved(
     measured seconds apart, so a host whose speed drifts over minutes moves them together."""
     figures: dict[tuple[str, str], list[tuple[float, float]]] = {}
     with contextlib.ExitStack() as stack:
-        started = []
-        for key, case in keyed:
-            port = free_port()
-            proc = stack.enter_context(running(case, port, logs / f"{case.id}.server.log"))
-            check_limiter(case, port)
-            run_wrk(wrk_argv(case, port, WARMUP_S), WARMUP_S)
-            started.append((key, case, port, proc.pid))
+        started = [(key, case, *stack.enter_context(warmed_up(case, logs, "interleaved"))) for key, case in keyed]
         for n in range(cycles):
             for key, case, port, pid in rotated(started, n):
                 sample, us, _ = measure_run(case, port, pid, logs, f"c{n + 1}", seconds)
