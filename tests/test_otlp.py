@@ -87,7 +87,7 @@ def test_an_empty_batch_is_an_empty_request() -> None:
 def test_the_exporters_still_have_what_keel_reaches_into() -> None:
     # otlp.http_exporter re-runs OTLPSpanExporter.export's steps on its private state, and otlp.grpc_exporter
     # overrides its translation step: when the SDK renames any of them, this fails before an export silently does
-    http = otlp.http_exporter()
+    http = otlp.http_exporter("http://127.0.0.1:9/v1/traces")
     try:
         assert http._shutdown is False  # type: ignore[attr-defined]
         assert isinstance(http._max_request_size, int)  # type: ignore[attr-defined]
@@ -97,7 +97,7 @@ def test_the_exporters_still_have_what_keel_reaches_into() -> None:
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
     assert callable(OTLPSpanExporter._translate_data)
-    grpc = otlp.grpc_exporter()
+    grpc = otlp.grpc_exporter("http://127.0.0.1:9")
     try:
         assert type(grpc)._translate_data is not OTLPSpanExporter._translate_data  # type: ignore[attr-defined]
     finally:

@@ -75,6 +75,8 @@ def test_values_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
         ("KEEL_LOG_LEVEL", "loud", "KEEL_LOG_LEVEL"),
         ("KEEL_DATABASE_WAIT", "0", "KEEL_DATABASE_WAIT"),
         ("KEEL_SHUTDOWN_DELAY", "-1s", "KEEL_SHUTDOWN_DELAY"),
+        ("OTEL_TRACES_SAMPLER", "sometimes", "OTEL_TRACES_SAMPLER"),
+        ("OTEL_TRACES_SAMPLER_ARG", "2", "OTEL_TRACES_SAMPLER_ARG"),
     ],
 )
 def test_a_bad_value_is_one_line_naming_the_variable(
@@ -172,3 +174,15 @@ def test_dotenv_in_the_working_directory_is_read(
     monkeypatch.chdir(tmp_path)  # type: ignore[arg-type]
     (tmp_path / ".env").write_text("KEEL_PORT=4321\n")  # type: ignore[operator]
     assert load_settings().port == 4321
+
+
+def test_a_named_sampler_is_read_as_the_sdk_reads_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", " ParentBased_TraceIdRatio ")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.5")
+    settings = load_settings(_env_file=None)
+    assert (settings.otel_traces_sampler, settings.otel_sample_ratio) == ("parentbased_traceidratio", None)
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "half")  # a ratio sampler's argument is a ratio
+    with pytest.raises(ConfigError, match=r"^OTEL_TRACES_SAMPLER_ARG"):
+        load_settings(_env_file=None)
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_on")  # which takes none: ignored, as the SDK ignores it
+    assert load_settings(_env_file=None).otel_traces_sampler == "always_on"

@@ -17,20 +17,21 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import grpc
 import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.sdk.trace import sampling
 from opentelemetry.trace import SpanKind
 from sqlalchemy.ext.asyncio import create_async_engine
 from websockets.asyncio.client import connect
 
 from keel import telemetry
 from keel.http.middleware import EdgeMiddleware
-from keel.settings import Settings
+from keel.settings import OtelSampler, Settings
 from tests.conftest import Backend
 from tests.realtime.conftest import backend_env, receive, subscribe
 from tests.servers import free_port, keel_serve
@@ -324,6 +325,62 @@ async def test_tracing_off_builds_nothing(tmp_path: Path) -> None:
     assert telemetry.start_server_span(scope) is None
     await EdgeMiddleware(app)(scope, None, send)  # type: ignore[arg-type]
     assert seen
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+async def test_spans_go_to_the_endpoint_settings_hold_not_only_to_the_environment_s(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, protocol: str
+) -> None:
+    # Settings also read a .env file, which the SDK's exporters never see: without the endpoint handed to them,
+    # tracing turned on there would send to localhost:4318 (or 4317)
+    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path}/keel.db")
+    with http_receiver() if protocol == "http/protobuf" else grpc_receiver() as (endpoint, collected):
+        settings = Settings(
+            OTEL_EXPORTER_OTLP_ENDPOINT=endpoint + "/",
+            OTEL_EXPORTER_OTLP_PROTOCOL=protocol,
+            OTEL_TRACES_SAMPLER_ARG="1",
+        )
+        try:
+            assert telemetry.setup(settings, engine)
+            telemetry.start_span("from.settings").end()
+        finally:
+            telemetry.shutdown()  # flushes
+            await engine.dispose()
+        assert len(collected.named("from.settings")) == 1
+
+
+@pytest.mark.parametrize("name", get_args(OtelSampler))
+@pytest.mark.parametrize("arg", [None, "0.25"])
+def test_a_named_sampler_is_built_as_the_sdk_builds_it_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, name: str, arg: str | None
+) -> None:
+    # keel builds it from settings (a .env file reaches them, not the SDK): the same sampler, for every name
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", name)
+    if arg is None:
+        monkeypatch.delenv("OTEL_TRACES_SAMPLER_ARG", raising=False)
+    else:
+        monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", arg)
+    ours = telemetry._named_sampler(Settings(_env_file=None))
+    assert ours.get_description() == sampling._get_from_env_or_default().get_description()
+    assert set(get_args(OtelSampler)) == set(sampling._KNOWN_SAMPLERS)  # the SDK names no other
+
+
+def test_the_traces_endpoint_is_resolved_as_the_otlp_exporter_specification_says() -> None:
+    def resolved(**variables: str) -> str | None:
+        settings = Settings(**variables)  # type: ignore[arg-type]  # by their aliases
+        protocol = settings.otel_exporter_otlp_traces_protocol or settings.otel_exporter_otlp_protocol
+        return telemetry._traces_endpoint(settings, protocol)
+
+    assert resolved() is None
+    assert resolved(OTEL_EXPORTER_OTLP_ENDPOINT="http://c:4318") == "http://c:4318/v1/traces"
+    assert resolved(OTEL_EXPORTER_OTLP_ENDPOINT="http://c:4318/base/") == "http://c:4318/base/v1/traces"
+    assert resolved(OTEL_EXPORTER_OTLP_ENDPOINT="http://c:4317", OTEL_EXPORTER_OTLP_PROTOCOL="grpc") == "http://c:4317"
+    # the signal's own endpoint is taken as it is, and wins
+    traces = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://t:1/x", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}
+    assert resolved(**traces) == "http://t:1/x"
+    assert resolved(**traces, OTEL_EXPORTER_OTLP_TRACES_PROTOCOL="grpc") == "http://t:1/x"
 
 
 async def test_tracing_on_builds_a_provider_and_shutdown_is_bounded(tmp_path: Path) -> None:

@@ -52,8 +52,8 @@ _pairs: dict[bytes, dict[type, dict[tuple[str, Any], bytes]]] = {}
 _headers: dict[object, bytes] = {}  # a resource's or a scope's encoding: a handful per process
 
 
-def http_exporter() -> SpanExporter:
-    """The SDK's OTLP/HTTP (protobuf) exporter, encoding with `encode_spans`."""
+def http_exporter(endpoint: str) -> SpanExporter:
+    """The SDK's OTLP/HTTP (protobuf) exporter to `endpoint` (the full URL), encoding with `encode_spans`."""
     # imported and defined here: only a process that traces loads an exporter, and only the one it uses
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
@@ -68,11 +68,12 @@ def http_exporter() -> SpanExporter:
                 return SpanExportResult.FAILURE
             return SpanExportResult.SUCCESS if self._client.export(data).success else SpanExportResult.FAILURE
 
-    return Exporter()
+    return Exporter(endpoint=endpoint)
 
 
-def grpc_exporter() -> SpanExporter:
-    """The SDK's OTLP/gRPC exporter, encoding with `encode_spans` (gRPC wants a message: upb parses it in C)."""
+def grpc_exporter(endpoint: str) -> SpanExporter:
+    """The SDK's OTLP/gRPC exporter to `endpoint`, encoding with `encode_spans` (gRPC wants a message: upb parses
+    it in C)."""
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -82,7 +83,7 @@ def grpc_exporter() -> SpanExporter:
             request.ParseFromString(encode_spans(data))
             return request
 
-    return Exporter()
+    return Exporter(endpoint=endpoint)
 
 
 def encode_spans(spans: Sequence[Any]) -> bytes:

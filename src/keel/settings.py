@@ -17,6 +17,15 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, Settin
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 ProxyHeader = Literal["X-Forwarded-For", "Forwarded", "X-Real-IP"]
 OtlpProtocol = Literal["http/protobuf", "grpc"]  # the two OTLP exporters keel ships
+# the samplers OTEL_TRACES_SAMPLER may name (the SDK's own); keel builds them from settings, so .env reaches them too
+OtelSampler = Literal[
+    "always_on",
+    "always_off",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "traceidratio",
+    "parentbased_traceidratio",
+]
 _PROXY_HEADERS: dict[str, ProxyHeader] = {name.lower(): name for name in ("X-Forwarded-For", "Forwarded", "X-Real-IP")}
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|min|h|d)?\s*$")
@@ -132,16 +141,17 @@ class Settings(BaseSettings):
     # open WebSockets + SSE streams per user, per process: each holds memory and a feed reference until it closes
     max_streams_per_user: int = Field(50, validation_alias="KEEL_MAX_STREAMS_PER_USER", ge=1)
 
-    # OpenTelemetry: the SDK reads its OTEL_* variables itself (sampler, batching, timeouts, headers, resource);
-    # these are only what keel decides on: an endpoint turns tracing on, the protocol picks the exporter, and
-    # without a sampler keel's default (parent-based, 10 % of new traces) applies
+    # OpenTelemetry: the SDK reads its other OTEL_* variables itself (timeouts, headers, TLS, resource), and keel's
+    # export queue the batching ones; these are what keel decides on, so a .env file reaches them too: an endpoint
+    # turns tracing on, the protocol picks the exporter, and without a sampler keel's default (parent-based, 10 %
+    # of new traces) applies
     otel_exporter_otlp_endpoint: str | None = Field(None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
     otel_exporter_otlp_traces_endpoint: str | None = Field(None, validation_alias="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     otel_exporter_otlp_protocol: OtlpProtocol = Field("http/protobuf", validation_alias="OTEL_EXPORTER_OTLP_PROTOCOL")
     otel_exporter_otlp_traces_protocol: OtlpProtocol | None = Field(
         None, validation_alias="OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
     )
-    otel_traces_sampler: str | None = Field(None, validation_alias="OTEL_TRACES_SAMPLER")
+    otel_traces_sampler: OtelSampler | None = Field(None, validation_alias="OTEL_TRACES_SAMPLER")
     otel_traces_sampler_arg: str | None = Field(None, validation_alias="OTEL_TRACES_SAMPLER_ARG")
 
     # outgoing mail (SPEC §4): unset in development, each mail becomes an .eml file under var/mail/
@@ -182,7 +192,6 @@ class Settings(BaseSettings):
         "otel_exporter_otlp_endpoint",
         "otel_exporter_otlp_traces_endpoint",
         "otel_exporter_otlp_traces_protocol",
-        "otel_traces_sampler",
         "otel_traces_sampler_arg",
         mode="before",
     )
@@ -191,7 +200,7 @@ class Settings(BaseSettings):
         # OTEL_*= (empty) means unset in the OpenTelemetry spec
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("env", "log_level", "log_format", mode="before")
+    @field_validator("env", "log_level", "log_format", "otel_traces_sampler", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.strip().lower() or None if isinstance(value, str) else value
@@ -279,8 +288,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _sample_ratio(self) -> Settings:
-        # with no OTEL_TRACES_SAMPLER, keel's default sampler is a ratio: its argument must be one
-        if self.otel_traces_sampler is None and self.otel_traces_sampler_arg is not None:
+        # keel's default sampler (no OTEL_TRACES_SAMPLER) and the SDK's two ratio samplers take a ratio
+        takes_ratio = self.otel_traces_sampler in (None, "traceidratio", "parentbased_traceidratio")
+        if takes_ratio and self.otel_traces_sampler_arg is not None:
             ratio = self.otel_traces_sampler_arg
             try:
                 valid = 0.0 <= float(ratio) <= 1.0

@@ -60,12 +60,15 @@ class ExportQueue:
         with self._export_lock:
             return self._export_all()
 
-    def shutdown(self) -> None:
-        """Export what is queued and stop; the caller bounds the wait (a dead collector holds an export up)."""
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """Export what is queued and stop, waiting at most `timeout` seconds; False if that was not enough (a dead
+        collector holds an export up). The exporter is shut down either way: that ends a retry's wait, so the
+        thread left behind gives up at once instead of retrying to the exporter's timeout."""
         self._stopping = True
         self._wake.set()
-        self._thread.join()
+        self._thread.join(timeout)
         self.exporter.shutdown()
+        return not self._thread.is_alive()
 
     def _run(self) -> None:
         while not self._stopping:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 import uuid
 from collections.abc import Callable, Sequence
 from importlib.metadata import version as package_version
@@ -25,7 +24,15 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, SERVICE_VERSION, Resource
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON, _get_from_env_or_default
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    DEFAULT_OFF,
+    DEFAULT_ON,
+    ParentBasedTraceIdRatio,
+    Sampler,
+    TraceIdRatioBased,
+)
 from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.trace.span import TraceState
@@ -46,6 +53,14 @@ _propagator: Final = TraceContextTextMapPropagator()
 _TRACEPARENT: Final = re.compile(rb"^[ \t]*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:(-.*)|[ \t]*)$")
 _TRACEPARENT_MAX: Final = 512
 _TRACESTATE_MAX: Final = 8192
+# OTEL_TRACES_SAMPLER's values (keel.settings.OtelSampler), as the SDK maps them
+_STATIC_SAMPLERS: Final[dict[str, Sampler]] = {
+    "always_on": ALWAYS_ON,
+    "always_off": ALWAYS_OFF,
+    "parentbased_always_on": DEFAULT_ON,
+    "parentbased_always_off": DEFAULT_OFF,
+}
+_RATIO_SAMPLERS: Final = {"traceidratio": TraceIdRatioBased, "parentbased_traceidratio": ParentBasedTraceIdRatio}
 
 # The process's tracer while tracing is on, else None: the one thing hot paths look at.
 tracer: Tracer | None = None
@@ -55,19 +70,20 @@ _provider: LeanProvider | None = None
 def setup(settings: Settings, engine: AsyncEngine) -> bool:
     """Start tracing if an OTLP endpoint is configured: exporter, batch processor, instrumentations. True if on."""
     global tracer, _provider
-    if not (settings.otel_exporter_otlp_endpoint or settings.otel_exporter_otlp_traces_endpoint):
+    protocol = settings.otel_exporter_otlp_traces_protocol or settings.otel_exporter_otlp_protocol
+    endpoint = _traces_endpoint(settings, protocol)
+    if endpoint is None:
         return False
     resource = Resource.create({SERVICE_VERSION: package_version("keel"), SERVICE_INSTANCE_ID: str(uuid.uuid4())})
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):  # no OTEL_SERVICE_NAME
         resource = resource.merge(Resource({SERVICE_NAME: "keel"}))
     ratio = settings.otel_sample_ratio
     # keel's default sampler is parent-based with `ratio` of new traces, drawn by keel's tracers; a sampler named in
-    # OTEL_TRACES_SAMPLER is the SDK's, built from the variables as the SDK's own provider builds it (a private
-    # function, pinned with the SDK in pyproject.toml; tests/test_telemetry.py checks that always_on records all)
-    sampler = ALWAYS_ON if ratio is not None else _get_from_env_or_default()
-    # the exporters read the endpoint, headers, timeout, compression and TLS variables themselves
-    protocol = settings.otel_exporter_otlp_traces_protocol or settings.otel_exporter_otlp_protocol
-    exporter = otlp.grpc_exporter() if protocol == "grpc" else otlp.http_exporter()
+    # OTEL_TRACES_SAMPLER is the SDK's
+    sampler = ALWAYS_ON if ratio is not None else _named_sampler(settings)
+    # the exporters read the headers, timeout, compression and TLS variables themselves, but the endpoint is
+    # settings': they may come from a .env file, which the SDK does not read (it would send to localhost)
+    exporter = otlp.grpc_exporter(endpoint) if protocol == "grpc" else otlp.http_exporter(endpoint)
     provider = LeanProvider(resource, exporter, ratio, sampler)
     _instrument(provider, engine)
     _provider, tracer = provider, provider.get_tracer("keel", package_version("keel"))
@@ -81,12 +97,7 @@ def shutdown() -> None:
     if provider is None:
         return
     _uninstrument()
-    # an export to a collector that never answers lasts as long as the exporter's timeout: flush in a daemon
-    # thread and leave it behind past the deadline
-    flush = threading.Thread(target=provider.shutdown, name="keel-otel-shutdown", daemon=True)
-    flush.start()
-    flush.join(SHUTDOWN_TIMEOUT)
-    if flush.is_alive():
+    if not provider.shutdown(SHUTDOWN_TIMEOUT):
         log.warning("spans not flushed within %.0f s: the collector is not answering", SHUTDOWN_TIMEOUT)
 
 
@@ -299,6 +310,29 @@ def context_of(parent: bytes) -> Context:
 
 
 # -- setup details -------------------------------------------------------------------------------------------
+
+
+def _traces_endpoint(settings: Settings, protocol: str) -> str | None:
+    """Where spans go, as the OTLP exporter specification resolves it: the traces endpoint as given, else the
+    general one (with `v1/traces` appended for http/protobuf); None when neither is set (tracing off)."""
+    if settings.otel_exporter_otlp_traces_endpoint:
+        return settings.otel_exporter_otlp_traces_endpoint
+    endpoint = settings.otel_exporter_otlp_endpoint
+    if not endpoint:
+        return None
+    return endpoint if protocol == "grpc" else f"{endpoint.removesuffix('/')}/v1/traces"
+
+
+def _named_sampler(settings: Settings) -> Sampler:
+    """The SDK's sampler that OTEL_TRACES_SAMPLER names, built as the SDK's provider builds it from the environment,
+    but from settings, which a .env file reaches too."""
+    name = settings.otel_traces_sampler
+    assert name is not None  # else keel's default sampler applies
+    ratio_sampler = _RATIO_SAMPLERS.get(name)
+    if ratio_sampler is None:
+        return _STATIC_SAMPLERS[name]
+    arg = settings.otel_traces_sampler_arg
+    return ratio_sampler(1.0 if arg is None else float(arg))  # no argument: 1.0, as the SDK has it
 
 
 def _instrument(provider: LeanProvider, engine: AsyncEngine) -> None:

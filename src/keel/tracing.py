@@ -346,5 +346,6 @@ class LeanProvider(trace.TracerProvider):
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return self.queue.flush()
 
-    def shutdown(self) -> None:
-        self.queue.shutdown()
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """Send what is queued and stop; False if `timeout` seconds were not enough."""
+        return self.queue.shutdown(timeout)
