@@ -429,14 +429,21 @@ async def test_spans_under_an_unsampled_request_cost_nothing(tmp_path: Path, rat
             with instrumentation.start_as_current_span("GET", kind=SpanKind.CLIENT) as redis_span:
                 assert redis_span.is_recording() is is_sampled
                 child = telemetry.start_span("ratelimit.check")
+            job = lambda: 42  # noqa: E731  # a password hash's, say, run in a pool thread
+            in_thread = telemetry.traced_job("password.hash", job)
             if is_sampled:  # real children of the request's span
                 assert child.is_recording()
                 assert child.get_span_context().trace_id == server_span.span.get_span_context().trace_id
+                assert in_thread is not job
             else:  # no span built at all: the request's own no-op span stands in, so logs name its trace
                 assert child is server_span.span
                 assert redis_span is server_span.span
+                assert in_thread is job  # no span to start in the thread: it would be the request's, dropped
+            assert await asyncio.to_thread(in_thread) == 42
             child.end()
             server_span.close(200)
+            # the request is over: what starts now is a trace of its own, not a child of the request's
+            assert telemetry.start_span("after") is not server_span.span
         finally:
             telemetry.shutdown()
             await engine.dispose()

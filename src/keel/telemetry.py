@@ -17,6 +17,7 @@ import logging
 import re
 import uuid
 from collections.abc import Callable, Sequence
+from contextvars import Token
 from importlib.metadata import version as package_version
 from typing import Any, Final, TypeVar
 
@@ -33,14 +34,14 @@ from opentelemetry.sdk.trace.sampling import (
     Sampler,
     TraceIdRatioBased,
 )
-from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags, Tracer
+from opentelemetry.trace import INVALID_SPAN, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.trace.span import TraceState
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keel import otlp
 from keel.settings import Settings
-from keel.tracing import LeanProvider, LeanSpan, LeanTracer
+from keel.tracing import UNSAMPLED, LeanProvider, LeanSpan, LeanTracer, UnsampledSpan
 
 log = logging.getLogger("keel.telemetry")
 T = TypeVar("T")
@@ -128,10 +129,13 @@ class ServerSpan:
         self.span = span
         self.method = method
         self.scope = scope  # the router writes the matched route's template into it
-        self._token = otel_context.attach(trace.set_span_in_context(span))
         self._status: int | None = None
         self._is_recorded = span.is_recording()
         self._is_done = not self._is_recorded
+        if type(span) is UnsampledSpan:  # keel's tracers find it without the API's context (tracing.UNSAMPLED)
+            self._token: Token[Any] = UNSAMPLED.set(span)
+        else:
+            self._token = otel_context.attach(trace.set_span_in_context(span))
 
     def status(self, status: int) -> None:
         """The response status: 5xx marks the span as an error (4xx is the client's, per the conventions)."""
@@ -180,7 +184,10 @@ class ServerSpan:
 
     def detach(self) -> None:
         """Leave the span's context; call from the task that started it, after end()."""
-        otel_context.detach(self._token)
+        if type(self.span) is UnsampledSpan:
+            UNSAMPLED.reset(self._token)
+        else:
+            otel_context.detach(self._token)
 
     def ids(self) -> tuple[str, str] | None:
         """(trace_id, span_id) in hex for the request's log line when the span is sampled, else None: an unsampled
@@ -274,6 +281,8 @@ def traced_job(name: str, job: Callable[[], T]) -> Callable[[], T]:
     Executors do not carry contextvars over to their threads, so the parent is captured now, by the caller.
     """
     parent = otel_context.get_current()
+    if UNSAMPLED.get() is not None and trace.get_current_span(parent) is INVALID_SPAN:
+        return job  # under an unsampled request (keel.tracing.UNSAMPLED): its span would be the request's, dropped
 
     def run() -> T:
         span = start_span(name, parent=parent)

@@ -27,6 +27,7 @@ import random
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from time import time_ns
 from types import TracebackType
 from typing import Any, Final
@@ -38,7 +39,16 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Sampler
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import (
+    INVALID_SPAN,
+    Link,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
 from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import Attributes, AttributeValue
 
@@ -209,6 +219,13 @@ class UnsampledSpan(NonRecordingSpan):
         return context
 
 
+# The unsampled request (or handshake) this task serves: its span is set here, not attached to the API's context,
+# which took tracing's cost over (c) on an unsampled request from 18 500 to 14 100 instructions (bench/paired.py
+# --instructions, BENCHMARKS.md 2026-12-05). Tracers look here when the API's context has no span, so what the
+# request starts (SQL, Redis, keel's own) is dropped with it rather than rooting a trace of its own.
+UNSAMPLED: Final[ContextVar[UnsampledSpan | None]] = ContextVar("keel_unsampled_request", default=None)
+
+
 class LeanTracer(trace.Tracer):
     """Spans of one instrumentation scope; the work is skipped for spans no one will see."""
 
@@ -230,6 +247,8 @@ class LeanTracer(trace.Tracer):
         parent = trace.get_current_span(context)
         if type(parent) is UnsampledSpan:  # see below: without drawing its ids
             return parent
+        if context is None and parent is INVALID_SPAN and (unsampled := UNSAMPLED.get()) is not None:
+            return unsampled  # under an unsampled request, which left the API's context alone (see UNSAMPLED)
         parent_context: SpanContext | None = parent.get_span_context()
         provider = self._provider
         if parent_context is not None and parent_context.is_valid:
