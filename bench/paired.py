@@ -24,6 +24,14 @@ as under `keel serve`.
 Each sampler runs in a child process of its own (the sampler is fixed at startup): `b` is keel's default
 (parent-based 10 %), `a` is `OTEL_TRACES_SAMPLER=always_on`, `0` records nothing (`OTEL_TRACES_SAMPLER_ARG=0`:
 the unsampled path). Prints a markdown table; nothing is written.
+
+`--instructions` counts instructions instead of CPU time: each child runs under valgrind's callgrind, which counts
+what every thread executes, whatever else the machine is doing. The warm-up runs uninstrumented; each measured block
+is bracketed by `callgrind_control --dump`, with the garbage collector held off and the sampler's draws seeded alike,
+and a configuration's figure is its least block (a timer's work lands in whichever block is running). Counts repeat
+to within a few hundred instructions a request, where CPU time on a shared machine moves by tens of microseconds.
+They are not time: cache misses and the kernel's work are not in them. `--cycles 3 --block 256` takes about two
+minutes a sampler.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import asyncio
 import gc
 import json
 import os
+import random
 import socket
 import statistics
 import subprocess
@@ -69,7 +78,33 @@ def free_port() -> int:
 # -- the child: one sampler, every configuration ---------------------------------------------------------------
 
 
-async def measure(path: str, cycles: int, block: int, sink_port: int) -> dict[str, Any]:
+class Callgrind:
+    """This process's instruction count between two calls, when it runs under callgrind (`--instr-atstart=no`)."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.pid = str(os.getpid())
+        self.out_dir = out_dir
+        self.dumps = 0
+
+    def control(self, *options: str) -> None:
+        subprocess.run(["callgrind_control", *options, self.pid], check=True, stdout=subprocess.DEVNULL)
+
+    def start(self) -> None:
+        self.control("--instr=on")
+        self.dump()
+
+    def dump(self) -> tuple[int, int]:
+        """Instructions since the previous dump: the process's (every thread) and the main thread's (the loop's)."""
+        self.control("--dump")
+        self.dumps += 1
+        counts = {}
+        for path in Path(self.out_dir).glob(f"cg.{self.pid}.{self.dumps}-*"):  # a file per thread: -01 is the main
+            text = path.read_text()
+            counts[path.name.rsplit("-", 1)[1]] = int(text.split("\nsummary: ", 1)[1].split(None, 1)[0])
+        return sum(counts.values()), counts["01"]
+
+
+async def measure(path: str, cycles: int, block: int, sink_port: int, callgrind: Callgrind | None) -> dict[str, Any]:
     import prometheus_client
     from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -111,12 +146,35 @@ async def measure(path: str, cycles: int, block: int, sink_port: int) -> dict[st
     headers = [(b"host", b"127.0.0.1:8000"), (b"user-agent", b"paired/1"), (b"accept", b"*/*")]
     one = get_caller(app, path, headers, statuses)  # Litestar.__call__ puts itself in the scope, then the edge runs
 
-    async def run_block() -> tuple[float, float]:
-        cpu, loop_cpu = time.process_time(), time.thread_time()
+    async def send_block() -> None:
         for _ in range(block // CONCURRENCY):
             await asyncio.gather(*(one() for _ in range(CONCURRENCY)))
+
+    async def run_block() -> tuple[float, float]:
+        if callgrind is not None:
+            return await counted_block(callgrind)
+        cpu, loop_cpu = time.process_time(), time.thread_time()
+        await send_block()
         await asyncio.sleep(PAUSE_S)  # every configuration pauses alike; a traced block's spans are exported meanwhile
         return (time.process_time() - cpu) / block * 1e6, (time.thread_time() - loop_cpu) / block * 1e6
+
+    async def counted_block(callgrind: Callgrind) -> tuple[float, float]:
+        """run_block's figures as instructions a request: the process's and the loop thread's."""
+        gc.collect()  # a collection's count would land in whichever block it falls in
+        gc.disable()
+        random.seed(0)  # the same requests sampled in every block
+        callgrind.dump()
+        await send_block()
+        # The block's spans go in one batch from the export thread, as a server at a few thousand requests a second
+        # sends them every 100 ms (under valgrind, 100 ms of wall time holds a handful of requests: a POST for
+        # every few spans). Its schedule is off (see main): it is woken here, and the flush waits for its export.
+        provider: Any = telemetry._provider
+        provider.queue._wake.set()
+        await asyncio.sleep(PAUSE_S)
+        provider.force_flush()
+        counted, loop_counted = callgrind.dump()
+        gc.enable()
+        return counted / block, loop_counted / block
 
     async with app.lifespan():
         if path == "/api/v1/protected":  # as bench/run.py's keel_bench_token: sign up, log in, send the token
@@ -138,6 +196,8 @@ async def measure(path: str, cycles: int, block: int, sink_port: int) -> dict[st
         for name in CONFIGS:  # warm-up: caches, the first export's connection
             configure(name)
             await run_block()
+        if callgrind is not None:
+            callgrind.start()
         results: dict[str, list[tuple[float, float]]] = {name: [] for name in CONFIGS}
         for cycle in range(cycles):
             order = CONFIGS[cycle % len(CONFIGS) :] + CONFIGS[: cycle % len(CONFIGS)]
@@ -153,6 +213,16 @@ async def measure(path: str, cycles: int, block: int, sink_port: int) -> dict[st
         for s in m.samples
         if s.name.endswith("_total")
     )
+    if callgrind is not None:
+        # A count has no noise to pair away, but a timer's work (a few million instructions) lands in whichever block
+        # is running when it fires: each configuration's least count is its own, without it
+        least = {name: min(r[0] for r in results[name]) for name in CONFIGS}
+        least_loop = {name: min(r[1] for r in results[name]) for name in CONFIGS}
+        extra = {
+            name: {"cpu": least[name] - least["off"], "loop": least_loop[name] - least_loop["off"]}
+            for name in CONFIGS[1:]
+        }
+        return {"off": least["off"], "extra": extra, "statuses": statuses, "dropped": dropped}
     extra = {}
     for name in CONFIGS[1:]:
         pairs = zip(results[name], results["off"], strict=True)
@@ -176,7 +246,8 @@ def child(args: argparse.Namespace) -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)  # the access lines go to stderr, as under `keel serve` with its log file
     try:
-        result = uvloop.run(measure(args.path, args.cycles, args.block, args.sink_port))
+        callgrind = Callgrind(args.callgrind_dir) if args.callgrind_dir else None
+        result = uvloop.run(measure(args.path, args.cycles, args.block, args.sink_port, callgrind))
     except BaseException:
         traceback.print_exc(file=errors)
         raise SystemExit(1) from None
@@ -192,7 +263,11 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=640)
     parser.add_argument("--samplers", default="b,a,0", help="comma-separated among b (10 %%), a (always_on), 0")
     parser.add_argument("--path", default="/api/v1/public")
+    parser.add_argument(
+        "--instructions", action="store_true", help="count instructions under valgrind's callgrind, not CPU time"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--callgrind-dir", help=argparse.SUPPRESS)  # the child's, under callgrind
     parser.add_argument("--sink-port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
@@ -210,10 +285,22 @@ def main() -> None:
                 SAMPLERS[key],
                 OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",  # the exporter reads these itself
                 OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
-                OTEL_BSP_SCHEDULE_DELAY=str(SCHEDULE_DELAY_MS),
+                # under callgrind, a block's spans are flushed at its end (see run_block)
+                OTEL_BSP_SCHEDULE_DELAY=str(3_600_000 if args.instructions else SCHEDULE_DELAY_MS),
             )
             argv = [sys.executable, __file__, "--child", key, "--sink-port", str(port), "--path", args.path]
             argv += ["--cycles", str(args.cycles), "--block", str(args.block)]
+            if args.instructions:  # the child reads its dumps from a directory of its own
+                out_dir = tempfile.mkdtemp(prefix="keel-callgrind-")
+                print(f"sampler {key}: callgrind's dumps in {out_dir}", file=sys.stderr, flush=True)
+                valgrind = [
+                    "valgrind",
+                    "--tool=callgrind",
+                    "--instr-atstart=no",
+                    "--separate-threads=yes",
+                    f"--callgrind-out-file={out_dir}/cg.%p",
+                ]
+                argv = [*valgrind, *argv, "--callgrind-dir", out_dir]
             done = subprocess.run(argv, env=env, stdout=subprocess.PIPE, text=True, check=True, cwd=ROOT)
             rows[key] = json.loads(done.stdout.strip().splitlines()[-1])
             print(f"sampler {key}: {rows[key]}", file=sys.stderr, flush=True)
@@ -222,15 +309,16 @@ def main() -> None:
         sink.wait()
     labels = {"b": "(b) default sampler, 10 %", "a": "(a) always_on", "0": "nothing sampled (ratio 0)"}
     print(f"`GET {args.path}`, {args.cycles} cycles x {args.block} requests a configuration, {CONCURRENCY} at a time\n")
-    head = ("child (sampler)", "off: µs CPU / request", "+ metrics", "+ access log", "(c) both", "(c) + tracing")
-    print("| " + " | ".join((*head, "of which the loop thread")) + " |")
-    print("|---" * (len(head) + 1) + "|")
+    unit = "instructions" if args.instructions else "µs CPU"
+    head = ("child (sampler)", f"off: {unit} / request", "+ metrics", "+ access log", "(c) both", "(c) + tracing")
+    loop = ("of which the loop thread",)
+    print("| " + " | ".join((*head, *loop)) + " |")
+    print("|---" * (len(head) + len(loop)) + "|")
     for key, row in rows.items():
         e = row["extra"]
-        print(
-            f"| {labels[key]} | {row['off']:.1f} | {e['metrics']['cpu']:+.1f} | {e['log']['cpu']:+.1f} "
-            f"| {e['c']['cpu']:+.1f} | **{e['traced']['cpu']:+.1f}** | {e['traced']['loop']:+.1f} |"
-        )
+        cells = [f"{row['off']:.1f}", *(f"{e[name]['cpu']:+.1f}" for name in ("metrics", "log", "c"))]
+        cells += [f"**{e['traced']['cpu']:+.1f}**", f"{e['traced']['loop']:+.1f}"]
+        print(f"| {labels[key]} | " + " | ".join(cells) + " |")
     for key, row in rows.items():
         print(f"\n{labels[key]}: statuses {row['statuses']}, spans dropped {row['dropped']:.0f}", end="")
     print()
