@@ -39,16 +39,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Sampler
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import (
-    INVALID_SPAN,
-    Link,
-    NonRecordingSpan,
-    SpanContext,
-    SpanKind,
-    Status,
-    StatusCode,
-    TraceFlags,
-)
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import Attributes, AttributeValue
 
@@ -247,7 +238,7 @@ class LeanTracer(trace.Tracer):
         parent = trace.get_current_span(context)
         if type(parent) is UnsampledSpan:  # see below: without drawing its ids
             return parent
-        if context is None and parent is INVALID_SPAN and (unsampled := UNSAMPLED.get()) is not None:
+        if context is None and parent is trace.INVALID_SPAN and (unsampled := UNSAMPLED.get()) is not None:
             return unsampled  # under an unsampled request, which left the API's context alone (see UNSAMPLED)
         parent_context: SpanContext | None = parent.get_span_context()
         provider = self._provider
