@@ -52,6 +52,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from inprocess import Callgrind, under_callgrind
 from run import BENCH_USER, FORM_TYPE, login_form
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,32 +77,6 @@ def free_port() -> int:
 
 
 # -- the child: one sampler, every configuration ---------------------------------------------------------------
-
-
-class Callgrind:
-    """This process's instruction count between two calls, when it runs under callgrind (`--instr-atstart=no`)."""
-
-    def __init__(self, out_dir: str) -> None:
-        self.pid = str(os.getpid())
-        self.out_dir = out_dir
-        self.dumps = 0
-
-    def control(self, *options: str) -> None:
-        subprocess.run(["callgrind_control", *options, self.pid], check=True, stdout=subprocess.DEVNULL)
-
-    def start(self) -> None:
-        self.control("--instr=on")
-        self.dump()
-
-    def dump(self) -> tuple[int, int]:
-        """Instructions since the previous dump: the process's (every thread) and the main thread's (the loop's)."""
-        self.control("--dump")
-        self.dumps += 1
-        counts = {}
-        for path in Path(self.out_dir).glob(f"cg.{self.pid}.{self.dumps}-*"):  # a file per thread: -01 is the main
-            text = path.read_text()
-            counts[path.name.rsplit("-", 1)[1]] = int(text.split("\nsummary: ", 1)[1].split(None, 1)[0])
-        return sum(counts.values()), counts["01"]
 
 
 async def measure(path: str, cycles: int, block: int, sink_port: int, callgrind: Callgrind | None) -> dict[str, Any]:
@@ -293,14 +268,7 @@ def main() -> None:
             if args.instructions:  # the child reads its dumps from a directory of its own
                 out_dir = tempfile.mkdtemp(prefix="keel-callgrind-")
                 print(f"sampler {key}: callgrind's dumps in {out_dir}", file=sys.stderr, flush=True)
-                valgrind = [
-                    "valgrind",
-                    "--tool=callgrind",
-                    "--instr-atstart=no",
-                    "--separate-threads=yes",
-                    f"--callgrind-out-file={out_dir}/cg.%p",
-                ]
-                argv = [*valgrind, *argv, "--callgrind-dir", out_dir]
+                argv = under_callgrind([*argv, "--callgrind-dir", out_dir], out_dir)
             done = subprocess.run(argv, env=env, stdout=subprocess.PIPE, text=True, check=True, cwd=ROOT)
             rows[key] = json.loads(done.stdout.strip().splitlines()[-1])
             print(f"sampler {key}: {rows[key]}", file=sys.stderr, flush=True)

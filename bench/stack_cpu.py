@@ -12,6 +12,12 @@ configured with an OTLP endpoint and the default sampler at ratio 0 (`OTEL_TRACE
 path, nothing exported). It drives the ASGI app directly (no server: the server's share is bench/server_cpu.py's),
 64 requests at a time on uvloop, and reports `time.process_time` per request over `--requests` after a warm-up.
 `/api/v1/protected` sends a bearer token of a user it signs up first. Prints each round and the medians.
+
+`--peer` measures the plain Litestar peer (../shared/bench/peers/litestar_app.py, the same two endpoints, JWT
+decoded per request on /protected) in place of the other tree, on keel's own venv: the same Litestar release, so
+the difference is what keel's stack adds. `--instructions` counts instructions a request under valgrind's callgrind
+instead of CPU time (bench/inprocess.py's Callgrind: the least of `--rounds` blocks of 256 requests, the collector
+held off), which repeats on a shared machine; one round of each child is then enough.
 """
 
 from __future__ import annotations
@@ -24,9 +30,13 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+from inprocess import Callgrind, under_callgrind
 
 ROOT = Path(__file__).resolve().parent.parent
 ORIGIN = "https://app.example.com"
@@ -35,7 +45,23 @@ FORM = b"application/x-www-form-urlencoded"
 BENCH_USER = {"username": "bench_user", "email": "bench_user@example.com", "password": "bench-password-0123456789"}
 
 
-async def measure(path: str, requests: int) -> dict[str, Any]:
+PEER = ROOT.parent / "shared" / "bench" / "peers" / "litestar_app.py"
+PEER_SECRET = "bench-secret-key-please-change-0123456789abcdef"  # noqa: S105  # the peer's own bench secret
+
+
+def peer_app() -> Any:
+    """The plain Litestar peer's app, imported from its file."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("litestar_peer", PEER)
+    assert spec is not None
+    assert spec.loader is not None
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # Litestar reads its handlers' hints there
+    spec.loader.exec_module(module)
+    return module.app
+
+
+async def measure(path: str, requests: int, peer: bool, callgrind: Callgrind | None) -> dict[str, Any]:
     from inprocess import bench_settings, call, get_caller, migrated_sqlite_url
     from keel import telemetry
     from keel.logs import configure_logging
@@ -50,7 +76,7 @@ async def measure(path: str, requests: int) -> dict[str, Any]:
         OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
     )
     configure_logging(settings.log_format, "warning")
-    app = create_app(settings)
+    app = peer_app() if peer else create_app(settings)
     headers = [
         (b"host", b"127.0.0.1:8000"),
         (b"user-agent", b"stack/1"),
@@ -62,8 +88,12 @@ async def measure(path: str, requests: int) -> dict[str, Any]:
     one = get_caller(app, path, headers, statuses)
 
     async with app.lifespan():
-        assert telemetry.tracer is not None, "tracing did not start"
-        if path.endswith("/protected"):
+        assert peer or telemetry.tracer is not None, "tracing did not start"
+        if peer and path.endswith("/protected"):  # the peer's token: HS256 with its secret, as make_token.py signs
+            import jwt
+
+            headers.append((b"authorization", b"Bearer " + jwt.encode({"sub": "bench"}, PEER_SECRET).encode()))
+        elif path.endswith("/protected"):
             created, _ = await call(app, "POST", "/api/v1/users", json.dumps(BENCH_USER).encode(), b"application/json")
             form = f"grant_type=password&username={BENCH_USER['username']}&password={BENCH_USER['password']}"
             status, body = await call(
@@ -76,6 +106,8 @@ async def measure(path: str, requests: int) -> dict[str, Any]:
         for _ in range(1280 // CONCURRENCY):  # warm-up
             await asyncio.gather(*(one() for _ in range(CONCURRENCY)))
         statuses.clear()
+        if callgrind is not None:
+            return {"us": await least_block(callgrind, one, requests), "statuses": statuses}
         cpu = time.process_time()
         for _ in range(requests // CONCURRENCY):
             await asyncio.gather(*(one() for _ in range(CONCURRENCY)))
@@ -83,13 +115,29 @@ async def measure(path: str, requests: int) -> dict[str, Any]:
     return {"us": cpu / requests * 1e6, "statuses": statuses}
 
 
-def child(path: str, requests: int) -> None:
+async def least_block(callgrind: Callgrind, one: Callable[[], Awaitable[None]], blocks: int) -> float:
+    """The fewest instructions a request over `blocks` blocks of 256 (a timer's work lands in whichever block runs)."""
+    callgrind.start()
+    counts = []
+    for _ in range(blocks):
+        gc.collect()  # a collection's count would land in whichever block it falls in
+        gc.disable()
+        callgrind.dump()
+        for _ in range(256 // CONCURRENCY):
+            await asyncio.gather(*(one() for _ in range(CONCURRENCY)))
+        counts.append(callgrind.dump()[0] / 256)
+        gc.enable()
+    return min(counts)
+
+
+def child(path: str, requests: int, peer: bool, callgrind_dir: str | None) -> None:
     import uvloop
 
     errors = os.fdopen(os.dup(2), "w")
     os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # the access lines go to stderr, as under `keel serve`
     try:
-        result = uvloop.run(measure(path, requests))
+        callgrind = Callgrind(callgrind_dir) if callgrind_dir else None
+        result = uvloop.run(measure(path, requests, peer, callgrind))
     except BaseException:
         import traceback
 
@@ -98,10 +146,16 @@ def child(path: str, requests: int) -> None:
     print(json.dumps(result), flush=True)
 
 
-def run_child(src: Path, path: str, requests: int) -> float:
+def run_child(src: Path | None, path: str, requests: int, instructions: bool) -> float:
+    """One child's figure: keel from the source tree `src`, or the peer when `src` is None."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "KEEL_", "DATABASE_URL"))}
-    env.update(PYTHONPATH=str(src), OTEL_TRACES_SAMPLER_ARG="0")
+    env.update(PYTHONPATH=str(src or ROOT / "src"), OTEL_TRACES_SAMPLER_ARG="0")
     argv = [sys.executable, __file__, "--child", "--path", path, "--requests", str(requests)]
+    if src is None:
+        argv.append("--peer")
+    if instructions:
+        out_dir = tempfile.mkdtemp(prefix="keel-callgrind-")
+        argv = under_callgrind([*argv, "--callgrind-dir", out_dir], out_dir)
     done = subprocess.run(argv, env=env, capture_output=True, text=True, check=True, cwd=ROOT)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     if set(result["statuses"]) != {"200"}:
@@ -115,23 +169,30 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=6400)
     parser.add_argument("--path", default="/api/v1/public")
     parser.add_argument("--against", type=Path, default=ROOT.parent / "main" / "src")
+    parser.add_argument("--peer", action="store_true", help="against the plain Litestar peer, not another tree")
+    parser.add_argument("--instructions", action="store_true", help="count instructions under callgrind")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--callgrind-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.path, args.requests)
+        child(args.path, args.requests, args.peer, args.callgrind_dir)
         return
-    trees = {"this tree": ROOT / "src", "against": args.against}
+    against = "plain Litestar" if args.peer else str(args.against)
+    trees: dict[str, Path | None] = {"this tree": ROOT / "src", against: None if args.peer else args.against}
+    unit = "instructions" if args.instructions else "µs"
     figures: dict[str, list[float]] = {name: [] for name in trees}
-    for round_ in range(args.rounds):
+    for round_ in range(1 if args.instructions else args.rounds):  # a count needs no second round
         order = list(trees) if round_ % 2 == 0 else list(reversed(trees))
         for name in order:
-            figures[name].append(run_child(trees[name], args.path, args.requests))
-        print(f"round {round_ + 1}: " + ", ".join(f"{n} {figures[n][-1]:.1f} µs" for n in trees), flush=True)
+            blocks = args.rounds if args.instructions else args.requests  # under callgrind: blocks of 256
+            figures[name].append(run_child(trees[name], args.path, blocks, args.instructions))
+        print(f"round {round_ + 1}: " + ", ".join(f"{n} {figures[n][-1]:.1f} {unit}" for n in trees), flush=True)
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     mine, theirs = (statistics.median(figures[n]) for n in trees)
-    diffs = [a - b for a, b in zip(figures["this tree"], figures["against"], strict=True)]
-    print(f"\n{args.path}: this tree {mine:.1f} µs, {args.against} {theirs:.1f} µs per request (medians of")
-    print(f"{args.rounds}); paired difference median {statistics.median(diffs):+.1f} µs; load average {load}")
+    diffs = [a - b for a, b in zip(figures["this tree"], figures[against], strict=True)]
+    print(f"\n{args.path}: this tree {mine:.1f} {unit}, {against} {theirs:.1f} {unit} per request (medians of")
+    print(f"{len(diffs)}; ratio {mine / theirs:.2f}); paired difference median {statistics.median(diffs):+.1f} {unit};")
+    print(f"load average {load}")
 
 
 if __name__ == "__main__":
