@@ -83,6 +83,9 @@ class _Zstd:
 
 
 COMPRESSORS: Final[dict[str, Callable[[], Compressor]]] = {"zstd": _Zstd, "br": _Brotli, "gzip": _Gzip}
+_CODINGS: Final = {encoding: encoding.encode() for encoding in ENCODINGS}  # Content-Encoding's value
+_SUFFIXES: Final = {encoding: b"-" + encoding.encode() + b'"' for encoding in ENCODINGS}  # an encoded ETag's end
+_NONE_UNSUFFIXED: Final[frozenset[bytes]] = frozenset()
 
 
 def compress_whole(encoding: str, body: bytes) -> bytes:
@@ -155,14 +158,19 @@ class CompressionMiddleware:
         if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
-        accept = next((value for name, value in scope["headers"] if name == b"accept-encoding"), None)
+        accept = if_none_match = None
+        for name, value in scope["headers"]:  # one pass for both (a generator per header cost more than the loop)
+            if name == b"accept-encoding":
+                accept = accept or value
+            elif name == b"if-none-match":
+                if_none_match = value
         encoding = _encoding_for(accept) if accept else None
         if encoding is None:
             await self.app(scope, receive, send)
             return
 
-        suffix = b"-" + encoding.encode() + b'"'
-        unsuffixed = _unsuffix_if_none_match(scope, suffix)
+        suffix = _SUFFIXES[encoding]
+        unsuffixed = _unsuffix_if_none_match(scope, suffix) if if_none_match else _NONE_UNSUFFIXED
         start: HTTPResponseStartEvent | None = None
         compressor: Compressor | None = None
         passthrough = False
@@ -194,7 +202,7 @@ class CompressionMiddleware:
                     return
                 etag = _strong_etag(start.get("headers", ()))
                 headers = [(k, v) for k, v in _suffix_etag(start.get("headers", ()), suffix) if k != b"content-length"]
-                headers += [(b"content-encoding", encoding.encode()), (b"vary", b"Accept-Encoding")]
+                headers += [(b"content-encoding", _CODINGS[encoding]), (b"vary", b"Accept-Encoding")]
                 start["headers"] = headers
                 if not more:
                     # a whole body: compressed in one go (or found, by its ETag), and its length said
