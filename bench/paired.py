@@ -135,20 +135,20 @@ async def measure(path: str, cycles: int, block: int, sink_port: int, callgrind:
 
     async def counted_block(callgrind: Callgrind) -> tuple[float, float]:
         """run_block's figures as instructions a request: the process's and the loop thread's."""
-        gc.collect()  # a collection's count would land in whichever block it falls in
-        gc.disable()
+
+        async def block_and_its_spans() -> None:
+            await send_block()
+            # The block's spans go in one batch from the export thread, as a server at a few thousand requests a
+            # second sends them every 100 ms (under valgrind, 100 ms of wall time holds a handful of requests: a
+            # POST for every few spans). Its schedule is off (see main): it is woken here, and the flush waits for
+            # its export.
+            provider: Any = telemetry._provider
+            provider.queue._wake.set()
+            await asyncio.sleep(PAUSE_S)
+            provider.force_flush()
+
         random.seed(0)  # the same requests sampled in every block
-        callgrind.dump()
-        await send_block()
-        # The block's spans go in one batch from the export thread, as a server at a few thousand requests a second
-        # sends them every 100 ms (under valgrind, 100 ms of wall time holds a handful of requests: a POST for
-        # every few spans). Its schedule is off (see main): it is woken here, and the flush waits for its export.
-        provider: Any = telemetry._provider
-        provider.queue._wake.set()
-        await asyncio.sleep(PAUSE_S)
-        provider.force_flush()
-        counted, loop_counted = callgrind.dump()
-        gc.enable()
+        counted, loop_counted = await callgrind.count(block_and_its_spans)
         return counted / block, loop_counted / block
 
     async with app.lifespan():

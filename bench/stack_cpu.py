@@ -118,15 +118,12 @@ async def measure(path: str, requests: int, peer: bool, callgrind: Callgrind | N
 async def least_block(callgrind: Callgrind, one: Callable[[], Awaitable[None]], blocks: int) -> float:
     """The fewest instructions a request over `blocks` blocks of 256 (a timer's work lands in whichever block runs)."""
     callgrind.start()
-    counts = []
-    for _ in range(blocks):
-        gc.collect()  # a collection's count would land in whichever block it falls in
-        gc.disable()
-        callgrind.dump()
+
+    async def block() -> None:
         for _ in range(256 // CONCURRENCY):
             await asyncio.gather(*(one() for _ in range(CONCURRENCY)))
-        counts.append(callgrind.dump()[0] / 256)
-        gc.enable()
+
+    counts = [(await callgrind.count(block))[0] / 256 for _ in range(blocks)]
     return min(counts)
 
 
