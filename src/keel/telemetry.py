@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import Token
 from importlib.metadata import version as package_version
 from typing import Any, Final, TypeVar
@@ -130,12 +130,13 @@ class ServerSpan:
         self.method = method
         self.scope = scope  # the router writes the matched route's template into it
         self._status: int | None = None
-        self._is_recorded = span.is_recording()
-        self._is_done = not self._is_recorded
         if type(span) is UnsampledSpan:  # keel's tracers find it without the API's context (tracing.UNSAMPLED)
+            self._is_recorded = False
             self._token: Token[Any] = UNSAMPLED.set(span)
         else:
+            self._is_recorded = span.is_recording()
             self._token = otel_context.attach(trace.set_span_in_context(span))
+        self._is_done = not self._is_recorded
 
     def status(self, status: int) -> None:
         """The response status: 5xx marks the span as an error (4xx is the client's, per the conventions)."""
@@ -199,8 +200,11 @@ class ServerSpan:
         return span_context.trace_id.to_bytes(16, "big").hex(), span_context.span_id.to_bytes(8, "big").hex()
 
 
-def start_server_span(scope: Any) -> ServerSpan | None:
+def start_server_span(scope: Any, headers: Mapping[bytes, bytes] | None = None) -> ServerSpan | None:
     """A server span for an HTTP request or WebSocket handshake, continuing the client's `traceparent`.
+
+    `headers` holds the request's `traceparent` and `tracestate` by name when the caller has read them already (the
+    edge middleware's one pass over the headers); None, and they are read from the scope.
 
     Named for the method only until end() learns the route template: raw paths hold ids and would make span
     names unbounded. The query string is never recorded: /ws?ticket= and /events?ticket= carry credentials.
@@ -209,12 +213,15 @@ def start_server_span(scope: Any) -> ServerSpan | None:
     """
     if tracer is None:
         return None
-    traceparent = tracestate = None
-    for name, value in scope["headers"]:
-        if name == b"traceparent":
-            traceparent = value
-        elif name == b"tracestate":
-            tracestate = value
+    if headers is not None:
+        traceparent, tracestate = headers.get(b"traceparent"), headers.get(b"tracestate")
+    else:
+        traceparent = tracestate = None
+        for name, value in scope["headers"]:
+            if name == b"traceparent" and traceparent is None:
+                traceparent = value
+            elif name == b"tracestate" and tracestate is None:
+                tracestate = value
     method = scope.get("method", "GET")  # a WebSocket handshake is a GET
     method = method if method in _METHODS else "_OTHER"
     span: Span

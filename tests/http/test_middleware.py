@@ -6,7 +6,7 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from keel.http.middleware import request_id_of
+from keel.http.middleware import edge_headers, request_id_of
 from keel.main import create_app
 from tests.conftest import Backend, make_settings
 
@@ -33,7 +33,14 @@ async def test_request_id_is_generated_when_absent(client: Client) -> None:
 
 
 def test_request_id_boundary() -> None:
-    assert request_id_of([(b"x-request-id", b"a" * 128)]) == "a" * 128
+    assert request_id_of(b"a" * 128) == "a" * 128
+    assert request_id_of(b"a" * 129) != "a" * 129
+    assert re.fullmatch(r"[0-9a-f]{32}", request_id_of(b"bad id"))
+
+
+def test_the_edge_reads_the_first_of_each_header_it_wants() -> None:
+    headers = [(b"origin", b"https://a"), (b"x-request-id", b"r1"), (b"origin", b"https://b"), (b"accept", b"*/*")]
+    assert edge_headers(headers) == {b"origin": b"https://a", b"x-request-id": b"r1"}
 
 
 async def test_security_headers_on_every_response(client: Client) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
 from litestar.testing import TestClient
 
 from keel.main import create_app
@@ -26,6 +27,20 @@ async def test_a_ticket_stands_for_its_claims_once_and_expires(backend: Backend)
         assert await tickets.redeem(backends.kv, short) is None
         assert await tickets.redeem(backends.kv, "") is None
         assert await tickets.redeem(backends.kv, "x" * 500) is None
+    finally:
+        await backends.close()
+
+
+async def test_a_ticket_written_without_the_subject_redeems_with_it(backend: Backend) -> None:
+    # what an instance of the release before Claims.subject stored: a rolling deploy redeems it on a new one
+    backends = await open_backends(backend.redis_url)
+    try:
+        old_form = msgspec.json.encode({k: v for k, v in msgspec.to_builtins(CLAIMS).items() if k != "subject"})
+        await backends.kv.set("ticket:t-old", old_form, 60)
+        claims = await tickets.redeem(backends.kv, "t-old")
+        assert claims == CLAIMS
+        assert claims is not None
+        assert claims.subject == str(CLAIMS.user_id)
     finally:
         await backends.close()
 

@@ -98,7 +98,7 @@ def provide_keyed_request(request: Request[Any, Any, Any]) -> KeyedRequest:
     key = parse_key(request.headers.getall(HEADER, []))
     claims = caller_of(request.scope)
     if claims is not None:
-        scope = f"user:{claims.user_id}"
+        scope = "user:" + claims.subject
     else:
         client = request.scope.get("client")
         scope = f"ip:{edge.client_ip(client[0] if client else None, request.scope['headers'])}"

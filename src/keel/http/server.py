@@ -186,7 +186,7 @@ class KeelHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
             return
         # the edge middleware never sees this request: its headers are added here (a fresh id: none was read)
-        request_id = (REQUEST_ID_HEADER, request_id_of(()).encode())
+        request_id = (REQUEST_ID_HEADER, request_id_of(None).encode())
         headers = [*self.server_state.default_headers, request_id, *SECURITY_HEADERS]
         content = [STATUS_LINE[status]]
         for name, value in headers:

@@ -14,7 +14,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 
 import jwt
@@ -55,6 +55,12 @@ class Claims:
     issued_at: int
     expires_at: int
     scopes: frozenset[str]
+    # user_id as text, made once per verified token (claims are cached): str(UUID) is ~1 500 instructions, and the
+    # rate limiter's key and the access line want it on every request
+    subject: str = field(default="", init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "subject", str(self.user_id))
 
     @property
     def is_admin(self) -> bool:

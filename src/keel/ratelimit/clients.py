@@ -179,17 +179,19 @@ class ClientResolver:
         or something else such as "testclient" or a unix socket path (returned as is; never trusted), or None or ""
         ("unknown"). With no trusted proxies configured the headers are never looked at.
         """
-        return self._resolve(peer, headers)[0]
+        # the access line and the limiter's key ask on every request: a peer that is not a trusted proxy (every
+        # peer, unless KEEL_TRUSTED_PROXIES is set) is answered from the cache without a Python call of its own
+        client = self._peer(peer)
+        return client[0] if not client[2] else self._forwarded(client, headers)[0]
 
     def rate_key(self, peer: str | None, headers: Iterable[tuple[bytes, bytes]]) -> str:
         """`ip:1.2.3.4`, `ip:2001:db8:1:2::/64` (one key per IPv6 /64, what one subscriber is usually given) or
         `peer:<value>` for a peer that is not an address."""
-        return self._resolve(peer, headers)[1]
-
-    def _resolve(self, peer: str | None, headers: Iterable[tuple[bytes, bytes]]) -> _Client:
         client = self._peer(peer)
-        if not client[2]:  # always the case with no trusted proxies: the headers are not even looked at
-            return client
+        return client[1] if not client[2] else self._forwarded(client, headers)[1]
+
+    def _forwarded(self, client: _Client, headers: Iterable[tuple[bytes, bytes]]) -> _Client:
+        """Who a trusted proxy (`client`) forwarded for."""
         try:
             nodes = _forwarding_nodes(headers, self._header)
         except _Malformed:

@@ -62,7 +62,7 @@ class RateLimits:
     def client_key(self, scope: Scope) -> str:
         claims = caller_of(scope)
         if claims is not None:
-            return f"user:{claims.user_id}"
+            return "user:" + claims.subject
         return self.address_key(scope)
 
     def address_key(self, scope: Scope) -> str:

@@ -309,7 +309,7 @@ async def _publish(realtime: Realtime, scope: Any, socket: Socket, claims: Claim
     if frame.idempotency_key is not None:  # the REST post's operation and canonical request: one key, one message
         request = str(frame.channel).encode() + b"\0" + _encoder.encode(MessageCreate(frame.body))
         attempt = realtime.idempotency.attempt(
-            scope=f"user:{claims.user_id}", operation=service.POST_MESSAGE, key=frame.idempotency_key, request=request
+            scope="user:" + claims.subject, operation=service.POST_MESSAGE, key=frame.idempotency_key, request=request
         )
     async with hub.publishing(), hub.session() as session:
 
