@@ -111,13 +111,30 @@ def test_workers_without_redis_are_refused(tmp_path: Path) -> None:
     assert result.stderr.strip().count("\n") == 0
 
 
+# run by every Python process that sees it on PYTHONPATH: multiprocessing's spawned children (uvicorn's workers)
+# start SLOW_START seconds late, as on a loaded host
+SLOW_WORKERS = """
+import sys, time
+if "--multiprocessing-fork" in sys.argv:
+    time.sleep({delay})
+"""
+SLOW_START = 7  # more than uvicorn's default health-ping timeout (5 s), well within keel's (cli.WORKER_HEALTHCHECK)
+
+
 @pytest.mark.parametrize("empty_backend", ["scaled"], indirect=True)
-def test_two_workers_with_redis_serve(empty_backend: Backend, tmp_path: Path) -> None:
+def test_two_workers_with_redis_serve_even_when_slow_to_start(empty_backend: Backend, tmp_path: Path) -> None:
     assert run_keel("migrate", env=env_of(empty_backend), cwd=tmp_path).returncode == 0
-    with keel_serve(env_of(empty_backend), tmp_path, "--workers", "2") as server:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SLOW_WORKERS.format(delay=SLOW_START))
+    env = {**env_of(empty_backend), "PYTHONPATH": str(site)}
+    with keel_serve(env, tmp_path, "--workers", "2", ready_timeout=60) as server:
         for _ in range(20):
             assert httpx.get(f"{server.url}/api/v1/public").status_code == 200
         assert httpx.get(f"{server.url}/readyz").json()["checks"] == {"database": "ok", "redis": "ok"}
+        # neither was killed as hung while it started: two workers, each started once
+        assert server.output().count('"msg":"Started server process') == 2, server.output()
+    assert "died" not in server.output()
 
 
 def test_openapi_command_writes_the_document(tmp_path: Path) -> None:

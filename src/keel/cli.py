@@ -41,6 +41,11 @@ UVICORN_LOOP: Final = "keel.http.accept:GreedyAcceptLoop"
 # seconds uvicorn waits for open connections after keel's own drain (keel.realtime.hub.DRAIN_TIMEOUT) on SIGTERM;
 # deploy/ sizes its stop grace periods from both
 GRACEFUL_SHUTDOWN = 10
+# seconds uvicorn's supervisor waits for a worker to answer its health ping before it kills the worker as hung and
+# starts another. Its default, 5 s, counts from the worker's spawn: on a loaded host a worker still importing keel
+# misses it, and so does each replacement, forever, while the other workers serve alone (seen in CI). A hung worker
+# is now found in 30 s instead of 5.
+WORKER_HEALTHCHECK = 30
 # start-up's retries while the database does not answer: 0.5, 1, 2, 4, then every 5 s, within KEEL_DATABASE_WAIT
 FIRST_RETRY = 0.5
 LAST_RETRY = 5.0
@@ -189,6 +194,7 @@ def _run_uvicorn(settings: Settings) -> None:
         log_config=None,
         lifespan="on",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK,
     )
 
 
