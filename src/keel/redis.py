@@ -7,6 +7,7 @@ from typing import Any, Final
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 CONNECT_TIMEOUT: Final = 2.0
 COMMAND_TIMEOUT: Final = 2.0
@@ -32,8 +33,12 @@ def create_redis(url: str) -> Redis:
         timeout=CONNECT_TIMEOUT,
         # PING a connection idle this long before reusing it, so a dead one is replaced, not failed on
         health_check_interval=30,
-        # one retry replaces a pooled connection the server dropped; more would only stretch an outage
-        retry=Retry(ExponentialWithJitterBackoff(cap=0.2, base=0.02), retries=1),
+        # one retry replaces a pooled connection the server dropped; more would only stretch an outage. Not after a
+        # timeout (redis-py's default retries those too): the server may have run the command and be slow to answer,
+        # and running a script, an INCR or an XADD twice would count a request twice or publish a message twice
+        retry=Retry(
+            ExponentialWithJitterBackoff(cap=0.2, base=0.02), retries=1, supported_errors=(RedisConnectionError,)
+        ),
     )
     return Redis.from_pool(pool)
 

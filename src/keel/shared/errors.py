@@ -12,7 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 # seconds after a failed call in which Redis is not tried again: on a dead link (timeouts, not refusals) every call
-# would otherwise wait out the client's timeout and its retry, about 4 s, on a path that should take a millisecond
+# would otherwise wait out the client's timeout, 2 s (keel.redis), on a path that should take a millisecond
 BREAKER_SECONDS: Final = 1.0
 
 
