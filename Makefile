@@ -43,7 +43,7 @@ check: setup
 	$(BIN)/lint-imports
 
 test: check node_modules/.synced $(TS_CLIENT)/node_modules/.synced
-	$(BIN)/pytest --cov --cov-report=term:skip-covered -p no:cacheprovider
+	$(BIN)/pytest -n 2 --dist worksteal --cov --cov-report=term:skip-covered -p no:cacheprovider
 
 bench: setup
 	$(BIN)/python bench/run.py

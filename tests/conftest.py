@@ -28,8 +28,24 @@ from keel import db
 from keel.main import create_app
 from keel.settings import Settings
 
-TEST_DATABASE_URL = os.environ.get("KEEL_TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/keel_test")
-TEST_REDIS_URL = os.environ.get("KEEL_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+def _own(url: str) -> str:
+    """`url` made this test process's own under pytest-xdist (`make test` runs two): worker gw<n> gets the database
+    `<name>_gw<n>` and the Redis database n below the one named, so workers never empty each other's data."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None:
+        return url
+    n = int(worker.removeprefix("gw"))
+    parts = urlsplit(url)
+    if parts.scheme.startswith("redis"):
+        return urlunsplit(parts._replace(path=f"/{int(parts.path.lstrip('/') or 0) - n}"))
+    return urlunsplit(parts._replace(path=f"{parts.path}_{worker}"))
+
+
+TEST_DATABASE_URL = _own(
+    os.environ.get("KEEL_TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/keel_test")
+)
+TEST_REDIS_URL = _own(os.environ.get("KEEL_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"))
 IN_CI = os.environ.get("CI", "").lower() == "true"
 TEST_JWT_SECRET = "test-secret-that-is-at-least-32-bytes-long"
 UNLIMITED = "100000/s burst 100000"  # tests of other features must never meet the limiter

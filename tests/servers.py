@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import shutil
 import signal
 import socket
@@ -60,12 +61,32 @@ def run_keel(
     )
 
 
+# pytest-xdist's workers (`make test` runs two) each take ports from a range of their own, below the kernel's
+# ephemeral range: a port one worker was handed may stay unbound for seconds, while its server starts, and the
+# kernel, asked for port 0 by another worker meanwhile, would offer it again
+def own_ports(worker: str, workers: int) -> range:
+    """The ports of xdist worker `worker` (gw<n>) of `workers`, below Linux's ephemeral range (32768 and up)."""
+    lowest, highest = 10_000, 32_000
+    share = (highest - lowest) // workers
+    first = lowest + int(worker.removeprefix("gw")) * share
+    return range(first, first + share)
+
+
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+_OWN_PORTS = own_ports(_WORKER, int(os.environ["PYTEST_XDIST_WORKER_COUNT"])) if _WORKER else range(0)
+
+
 def unused_port() -> int:
-    """A loopback port nothing listens on now: the kernel's pick for port 0, released at once."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A loopback port nothing listens on now, released at once: the kernel's pick for port 0, or under pytest-xdist
+    a random free one of this worker's range."""
+    while True:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", random.choice(_OWN_PORTS) if _WORKER else 0))
+            except OSError:
+                continue  # in use: another pick
+            port: int = sock.getsockname()[1]
+            return port
 
 
 _handed_out: set[int] = set()  # every port free_port returned in this process

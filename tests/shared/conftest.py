@@ -43,6 +43,15 @@ async def backends(backends_url: str | None, open_instance: OpenBackends) -> Bac
     return await open_instance(backends_url)
 
 
+async def drop_pubsub_connections(admin: Redis) -> None:
+    """Close the pub/sub connections to `admin`'s Redis database: another test process's, on another database of
+    the same server, keep theirs."""
+    database = admin.connection_pool.connection_kwargs.get("db", 0)
+    for client in await admin.client_list(_type="pubsub"):
+        if int(client["db"]) == database:
+            await admin.client_kill_filter(_id=client["id"])
+
+
 @pytest.fixture
 async def redis_admin(redis_url: str) -> AsyncIterator[Redis]:
     """A plain client to inspect and disturb the test Redis from outside the backends."""

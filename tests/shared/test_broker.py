@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 
 from keel.shared import Backends, BackendUnavailable
 from keel.shared import broker as broker_module
-from tests.shared.conftest import DEAD_REDIS_URL, OpenBackends
+from tests.shared.conftest import DEAD_REDIS_URL, OpenBackends, drop_pubsub_connections
 
 
 def new_channel() -> str:
@@ -171,7 +171,7 @@ async def test_reconnects_after_losing_redis_and_calls_on_resume(
     backends.broker.on_resume(resumed.set)
     reconnects = REGISTRY.get_sample_value("keel_broker_reconnects_total") or 0.0
 
-    await redis_admin.client_kill_filter(_type="pubsub")
+    await drop_pubsub_connections(redis_admin)
     async with asyncio.timeout(3):
         await resumed.wait()
     assert (REGISTRY.get_sample_value("keel_broker_reconnects_total") or 0.0) >= reconnects + 1
