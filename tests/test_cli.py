@@ -111,14 +111,19 @@ def test_workers_without_redis_are_refused(tmp_path: Path) -> None:
     assert result.stderr.strip().count("\n") == 0
 
 
-# run by every Python process that sees it on PYTHONPATH: multiprocessing's spawned children (uvicorn's workers)
-# start SLOW_START seconds late, as on a loaded host
+# run by every Python process that sees it on PYTHONPATH: in multiprocessing's spawned children (uvicorn's workers)
+# importing keel's HTTP protocol takes SLOW_IMPORT seconds longer, as on a loaded host
 SLOW_WORKERS = """
 import sys, time
 if "--multiprocessing-fork" in sys.argv:
-    time.sleep({delay})
+    class SlowImport:
+        def find_spec(self, name, path=None, target=None):
+            if name == "keel.http.server":
+                time.sleep({delay})
+            return None  # the import goes on as usual
+    sys.meta_path.insert(0, SlowImport())
 """
-SLOW_START = 7  # more than uvicorn's default health-ping timeout (5 s), well within keel's (cli.WORKER_HEALTHCHECK)
+SLOW_IMPORT = 7  # more than uvicorn's health-ping timeout (5 s) for a worker being spawned
 
 
 @pytest.mark.parametrize("empty_backend", ["scaled"], indirect=True)
@@ -126,7 +131,7 @@ def test_two_workers_with_redis_serve_even_when_slow_to_start(empty_backend: Bac
     assert run_keel("migrate", env=env_of(empty_backend), cwd=tmp_path).returncode == 0
     site = tmp_path / "site"
     site.mkdir()
-    (site / "sitecustomize.py").write_text(SLOW_WORKERS.format(delay=SLOW_START))
+    (site / "sitecustomize.py").write_text(SLOW_WORKERS.format(delay=SLOW_IMPORT))
     env = {**env_of(empty_backend), "PYTHONPATH": str(site)}
     with keel_serve(env, tmp_path, "--workers", "2", ready_timeout=60) as server:
         for _ in range(20):

@@ -26,7 +26,6 @@ from keel.accounts.passwords import PasswordHasher
 from keel.accounts.schemas import UserCreate
 from keel.errors import KeelError
 from keel.http import granian
-from keel.http.server import KeelHttpToolsProtocol
 from keel.identity.keys import generate_ed25519_keypair, load_keyring
 from keel.logs import configure_logging
 from keel.main import VERSION, create_app, keyring_options, openapi_document
@@ -38,14 +37,14 @@ from keel.shared import open_backends
 
 # uvloop, accepting every waiting connection per wake-up as asyncio does (keel.http.accept says why)
 UVICORN_LOOP: Final = "keel.http.accept:GreedyAcceptLoop"
+# httptools with keel's limits, named, not imported: a worker of --workers N gets uvicorn's config pickled, and a class
+# in it is imported before the worker answers its supervisor's health ping. keel's import takes seconds on a loaded
+# host: past the ping's 5 s the worker is killed as hung, and each replacement too (CI saw one worker serve alone).
+# Named, it is imported once the worker answers pings, with the app.
+UVICORN_HTTP: Final = "keel.http.server:KeelHttpToolsProtocol"
 # seconds uvicorn waits for open connections after keel's own drain (keel.realtime.hub.DRAIN_TIMEOUT) on SIGTERM;
 # deploy/ sizes its stop grace periods from both
 GRACEFUL_SHUTDOWN = 10
-# seconds uvicorn's supervisor waits for a worker to answer its health ping before it kills the worker as hung and
-# starts another. Its default, 5 s, counts from the worker's spawn: on a loaded host a worker still importing keel
-# misses it, and so does each replacement, forever, while the other workers serve alone (seen in CI). A hung worker
-# is now found in 30 s instead of 5.
-WORKER_HEALTHCHECK = 30
 # start-up's retries while the database does not answer: 0.5, 1, 2, 4, then every 5 s, within KEEL_DATABASE_WAIT
 FIRST_RETRY = 0.5
 LAST_RETRY = 5.0
@@ -179,7 +178,7 @@ def _run_uvicorn(settings: Settings) -> None:
         workers=settings.workers,
         loop=UVICORN_LOOP,
         # httptools, with the request-head size and time limits of SPEC §2 and problem+json refusals
-        http=KeelHttpToolsProtocol,
+        http=UVICORN_HTTP,
         # wsproto: the smallest per-socket memory measured here (SPIKES.md); deflate off, it costs 7x memory per
         # socket and doubles fan-out time
         ws="wsproto",
@@ -194,7 +193,6 @@ def _run_uvicorn(settings: Settings) -> None:
         log_config=None,
         lifespan="on",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
-        timeout_worker_healthcheck=WORKER_HEALTHCHECK,
     )
 
 
