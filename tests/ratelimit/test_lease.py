@@ -103,6 +103,40 @@ async def test_a_lease_lapses_and_its_unused_tokens_are_lost() -> None:
     assert decision.remaining == HOT.burst - 8  # the 3 unused tokens stay taken (strict side)
 
 
+class LaggingBackend(Backend):
+    """A loaded event loop: between an answer and the resumption of the checks that waited for it, `lag` seconds
+    pass, after the answer has filled its lease."""
+
+    def __init__(self, clock: FakeClock, lag: float) -> None:
+        super().__init__(clock)
+        self.clock, self.lag = clock, lag
+
+    async def run(self, script: AtomicScript, keys: Sequence[str], args: Sequence[Arg]) -> list[int]:
+        result = await super().run(script, keys, args)
+        loop = asyncio.get_running_loop()
+        # queued now, this queues the lag behind the callbacks the answer queues (the lease's settling, the shield's)
+        # and ahead of the waiters' resumption, which those queue in turn
+        loop.call_soon(loop.call_soon, self.advance)
+        return result
+
+    def advance(self) -> None:
+        self.clock.now += self.lag
+
+
+async def test_checks_that_waited_for_a_lease_take_its_tokens_though_it_lapsed_before_they_resumed() -> None:
+    clock = FakeClock()
+    backend = LaggingBackend(clock, lag=lifetime(8, 60_000) + 0.001)  # past the longest lease of HOT
+    limiter = Limiter(backend, batch=True, lease=True, clock=clock)
+    key = new_key()
+    first = await limiter.check(key, HOT, "default")
+    assert first.allowed
+    assert backend.wanted() == [1]  # its one token, not asked for again each time the lease lapsed
+    together = await asyncio.gather(*(limiter.check(key, HOT, "default") for _ in range(3)))
+    assert all(d.allowed for d in together)
+    assert backend.wanted() == [1, 1, 1, 1]  # lapsed: one token each (a lapsed lease is never doubled)
+    assert [d.remaining for d in [first, *together]] == [63, 62, 61, 60]
+
+
 async def test_concurrent_checks_of_a_hot_key_admit_exactly_the_burst() -> None:
     backend = Backend()
     limiter = Limiter(backend, batch=True, lease=True)

@@ -99,21 +99,25 @@ class Limiter:
 
     async def _leased(self, leases: Leases, bucket: str, interval: int, burst: int) -> Decision:
         while True:  # each turn returns, or awaits a request that has not been answered yet
-            future = leases.pending(bucket)
-            if future is None:
+            if (in_flight := leases.pending(bucket)) is not None:
+                future, lease = in_flight
+            else:
                 if (decision := leases.take(bucket, interval, burst)) is not None:
                     return decision
                 size = leases.size_for(bucket, burst)
-                future = self._request(bucket, interval, burst, size)
-                if future is None:
+                requested = self._request(bucket, interval, burst, size)
+                if requested is None:
                     return self._fail_open(burst)
-                leases.start(bucket, size, interval, future)
+                future, lease = requested, leases.start(bucket, size, interval, requested)
             # shielded: a caller that goes away must not cancel the lease the others wait for
             grant = await asyncio.shield(future)
             if grant is None or grant[0] == 0:
                 # down, or no token left when the script ran: every check that waited for it gets that answer
                 return self._decision(grant, burst)
-            # granted: take a token of it, or, when the checks that waited too took them all, ask again
+            # granted: a token of it, though it lapsed while this check waited to resume; when the checks that waited
+            # too took them all, ask again
+            if (decision := leases.take_from(lease, interval, burst)) is not None:
+                return decision
 
     def _request(self, bucket: str, interval: int, burst: int, tokens: int) -> asyncio.Future[Grant | None] | None:
         """Up to `tokens` tokens of `bucket` from the backend; None while the breaker keeps the backend out."""
