@@ -12,7 +12,8 @@ than 50 ms after the answer, and would otherwise each ask again, spending the ke
 
 Tolerance (README, tests/ratelimit/test_lease.py): tokens are still taken from the one shared bucket, so the total
 admitted never exceeds what exact GCRA grants; a lease only moves a token's use later than its grant, by at most its
-lifetime. With N instances, at any moment at most N * (k - 1) tokens are held unused, so in any window a key is
+lifetime (for a check that was already waiting when the grant came, by the time the event loop takes to resume it).
+With N instances, at any moment at most N * (k - 1) tokens are held unused, so in any window a key is
 admitted at most N * (k - 1) requests beyond exact GCRA's burst + window / interval, and never more than the tokens
 that refill during one lease lifetime plus one: lifetime / interval + 1.
 """
