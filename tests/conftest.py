@@ -27,19 +27,18 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from keel import db
 from keel.main import create_app
 from keel.settings import Settings
+from tests.servers import XDIST_INDEX, XDIST_WORKER
 
 
 def _own(url: str) -> str:
     """`url` made this test process's own under pytest-xdist (`make test` runs two): worker gw<n> gets the database
     `<name>_gw<n>` and the Redis database n below the one named, so workers never empty each other's data."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER")
-    if worker is None:
+    if XDIST_WORKER is None:
         return url
-    n = int(worker.removeprefix("gw"))
     parts = urlsplit(url)
     if parts.scheme.startswith("redis"):
-        return urlunsplit(parts._replace(path=f"/{int(parts.path.lstrip('/') or 0) - n}"))
-    return urlunsplit(parts._replace(path=f"{parts.path}_{worker}"))
+        return urlunsplit(parts._replace(path=f"/{int(parts.path.lstrip('/') or 0) - XDIST_INDEX}"))
+    return urlunsplit(parts._replace(path=f"{parts.path}_{XDIST_WORKER}"))
 
 
 TEST_DATABASE_URL = _own(

@@ -61,19 +61,22 @@ def run_keel(
     )
 
 
-# pytest-xdist's workers (`make test` runs two) each take ports from a range of their own, below the kernel's
-# ephemeral range: a port one worker was handed may stay unbound for seconds, while its server starts, and the
-# kernel, asked for port 0 by another worker meanwhile, would offer it again
-def own_ports(worker: str, workers: int) -> range:
-    """The ports of xdist worker `worker` (gw<n>) of `workers`, below Linux's ephemeral range (32768 and up)."""
+# this test process as a pytest-xdist worker (`make test` runs two): its name, gw<n>, and n; None and 0 without xdist
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+XDIST_INDEX = int(XDIST_WORKER.removeprefix("gw")) if XDIST_WORKER else 0
+
+
+# xdist's workers each take ports from a range of their own, below the kernel's ephemeral range: a port one worker
+# was handed may stay unbound for seconds, while its server starts, and the kernel, asked for port 0 by another
+# worker meanwhile, would offer it again
+def own_ports(index: int, workers: int) -> range:
+    """The ports of xdist worker number `index` of `workers`, below Linux's ephemeral range (32768 and up)."""
     lowest, highest = 10_000, 32_000
     share = (highest - lowest) // workers
-    first = lowest + int(worker.removeprefix("gw")) * share
-    return range(first, first + share)
+    return range(lowest + index * share, lowest + (index + 1) * share)
 
 
-_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
-_OWN_PORTS = own_ports(_WORKER, int(os.environ["PYTEST_XDIST_WORKER_COUNT"])) if _WORKER else range(0)
+_OWN_PORTS = own_ports(XDIST_INDEX, int(os.environ["PYTEST_XDIST_WORKER_COUNT"])) if XDIST_WORKER else range(0)
 
 
 def unused_port() -> int:
@@ -82,7 +85,7 @@ def unused_port() -> int:
     while True:
         with socket.socket() as sock:
             try:
-                sock.bind(("127.0.0.1", random.choice(_OWN_PORTS) if _WORKER else 0))
+                sock.bind(("127.0.0.1", random.choice(_OWN_PORTS) if XDIST_WORKER else 0))
             except OSError:
                 continue  # in use: another pick
             port: int = sock.getsockname()[1]
@@ -213,11 +216,9 @@ class RedisProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         self.process = subprocess.Popen(
-            [
-                *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
-                *self.options,
-            ],
+            [*argv, *self.options],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
