@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import os
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
+from operator import methodcaller
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,10 @@ def pieces() -> dict[str, Callable[[], Any]]:
     # tracing on, with keel's default sampler drawing no new trace: the unsampled request's path
     provider = LeanProvider(Resource({}), Discard(), 0.0, ALWAYS_ON)
     telemetry._provider, telemetry.tracer = provider, provider.get_tracer("keel")
+    # and one that samples every request (always_on), whose ended spans wait in its queue, never exported here
+    sampled = LeanProvider(Resource({}), Discard(), None, ALWAYS_ON)
+    sampled.queue.batch = sampled.queue.max_queue = 1 << 30
+    sampled_tracer = sampled.get_tracer("keel")
     # Any: the pieces' signatures differ between the trees this measures (--src)
     middleware: Any = edge_module
     scope: Any = {
@@ -76,7 +82,7 @@ def pieces() -> dict[str, Callable[[], Any]]:
         assert span is not None
         span.response_started(200, response)
         span.ids()
-        span.end()
+        _finish(span)
         span.detach()
 
     found = {b"origin": HEADERS[3][1]}
@@ -99,6 +105,9 @@ def pieces() -> dict[str, Callable[[], Any]]:
         chosen["unsampled server span, the edge's headers given"] = lambda: _ended(
             telemetry.start_server_span(scope, found)
         )
+        chosen["sampled server span, the edge's headers given, start to detach"] = lambda: _sampled(
+            telemetry, sampled, sampled_tracer, scope, found, response
+        )
         chosen["the edge's header pass: edge_headers"] = lambda: middleware.edge_headers(HEADERS)
         chosen["a fresh request id: request_id_of(None)"] = lambda: middleware.request_id_of(None)
         chosen["access line with the edge's part: EdgeMiddleware._log"] = lambda: edge._log(
@@ -113,9 +122,29 @@ def pieces() -> dict[str, Callable[[], Any]]:
     return chosen
 
 
-def _ended(span: Any) -> None:
-    span.end()
+def _sampled(telemetry: Any, provider: Any, tracer: Any, scope: Any, found: Any, response: Any) -> None:
+    """A sampled request's span as the edge drives it, under a provider that samples everything."""
+    unsampled = telemetry._provider, telemetry.tracer
+    telemetry._provider, telemetry.tracer = provider, tracer
+    span = telemetry.start_server_span(scope, found)
+    span.response_started(200, response)
+    span.ids()
+    _finish(span)
     span.detach()
+    telemetry._provider, telemetry.tracer = unsampled
+
+
+def _ended(span: Any) -> None:
+    _finish(span)
+    span.detach()
+
+
+def _finish(span: Any) -> None:
+    """A server span's end: finish() since keel/server_span.py (2026-12-05), end() in the trees before it."""
+    _FINISH(span)
+
+
+_FINISH: Callable[[Any], None] = methodcaller("finish" if importlib.util.find_spec("keel.server_span") else "end")
 
 
 async def child(calls: int, out_dir: str) -> dict[str, float]:

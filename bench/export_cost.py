@@ -43,7 +43,7 @@ def measure(compression: str | None) -> str:
         span = telemetry.start_server_span(scope)
         assert span is not None
         span.response_started(200, RESPONSE_HEADERS)
-        span.end()
+        span.finish()
         span.detach()
     batch = list(provider.queue._spans)
     provider.queue._spans.clear()

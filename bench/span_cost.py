@@ -81,7 +81,7 @@ async def measure(ratio: str) -> None:
             assert span is not None
             span.response_started(200, RESPONSE_HEADERS)
             span.ids()
-            span.end()
+            span.finish()
             span.detach()
 
         figures.append(f"{label} {cpu_us(one, provider.queue._spans.clear):.2f} µs")

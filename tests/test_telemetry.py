@@ -422,7 +422,7 @@ async def test_spans_under_an_unsampled_request_cost_nothing(tmp_path: Path, rat
             scope = {"type": "http", "method": "GET", "path": "/x", "headers": [], "path_template": "/x"}
             server_span = telemetry.start_server_span(scope)
             assert server_span is not None
-            assert server_span.span.is_recording() is is_sampled
+            assert server_span.is_recording() is is_sampled
             # keel's own child spans and the instrumentations' (they take tracers from the same provider)
             provider: Any = telemetry._provider
             instrumentation = provider.get_tracer("opentelemetry.instrumentation.redis")
@@ -433,17 +433,17 @@ async def test_spans_under_an_unsampled_request_cost_nothing(tmp_path: Path, rat
             in_thread = telemetry.traced_job("password.hash", job)
             if is_sampled:  # real children of the request's span
                 assert child.is_recording()
-                assert child.get_span_context().trace_id == server_span.span.get_span_context().trace_id
+                assert child.get_span_context().trace_id == server_span.get_span_context().trace_id
                 assert in_thread is not job
             else:  # no span built at all: the request's own no-op span stands in, so logs name its trace
-                assert child is server_span.span
-                assert redis_span is server_span.span
+                assert child is server_span
+                assert redis_span is server_span
                 assert in_thread is job  # no span to start in the thread: it would be the request's, dropped
             assert await asyncio.to_thread(in_thread) == 42
             child.end()
             server_span.close(200)
             # the request is over: what starts now is a trace of its own, not a child of the request's
-            assert telemetry.start_span("after") is not server_span.span
+            assert telemetry.start_span("after") is not server_span
         finally:
             telemetry.shutdown()
             await engine.dispose()
@@ -465,8 +465,8 @@ async def test_the_default_sampler_keeps_its_share_of_new_traces_and_follows_cal
                 scope = {"type": "http", "method": "GET", "path": "/x", "headers": [(b"traceparent", traceparent)]}
                 server_span = telemetry.start_server_span(scope)
                 assert server_span is not None
-                assert server_span.span.is_recording() is is_sampled
-                assert format(server_span.span.get_span_context().trace_id, "032x") == CLIENT_TRACE_ID
+                assert server_span.is_recording() is is_sampled
+                assert format(server_span.get_span_context().trace_id, "032x") == CLIENT_TRACE_ID
                 server_span.close(200)
         finally:
             telemetry.shutdown()

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from keel import telemetry
 from keel.http.middleware import EdgeMiddleware
 from keel.logs import AccessLog
+from keel.server_span import _remote_parent
 from keel.settings import Settings
 from keel.tracing import LeanSpan, UnsampledSpan
 
@@ -67,7 +68,7 @@ def scope_with(*headers: tuple[bytes, bytes]) -> dict[str, Any]:
 def test_the_traceparent_is_read_as_the_propagator_reads_it(traceparent: str, tracestate: str | None) -> None:
     carrier = {"traceparent": traceparent} | ({"tracestate": tracestate} if tracestate is not None else {})
     expected = trace.get_current_span(telemetry._propagator.extract(carrier)).get_span_context()
-    ours = telemetry._remote_parent(traceparent.encode(), tracestate.encode() if tracestate is not None else None)
+    ours = _remote_parent(traceparent.encode(), tracestate.encode() if tracestate is not None else None)
     if not expected.is_valid:
         assert ours is None
     else:
@@ -79,7 +80,7 @@ def test_the_traceparent_is_read_as_the_propagator_reads_it(traceparent: str, tr
 async def test_an_unsampled_request_draws_no_ids_yet_continues_the_clients_trace(tracing: None) -> None:
     server_span = telemetry.start_server_span(scope_with((b"traceparent", f"00-{TRACE_ID}-{SPAN_ID}-00".encode())))
     assert server_span is not None
-    span = server_span.span
+    span = server_span
     try:
         assert isinstance(span, UnsampledSpan)
         assert not span.is_recording()
@@ -104,7 +105,7 @@ async def test_an_unsampled_request_draws_no_ids_yet_continues_the_clients_trace
 async def test_a_new_unsampled_trace_draws_its_ids_only_when_asked(tracing: None) -> None:
     server_span = telemetry.start_server_span(scope_with((b"user-agent", b"t/1")))
     assert server_span is not None
-    span = server_span.span
+    span = server_span
     assert isinstance(span, UnsampledSpan)
     assert span._context is None
     context = span.get_span_context()
@@ -120,7 +121,7 @@ async def test_a_sampled_request_records_its_attributes_and_continues_the_client
     scope |= {"client": ("10.0.0.1", 5000), "server": ("127.0.0.1", 8000), "scheme": "https"}
     server_span = telemetry.start_server_span(scope)
     assert server_span is not None
-    span = server_span.span
+    span = server_span
     assert isinstance(span, LeanSpan)
     server_span.close(503)
     assert span.name == "GET /x"

@@ -17,8 +17,8 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status,
 from opentelemetry.trace.span import TraceState
 from prometheus_client import REGISTRY
 
-from keel import otlp
-from keel.tracing import LeanProvider, LeanSpan
+from keel import otlp, server_span
+from keel.tracing import SAMPLED, LeanProvider, LeanSpan, span_context
 
 
 class Collecting(SpanExporter):
@@ -126,17 +126,21 @@ def test_a_named_sampler_is_asked_and_unsampled_children_are_their_parent() -> N
 def test_a_server_span_decided_without_the_api_is_the_one_the_api_would_start(
     sampler: Sampler, flags: int, has_parent: bool
 ) -> None:
-    # always_on and always_off decide server spans in LeanTracer.start_server_span, as keel's default does
+    # always_on and always_off decide server spans in keel/server_span.py, as keel's default does
     provider = LeanProvider(Resource({}), Collecting(), None, sampler)
     tracer = provider.get_tracer("keel")
     state = TraceState([("vendor", "value")])
     parent = SpanContext(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0xF067AA0BA902B7, True, TraceFlags(flags), state)
+    headers = {b"traceparent": b"00-%032x-%016x-%02x" % (parent.trace_id, parent.span_id, flags)}
+    headers[b"tracestate"] = b"vendor=value"
+    scope = {"type": "http", "method": "GET", "path": "/x", "headers": []}
     try:
         assert provider.serves_server_spans
-        fast = tracer.start_server_span("GET", parent if has_parent else None)
+        fast = server_span.start(tracer, scope, headers if has_parent else {})
+        fast.detach()
         context = trace.set_span_in_context(NonRecordingSpan(parent)) if has_parent else None
         general = tracer.start_span("GET", context=context, kind=SpanKind.SERVER)
-        assert type(fast) is type(general)
+        assert isinstance(fast, type(general))
         assert fast.is_recording() is general.is_recording() is (sampler is ALWAYS_ON)
         ours, theirs = fast.get_span_context(), general.get_span_context()
         assert (ours.trace_flags, ours.trace_state, ours.is_remote) == (theirs.trace_flags, theirs.trace_state, False)
@@ -148,3 +152,15 @@ def test_a_server_span_decided_without_the_api_is_the_one_the_api_would_start(
             assert fast.kind is general.kind is SpanKind.SERVER
     finally:
         provider.shutdown()
+
+
+@pytest.mark.parametrize("state", [None, TraceState([("vendor", "value")])])
+def test_a_span_context_built_without_its_checks_is_the_apis(state: TraceState | None) -> None:
+    # keel.tracing.span_context builds SpanContext's tuple itself: this fails if opentelemetry-api changes its layout
+    ours = span_context(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0xF067AA0BA902B7, SAMPLED, state)
+    theirs = SpanContext(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0xF067AA0BA902B7, False, SAMPLED, state)
+    assert type(ours) is SpanContext
+    assert tuple(ours) == tuple(theirs)
+    fields = ("trace_id", "span_id", "is_remote", "trace_flags", "trace_state", "is_valid")
+    assert [getattr(ours, name) for name in fields] == [getattr(theirs, name) for name in fields]
+    assert ours.is_valid

@@ -14,10 +14,8 @@ which exporter, and whether a sampler was chosen.
 from __future__ import annotations
 
 import logging
-import re
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from contextvars import Token
+from collections.abc import Callable, Mapping
 from importlib.metadata import version as package_version
 from typing import Any, Final, TypeVar
 
@@ -34,26 +32,20 @@ from opentelemetry.sdk.trace.sampling import (
     Sampler,
     TraceIdRatioBased,
 )
-from opentelemetry.trace import INVALID_SPAN, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags, Tracer
+from opentelemetry.trace import INVALID_SPAN, Span, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from opentelemetry.trace.span import TraceState
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from keel import otlp
+from keel import otlp, server_span
+from keel.server_span import ServerSpan
 from keel.settings import Settings
-from keel.tracing import UNSAMPLED, LeanProvider, LeanSpan, LeanTracer, UnsampledSpan
+from keel.tracing import REQUEST_SPAN, LeanProvider, LeanSpan, LeanTracer, UnsampledSpan
 
 log = logging.getLogger("keel.telemetry")
 T = TypeVar("T")
 
 SHUTDOWN_TIMEOUT: Final = 3.0  # seconds the final flush may take; a dead collector must not hold shutdown up
-_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"})
 _propagator: Final = TraceContextTextMapPropagator()
-# W3C Trace Context's `traceparent` and its limits, as the API's propagator reads them (a later version may append
-# fields); tests/test_telemetry.py holds the two readings to the same answers
-_TRACEPARENT: Final = re.compile(rb"^[ \t]*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:(-.*)|[ \t]*)$")
-_TRACEPARENT_MAX: Final = 512
-_TRACESTATE_MAX: Final = 8192
 # OTEL_TRACES_SAMPLER's values (keel.settings.OtelSampler), as the SDK maps them
 _STATIC_SAMPLERS: Final[dict[str, Sampler]] = {
     "always_on": ALWAYS_ON,
@@ -64,7 +56,7 @@ _STATIC_SAMPLERS: Final[dict[str, Sampler]] = {
 _RATIO_SAMPLERS: Final = {"traceidratio": TraceIdRatioBased, "parentbased_traceidratio": ParentBasedTraceIdRatio}
 
 # The process's tracer while tracing is on, else None: the one thing hot paths look at.
-tracer: Tracer | None = None
+tracer: LeanTracer | None = None
 _provider: LeanProvider | None = None
 
 
@@ -107,7 +99,9 @@ def current_ids() -> tuple[str, str] | None:
     if tracer is None:
         return None
     span = trace.get_current_span()
-    if type(span) is not LeanSpan:  # unsampled, or none: as for ServerSpan.ids()
+    if span is INVALID_SPAN:
+        span = REQUEST_SPAN.get() or span
+    if not isinstance(span, LeanSpan):  # unsampled, or none: as for a request's access line
         return None
     span_context = span.get_span_context()
     return span_context.trace_id.to_bytes(16, "big").hex(), span_context.span_id.to_bytes(8, "big").hex()
@@ -116,164 +110,13 @@ def current_ids() -> tuple[str, str] | None:
 # -- spans of keel's own -------------------------------------------------------------------------------------
 
 
-class ServerSpan:
-    """A server span made current for the duration of a request (or a realtime handshake).
-
-    What it records (status, route, error) is set in one call when it ends; an unsampled span records nothing,
-    so for most requests under the default sampler this is a context attached and detached.
-    """
-
-    __slots__ = ("_is_done", "_is_recorded", "_status", "_token", "method", "scope", "span")
-
-    def __init__(self, span: Span, method: str, scope: Any) -> None:
-        self.span = span
-        self.method = method
-        self.scope = scope  # the router writes the matched route's template into it
-        self._status: int | None = None
-        if type(span) is UnsampledSpan:  # keel's tracers find it without the API's context (tracing.UNSAMPLED)
-            self._is_recorded = False
-            self._token: Token[Any] = UNSAMPLED.set(span)
-        else:
-            self._is_recorded = span.is_recording()
-            self._token = otel_context.attach(trace.set_span_in_context(span))
-        self._is_done = not self._is_recorded
-
-    def status(self, status: int) -> None:
-        """The response status: 5xx marks the span as an error (4xx is the client's, per the conventions)."""
-        self._status = status
-
-    def response_started(self, status: int, headers: Sequence[tuple[bytes, bytes]]) -> None:
-        """The response head is going out: an event stream's span ends here (its handshake, not its lifetime)."""
-        if self._is_done:
-            return
-        self._status = status
-        for name, value in headers:  # a loop, not any(<generator>): a quarter of the cost on a sampled request
-            if name == b"content-type":
-                if value.startswith(b"text/event-stream"):
-                    self.end()
-                return
-
-    def end(self, error: BaseException | None = None) -> None:
-        """End the span (once), named `{METHOD} {route template}`, or `{METHOD}` alone when no route matched."""
-        if self._is_done:
-            return
-        self._is_done = True
-        span = self.span
-        # a LeanSpan (every recording span of keel's provider) takes its attributes as they are: keel's are scalars
-        attributes: dict[str, Any] = span.attributes if type(span) is LeanSpan else {}
-        if self._status is not None:
-            attributes["http.response.status_code"] = self._status
-        route = self.scope.get("path_template")
-        if route:
-            attributes["http.route"] = route
-            span.update_name(f"{self.method} {route}")
-        if type(span) is not LeanSpan:
-            span.set_attributes(attributes)
-        if error is not None:
-            span.record_exception(error)
-            span.set_status(Status(StatusCode.ERROR, type(error).__name__))
-        elif self._status is not None and self._status >= 500:
-            span.set_status(Status(StatusCode.ERROR))
-        span.end()
-
-    def close(self, status: int | None = None, error: BaseException | None = None) -> None:
-        """A handshake's end: record `status`, end the span and leave its context."""
-        if status is not None:
-            self.status(status)
-        self.end(error)
-        self.detach()
-
-    def detach(self) -> None:
-        """Leave the span's context; call from the task that started it, after end()."""
-        if type(self.span) is UnsampledSpan:
-            UNSAMPLED.reset(self._token)
-        else:
-            otel_context.detach(self._token)
-
-    def ids(self) -> tuple[str, str] | None:
-        """(trace_id, span_id) in hex for the request's log line when the span is sampled, else None: an unsampled
-        request's trace leads nowhere (nothing of it is exported), and its ids would cost drawing them."""
-        if not self._is_recorded:
-            return None
-        span_context = self.span.get_span_context()
-        # the ids' bytes in hex: half the CPU of f"{:032x}" and f"{:016x}" (0.96 -> 0.44 µs, load 7-8)
-        return span_context.trace_id.to_bytes(16, "big").hex(), span_context.span_id.to_bytes(8, "big").hex()
-
-
 def start_server_span(scope: Any, headers: Mapping[bytes, bytes] | None = None) -> ServerSpan | None:
-    """A server span for an HTTP request or WebSocket handshake, continuing the client's `traceparent`.
-
-    `headers` holds the request's `traceparent` and `tracestate` by name when the caller has read them already (the
-    edge middleware's one pass over the headers); None, and they are read from the scope.
-
-    Named for the method only until end() learns the route template: raw paths hold ids and would make span
-    names unbounded. The query string is never recorded: /ws?ticket= and /events?ticket= carry credentials.
-    Under keel's default sampler the headers are scanned once, for the trace context, and the attributes are built
-    only for a span that records them; a dropped request's span is an UnsampledSpan, its ids drawn only if asked.
-    """
+    """The server span of an HTTP request or WebSocket handshake (keel/server_span.py), continuing the client's
+    `traceparent`, or None while tracing is off. `headers` holds `traceparent` and `tracestate` by name when the
+    caller has read the headers already; None, and they are read from the scope."""
     if tracer is None:
         return None
-    if headers is not None:
-        traceparent, tracestate = headers.get(b"traceparent"), headers.get(b"tracestate")
-    else:
-        traceparent = tracestate = None
-        for name, value in scope["headers"]:
-            if name == b"traceparent" and traceparent is None:
-                traceparent = value
-            elif name == b"tracestate" and tracestate is None:
-                tracestate = value
-    method = scope.get("method", "GET")  # a WebSocket handshake is a GET
-    method = method if method in _METHODS else "_OTHER"
-    span: Span
-    if type(tracer) is LeanTracer and _provider is not None and _provider.serves_server_spans:  # keel's, always_on
-        parent = _remote_parent(traceparent, tracestate) if traceparent is not None else None
-        span = tracer.start_server_span(method, parent)
-        if type(span) is LeanSpan:
-            span.attributes.update(_server_attributes(scope, method))
-        return ServerSpan(span, method, scope)
-    # another named sampler may look at the attributes: the API's way, with the propagator's parsing
-    carrier = {"traceparent": traceparent.decode("latin-1")} if traceparent is not None else {}
-    if carrier and tracestate is not None:
-        carrier["tracestate"] = tracestate.decode("latin-1")
-    context = _propagator.extract(carrier) if carrier else None
-    attributes = _server_attributes(scope, method)
-    span = tracer.start_span(method, context=context, kind=SpanKind.SERVER, attributes=attributes)
-    return ServerSpan(span, method, scope)
-
-
-def _remote_parent(traceparent: bytes, tracestate: bytes | None) -> SpanContext | None:
-    """The client's span from its W3C `traceparent` (and `tracestate`), as the SDK's propagator reads them, or None
-    when the header is malformed (the request then starts a trace of its own)."""
-    match = _TRACEPARENT.search(traceparent) if len(traceparent) <= _TRACEPARENT_MAX else None
-    if match is None:
-        return None
-    version, trace_id, span_id, flags, rest = match.groups()
-    if version == b"ff" or (version == b"00" and rest):
-        return None
-    state = None
-    if tracestate is not None and len(tracestate) <= _TRACESTATE_MAX:
-        state = TraceState.from_header([tracestate.decode("latin-1")])
-    context = SpanContext(int(trace_id, 16), int(span_id, 16), True, TraceFlags(int(flags, 16)), state)
-    return context if context.is_valid else None
-
-
-def _server_attributes(scope: Any, method: str) -> dict[str, str | int]:
-    attributes: dict[str, str | int] = {
-        "http.request.method": method,
-        "url.path": scope["path"],
-        "url.scheme": scope.get("scheme", "http"),
-    }
-    if server := scope.get("server"):
-        attributes["server.address"] = server[0]
-        if server[1] is not None:  # None on a unix socket
-            attributes["server.port"] = server[1]
-    if client := scope.get("client"):
-        attributes["client.address"] = client[0]
-    for name, value in scope["headers"]:
-        if name == b"user-agent":
-            attributes["user_agent.original"] = value.decode("latin-1")
-            break
-    return attributes
+    return server_span.start(tracer, scope, headers)
 
 
 def start_span(name: str, *, parent: Context | None = None, kind: SpanKind = SpanKind.INTERNAL) -> Span:
@@ -288,8 +131,10 @@ def traced_job(name: str, job: Callable[[], T]) -> Callable[[], T]:
     Executors do not carry contextvars over to their threads, so the parent is captured now, by the caller.
     """
     parent = otel_context.get_current()
-    if UNSAMPLED.get() is not None and trace.get_current_span(parent) is INVALID_SPAN:
-        return job  # under an unsampled request (keel.tracing.UNSAMPLED): its span would be the request's, dropped
+    if trace.get_current_span(parent) is INVALID_SPAN and (request := REQUEST_SPAN.get()) is not None:
+        if isinstance(request, UnsampledSpan):
+            return job  # under an unsampled request: its span would be the request's, dropped
+        parent = trace.set_span_in_context(request, parent)  # the request's span is not in the API's context
 
     def run() -> T:
         span = start_span(name, parent=parent)

@@ -15,7 +15,8 @@ What they honour of the API: ids and parent, name, kind, start and end times, at
 sequences of them; others are dropped as the SDK drops them), events (record_exception included), links, status
 (an OK status is final), update_name, is_recording, use as a context manager. The sampler: keel's default (parent
 based, a ratio of new traces drawn here) or any the SDK builds from OTEL_TRACES_SAMPLER, asked per span as the SDK
-asks it (server spans under keel's default, always_on or always_off are decided here, without the API's context).
+asks it (server spans under keel's default, always_on or always_off are decided in keel/server_span.py, without the
+API's context).
 A RECORD_ONLY decision records nothing here (nothing would be exported either); a dropped span is an
 UnsampledSpan, whose ids are drawn only if asked for. No span limits: keel and its two instrumentations
 (SQLAlchemy, redis) set a bounded handful of attributes per span.
@@ -40,14 +41,14 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Sampler
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
-from opentelemetry.trace.span import TraceState
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE, TraceState
 from opentelemetry.util.types import Attributes, AttributeValue
 
 from keel.span_queue import ExportQueue
 
 _SCALARS: Final = (str, bool, int, float)
-_SAMPLED: Final = TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID)
-_UNSAMPLED: Final = TraceFlags(TraceFlags.RANDOM_TRACE_ID)
+SAMPLED: Final = TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID)
+NOT_SAMPLED: Final = TraceFlags(TraceFlags.RANDOM_TRACE_ID)
 _UNSET: Final = Status(StatusCode.UNSET)
 _bits = random.getrandbits  # ids as the SDK's RandomIdGenerator draws them (random, not secret)
 
@@ -196,7 +197,7 @@ class UnsampledSpan(NonRecordingSpan):
     __slots__ = ("_flags", "_trace_id", "_trace_state")
 
     def __init__(
-        self, trace_id: int = 0, flags: TraceFlags = _UNSAMPLED, trace_state: TraceState | None = None
+        self, trace_id: int = 0, flags: TraceFlags = NOT_SAMPLED, trace_state: TraceState | None = None
     ) -> None:
         """A new trace's span (no `trace_id`: one is drawn when asked for), or one continuing a trace."""
         self._context: SpanContext | None = None  # type: ignore[assignment]  # drawn on first use
@@ -210,19 +211,27 @@ class UnsampledSpan(NonRecordingSpan):
         return context
 
 
-# The unsampled request (or handshake) this task serves: its span is set here, not attached to the API's context,
-# which took tracing's cost over (c) on an unsampled request from 18 500 to 14 100 instructions (bench/paired.py
-# --instructions, BENCHMARKS.md 2026-12-05). Tracers look here when the API's context has no span, so what the
-# request starts (SQL, Redis, keel's own) is dropped with it rather than rooting a trace of its own.
-UNSAMPLED: Final[ContextVar[UnsampledSpan | None]] = ContextVar("keel_unsampled_request", default=None)
+# The request (or handshake) this task serves, sampled or not (keel/server_span.py): its span is set here, not
+# attached to the API's context, whose attach and detach cost eleven calls a request (BENCHMARKS.md 2026-12-05).
+# keel's tracers look here when the API's context has no span, so what the request starts (SQL, Redis, keel's own)
+# is its child, or dropped with it, rather than rooting a trace of its own.
+REQUEST_SPAN: Final[ContextVar[trace.Span | None]] = ContextVar("keel_request_span", default=None)
+
+
+def span_context(trace_id: int, span_id: int, flags: TraceFlags, state: TraceState | None) -> SpanContext:
+    """A local span's context, for ids drawn here (in range, never zero): the tuple SpanContext.__new__ builds,
+    without its Python-level checks (~2 500 instructions a span). opentelemetry-api is pinned by the SDK's exact
+    requirement; tests/test_tracing.py fails if the tuple's layout moves."""
+    state = DEFAULT_TRACE_STATE if state is None else state
+    return tuple.__new__(SpanContext, (trace_id, span_id, False, flags, state, True))
 
 
 class LeanTracer(trace.Tracer):
     """Spans of one instrumentation scope; the work is skipped for spans no one will see."""
 
     def __init__(self, provider: LeanProvider, scope: InstrumentationScope) -> None:
-        self._provider = provider
-        self._scope = scope
+        self.provider = provider
+        self.scope = scope
 
     def start_span(
         self,
@@ -236,12 +245,12 @@ class LeanTracer(trace.Tracer):
         set_status_on_exception: bool = True,
     ) -> trace.Span:
         parent = trace.get_current_span(context)
-        if type(parent) is UnsampledSpan:  # see below: without drawing its ids
+        if context is None and parent is trace.INVALID_SPAN and (request := REQUEST_SPAN.get()) is not None:
+            parent = request  # the request's span, which left the API's context alone (see REQUEST_SPAN)
+        if isinstance(parent, UnsampledSpan):  # see below: without drawing its ids
             return parent
-        if context is None and parent is trace.INVALID_SPAN and (unsampled := UNSAMPLED.get()) is not None:
-            return unsampled  # under an unsampled request, which left the API's context alone (see UNSAMPLED)
         parent_context: SpanContext | None = parent.get_span_context()
-        provider = self._provider
+        provider = self.provider
         if parent_context is not None and parent_context.is_valid:
             # Under a local parent that was not sampled, the parent itself: every sampler the SDK ships would drop
             # the child (parent-based ones follow the parent, `traceidratio` sees the same trace id), so a log
@@ -270,39 +279,12 @@ class LeanTracer(trace.Tracer):
             values, trace_state = _cleaned(result.attributes), result.trace_state
         if not sampled:
             # a remote parent's trace goes on with its flags (the client's word on its trace id's randomness)
-            flags = TraceFlags(parent_context.trace_flags & ~1) if parent_context is not None else _UNSAMPLED
+            flags = TraceFlags(parent_context.trace_flags & ~1) if parent_context is not None else NOT_SAMPLED
             return UnsampledSpan(trace_id, flags, trace_state)
-        span_context = SpanContext(trace_id or _bits(128) or 1, _bits(64) or 1, False, _SAMPLED, trace_state)
+        context_of_span = span_context(trace_id or _bits(128) or 1, _bits(64) or 1, SAMPLED, trace_state)
         return LeanSpan(
-            provider, self._scope, name, span_context, parent_context, kind, values, list(links or ()), start_time
+            provider, self.scope, name, context_of_span, parent_context, kind, values, list(links or ()), start_time
         )
-
-    def start_server_span(self, name: str, parent: SpanContext | None) -> LeanSpan | UnsampledSpan:
-        """A SERVER span without the API's context lookups, under keel's default sampler (it follows the client's
-        decision, `parent` from its `traceparent`, or draws its share of new traces) or a named `always_on` or
-        `always_off` (which decide alone, whatever the client's flag), as `LeanProvider.serves_server_spans` says.
-
-        always_on took the general path, with the propagator's str carrier, the API's context and the attributes
-        checked one by one: 12.5 -> 9.5 µs of the loop's CPU a request, 25.6 -> 13.6 with a client's `traceparent`
-        (bench/span_cost.py, load 7-8)."""
-        provider = self._provider
-        ratio = provider.root_ratio
-        if ratio is None:  # always_on or always_off
-            sampled = provider.sampler is ALWAYS_ON
-        elif parent is None:
-            sampled = random.random() < ratio
-        else:
-            sampled = parent.trace_flags.sampled
-        if not sampled:
-            if parent is None:
-                return UnsampledSpan()
-            flags = parent.trace_flags
-            return UnsampledSpan(parent.trace_id, TraceFlags(flags & ~1) if flags & 1 else flags, parent.trace_state)
-        if parent is None:
-            context = SpanContext(_bits(128) or 1, _bits(64) or 1, False, _SAMPLED)
-        else:
-            context = SpanContext(parent.trace_id, _bits(64) or 1, False, _SAMPLED, parent.trace_state)
-        return LeanSpan(provider, self._scope, name, context, parent, SpanKind.SERVER, {}, (), None)
 
     @contextmanager
     def start_as_current_span(  # type: ignore[override]  # the API's is a context manager of its own kind
@@ -339,7 +321,7 @@ class LeanProvider(trace.TracerProvider):
         self.resource = resource
         self.root_ratio = root_ratio
         self.sampler = sampler
-        # whether LeanTracer.start_server_span can decide for a server span (else the sampler is asked, the API's way)
+        # whether keel/server_span.py can decide for a server span (else the sampler is asked, the API's way)
         self.serves_server_spans = root_ratio is not None or sampler is ALWAYS_ON or sampler is ALWAYS_OFF
         self.queue = ExportQueue(exporter)
 

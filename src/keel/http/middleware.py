@@ -25,10 +25,11 @@ from litestar.types import (
     Send,
 )
 
-from keel import metrics, telemetry
+from keel import metrics, server_span, telemetry
 from keel.http.errors import allow_value, problem_body
 from keel.http.scope import caller_of, handshake_status_of, response_headers_of
 from keel.logs import AccessLog
+from keel.server_span import ServerSpan
 
 REQUEST_ID_HEADER: Final = b"x-request-id"
 _SANE_REQUEST_ID: Final = re.compile(rb"^[A-Za-z0-9._-]{1,128}$")
@@ -63,7 +64,7 @@ class _Exchange:
 
     __slots__ = ("scope", "span", "status")
 
-    def __init__(self, scope: Scope, span: telemetry.ServerSpan | None) -> None:
+    def __init__(self, scope: Scope, span: ServerSpan | None) -> None:
         self.scope = scope
         self.span = span
         self.status = 500  # uvicorn's answer when the app fails or ends before it starts a response
@@ -151,7 +152,8 @@ class EdgeMiddleware:
         # observed (SPEC §9): every request the app answers, /metrics and the probes included (the preflights above
         # are the edge's own); WebSockets are not wrapped, so their frames keep the direct path to the transport
         started = perf_counter()
-        exchange = _Exchange(scope, telemetry.start_server_span(scope, found))  # no span unless tracing is on
+        tracer = telemetry.tracer  # no span unless tracing is on
+        exchange = _Exchange(scope, None if tracer is None else server_span.start(tracer, scope, found))
         try:
             if scope["method"] == "HEAD":
                 await self._head(scope, receive, send, request_id, allowed_origin, exchange)
@@ -162,7 +164,7 @@ class EdgeMiddleware:
                 await self.app(scope, receive, send_on)
         except BaseException as exc:
             if exchange.span is not None:
-                exchange.span.end(exc)
+                exchange.span.finish(exc)
             raise
         finally:
             elapsed, route = perf_counter() - started, exchange.route()
@@ -171,8 +173,7 @@ class EdgeMiddleware:
                 ids = exchange.span.ids() if exchange.span is not None else None
                 self._log(exchange.scope, scope["method"], route, exchange.status, elapsed, request_id, ids)
             if exchange.span is not None:
-                exchange.span.end()
-                exchange.span.detach()
+                exchange.span.close()  # ended already if the app failed: then it only leaves
 
     def _with_headers(self, send: Send, request_id: str, allowed_origin: bytes | None, exchange: _Exchange) -> Send:
         static = self._static_headers(allowed_origin)
@@ -254,7 +255,7 @@ class EdgeMiddleware:
 
         exchange.scope = {**scope, "method": "GET"}  # type: ignore[assignment]
         if exchange.span is not None:
-            exchange.span.scope = exchange.scope
+            exchange.span.follow(exchange.scope)
         await self.app(exchange.scope, receive, send_without_body)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
