@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+from typing import Final
 
 from litestar import Litestar
 
@@ -20,14 +21,24 @@ def app() -> Litestar:
     return application
 
 
+# Allocations the youngest generation takes before a collection (CPython's default: 700). The objects of the
+# requests in flight are most of what a young collection finds, and with tracing on 64 of them came to about the
+# default: with every request traced, 1 225 young collections in 11 s of load, 1.8 % of the worker's CPU (199 ms with
+# the older ones they set off), none at 7 000; without tracing, 5 (BENCHMARKS.md 2026-12-05 11:45). Garbage that
+# only the collector frees (cycles) waits for at most this many allocations more: a few megabytes.
+YOUNG_GENERATION: Final = 10_000
+
+
 def freeze_startup_objects() -> None:
-    """Keep the cyclic garbage collector off everything startup built: it lives as long as the process anyway.
+    """Keep the cyclic garbage collector off everything startup built, and off the requests in flight.
 
     A full collection walks every tracked object, and a started keel holds a few hundred thousand (routes,
     OpenAPI models, SQLAlchemy's and OpenTelemetry's machinery). Requests that leave objects alive set off
     collections: traced ones do (their spans wait in the export queue), and with every request traced the full
     collections cost ~18 µs per request on the 2-core development VM, as much as the spans themselves. Frozen,
-    those objects are skipped (`gc.freeze`); a server worker, not a test process that builds many apps, does it.
+    those objects are skipped (`gc.freeze`), and the youngest generation is collected after YOUNG_GENERATION
+    allocations; a server worker, not a test process that builds many apps, does it.
     """
     gc.collect()
     gc.freeze()
+    gc.set_threshold(YOUNG_GENERATION, *gc.get_threshold()[1:])
