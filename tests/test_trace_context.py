@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 from opentelemetry import trace
+from opentelemetry.trace.span import TraceState
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from keel import telemetry
-from keel.http.middleware import EdgeMiddleware
+from keel.http.middleware import EdgeMiddleware, edge_headers
 from keel.logs import AccessLog
 from keel.server_span import _remote_parent
 from keel.settings import Settings
@@ -74,6 +75,21 @@ def test_the_traceparent_is_read_as_the_propagator_reads_it(traceparent: str, tr
     else:
         assert ours == expected  # ids, flags, remote, and the trace state
         assert ours.trace_state == expected.trace_state
+
+
+@pytest.mark.parametrize("tracing", ["0"], indirect=True)
+@pytest.mark.parametrize("read_by", ["the edge", "the span"])
+async def test_several_tracestate_headers_are_one_list(tracing: None, read_by: str) -> None:
+    traceparent = f"00-{TRACE_ID}-{SPAN_ID}-01".encode()
+    headers = [(b"tracestate", b"a=1,b=2"), (b"traceparent", traceparent), (b"tracestate", b"c=3")]
+    # as the propagator reads several headers of one name (TraceState.from_header joins them)
+    expected = TraceState.from_header(["a=1,b=2", "c=3"])
+    assert list(expected.items()) == [("a", "1"), ("b", "2"), ("c", "3")]
+    found = edge_headers(headers) if read_by == "the edge" else None
+    server_span = telemetry.start_server_span(scope_with(*headers), found)
+    assert server_span is not None
+    server_span.close(200)
+    assert server_span.get_span_context().trace_state == expected
 
 
 @pytest.mark.parametrize("tracing", ["1"], indirect=True)  # the client's decision wins over the odds

@@ -149,8 +149,9 @@ def start(tracer: LeanTracer, scope: Any, headers: Mapping[bytes, bytes] | None)
     made the task's request span.
 
     `headers` holds the request's `traceparent` and `tracestate` by name when the caller has read them already (the
-    edge's one pass over the headers); None, and they are read from the scope. The query string is never recorded:
-    /ws?ticket= and /events?ticket= carry credentials. The attributes are built only for a span that records them.
+    edge's one pass over the headers, keel.http.middleware.edge_headers); None, and they are read from the scope.
+    The query string is never recorded: /ws?ticket= and /events?ticket= carry credentials. The attributes are built
+    only for a span that records them.
     """
     if headers is not None:
         traceparent, tracestate = headers.get(b"traceparent"), headers.get(b"tracestate")
@@ -159,8 +160,8 @@ def start(tracer: LeanTracer, scope: Any, headers: Mapping[bytes, bytes] | None)
         for name, value in scope["headers"]:
             if name == b"traceparent" and traceparent is None:
                 traceparent = value
-            elif name == b"tracestate" and tracestate is None:
-                tracestate = value
+            elif name == b"tracestate":  # several are one list (W3C Trace Context)
+                tracestate = value if tracestate is None else tracestate + b"," + value
     method = scope.get("method", "GET")  # a WebSocket handshake is a GET
     method = method if method in _METHODS else "_OTHER"
     provider = tracer.provider

@@ -83,13 +83,17 @@ _EDGE_HEADERS: Final = frozenset(
 
 
 def edge_headers(headers: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
-    """Those of `headers` the edge reads (the first of each name), in one pass: one set lookup a header. A scan
-    each for the request id, `Origin` and the trace context took ~10 000 instructions on a five-header request,
-    this takes ~3 500 (bench/edge_parts.py; BENCHMARKS.md, 2026-12-05 05:00)."""
+    """Those of `headers` the edge reads (the first of each name; several `tracestate` headers joined, as W3C Trace
+    Context reads them), in one pass: one set lookup a header. A scan each for the request id, `Origin` and the
+    trace context took ~10 000 instructions on a five-header request, this takes ~3 500 (bench/edge_parts.py;
+    BENCHMARKS.md, 2026-12-05 05:00)."""
     found: dict[bytes, bytes] = {}
     for name, value in headers:
-        if name in _EDGE_HEADERS and name not in found:
-            found[name] = value
+        if name in _EDGE_HEADERS:
+            if name not in found:
+                found[name] = value
+            elif name == b"tracestate":
+                found[name] += b"," + value
     return found
 
 
