@@ -4,6 +4,7 @@ lines that carry ids only for sampled requests."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import socket
@@ -19,9 +20,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from keel import telemetry
 from keel.http.middleware import EdgeMiddleware, edge_headers
 from keel.logs import AccessLog
-from keel.server_span import _remote_parent
+from keel.server_span import RequestSpan, UnsampledRequest, _remote_parent
 from keel.settings import Settings
-from keel.tracing import LeanSpan, UnsampledSpan
+from keel.tracing import REQUEST_SPAN, LeanSpan, UnsampledSpan
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN_ID = "00f067aa0ba902b7"
@@ -182,3 +183,109 @@ async def test_the_access_line_carries_ids_only_for_a_sampled_request(tracing: N
         assert seen[0] not in ("", SPAN_ID)
     else:
         assert (line["trace_id"], line["span_id"], seen) == (None, None, [""])
+
+
+SAMPLED_BY_THE_CLIENT = (b"traceparent", f"00-{TRACE_ID}-{SPAN_ID}-01".encode())
+
+
+async def through_the_edge(scope: dict[str, Any], app: Any) -> RequestSpan:
+    """`scope` served by `app` behind the edge; the request's span, as the app found it."""
+    spans: list[Any] = []
+
+    async def served(scope: Any, receive: Any, send: Any) -> None:
+        spans.append(REQUEST_SPAN.get())
+        await app(scope, receive, send)
+
+    async def send(message: Any) -> None:
+        pass
+
+    with contextlib.suppress(RuntimeError):
+        await EdgeMiddleware(served)(scope, None, send)  # type: ignore[arg-type]
+    [span] = spans
+    assert isinstance(span, RequestSpan)
+    assert REQUEST_SPAN.get() is None  # left when the request ended
+    return span
+
+
+@pytest.mark.parametrize("tracing", ["0"], indirect=True)
+async def test_a_request_that_fails_ends_its_span_as_an_error_with_the_exception(tracing: None) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError("boom")
+
+    span = await through_the_edge(scope_with(SAMPLED_BY_THE_CLIENT), app)
+    assert span.end_time is not None
+    assert (span.status.status_code, span.status.description) == (trace.StatusCode.ERROR, "RuntimeError")
+    [event] = span.events
+    assert (event.name, event.attributes["exception.type"], event.attributes["exception.message"]) == (
+        "exception",
+        "RuntimeError",
+        "boom",
+    )
+
+
+@pytest.mark.parametrize("tracing", ["0"], indirect=True)
+async def test_an_event_streams_span_ends_with_its_response_head(tracing: None) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        span = REQUEST_SPAN.get()
+        assert isinstance(span, RequestSpan)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        assert span.end_time is not None  # the handshake's span, not the stream's life
+        ended = span.end_time
+        await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        assert span.end_time == ended
+
+    span = await through_the_edge(scope_with(SAMPLED_BY_THE_CLIENT), app)
+    assert span.attributes["http.response.status_code"] == 200
+    assert span.status.status_code is trace.StatusCode.UNSET
+
+
+@pytest.mark.parametrize("tracing", ["0"], indirect=True)
+async def test_a_head_requests_span_is_named_for_the_route_its_get_matched(tracing: None) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        scope["path_template"] = "/items/{item_id}"  # the router writes into the GET copy the edge made
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    scope = scope_with(SAMPLED_BY_THE_CLIENT) | {"method": "HEAD", "path": "/items/7"}
+    del scope["path_template"]
+    span = await through_the_edge(scope, app)
+    assert span.name == "HEAD /items/{item_id}"
+    assert span.attributes["http.route"] == "/items/{item_id}"
+
+
+@pytest.mark.parametrize(("ratio", "is_sampled"), [("1", True), ("0", False)])
+async def test_another_named_sampler_decides_the_server_span_with_its_attributes(
+    tmp_path: Path, ratio: str, is_sampled: bool
+) -> None:
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path}/keel.db")
+    settings = Settings(
+        OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9",
+        OTEL_TRACES_SAMPLER="traceidratio",
+        OTEL_TRACES_SAMPLER_ARG=ratio,
+    )
+    try:
+        assert telemetry.setup(settings, engine)
+        assert telemetry._provider is not None
+        assert not telemetry._provider.serves_server_spans  # the API's way
+        state = (b"tracestate", b"vendor=value")
+        server_span = telemetry.start_server_span(scope_with(SAMPLED_BY_THE_CLIENT, state, (b"user-agent", b"t/1")))
+        assert server_span is not None
+        assert REQUEST_SPAN.get() is server_span
+        server_span.close(200)
+        context = server_span.get_span_context()
+        assert format(context.trace_id, "032x") == TRACE_ID  # the client's trace goes on, sampled or not
+        assert context.trace_state == TraceState([("vendor", "value")])
+        if is_sampled:
+            assert isinstance(server_span, RequestSpan)
+            assert server_span.parent is not None
+            assert format(server_span.parent.span_id, "016x") == SPAN_ID
+            assert server_span.attributes["user_agent.original"] == "t/1"
+            assert server_span.name == "GET /x"
+        else:
+            assert isinstance(server_span, UnsampledRequest)
+            assert not context.trace_flags.sampled
+        assert REQUEST_SPAN.get() is None
+    finally:
+        telemetry.shutdown()
+        await engine.dispose()
