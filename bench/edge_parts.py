@@ -139,12 +139,8 @@ def _ended(span: Any) -> None:
     span.detach()
 
 
-def _finish(span: Any) -> None:
-    """A server span's end: finish() since keel/server_span.py (2026-12-05), end() in the trees before it."""
-    _FINISH(span)
-
-
-_FINISH: Callable[[Any], None] = methodcaller("finish" if importlib.util.find_spec("keel.server_span") else "end")
+# a server span's end: finish() since keel/server_span.py (2026-12-05), end() in the trees before it (--src)
+_finish: Callable[[Any], None] = methodcaller("finish" if importlib.util.find_spec("keel.server_span") else "end")
 
 
 async def child(calls: int, out_dir: str) -> dict[str, float]:

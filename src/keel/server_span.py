@@ -7,7 +7,7 @@ the API's context: a context variable set and reset, where the API's attach and 
 
 Measured with bench/edge_parts.py (instructions from start to detach, the edge's headers given), against a wrapper
 object around a LeanSpan attached to the API's context: a sampled request's span 47 500 -> 35 900, an unsampled
-one's 11 800 -> 10 300 (BENCHMARKS.md 2026-12-05 11:30).
+one's 11 800 -> 10 300 (BENCHMARKS.md 2026-12-05 11:45).
 """
 
 from __future__ import annotations
