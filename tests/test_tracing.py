@@ -107,6 +107,40 @@ def test_the_queue_drops_what_does_not_fit_and_counts_refused_batches(monkeypatc
         provider.shutdown()
 
 
+def test_a_full_batch_leaves_alone_and_the_rest_waits_for_the_next_or_the_delay(monkeypatch: Any) -> None:
+    # a queue that gets spans while it exports must still send full batches, not whatever came in meanwhile: each
+    # POST has a fixed cost (BENCHMARKS.md 2026-12-05 14:00)
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")  # never, in this test
+
+    class Signalling(Collecting):
+        def __init__(self) -> None:
+            super().__init__()
+            self.exported, self.sizes = threading.Event(), list[int]()
+
+        def export(self, spans: Sequence[Any]) -> SpanExportResult:
+            self.sizes.append(len(spans))
+            self.exported.set()
+            return super().export(spans)
+
+    exporter = Signalling()
+    provider = LeanProvider(Resource({}), exporter, 1.0, ALWAYS_ON)
+    tracer = provider.get_tracer("keel")
+    try:
+        with provider.queue._export_lock:  # the thread, woken by the fourth, waits while six more come
+            for _ in range(10):
+                tracer.start_span("x").end()
+        assert exporter.exported.wait(10)
+        exporter.exported.clear()
+        assert not exporter.exported.wait(0.3)  # woken once, it sent the two full batches it found
+        assert exporter.sizes == [4, 4]
+        assert len(provider.queue._spans) == 2
+        provider.force_flush()  # a flush (and the delay, and shutdown) sends what waits
+        assert exporter.sizes == [4, 4, 2]
+    finally:
+        provider.shutdown()
+
+
 def test_a_named_sampler_is_asked_and_unsampled_children_are_their_parent() -> None:
     provider = LeanProvider(Resource({}), Collecting(), None, TraceIdRatioBased(0.0))
     tracer = provider.get_tracer("keel")

@@ -31,8 +31,9 @@ def _env_int(name: str, default: int) -> int:
 
 
 class ExportQueue:
-    """Ended spans, sent in batches from a daemon thread: every OTEL_BSP_SCHEDULE_DELAY ms, or as soon as a batch
-    is full. Beyond OTEL_BSP_MAX_QUEUE_SIZE a span is dropped at once (and counted): the loop never waits."""
+    """Ended spans, sent in batches from a daemon thread: a full batch as soon as there is one, and what waits once
+    OTEL_BSP_SCHEDULE_DELAY ms pass without one. Beyond OTEL_BSP_MAX_QUEUE_SIZE a span is dropped at once (and
+    counted): the loop never waits."""
 
     def __init__(self, exporter: SpanExporter) -> None:
         self.exporter = exporter
@@ -72,16 +73,22 @@ class ExportQueue:
 
     def _run(self) -> None:
         while not self._stopping:
-            self._wake.wait(self.delay)
+            # Woken by a full batch: send full batches only and leave the rest for the next. Sending what was there
+            # each time let a loop that adds spans as fast as they go out settle at batches of ~95 spans (always_on
+            # under wrk), each paying the POST's fixed cost (requests reads the environment and ~/.netrc per call):
+            # 9.4 µs of export thread a span (BENCHMARKS.md 2026-12-05 14:00). A delay that passes with no full
+            # batch sends everything, so no span waits much longer than OTEL_BSP_SCHEDULE_DELAY.
+            full = self._wake.wait(self.delay)
             self._wake.clear()
             with self._export_lock:
-                self._export_all()
+                self._export_all(self.batch if full and not self._stopping else 1)
         with self._export_lock:
             self._export_all()
 
-    def _export_all(self) -> bool:
+    def _export_all(self, at_least: int = 1) -> bool:
+        """Send what is queued, in batches, while `at_least` spans wait."""
         spans, ok = self._spans, True
-        while spans:
+        while len(spans) >= at_least:
             batch = [spans.popleft() for _ in range(min(self.batch, len(spans)))]
             try:
                 exported = self.exporter.export(batch) is SpanExportResult.SUCCESS  # LeanSpans: ReadableSpan-like
