@@ -113,7 +113,7 @@ async def measure(path: str, cycles: int, block: int, sink_port: int, callgrind:
     access_log = AccessLog("json")
     observe = metrics.observe_request
 
-    def no_metrics(method: str, route: str, status: int, seconds: float) -> None:
+    def no_metrics(method: str, route: str, status: int, nanoseconds: int) -> None:
         pass
 
     statuses: dict[int, int] = {}

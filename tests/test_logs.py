@@ -23,7 +23,7 @@ def a_request(log: AccessLog, **overrides: Any) -> None:
         "route": "/api/v1/channels/{channel_id}",
         "path": "/api/v1/channels/5d1b0a1e-0000-4000-8000-000000000000",
         "status": 200,
-        "duration": 0.0123456,
+        "duration_ns": 12_345_600,
         "request_id": "abc",
         "user_id": "u-1",
         "client_ip": "203.0.113.7",
@@ -129,11 +129,19 @@ def test_the_filter_redacts_a_records_message_extras_and_exception() -> None:
 
 
 @pytest.mark.parametrize(
-    ("duration", "expected"), [(0.0123456, 12.346), (0.0000004, 0.0), (0.0000005, 0.001), (1.5, 1500.0), (0.1, 100.0)]
+    ("duration_ns", "expected"),
+    [(12_345_600, 12.346), (400, 0.0), (500, 0.001), (1_500_000_000, 1500.0), (100_000_000, 100.0)],
 )
-def test_the_duration_is_in_milliseconds_to_the_microsecond(duration: float, expected: float) -> None:
+def test_the_duration_is_in_milliseconds_to_the_microsecond(duration_ns: int, expected: float) -> None:
     stream = io.BytesIO()
     AccessLog("json", stream).request(
-        method="GET", route="/x", path="/x", status=200, duration=duration, request_id="r", user_id=None, client_ip="c"
+        method="GET",
+        route="/x",
+        path="/x",
+        status=200,
+        duration_ns=duration_ns,
+        request_id="r",
+        user_id=None,
+        client_ip="c",
     )
     assert json.loads(stream.getvalue())["duration_ms"] == expected

@@ -197,8 +197,8 @@ async def test_requests_are_tallied_and_folded_into_the_metrics_before_a_scrape(
     # observe_request tallies in plain counters and folds them into prometheus_client's histogram internals once
     # a loop turn: the exposition must read as if every request had been observed one by one
     route = "/test/fold/{id}"
-    for seconds in (0.001, 0.005, 0.007, 20.0):
-        metrics.observe_request("GET", route, 200, seconds)
+    for nanoseconds in (1_000_000, 5_000_000, 7_000_000, 20_000_000_000):  # 1, 5 (a bound: in its bucket), 7 ms, 20 s
+        metrics.observe_request("GET", route, 200, nanoseconds)
     samples = {
         (sample.name, frozenset(sample.labels.items())): sample.value
         for family in text_string_to_metric_families(metrics.exposition().decode())  # folds what is pending

@@ -12,11 +12,11 @@ one's 11 800 -> 10 300 (BENCHMARKS.md 2026-12-05 11:45).
 
 from __future__ import annotations
 
-import random
 import re
 from collections.abc import Mapping, Sequence
 from contextvars import Token
 from random import getrandbits
+from random import random as _draw
 from typing import Any, Final
 
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
@@ -162,17 +162,15 @@ def start(tracer: LeanTracer, scope: Any, headers: Mapping[bytes, bytes] | None)
                 traceparent = value
             elif name == b"tracestate":  # several are one list (W3C Trace Context)
                 tracestate = value if tracestate is None else tracestate + b"," + value
-    method = scope.get("method", "GET")  # a WebSocket handshake is a GET
-    method = method if method in _METHODS else "_OTHER"
     provider = tracer.provider
     if not provider.serves_server_spans:  # another named sampler may look at the attributes: the API's way
-        return _sampled_by_the_api(tracer, scope, method, traceparent, tracestate)
+        return _sampled_by_the_api(tracer, scope, _method_of(scope), traceparent, tracestate)
     parent = _remote_parent(traceparent, tracestate) if traceparent is not None else None
     ratio = provider.root_ratio
     if ratio is None:  # always_on or always_off decide alone, whatever the client's flag
         sampled = provider.sampler is ALWAYS_ON
     elif parent is None:  # keel's default: draw its share of new traces, or follow the client
-        sampled = random.random() < ratio
+        sampled = _draw() < ratio
     else:
         sampled = parent.trace_flags.sampled
     if not sampled:
@@ -180,6 +178,7 @@ def start(tracer: LeanTracer, scope: Any, headers: Mapping[bytes, bytes] | None)
             return UnsampledRequest()
         flags = parent.trace_flags
         return UnsampledRequest(parent.trace_id, TraceFlags(flags & ~1), parent.trace_state)
+    method = _method_of(scope)  # a sampled span's name and attribute: not computed for the nine in ten others
     if parent is None:
         context = span_context(getrandbits(128) or 1, getrandbits(64) or 1, SAMPLED, None)
     else:
@@ -187,6 +186,11 @@ def start(tracer: LeanTracer, scope: Any, headers: Mapping[bytes, bytes] | None)
     attributes = _server_attributes(scope, method)
     span = RequestSpan(provider, tracer.scope, method, context, parent, SpanKind.SERVER, attributes, (), None)
     return span.start(method, scope)
+
+
+def _method_of(scope: Any) -> str:
+    method: str = scope.get("method", "GET")  # a WebSocket handshake is a GET
+    return method if method in _METHODS else "_OTHER"
 
 
 def _sampled_by_the_api(

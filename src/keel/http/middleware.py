@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from random import getrandbits
-from time import perf_counter
+from time import perf_counter_ns
 from typing import Any, Final
 
 from litestar.enums import ScopeType
@@ -155,7 +155,7 @@ class EdgeMiddleware:
 
         # observed (SPEC §9): every request the app answers, /metrics and the probes included (the preflights above
         # are the edge's own); WebSockets are not wrapped, so their frames keep the direct path to the transport
-        started = perf_counter()
+        started = perf_counter_ns()  # integers: the log line's and the metrics' sums cost half as much as float's
         tracer = telemetry.tracer  # no span unless tracing is on
         exchange = _Exchange(scope, None if tracer is None else server_span.start(tracer, scope, found))
         try:
@@ -171,7 +171,7 @@ class EdgeMiddleware:
                 exchange.span.finish(exc)
             raise
         finally:
-            elapsed, route = perf_counter() - started, exchange.route()
+            elapsed, route = perf_counter_ns() - started, exchange.route()
             metrics.observe_request(scope["method"], route, exchange.status, elapsed)
             if self.access_log is not None:
                 ids = exchange.span.ids() if exchange.span is not None else None
@@ -268,14 +268,14 @@ class EdgeMiddleware:
         `send` is passed on as it came: fan-out writes frames straight to the server's own transport when `send` is
         uvicorn's (keel.realtime.websocket), so the endpoint records the handshake's outcome in the scope instead.
         """
-        started = perf_counter()
+        started = perf_counter_ns()
         try:
             await self.app(scope, receive, send)
         finally:
             route = scope.get("path_template") or metrics.UNMATCHED_ROUTE
             ids = telemetry.current_ids()
             status = handshake_status_of(scope) or 403
-            self._log(scope, "GET", route, status, perf_counter() - started, request_id, ids)
+            self._log(scope, "GET", route, status, perf_counter_ns() - started, request_id, ids)
 
     def _log(
         self,
@@ -283,11 +283,12 @@ class EdgeMiddleware:
         method: str,
         route: str,
         status: int,
-        elapsed: float,
+        elapsed: int,
         request_id: str,
         ids: tuple[str, str] | None,
     ) -> None:
-        """The request's access line, called with positional arguments: ten keywords cost ~500 instructions."""
+        """The request's access line (`elapsed` in ns), called with positional arguments: ten keywords cost ~500
+        instructions."""
         assert self.access_log is not None
         client = scope.get("client")  # optional in ASGI
         claims = caller_of(scope)
