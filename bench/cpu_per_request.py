@@ -163,15 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     variants = [v for v in VARIANTS if not args.only or v.key in args.only]
     try:
         with measuring("cpu") as (workdir, logs, started):
-            migrate_keel(workdir)
-            tokens = {"": keel_bench_token(workdir, logs)}
-            tree = Path()
-            if any(v.key == "baseline" for v in variants):
-                tree, _ = baseline_tree(args.baseline_rev)
-                (workdir / "baseline").mkdir()
-                migrate_keel(workdir / "baseline", tree / ".venv" / "bin")
-                serve = (str(tree / ".venv" / "bin" / "keel"), *KEEL_SERVE[1:])
-                tokens["baseline"] = keel_bench_token(workdir / "baseline", logs, serve, "baseline-setup")
+            tokens, tree = prepared(workdir, logs, variants, args.baseline_rev)
             figures: dict[tuple[str, str], list[tuple[float, float]]] = {}
             serve = KEEL_SERVE
             if args.keel:
@@ -210,6 +202,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchError as exc:
         print(f"bench: {exc}")
         return 1
+
+
+def prepared(workdir: Path, logs: Path, variants: Sequence[Variant], baseline_rev: str) -> tuple[dict[str, str], Path]:
+    """Today's keel migrated in `workdir` and, when a variant is the baseline, `baseline_rev`'s in a worktree (its
+    database in workdir/baseline); each one's bench token (by variant key: "" for today's) and the worktree."""
+    migrate_keel(workdir)
+    tokens = {"": keel_bench_token(workdir, logs)}
+    tree = Path()
+    if any(v.key == "baseline" for v in variants):
+        tree, _ = baseline_tree(baseline_rev)
+        (workdir / "baseline").mkdir()
+        migrate_keel(workdir / "baseline", tree / ".venv" / "bin")
+        serve = (str(tree / ".venv" / "bin" / "keel"), *KEEL_SERVE[1:])
+        tokens["baseline"] = keel_bench_token(workdir / "baseline", logs, serve, "baseline-setup")
+    return tokens, tree
 
 
 def interleaved(

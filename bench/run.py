@@ -348,8 +348,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running(case: Case, port: int, log: Path, cpu: str = SERVER_CPU) -> Iterator[subprocess.Popen[bytes]]:
-    """The case's server pinned to `cpu`, answering 2xx on its path; its whole process group ends after."""
+def running(
+    case: Case, port: int, log: Path, cpu: str = SERVER_CPU, start_timeout: float = START_TIMEOUT_S
+) -> Iterator[subprocess.Popen[bytes]]:
+    """The case's server pinned to `cpu`, answering 2xx on its path within `start_timeout` s; its whole process
+    group ends after."""
     argv = ["taskset", "-c", cpu, *(a.replace("{port}", str(port)) for a in case.argv)]
     with log.open("w") as err:
         err.write(" ".join(argv) + "\n\n")
@@ -364,14 +367,16 @@ def running(case: Case, port: int, log: Path, cpu: str = SERVER_CPU) -> Iterator
             start_new_session=True,
         )
     try:
-        wait_until_serving(case, port, proc, log)
+        wait_until_serving(case, port, proc, log, start_timeout)
         yield proc
     finally:
         stop(proc)
 
 
-def wait_until_serving(case: Case, port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
+def wait_until_serving(
+    case: Case, port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = START_TIMEOUT_S
+) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])
@@ -382,7 +387,7 @@ def wait_until_serving(case: Case, port: int, proc: subprocess.Popen[bytes], log
         except OSError:
             time.sleep(0.1)
     else:
-        raise BenchError(f"{case.id}: nothing accepted on port {port} within {START_TIMEOUT_S:.0f} s (log: {log})")
+        raise BenchError(f"{case.id}: nothing accepted on port {port} within {timeout:.0f} s (log: {log})")
     conn = http.client.HTTPConnection(HOST, port, timeout=5)
     try:
         conn.request("GET", case.path, headers=dict(h.split(": ", 1) for h in case.headers))
