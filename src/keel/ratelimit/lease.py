@@ -51,7 +51,7 @@ def lifetime(size: int, interval_ms: int) -> float:
 class _Lease:
     size: int  # tokens asked for: the next lease of this key asks for twice as many
     tokens: int  # granted and not yet handed out
-    tat: float  # the key's TAT (local ms) as if the tokens not yet handed out had not been taken: the headers' view
+    tat: int  # the key's TAT (local ms) as if the tokens not yet handed out had not been taken: the headers' view
 
 
 class Leases:
@@ -73,9 +73,11 @@ class Leases:
         if lease.tokens == 0:
             return None
         lease.tokens -= 1
-        now = self._clock() * 1000
+        # whole ms, as GCRA counts them: in float ms, now + burst * interval - tat came out a hair under a whole
+        # number of intervals for some clock readings, and `remaining` one under the exact check's
+        now = int(self._clock() * 1000)
         lease.tat = max(lease.tat, now) + interval
-        remaining = max(0, int((now + burst * interval - lease.tat) // interval))
+        remaining = max(0, (now + burst * interval - lease.tat) // interval)
         return Decision(allowed=True, remaining=remaining, retry_after=0.0, reset_after=(lease.tat - now) / 1000)
 
     def pending(self, bucket: str) -> tuple[asyncio.Future[Grant | None], _Lease] | None:
@@ -101,7 +103,7 @@ class Leases:
     def start(self, bucket: str, size: int, interval: int, future: asyncio.Future[Grant | None]) -> _Lease:
         """Track the lease request `future` for `bucket`: the lease it fills, empty until `future` is answered, and
         then the key's lease."""
-        lease = _Lease(size, 0, 0.0)
+        lease = _Lease(size, 0, 0)
         self._in_flight[bucket] = (future, lease, interval)
         # registered before anyone awaits `future`, so the lease is filled when the waiters resume
         future.add_done_callback(lambda done: self._settle(bucket, done))
@@ -121,5 +123,5 @@ class Leases:
         granted, _, _, reset_ms = grant
         lease.tokens = granted
         # the TAT before this grant, on the local clock: Redis' reset_after counts from its own now
-        lease.tat = self._clock() * 1000 + reset_ms - granted * interval
+        lease.tat = int(self._clock() * 1000) + reset_ms - granted * interval
         self._held.set(bucket, lease, lifetime(lease.size, interval))
