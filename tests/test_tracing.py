@@ -107,7 +107,7 @@ def test_the_queue_drops_what_does_not_fit_and_counts_refused_batches(monkeypatc
         provider.shutdown()
 
 
-def test_a_full_batch_leaves_alone_and_the_rest_waits_for_the_next_or_the_delay(monkeypatch: Any) -> None:
+def test_a_woken_queue_sends_full_batches_and_leaves_the_rest_for_later(monkeypatch: Any) -> None:
     # a queue that gets spans while it exports must still send full batches, not whatever came in meanwhile: each
     # POST has a fixed cost (BENCHMARKS.md 2026-12-05 14:00)
     monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4")

@@ -167,7 +167,7 @@ class AccessLog:
         trace_id: str | None = None,
         span_id: str | None = None,
     ) -> None:
-        # every request's: ~9 500 instructions, from ~16 000 with an f-string for the milliseconds, keywords and an
+        # every request's: ~10 000 instructions, from ~16 000 with an f-string for the milliseconds, keywords and an
         # encode() call per line, and ~11 000 with float seconds (BENCHMARKS.md, 2026-12-05 05:00 and 14:00)
         millis = _wall_clock_ns() // 1_000_000  # integers: Python 3.11 has no fast path for float-int arithmetic
         second = millis // 1000

@@ -74,10 +74,11 @@ class ExportQueue:
     def _run(self) -> None:
         while not self._stopping:
             # Woken by a full batch: send full batches only and leave the rest for the next. Sending what was there
-            # each time let a loop that adds spans as fast as they go out settle at batches of ~95 spans (always_on
-            # under wrk), each paying the POST's fixed cost (requests reads the environment and ~/.netrc per call):
-            # 9.4 µs of export thread a span (BENCHMARKS.md 2026-12-05 14:00). A delay that passes with no full
-            # batch sends everything, so no span waits much longer than OTEL_BSP_SCHEDULE_DELAY.
+            # each time let a loop that adds spans as fast as they go out settle at batches of 95-230 spans
+            # (always_on under wrk), each paying the POST's fixed cost (requests reads the environment and ~/.netrc
+            # per call): 8.1 µs of export thread a span, 6.3 with full batches (BENCHMARKS.md 2026-12-05 14:00). A
+            # delay that passes with no full batch sends everything, so no span waits much longer than
+            # OTEL_BSP_SCHEDULE_DELAY.
             full = self._wake.wait(self.delay)
             self._wake.clear()
             with self._export_lock:
