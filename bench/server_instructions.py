@@ -33,6 +33,7 @@ from pathlib import Path
 from cpu_per_request import measuring, prepared
 from inprocess import Callgrind, under_callgrind
 from observability import PATHS, VARIANTS, Variant, cases, dropped_spans, sink, sink_stats
+from polite_login import read_response
 from run import (
     HOST,
     KEEL_TOKEN,
@@ -64,11 +65,8 @@ async def exactly(port: int, case: Case, requests: int, counting: Callable[[], o
     async def one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal failed
         writer.write(request)
-        lines = (await reader.readuntil(b"\r\n\r\n")).split(b"\r\n")
-        if not lines[0].split(b" ")[1].startswith(b"2"):
-            failed += 1
-        length = next(int(line.split(b":", 1)[1]) for line in lines if line.lower().startswith(b"content-length:"))
-        await reader.readexactly(length)
+        status, _ = await read_response(reader)
+        failed += not 200 <= status < 300
 
     async def connection(count: int, pair: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
         for _ in range(count):
