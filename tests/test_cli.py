@@ -134,6 +134,10 @@ def test_two_workers_with_redis_serve_even_when_slow_to_start(empty_backend: Bac
     (site / "sitecustomize.py").write_text(SLOW_WORKERS.format(delay=SLOW_IMPORT))
     env = {**env_of(empty_backend), "PYTHONPATH": str(site)}
     with keel_serve(env, tmp_path, "--workers", "2", ready_timeout=60) as server:
+        # ready means one worker answers; on a loaded host the other may still be importing: wait for it too
+        deadline = time.monotonic() + 60
+        while server.output().count('"msg":"Started server process') < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
         for _ in range(20):
             assert httpx.get(f"{server.url}/api/v1/public").status_code == 200
         assert httpx.get(f"{server.url}/readyz").json()["checks"] == {"database": "ok", "redis": "ok"}
