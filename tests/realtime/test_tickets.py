@@ -7,6 +7,7 @@ import asyncio
 import msgspec
 from litestar.testing import TestClient
 
+from keel.identity.tokens import session_key
 from keel.main import create_app
 from keel.realtime import tickets
 from keel.shared import open_backends
@@ -31,16 +32,19 @@ async def test_a_ticket_stands_for_its_claims_once_and_expires(backend: Backend)
         await backends.close()
 
 
-async def test_a_ticket_written_without_the_subject_redeems_with_it(backend: Backend) -> None:
-    # what an instance of the release before Claims.subject stored: a rolling deploy redeems it on a new one
+async def test_a_ticket_written_without_the_derived_fields_redeems_with_them(backend: Backend) -> None:
+    # what an instance of the release before Claims.subject and revocation_key stored: a rolling deploy redeems it
+    # on a new one, and its session's revocation still closes the socket
     backends = await open_backends(backend.redis_url)
     try:
-        old_form = msgspec.json.encode({k: v for k, v in msgspec.to_builtins(CLAIMS).items() if k != "subject"})
+        derived = {"subject", "revocation_key"}
+        old_form = msgspec.json.encode({k: v for k, v in msgspec.to_builtins(CLAIMS).items() if k not in derived})
         await backends.kv.set("ticket:t-old", old_form, 60)
         claims = await tickets.redeem(backends.kv, "t-old")
         assert claims == CLAIMS
         assert claims is not None
         assert claims.subject == str(CLAIMS.user_id)
+        assert claims.revocation_key == session_key(CLAIMS.session_id) == f"sid:{CLAIMS.session_id}"
     finally:
         await backends.close()
 

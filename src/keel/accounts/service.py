@@ -30,9 +30,9 @@ from keel.accounts.passwords import PasswordHasher
 from keel.accounts.schemas import TokenPair, UserRead
 from keel.db import utcnow
 from keel.idempotency.service import Claim
-from keel.identity.denylist import Denylist, session_key
+from keel.identity.denylist import Denylist
 from keel.identity.models import Revocation
-from keel.identity.tokens import LEEWAY, Claims, Keyring
+from keel.identity.tokens import LEEWAY, Claims, Keyring, session_key
 from keel.shared.cache import ReadCache
 
 _encoder = msgspec.json.Encoder()

@@ -143,15 +143,18 @@ class RequireCaller:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         caller = scope["route_handler"].opt.get(CALLER)
-        error = refusal(scope, caller) if caller is not None else None
-        # a session cookie named the caller of an unsafe method: a page on another site could have sent it
-        cookie = session_cookie_of(scope) if error is None and caller is not None else None
-        if cookie is not None and scope.get("method") in UNSAFE_METHODS:
-            error = check_csrf(cookie, scope["headers"])
-        if error is not None:
-            await send_error(send, error)
-            return
-        _caller.set(caller_of(scope) if caller is not None else None)
+        if caller is None:
+            _caller.set(None)
+        else:
+            error = refusal(scope, caller)
+            # a session cookie named the caller of an unsafe method: a page on another site could have sent it
+            unsafe = error is None and scope.get("method") in UNSAFE_METHODS
+            if unsafe and (cookie := session_cookie_of(scope)) is not None:
+                error = check_csrf(cookie, scope["headers"])
+            if error is not None:
+                await send_error(send, error)
+                return
+            _caller.set(caller_of(scope))
         await self.app(scope, receive, send)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Final
 
@@ -33,10 +32,6 @@ RETRY_SECONDS: Final = 2.0
 class RevokedEntry(msgspec.Struct, array_like=True):
     key: str
     expires_at: float
-
-
-def session_key(session_id: uuid.UUID) -> str:
-    return f"sid:{session_id}"
 
 
 class Denylist:
@@ -83,7 +78,7 @@ class Denylist:
         self._listeners.append(listener)
 
     def is_revoked(self, claims: Claims) -> bool:
-        expires_at = self._revoked.get(session_key(claims.session_id))
+        expires_at = self._revoked.get(claims.revocation_key)
         return expires_at is not None and expires_at > time.time()
 
     async def reload(self) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import ClassVar, Literal
 
 from keel.errors import KeelError
-from keel.identity.denylist import session_key
+from keel.identity.tokens import session_key
 from keel.realtime import frames
 from keel.realtime.errors import close_code
 
