@@ -34,7 +34,7 @@ async def test_a_ticket_stands_for_its_claims_once_and_expires(backend: Backend)
 
 async def test_a_ticket_written_without_the_derived_fields_redeems_with_them(backend: Backend) -> None:
     # what an instance of the release before Claims.subject and revocation_key stored: a rolling deploy redeems it
-    # on a new one, and its session's revocation still closes the socket
+    # on a new one, with both derived (the denylist checks the socket's session by the key)
     backends = await open_backends(backend.redis_url)
     try:
         derived = {"subject", "revocation_key"}
