@@ -33,7 +33,8 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 NGINX_ADDRESS = "127.0.0.1"  # nginx reaches keel from here: the one proxy keel trusts
 _PLACEHOLDER = re.compile(r"\$\{([A-Z_]+)\}")
 _SBIN = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])  # Debian puts nginx here
-READY_TIMEOUT = 30.0
+# a keel's start on a loaded 2-core host: three starting at once beside a test suite took 32-42 s (CI, 2026-12-05)
+READY_TIMEOUT = 90.0
 STOP_TIMEOUT = 20.0  # keel drains for up to 5 s, then uvicorn waits up to 10 s for open connections
 
 

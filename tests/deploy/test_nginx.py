@@ -31,6 +31,10 @@ from tests.deploy.conftest import tool
 from tests.realtime.conftest import receive, send, subscribe
 from tests.servers import clean_env, free_port, scaled_env
 
+# a cluster's start (a migration, then every keel up to deploy/cluster.py's READY_TIMEOUT on a loaded host) counts
+# against the first test of the module that uses it
+pytestmark = pytest.mark.timeout(300)
+
 AUTH_BURST = 8  # token requests one client address may make (a budget shared by both instances)
 PASSWORD = "correct horse battery"
 T = TypeVar("T")
@@ -219,7 +223,8 @@ def test_make_cluster_serves_until_ctrl_c_stops_it_all(pg_url: str, redis_url: s
         process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         urls = [f"http://127.0.0.1:{p}/readyz" for p in (port, first, first + 1, first + 2)]
-        eventually(lambda: all(_answers(url) for url in urls), within=90)  # four processes on a loaded machine
+        # a migration and four processes starting at once on a loaded machine (deploy/cluster.py's READY_TIMEOUT)
+        eventually(lambda: all(_answers(url) for url in urls), within=cluster_script.READY_TIMEOUT + 60)
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=40) == 0, output.read_text()
         assert not any(_answers(url) for url in urls)

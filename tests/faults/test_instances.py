@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from deploy.cluster import cluster
 from tests.deploy.conftest import tool
@@ -28,6 +29,7 @@ def is_allowed_while_an_instance_dies(outcome: Outcome) -> bool:
     }
 
 
+@pytest.mark.timeout(300)  # the cluster's start may take deploy/cluster.py's READY_TIMEOUT on a loaded host
 async def test_an_instance_killed_behind_nginx_loses_no_acknowledged_message(
     pg_url: str, scaled: dict[str, str | None], tmp_path: Path
 ) -> None:
