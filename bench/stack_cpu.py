@@ -2,7 +2,7 @@
 another source tree (default: the main checkout), interleaved.
 
 `.venv/bin/python bench/stack_cpu.py [--rounds 6] [--requests 6400] [--against /work/main/src]
-[--path /api/v1/public|/api/v1/protected]`
+[--path /api/v1/public|/api/v1/protected] [--cookie]`
 
 Each round starts one child per source tree (PYTHONPATH=<tree>/src, so the shared venv's editable install does not
 decide), alternating which goes first. A child builds `create_app(Settings(...))` with the production stack on:
@@ -11,7 +11,8 @@ the in-process limiter (never tripping), the access log at info (JSON, to stderr
 configured with an OTLP endpoint and the default sampler at ratio 0 (`OTEL_TRACES_SAMPLER_ARG=0`: the unsampled
 path, nothing exported). It drives the ASGI app directly (no server: the server's share is bench/server_cpu.py's),
 64 requests at a time on uvloop, and reports `time.process_time` per request over `--requests` after a warm-up.
-`/api/v1/protected` sends a bearer token of a user it signs up first. Prints each round and the medians.
+`/api/v1/protected` sends a bearer token of a user it signs up first (`--cookie`: the same access token as the
+`keel_session` cookie, the browser's way). Prints each round and the medians.
 
 `--peer` measures the plain Litestar peer (../shared/bench/peers/litestar_app.py, the same two endpoints, JWT
 decoded per request on /protected) in place of the other tree, on keel's own venv: the same Litestar release, so
@@ -61,7 +62,7 @@ def peer_app() -> Any:
     return module.app
 
 
-async def measure(path: str, requests: int, peer: bool, callgrind: Callgrind | None) -> dict[str, Any]:
+async def measure(path: str, requests: int, peer: bool, callgrind: Callgrind | None, cookie: bool) -> dict[str, Any]:
     from inprocess import bench_settings, call, get_caller, migrated_sqlite_url
     from keel import telemetry
     from keel.logs import configure_logging
@@ -100,7 +101,12 @@ async def measure(path: str, requests: int, peer: bool, callgrind: Callgrind | N
                 app, "POST", "/api/v1/auth/token", form.encode(), b"application/x-www-form-urlencoded"
             )
             assert (created, status) == (201, 200), (created, status, body[:200])
-            headers.append((b"authorization", f"Bearer {json.loads(body)['access_token']}".encode()))
+            token = json.loads(body)["access_token"]
+            headers.append(
+                (b"cookie", f"keel_session={token}".encode())
+                if cookie
+                else (b"authorization", f"Bearer {token}".encode())
+            )
         gc.collect()
         gc.freeze()
         for _ in range(1280 // CONCURRENCY):  # warm-up
@@ -127,14 +133,14 @@ async def least_block(callgrind: Callgrind, one: Callable[[], Awaitable[None]], 
     return min(counts)
 
 
-def child(path: str, requests: int, peer: bool, callgrind_dir: str | None) -> None:
+def child(path: str, requests: int, peer: bool, callgrind_dir: str | None, cookie: bool) -> None:
     import uvloop
 
     errors = os.fdopen(os.dup(2), "w")
     os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # the access lines go to stderr, as under `keel serve`
     try:
         callgrind = Callgrind(callgrind_dir) if callgrind_dir else None
-        result = uvloop.run(measure(path, requests, peer, callgrind))
+        result = uvloop.run(measure(path, requests, peer, callgrind, cookie))
     except BaseException:
         import traceback
 
@@ -143,13 +149,15 @@ def child(path: str, requests: int, peer: bool, callgrind_dir: str | None) -> No
     print(json.dumps(result), flush=True)
 
 
-def run_child(src: Path | None, path: str, requests: int, instructions: bool) -> float:
+def run_child(src: Path | None, path: str, requests: int, instructions: bool, cookie: bool) -> float:
     """One child's figure: keel from the source tree `src`, or the peer when `src` is None."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "KEEL_", "DATABASE_URL"))}
     env.update(PYTHONPATH=str(src or ROOT / "src"), OTEL_TRACES_SAMPLER_ARG="0")
     argv = [sys.executable, __file__, "--child", "--path", path, "--requests", str(requests)]
     if src is None:
         argv.append("--peer")
+    if cookie:
+        argv.append("--cookie")
     if instructions:
         out_dir = tempfile.mkdtemp(prefix="keel-callgrind-")
         argv = under_callgrind([*argv, "--callgrind-dir", out_dir], out_dir)
@@ -168,11 +176,12 @@ def main() -> None:
     parser.add_argument("--against", type=Path, default=ROOT.parent / "main" / "src")
     parser.add_argument("--peer", action="store_true", help="against the plain Litestar peer, not another tree")
     parser.add_argument("--instructions", action="store_true", help="count instructions under callgrind")
+    parser.add_argument("--cookie", action="store_true", help="the access token as the keel_session cookie")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--callgrind-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.path, args.requests, args.peer, args.callgrind_dir)
+        child(args.path, args.requests, args.peer, args.callgrind_dir, args.cookie)
         return
     against = "plain Litestar" if args.peer else str(args.against)
     trees: dict[str, Path | None] = {"this tree": ROOT / "src", against: None if args.peer else args.against}
@@ -182,7 +191,7 @@ def main() -> None:
         order = list(trees) if round_ % 2 == 0 else list(reversed(trees))
         for name in order:
             blocks = args.rounds if args.instructions else args.requests  # under callgrind: blocks of 256
-            figures[name].append(run_child(trees[name], args.path, blocks, args.instructions))
+            figures[name].append(run_child(trees[name], args.path, blocks, args.instructions, args.cookie))
         print(f"round {round_ + 1}: " + ", ".join(f"{n} {figures[n][-1]:.1f} {unit}" for n in trees), flush=True)
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     mine, theirs = (statistics.median(figures[n]) for n in trees)
