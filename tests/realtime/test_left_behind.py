@@ -18,6 +18,7 @@ from sqlalchemy import select, update
 
 from keel import db
 from keel.accounts.models import User
+from keel.identity.tokens import session_key
 from keel.realtime import service
 from keel.realtime.hub import Hub
 from keel.realtime.models import Channel, Message
@@ -109,7 +110,7 @@ class Follower(Peer):
     kind = "ws"
 
     def __init__(self) -> None:
-        super().__init__(uuid.uuid4(), send_queue=100)
+        super().__init__(session_key(uuid.uuid4()), send_queue=100)
         self.got: list[int] = []
 
     def send_message(self, delivery: Delivery) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from keel.identity.tokens import session_key
 from keel.realtime.errors import TooSlow
 from keel.realtime.events import Stream
 from keel.realtime.feed import Feed
@@ -28,7 +29,7 @@ class OneByOne(Peer):
     kind = "ws"
 
     def __init__(self) -> None:
-        super().__init__(uuid.uuid4(), send_queue=100)
+        super().__init__(session_key(uuid.uuid4()), send_queue=100)
         self.got: list[int] = []
         self.positions_seen: list[int] = []
 
@@ -177,7 +178,7 @@ def test_a_direct_stream_writes_a_run_of_one_channel_at_once_and_of_several_chan
             return True
 
     direct: Any = Direct()
-    stream = Stream(uuid.uuid4(), send_queue=100)
+    stream = Stream(session_key(uuid.uuid4()), send_queue=100)
     stream.direct = direct
     channel = uuid.uuid4()
     position = stream.positions[channel] = Position(0, replaying=False)

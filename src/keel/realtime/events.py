@@ -62,8 +62,8 @@ class Stream(Peer):
 
     kind = "sse"
 
-    def __init__(self, session_id: uuid.UUID, send_queue: int) -> None:
-        super().__init__(session_id, send_queue)
+    def __init__(self, session: str, send_queue: int) -> None:
+        super().__init__(session, send_queue)
         self.pending: list[bytes] = []
         self._wake: asyncio.Future[None] | None = None
         self.direct: DirectBody | None = None  # set once the response has started, under `keel serve`
@@ -188,7 +188,7 @@ async def serve_events(realtime: Realtime, scope: Any, receive: Any, send: Any) 
         await _refuse(send, refusal)
         return
     with slot:  # released however the stream ends: refused below, ended by either side, or an error
-        stream = Stream(claims.session_id, realtime.send_queue)
+        stream = Stream(claims.revocation_key, realtime.send_queue)
         realtime.hub.connect(stream)
         try:
             cookies = set_cookies_of(scope)  # a renewed session's, on the stream's own response

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import ClassVar, Literal
 
 from keel.errors import KeelError
-from keel.identity.tokens import session_key
 from keel.realtime import frames
 from keel.realtime.errors import close_code
 
@@ -96,8 +95,8 @@ class Peer:
 
     kind: ClassVar[Literal["ws", "sse"]]
 
-    def __init__(self, session_id: uuid.UUID, send_queue: int) -> None:
-        self.session = session_key(session_id)  # its session's denylist key: a revocation closes it
+    def __init__(self, session: str, send_queue: int) -> None:
+        self.session = session  # its session's denylist key (Claims.revocation_key): a revocation closes it
         self.positions: dict[uuid.UUID, Position] = {}
         self.send_queue = send_queue  # how far behind it may fall before it is closed
         self.closing = False

@@ -105,7 +105,7 @@ class TransportSocket(Socket):
     """
 
     def __init__(self, protocol: Any, claims: Claims, send_queue: int) -> None:
-        super().__init__(claims.session_id, send_queue)
+        super().__init__(claims.revocation_key, send_queue)
         self._protocol = protocol
         self._transport: asyncio.Transport = protocol.transport
         self._largest = 64  # the largest frame sent so far: the backlog bound is send_queue of these
@@ -178,7 +178,7 @@ class QueuedSocket(Socket):
     """Any other ASGI server: a bounded queue per socket and a task that awaits `send` for each frame."""
 
     def __init__(self, send: Any, claims: Claims, send_queue: int) -> None:
-        super().__init__(claims.session_id, send_queue)
+        super().__init__(claims.revocation_key, send_queue)
         self._send = send
         self._queue: asyncio.Queue[bytes | tuple[int, str]] = asyncio.Queue()
         self._writer = asyncio.get_running_loop().create_task(self._write_all())
