@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.util
 import inspect
 import os
@@ -126,7 +127,55 @@ def pieces() -> dict[str, Callable[[], Any]]:
         chosen["access line with the edge's part: EdgeMiddleware._log"] = lambda: edge._log(
             scope, "/api/v1/public", 200, 0.000123, "0" * 32, None
         )
+    chosen.update(_auth_pieces())
     return chosen
+
+
+def _auth_pieces() -> dict[str, Callable[[], Any]]:
+    """AuthMiddleware over an app that does nothing, as `/api/v1/protected` meets it: the bearer's way and the
+    browser's (the same access token as `keel_session`), both verified-claims cache hits."""
+    import uuid
+    from types import SimpleNamespace
+
+    from litestar.datastructures import State
+
+    from keel.http.auth import AuthMiddleware
+    from keel.http.sessions import SessionCookies
+    from keel.identity.denylist import Denylist
+    from keel.identity.tokens import Keyring
+    from keel.identity.verifier import TokenVerifier
+
+    keyring = Keyring.hs256(b"edge-parts-" + b"0" * 32, issuer="keel", audience="keel")
+    verifier = TokenVerifier(keyring, Denylist(None, None))  # type: ignore[arg-type]  # no broker: never revoked
+
+    async def renew(refresh: str) -> tuple[str, str]:
+        raise AssertionError("a fresh cookie is never renewed")
+
+    cookies = SessionCookies(verifier, renew, max_age=60, secure=True)
+    app = SimpleNamespace(state=State({"verifier": verifier, "session_cookies": cookies}))  # Litestar's app.state
+    token, _ = keyring.issue_access(user_id=uuid.uuid4(), username="u", session_id=uuid.uuid4(), scopes=(), ttl=3600)
+
+    async def nothing(scope: Any, receive: Any, send: Any) -> None:
+        pass
+
+    auth = AuthMiddleware(nothing)
+
+    def through(*credential: tuple[bytes, bytes]) -> Callable[[], None]:
+        headers = [*HEADERS, *credential]
+
+        def once() -> None:
+            scope = {"type": "http", "method": "GET", "headers": headers, "state": {}, "litestar_app": app}
+            with contextlib.suppress(StopIteration):  # the inner app never waits: one send runs the whole call
+                auth(scope, None, None).send(None)  # type: ignore[arg-type]
+            assert (scope["auth"] is not None) == bool(credential)
+
+        return once
+
+    return {
+        "no credentials: AuthMiddleware": through(),
+        "bearer token: AuthMiddleware": through((b"authorization", f"Bearer {token}".encode())),
+        "keel_session cookie: AuthMiddleware": through((b"cookie", f"keel_session={token}".encode())),
+    }
 
 
 def _sampled(telemetry: Any, provider: Any, tracer: Any, scope: Any, found: Any, response: Any) -> None:

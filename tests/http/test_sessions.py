@@ -14,11 +14,12 @@ from tests.conftest import TEST_JWT_SECRET
 
 def test_a_cookie_is_found_by_its_whole_name_and_the_first_wins() -> None:
     header = b"my_keel_session=no; theme=dark; keel_session=a.b.c;keel_csrf=x ; keel_session=other; keel_refresh=r"
-    assert cookie_value(header, b"keel_session") == b"a.b.c"
-    assert cookie_value(header, b"keel_csrf") == b"x"
-    assert cookie_value(header, b"keel_refresh") == b"r"
-    assert cookie_value(b"keel_sessionx=1; theme=dark", b"keel_session") is None
-    assert cookie_value(b"keel_session=", b"keel_session") == b""
+    assert cookie_value(header, b"keel_session=") == b"a.b.c"
+    assert cookie_value(header, b"keel_csrf=") == b"x"
+    assert cookie_value(header, b"keel_refresh=") == b"r"
+    assert cookie_value(b"keel_sessionx=1; theme=dark", b"keel_session=") is None
+    assert cookie_value(b"theme=dark;keel_session=", b"keel_session=") == b""
+    assert cookie_value(b"a=keel_session=x; b_keel_session=y", b"keel_session=") is None
 
 
 def test_csrf_needs_the_header_equal_to_the_cookie() -> None:

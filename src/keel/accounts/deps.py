@@ -41,7 +41,7 @@ class PasswordAdmission:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["route_handler"].opt.get(HASHES_PASSWORD):
-            hasher: PasswordHasher = scope["litestar_app"].state.hasher
+            hasher: PasswordHasher = scope["litestar_app"].state["hasher"]
             try:
                 hasher.admit()
             except PasswordPoolBusy as busy:

@@ -269,7 +269,7 @@ class AuthController(Controller):
         pair = await service.log_in(
             db_session, hasher, sessions, login=credentials.username, password=credentials.password
         )
-        cookies: SessionCookies = state.session_cookies
+        cookies: SessionCookies = state["session_cookies"]
         return Response(None, status_code=204, cookies=cookies.cookies(pair.access_token, pair.refresh_token))
 
     @delete(
@@ -282,7 +282,7 @@ class AuthController(Controller):
     async def end_session(self, db_session: DbSession, sessions: SessionPolicy, state: State) -> Response[None]:
         """Sign a browser out: its session is revoked everywhere and its cookies are cleared."""
         await service.log_out(db_session, sessions, claims=current_principal())
-        cookies: SessionCookies = state.session_cookies
+        cookies: SessionCookies = state["session_cookies"]
         return Response(None, status_code=204, cookies=cookies.cleared())
 
     @post(
@@ -332,7 +332,7 @@ async def _read_token_request(request: Request[Any, Any, Any]) -> TokenRequest:
 )
 def jwks(state: State) -> dict[str, list[dict[str, str]]]:
     """The public keys that verify access tokens (RFC 7517); empty in HS256 mode."""
-    keyring: Keyring = state.keyring
+    keyring: Keyring = state["keyring"]
     return keyring.jwks()
 
 

@@ -81,7 +81,7 @@ class HealthController(Controller):
         from the moment the server is asked to stop (keel.http.shutdown)."""
         database, redis = await asyncio.gather(database_check(db_engine), backends.ping())
         checks: dict[str, Check] = {"database": database, "redis": redis}
-        stopping = state.lifecycle.stopping
+        stopping = state["lifecycle"].stopping
         if stopping or "error" in checks.values():
             return problem(
                 503,

@@ -21,14 +21,14 @@ if TYPE_CHECKING:
 
 async def provide_db_session(state: State) -> AsyncIterator[AsyncSession]:
     """A session per request that is only closed here: use cases commit their own work (STYLE.md)."""
-    async with state.sessionmaker() as session:
+    async with state["sessionmaker"]() as session:
         yield session
 
 
 def provide_reads(request: Request[Any, Any, Any]) -> Reads:
     """Conditional reads (ETag, 304, the read cache) for this request."""
     state = request.app.state
-    return Reads(state.backends.cache, request.headers.get("if-none-match"), state.sessionmaker, state.loads)
+    return Reads(state["backends"].cache, request.headers.get("if-none-match"), state["sessionmaker"], state["loads"])
 
 
 def from_state(name: str) -> Provide:

@@ -94,7 +94,7 @@ def parse_key(values: list[str]) -> str | None:
 
 
 def provide_keyed_request(request: Request[Any, Any, Any]) -> KeyedRequest:
-    edge: IdempotencyEdge = request.app.state.idempotency
+    edge: IdempotencyEdge = request.app.state["idempotency"]
     key = parse_key(request.headers.getall(HEADER, []))
     claims = caller_of(request.scope)
     if claims is not None:

@@ -1,7 +1,7 @@
 """What keel keeps in an ASGI scope, behind typed accessors: the only module that knows the keys.
 
-The auth middleware (keel.http.auth) and realtime's admission (keel.realtime.access) write the caller, and whether
-a session cookie named it; the rate limiter and RequireCaller read them. A key nothing reads does not belong here.
+The auth middleware (keel.http.auth) and realtime's admission (keel.realtime.access) write the caller; the rate
+limiter and RequireCaller read it. A key nothing reads does not belong here.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from keel.identity.tokens import Claims
 
 _AUTH_ERROR: Final = "keel.auth_error"  # scope-state key: why a presented token was refused
 _HANDSHAKE_STATUS: Final = "keel.handshake_status"  # scope-state key: how a WebSocket handshake was answered
-_SESSION_COOKIE: Final = "keel.session_cookie"  # scope-state key: the Cookie header that named the caller
 _SET_COOKIES: Final = "keel.set_cookies"  # scope-state key: a renewed session's cookies, for /ws and /events
 _RESPONSE_HEADERS: Final = "keel.response_headers"  # scope-state key: headers an inner layer adds to the response
 
@@ -49,17 +48,6 @@ def handshake_status_of(scope: Scope) -> int | None:
 
 def set_handshake_status(scope: Scope, status: int) -> None:
     scope["state"][_HANDSHAKE_STATUS] = status
-
-
-def session_cookie_of(scope: Scope) -> bytes | None:
-    """The `Cookie` header when a session cookie named the caller, else None: its keel_csrf is what X-CSRF-Token
-    must equal on an unsafe method (read only then, so the hot path parses nothing more)."""
-    header: bytes | None = scope["state"].get(_SESSION_COOKIE)
-    return header
-
-
-def set_session_cookie(scope: Scope, header: bytes) -> None:
-    scope["state"][_SESSION_COOKIE] = header
 
 
 def set_cookies_of(scope: Scope) -> list[tuple[bytes, bytes]]:

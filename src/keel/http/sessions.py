@@ -38,9 +38,9 @@ REFRESH_COOKIE: Final = "keel_refresh"
 CSRF_COOKIE: Final = "keel_csrf"
 CSRF_HEADER: Final = b"x-csrf-token"
 UNSAFE_METHODS: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-_SESSION: Final = SESSION_COOKIE.encode()
-_REFRESH: Final = REFRESH_COOKIE.encode()
-_CSRF: Final = CSRF_COOKIE.encode()
+_SESSION: Final = f"{SESSION_COOKIE}=".encode()
+_REFRESH: Final = f"{REFRESH_COOKIE}=".encode()
+_CSRF: Final = f"{CSRF_COOKIE}=".encode()
 
 # refresh token → (access token, refresh token): accounts' rotation, handed in by the composition root
 Renew = Callable[[str], Awaitable[tuple[str, str]]]
@@ -57,16 +57,17 @@ class OriginRefused(Forbidden):
 
 
 def cookie_value(header: bytes, name: bytes) -> bytes | None:
-    """The value of cookie `name` in a `Cookie` header (the first, as browsers order them: RFC 6265 §5.4), found
-    without splitting the header: it also carries the application's own cookies, and this runs on every request."""
-    start = 0
-    while (at := header.find(name, start)) >= 0:
-        end = at + len(name)
-        if (at == 0 or header[at - 1] in b"; ") and header[end : end + 1] == b"=":
-            stop = header.find(b";", end)
-            return header[end + 1 : stop if stop >= 0 else len(header)].strip()
-        start = end
-    return None
+    """The value of the cookie `name` (given with its "=", b"keel_session=") in a `Cookie` header, the first one as
+    browsers order them (RFC 6265 §5.4), found without splitting the header: it also carries the application's own
+    cookies, and this runs on every request the cookie authenticates."""
+    at = header.find(name)
+    while at > 0 and header[at - 1] not in b"; ":  # the tail of a longer name (my_keel_session=)
+        at = header.find(name, at + 1)
+    if at < 0:
+        return None
+    start = at + len(name)
+    stop = header.find(b";", start)
+    return (header[start:] if stop < 0 else header[start:stop]).strip()
 
 
 class Session:

@@ -153,7 +153,7 @@ class RateLimitMiddleware:
         if scope["type"] != ScopeType.HTTP or not scope["path"].startswith(API_PREFIX):
             await self.app(scope, receive, send)
             return
-        limits: RateLimits = scope["litestar_app"].state.rate_limits
+        limits: RateLimits = scope["litestar_app"].state["rate_limits"]
         handler = scope.get("route_handler")
         auth_policy = handler is not None and handler.opt.get(RATE_LIMIT) == AUTH_POLICY
         results = None if auth_policy else limits.check_default_now(scope)

@@ -89,7 +89,7 @@ class ChannelsController(Controller):
     ) -> Response[MessageRead]:
         """Post a message; it gets the channel's next seq and goes live to every subscriber."""
         claims = current_principal()
-        realtime: Realtime = state.realtime
+        realtime: Realtime = state["realtime"]
         hub = realtime.hub
 
         async def post(claim: Claim | None) -> MessageRead:

@@ -108,7 +108,7 @@ EVENTS_OPENAPI: Final[dict[str, Any]] = {
 
 class RealtimeRoutes:
     def __init__(self, app: Any, state: Any) -> None:
-        """Serve the realtime endpoints with `state.realtime` (set by the lifespan); pass the rest to `app`."""
+        """Serve the realtime endpoints with `state["realtime"]` (set by the lifespan); pass the rest to `app`."""
         self.app = app
         self.state = state
 
@@ -116,11 +116,11 @@ class RealtimeRoutes:
         path, kind = scope.get("path"), scope["type"]
         if path == "/ws" and kind == "websocket":
             scope["path_template"] = path  # the route of logs, metrics and spans, as Litestar's router names its own
-            await serve_websocket(self.state.realtime, scope, receive, send)
+            await serve_websocket(self.state["realtime"], scope, receive, send)
         elif path == "/events" and kind == "http":
             scope["path_template"] = path
             if scope["method"] == "GET":  # the edge runs HEAD as a GET
-                await serve_events(self.state.realtime, scope, receive, send)
+                await serve_events(self.state["realtime"], scope, receive, send)
             else:
                 detail = f"{scope['method']} is not allowed here."
                 body = problem_body(405, code=CODE_BY_STATUS[405], detail=detail)
