@@ -42,6 +42,7 @@ UVICORN_LOOP: Final = "keel.http.accept:GreedyAcceptLoop"
 # host: past the ping's 5 s the worker is killed as hung, and each replacement too (CI saw one worker serve alone).
 # Named, it is imported once the worker answers pings, with the app.
 UVICORN_HTTP: Final = "keel.http.server:KeelHttpToolsProtocol"
+UVICORN_WS: Final = "keel.http.server:KeelWSProtocol"
 # seconds uvicorn waits for open connections after keel's own drain (keel.realtime.hub.DRAIN_TIMEOUT) on SIGTERM;
 # deploy/ sizes its stop grace periods from both
 GRACEFUL_SHUTDOWN = 10
@@ -179,9 +180,9 @@ def _run_uvicorn(settings: Settings) -> None:
         loop=UVICORN_LOOP,
         # httptools, with the request-head size and time limits of SPEC §2 and problem+json refusals
         http=UVICORN_HTTP,
-        # wsproto: the smallest per-socket memory measured here (SPIKES.md); deflate off, it costs 7x memory per
-        # socket and doubles fan-out time
-        ws="wsproto",
+        # wsproto: the smallest per-socket memory measured here (SPIKES.md), lighter still in keel's subclass;
+        # deflate off, it costs 7x memory per socket and doubles fan-out time
+        ws=UVICORN_WS,
         ws_per_message_deflate=False,
         ws_max_size=MAX_FRAME_BYTES,
         ws_ping_interval=PING_INTERVAL,

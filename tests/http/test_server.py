@@ -6,6 +6,7 @@ import asyncio
 import inspect
 import json
 import re
+import sys
 from typing import Any
 
 import pytest
@@ -279,3 +280,17 @@ async def test_a_connection_holds_no_deques_until_it_pipelines() -> None:
         await asyncio.sleep(0.001)
     assert transport.written.count(b"HTTP/1.1 200 ") == 2, bytes(transport.written)
     assert not server._NO_PIPELINE
+
+
+def test_keels_connection_state_leaves_uvicorns_instance_dict_as_small_as_uvicorn_makes_it() -> None:
+    """Memory per idle connection: an attribute keel adds outside __slots__ unshares the instance dict (~1.3 KiB)."""
+    loop = asyncio.new_event_loop()
+    try:
+        config = Config(app=echo_length, lifespan="off", log_config=None)
+        plain = HttpToolsProtocol(config, ServerState(), {}, loop)
+        plain.connection_made(RecordingTransport())
+        ours, _ = connect(loop)
+        assert set(ours.__dict__) == set(plain.__dict__)
+        assert sys.getsizeof(ours.__dict__) == sys.getsizeof(plain.__dict__)
+    finally:
+        loop.close()

@@ -122,7 +122,7 @@ class TransportSocket(Socket):
         protocol = getattr(send, "__self__", None)
         if (
             protocol is None
-            or type(protocol).__name__ != "WSProtocol"
+            or all(cls.__name__ != "WSProtocol" for cls in type(protocol).__mro__)  # keel serve's is a subclass
             or not all(
                 hasattr(protocol, name)
                 for name in ("transport", "close_sent", "close_timer", "queue", "config", "conn", "writable")
