@@ -65,8 +65,8 @@ class KeelHttpToolsProtocol(HttpToolsProtocol):
     """HttpToolsProtocol with a bounded request head; `keel serve` passes it to uvicorn as `http`."""
 
     # keel's own per-connection state lives in slots, not in the instance's __dict__: uvicorn's 27 attributes fit
-    # a key-sharing dict (288 B), and eight more unshared it (1 584 B): +0.56 KiB for every idle connection
-    # (bench/sse_memory.py; issue 16: 50 000 event streams at <= 12 KiB each)
+    # a key-sharing dict (288 B), and eight more unshared it (1 584 B); an idle event stream is 1.2 KiB lighter
+    # with them in slots (bench/sockets.py; issue 16: 50 000 event streams at <= 12 KiB each)
     __slots__ = (
         "_begun",
         "_head_lower",
