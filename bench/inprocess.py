@@ -37,14 +37,8 @@ def bench_settings(url: str, **extra: Any) -> Any:
     """keel's Settings as bench/run.py serves it (limiter on and never tripping), with `extra` on top."""
     from keel.settings import Settings
 
-    return Settings(
-        _env_file=None,
-        DATABASE_URL=url,
-        KEEL_JWT_SECRET=BENCH_SECRET,
-        KEEL_RATE_LIMIT=NEVER_TRIPS,
-        KEEL_AUTH_RATE_LIMIT=NEVER_TRIPS,
-        **extra,
-    )
+    defaults = {"KEEL_JWT_SECRET": BENCH_SECRET, "KEEL_RATE_LIMIT": NEVER_TRIPS, "KEEL_AUTH_RATE_LIMIT": NEVER_TRIPS}
+    return Settings(_env_file=None, DATABASE_URL=url, **(defaults | extra))
 
 
 def get_caller(

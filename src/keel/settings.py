@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from email.utils import parseaddr
 from pathlib import Path
@@ -58,6 +58,11 @@ class RatePolicy:
     limit: int
     period: int
     burst: int
+    # the GCRA's emission interval in whole ms (at least 1), which every check needs: worked out once, here
+    interval_ms: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "interval_ms", max(1, round(self.period * 1000 / self.limit)))
 
     @classmethod
     def parse(cls, value: object) -> RatePolicy:

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
-from keel.ratelimit.gcra import Decision
+from keel.ratelimit.gcra import Decision, Grant
 from keel.shared.expiring import Clock, ExpiringDict
 
 __all__ = ["MAX_LEASE", "Grant", "Leases", "largest_lease", "lifetime"]
@@ -33,8 +33,6 @@ __all__ = ["MAX_LEASE", "Grant", "Leases", "largest_lease", "lifetime"]
 MAX_LEASE: Final = 256  # tokens; one lease is also at most 1/BURST_SHARE of the burst
 BURST_SHARE: Final = 8
 MIN_LIFETIME, MAX_LIFETIME = 0.05, 1.0  # seconds
-
-Grant = tuple[int, int, int, int]  # GCRA's four integers for one key: granted, remaining, retry ms, reset ms
 
 
 def largest_lease(burst: int) -> int:

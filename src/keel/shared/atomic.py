@@ -47,11 +47,14 @@ class ScriptRunner(Protocol):
 
 
 class InProcessScriptRunner:
-    """Runs the Python twins against one process's LocalState."""
+    """Runs the Python twins against one process's LocalState (`state`, read with `clock`).
+
+    A caller on the hot path may call one twin's single-key step on `state` itself (keel.ratelimit.limiter): it is
+    atomic the same way, since nothing on the event loop interleaves with a plain call."""
 
     def __init__(self, clock: Clock = time.monotonic) -> None:
-        self._clock = clock
-        self._state = LocalState(clock)
+        self.clock = clock
+        self.state = LocalState(clock)
 
     async def run(self, script: AtomicScript, keys: Sequence[str], args: Sequence[Arg]) -> list[int]:
         """Run the twin; it never awaits, so nothing interleaves with it."""
@@ -59,7 +62,7 @@ class InProcessScriptRunner:
 
     def run_now(self, script: AtomicScript, keys: Sequence[str], args: Sequence[Arg]) -> list[int]:
         """The same, for callers on a hot path that would rather not create a coroutine for it."""
-        return script.local(self._state, keys, args, self._clock())
+        return script.local(self.state, keys, args, self.clock())
 
 
 class RedisScriptRunner:
