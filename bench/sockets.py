@@ -12,6 +12,12 @@ each is timed from just before its send to its arrival at every subscriber (raw 
 a marker check while a publish is measured, as bench/realtime.py), and a subscriber without it by DELIVERY_TIMEOUT_S
 counts as lost. The server's CPU time per publish (user + system, /proc) is read around each one.
 
+RSS delta / N understates the cost of a socket at small N: startup leaves ~7-10 MiB free inside the C heap, resident,
+which the first few thousand connections reuse (so the figure "rises" with N). With two N or more, each kind's
+marginal cost between consecutive N, (delta(N2) - delta(N1)) / (N2 - N1), is printed too, and the line through the
+two largest N, delta = m * N - R, projected to 50 000 (`m - R / 50 000`); set and dict tables grow by powers of two,
+so a figure moves by up to ~0.4 KiB with where N falls between them (BENCHMARKS.md, 2026-12-06).
+
 The run bounds itself: N above the fd hard limit less a margin is refused up front (`ulimit -Hn`: setrlimit above it
 is refused), connecting stops at --budget-s, and a fan-out that a subscriber has not seen by DELIVERY_TIMEOUT_S is
 counted, not waited for.
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import os
 import select
 import statistics
@@ -259,6 +266,7 @@ def main() -> int:
         workdir = logs = Path(tmp)
         migrate_keel(workdir)
         token = keel_bench_token(workdir, logs, name="sockets-setup", env=realtime.KEEL_REALTIME_ENV)
+        results: list[Result] = []
         for round_ in range(args.rounds):
             for kind in kinds:
                 for n in ns:
@@ -273,7 +281,29 @@ def main() -> int:
                                 print(f"{label:9} {kind:3} N={n:<6} failed: {exc}", flush=True)
                                 continue
                         print(result.line(), f" load {os.getloadavg()[0]:.2f}", flush=True)
+                        results.append(result)
+    print_marginal(results)
     return 0
+
+
+def print_marginal(results: Sequence[Result], projected_n: int = 50_000) -> None:
+    """Each target and kind's marginal KiB a socket between consecutive N (medians over rounds), and the line
+    through the two largest N projected to `projected_n` (see the module's docstring)."""
+    deltas: dict[tuple[str, str], dict[int, list[float]]] = {}
+    for r in results:
+        deltas.setdefault((r.target, r.kind), {}).setdefault(r.n, []).append(r.kib_per_socket * r.n)
+    for (target, kind), by_n in deltas.items():
+        points = sorted((n, statistics.median(kib)) for n, kib in by_n.items())
+        if len(points) < 2:
+            continue
+        steps = [f"{n1}->{n2}: {(d2 - d1) / (n2 - n1):.2f}" for (n1, d1), (n2, d2) in itertools.pairwise(points)]
+        (n1, d1), (n2, d2) = points[-2:]
+        slope = (d2 - d1) / (n2 - n1)
+        reserve = slope * n2 - d2  # KiB the first sockets took from memory already resident
+        print(
+            f"{target:9} {kind:3} marginal KiB/socket {', '.join(steps)}; reserve {reserve / 1024:.1f} MiB; "
+            f"at N={projected_n}: {slope - reserve / projected_n:.1f} KiB/socket"
+        )
 
 
 if __name__ == "__main__":
