@@ -259,7 +259,7 @@ class InstantBackend(Backend):
 
     async def run(self, script: AtomicScript, keys: Sequence[str], args: Sequence[Arg]) -> list[int]:
         self.runs.append((list(keys), list(args)))
-        return self.inner.run_now(script, keys, args)
+        return script.local(self.inner.state, keys, args, self.inner.clock())  # the twin, without awaiting
 
 
 def test_a_check_that_finds_its_lease_answered_but_not_installed_does_not_spin() -> None:

@@ -41,15 +41,15 @@ class NamedPolicy:
     name: str
     policy: RatePolicy
     header: bytes  # its member of RateLimit-Policy, e.g. b'"default";q=20;w=2', encoded once per process
+    limit: bytes  # its member of RateLimit with the two numbers to fill in, b'"default";r=%d;t=%d'
     exact: bool = False  # never answered from a lease of the Redis limiter (keel.ratelimit.lease)
-    limit: bytes = b""  # its member of RateLimit with the two numbers to fill in, b'"default";r=%d;t=%d'
 
     @classmethod
     def of(cls, name: str, policy: RatePolicy, *, exact: bool = False) -> NamedPolicy:
         # draft-ietf-httpapi-ratelimit-headers-10: q is the quota (the burst), w its window in seconds
         window = max(1, math.ceil(policy.burst * policy.emission_interval))
         header = f'"{name}";q={policy.burst};w={window}'.encode()
-        return cls(name, policy, header, exact, f'"{name}";r=%d;t=%d'.encode())
+        return cls(name, policy, header, f'"{name}";r=%d;t=%d'.encode(), exact)
 
     def state(self, decision: Decision) -> bytes:
         """Its member of RateLimit for `decision`: r = requests left, t = seconds until full."""

@@ -58,10 +58,6 @@ class InProcessScriptRunner:
 
     async def run(self, script: AtomicScript, keys: Sequence[str], args: Sequence[Arg]) -> list[int]:
         """Run the twin; it never awaits, so nothing interleaves with it."""
-        return self.run_now(script, keys, args)
-
-    def run_now(self, script: AtomicScript, keys: Sequence[str], args: Sequence[Arg]) -> list[int]:
-        """The same, for callers on a hot path that would rather not create a coroutine for it."""
         return script.local(self.state, keys, args, self.clock())
 
 
