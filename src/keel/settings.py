@@ -62,6 +62,8 @@ class RatePolicy:
     interval_ms: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.limit < 1 or self.burst < 1:
+            raise ValueError(f"rate and burst must be at least 1, got {self}")
         object.__setattr__(self, "interval_ms", max(1, round(self.period * 1000 / self.limit)))
 
     @classmethod
@@ -72,10 +74,7 @@ class RatePolicy:
         if not match:
             raise ValueError(f"expected a policy like '10/s burst 20' or '5/min burst 10', or off; got {value!r}")
         limit, period, burst = int(match.group(1)), _PERIODS[match.group(2)], match.group(3)
-        policy = cls(limit=limit, period=period, burst=int(burst) if burst else limit)
-        if policy.limit < 1 or policy.burst < 1:
-            raise ValueError(f"rate and burst must be at least 1, got {value!r}")
-        return policy
+        return cls(limit=limit, period=period, burst=int(burst) if burst else limit)
 
     @property
     def emission_interval(self) -> float:
