@@ -16,6 +16,11 @@ directly, `--concurrency` logins at a time (16 is bench/login.py's c=16), and th
   the core, without the loop waiting for it.
 
 Pin it to one CPU (taskset), as the server is in bench/login.py. Prints a markdown table of medians.
+
+The engine's SQLite pool is given room for every login of a batch (POOL): SQLAlchemy's default for SQLite keeps 5
+connections and closes the overflow on return, and batches of 16 started together then opened ~0.65 aiosqlite
+connections (a thread each) a login, which the served bench does not (10 thread starts in 6 s of logins at c=16,
+strace), so the figures read 0.15-0.25 ms high (BENCHMARKS.md, 2026-12-06).
 """
 
 from __future__ import annotations
@@ -38,6 +43,21 @@ from inprocess import bench_settings, call, migrated_sqlite_url
 from run import BENCH_USER, FORM_TYPE, login_form
 
 VARIANTS = ("argon2", "instant", "instant + busy core")
+POOL = 64  # SQLite connections the bench's engine keeps: more than any --concurrency it is run at
+
+
+def roomy_sqlite_pool() -> None:
+    """keel.db's SQLite engine with a pool that keeps POOL connections (a bench's patch, never keel's code)."""
+    from keel import db
+
+    create = db.create_async_engine
+
+    def create_async_engine(url: str, **options: Any) -> Any:
+        if url.startswith("sqlite"):
+            options.update(pool_size=POOL, max_overflow=0)
+        return create(url, **options)
+
+    db.create_async_engine = create_async_engine  # type: ignore[assignment]
 
 
 @contextmanager
@@ -67,11 +87,13 @@ def busy_core(enabled: bool) -> Iterator[None]:
         thread.join()
 
 
-async def measure(rounds: int, logins: int, concurrency: int) -> dict[str, list[float]]:
+async def measure(rounds: int, logins: int, concurrency: int, default_pool: bool) -> dict[str, list[float]]:
     from keel.accounts import passwords
     from keel.logs import configure_logging
     from keel.main import create_app
 
+    if not default_pool:
+        roomy_sqlite_pool()
     settings = bench_settings(await migrated_sqlite_url("keel-login-loop-"), KEEL_LOG_LEVEL="warning")
     configure_logging(settings.log_format, "warning")
     app = create_app(settings)
@@ -112,9 +134,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--logins", type=int, default=480)
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, default=16, help=f"at most POOL ({POOL})")
+    parser.add_argument("--default-pool", action="store_true", help="SQLAlchemy's SQLite pool, as before 2026-12-06")
     args = parser.parse_args()
-    figures = uvloop.run(measure(args.rounds, args.logins, args.concurrency))
+    figures = uvloop.run(measure(args.rounds, args.logins, args.concurrency, args.default_pool))
     print(f"{args.logins} logins a block, {args.concurrency} at a time, {args.rounds} rounds; load {os.getloadavg()}\n")
     print("| variant | event-loop CPU µs / login (median) | rounds |\n|---|---:|---|")
     for variant, values in figures.items():
