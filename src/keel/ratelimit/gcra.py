@@ -45,12 +45,17 @@ def decisions(flat: Sequence[int]) -> list[Decision]:
 
 def gcra_local(state: LocalState, keys: Sequence[str], args: Sequence[Arg], now_seconds: float) -> list[int]:
     """The Python twin of GCRA_LUA: the same integers for the same calls."""
-    # rounded, not floored: a fake clock's seconds * 1000 may land just below a whole millisecond
-    now = round(now_seconds * 1000)
+    now = milliseconds(now_seconds)
     result: list[int] = []
     for i, key in enumerate(keys):
         result += gcra_take(state, key, int(args[3 * i]), int(args[3 * i + 1]), int(args[3 * i + 2]), now)
     return result
+
+
+def milliseconds(seconds: float) -> int:
+    """A clock's seconds as GCRA's whole milliseconds: rounded, not floored, since a fake clock's seconds * 1000 may
+    land just below a whole millisecond."""
+    return round(seconds * 1000)
 
 
 def gcra_take(state: LocalState, key: str, interval: int, burst: int, wanted: int, now: int) -> Grant:

@@ -13,7 +13,7 @@ import time
 from typing import Final
 
 from keel import metrics
-from keel.ratelimit.gcra import GCRA, RESULT_WIDTH, Decision, Grant, gcra_take
+from keel.ratelimit.gcra import GCRA, RESULT_WIDTH, Decision, Grant, gcra_take, milliseconds
 from keel.ratelimit.lease import Leases
 from keel.settings import RatePolicy
 from keel.shared import BackendUnavailable
@@ -74,9 +74,8 @@ class Limiter:
             return self._leases.take(f"rl:{policy_name}:{key}", interval, policy.burst)
         # GCRA's one-key step straight on the runner's state: the script's lists and loop cost ~0.5 µs a request
         local = self._local
-        now = round(local.clock() * 1000)  # as gcra_local rounds it
         allowed, remaining, retry_ms, reset_ms = gcra_take(
-            local.state, f"rl:{policy_name}:{key}", interval, policy.burst, 1, now
+            local.state, f"rl:{policy_name}:{key}", interval, policy.burst, 1, milliseconds(local.clock())
         )
         if not allowed:
             RATE_LIMITED.labels(policy_name).inc()
