@@ -10,6 +10,8 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from keel.main import create_app
+from keel.ratelimit.deps import NamedPolicy, rate_limit_headers
+from keel.ratelimit.gcra import Decision
 from keel.settings import RatePolicy, Settings
 from tests.conftest import UNLIMITED, Backend, make_settings
 from tests.factories import PASSWORD, bearer
@@ -133,3 +135,18 @@ async def test_a_policy_can_be_turned_off(settings: Settings) -> None:
         # the auth policy still guards the token endpoint, alone in the headers
         login = await client.post("/api/v1/auth/token", data={"username": "nobody", "password": "wrong guess"})
         assert login.headers["ratelimit-policy"] == '"auth";q=3;w=90'
+
+
+def test_the_headers_name_each_policy_once_in_order_with_what_is_left() -> None:
+    default = NamedPolicy.of("default", RatePolicy.parse("10/s burst 20"))
+    auth = NamedPolicy.of("auth", RatePolicy.parse("5/min burst 10"), exact=True)
+    allowed = Decision(allowed=True, remaining=7, retry_after=0.0, reset_after=1.3)
+    refused = Decision(allowed=False, remaining=3, retry_after=12.0, reset_after=119.2)
+    assert rate_limit_headers([(default, allowed)]) == [
+        (b"ratelimit-policy", b'"default";q=20;w=2'),
+        (b"ratelimit", b'"default";r=7;t=2'),
+    ]
+    assert rate_limit_headers([(default, allowed), (auth, refused)]) == [
+        (b"ratelimit-policy", b'"default";q=20;w=2, "auth";q=10;w=120'),
+        (b"ratelimit", b'"default";r=7;t=2, "auth";r=0;t=120'),  # a refusal has nothing left, whatever it says
+    ]
