@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from keel.realtime.heartbeats import SLOTS, Heartbeats
 
@@ -39,6 +40,28 @@ async def test_each_member_beats_once_a_period_starting_a_period_after_it_joined
         heartbeats.discard(member)
     assert len(heartbeats) == 0
     assert heartbeats._timer is None  # nothing left to beat: no timer
+
+
+async def test_a_busy_loop_delays_a_beat_but_does_not_stretch_the_period() -> None:
+    # a neighbour that holds the loop 25 ms of every 26: each of a period's fifteen ticks runs up to 25 ms late,
+    # which ticks armed from when they ran add up (a period of ~0.79 s measured); ticks due at fixed times do not
+    async def neighbour() -> None:
+        while True:
+            time.sleep(0.025)  # noqa: ASYNC251 -- holding the loop is the point
+            await asyncio.sleep(0.001)
+
+    busy = asyncio.create_task(neighbour())
+    heartbeats = Heartbeats(PERIOD)
+    member = Member()
+    heartbeats.add(member)
+    try:
+        await asyncio.sleep(PERIOD * 3 + PERIOD / 2)
+    finally:
+        busy.cancel()
+        heartbeats.discard(member)
+    assert len(member.beats) == 3
+    for earlier, later in zip(member.beats, member.beats[1:], strict=False):
+        assert abs(later - earlier - PERIOD) < 0.045  # one beat's lateness, at most 25 ms, and some slack
 
 
 async def test_a_member_that_leaves_while_beaten_is_beaten_no_more() -> None:

@@ -4,7 +4,8 @@ A timer per stream (loop.call_later) is a TimerHandle, a uvloop timer and a boun
 stream (bench/sse_memory.py), against a goal of 12 KiB for all of it (issue 16). Here one timer ticks SLOTS times a
 period, each tick beating the members of the next of SLOTS sets: each member beats once a period, the first time
 between one period and one period and a tick after it joined (it waits for the tick to join the set just beaten),
-and the beats are spread over the period rather than all at once.
+and the beats are spread over the period rather than all at once. The ticks are due at fixed times (call_at), so
+a loop that runs each tick a little late does not stretch the period by fifteen delays.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class Heartbeats:
         self._joining: set[Beating] = set()  # joined since the last tick
         self._slot_of: dict[Beating, int] = {}  # JOINING until the tick puts it in a slot
         self._index = 0
+        self._due = 0.0  # the loop time the next tick is due
         self._timer: asyncio.TimerHandle | None = None
 
     def add(self, member: Beating) -> None:
@@ -35,7 +37,9 @@ class Heartbeats:
         self._joining.add(member)
         self._slot_of[member] = _JOINING
         if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._tick, self._beat)
+            loop = asyncio.get_running_loop()
+            self._due = loop.time() + self._tick
+            self._timer = loop.call_at(self._due, self._beat)
 
     def discard(self, member: Beating) -> None:
         index = self._slot_of.pop(member, None)
@@ -56,7 +60,10 @@ class Heartbeats:
             self._slot_of[member] = index
         slot |= self._joining
         self._joining.clear()
-        # armed first, so a member's failure cannot stop the others' beats; the last member to leave cancels it
-        self._timer = asyncio.get_running_loop().call_later(self._tick, self._beat)
+        # armed first, so a member's failure cannot stop the others' beats; the last member to leave cancels it.
+        # A loop that fell more than a tick behind (blocked) starts afresh rather than firing the missed ticks at once.
+        loop = asyncio.get_running_loop()
+        self._due = max(self._due + self._tick, loop.time())
+        self._timer = loop.call_at(self._due, self._beat)
         for member in members:
             member.beat()
