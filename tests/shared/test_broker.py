@@ -8,6 +8,7 @@ from collections.abc import Callable
 import pytest
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 
 from keel.shared import Backends, BackendUnavailable
 from keel.shared import broker as broker_module
@@ -211,3 +212,34 @@ async def test_publish_raises_backend_unavailable_when_redis_is_down(open_instan
     # subscribing during an outage does not hang; the subscription goes live when Redis returns
     async with asyncio.timeout(2):
         await backends.broker.subscribe(new_channel(), lambda data: None)
+
+
+async def test_close_ends_the_reader_when_a_cancel_is_lost(
+    redis_url: str, open_instance: OpenBackends, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a cancel that lands as redis-py's read times out comes out of the read as that timeout: here the read loses
+    # the first cancel outright, and close() must still end the reader rather than wait for it for ever
+    original = PubSub.get_message
+    lost: list[None] = []
+
+    async def losing_one_cancel(self: PubSub, *args: object, **kwargs: object) -> object:
+        try:
+            return await original(self, *args, **kwargs)  # type: ignore[arg-type]
+        except asyncio.CancelledError:
+            if lost:
+                raise
+            lost.append(None)
+            task = asyncio.current_task()
+            assert task is not None
+            task.uncancel()
+            return None
+
+    monkeypatch.setattr(PubSub, "get_message", losing_one_cancel)
+    backends = await open_instance(redis_url)
+    await backends.broker.subscribe(new_channel(), lambda data: None)
+    await asyncio.sleep(0.05)  # the reader waits in its read
+
+    closing = asyncio.create_task(backends.broker.close())
+    await asyncio.wait([closing], timeout=3)  # not asyncio.timeout: its cancel would reach the reader, a second one
+    assert closing.done(), "close() still waits for the reader"
+    assert lost == [None]
