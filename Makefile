@@ -35,7 +35,7 @@ run: setup
 	$(BIN)/keel migrate
 	$(BIN)/keel serve
 
-# format, lint, types, import contracts, then every test: the same in CI
+# format, lint, types, import contracts, then every test (the 30 slowest named at the end): the same in CI
 check: setup
 	$(BIN)/ruff format --check $(CODE)
 	$(BIN)/ruff check $(CODE)
@@ -43,7 +43,7 @@ check: setup
 	$(BIN)/lint-imports
 
 test: check node_modules/.synced $(TS_CLIENT)/node_modules/.synced
-	$(BIN)/pytest -n 2 --dist worksteal --cov --cov-report=term:skip-covered -p no:cacheprovider
+	$(BIN)/pytest -n 2 --dist worksteal --cov --cov-report=term:skip-covered -p no:cacheprovider --durations=30
 
 bench: setup
 	$(BIN)/python bench/run.py
