@@ -71,19 +71,20 @@ class Outcome:
 class Claim:
     """The right to run an attempt's write; the write's use case calls `record` just before it commits."""
 
-    def __init__(self, attempt: Attempt, status: int, ttl: timedelta, locked_in: object) -> None:
+    def __init__(self, attempt: Attempt, status: int, ttl: timedelta, session: AsyncSession) -> None:
         self.attempt = attempt
         self.status = status
         self.ttl = ttl
-        self._locked_in = locked_in  # the transaction that holds the lock
+        self._session = session  # the session whose transaction took the lock
+        self._locked_in = session.sync_session.get_transaction()  # the transaction that holds the lock
 
-    async def hold(self, session: AsyncSession) -> None:
+    async def hold(self) -> None:
         """Hand the write to another transaction (a group commit): end the claim's own, which returns its connection
         and its lock; the write's transaction takes the lock again (`lock`, or `record`) before it records.
 
         Between the two a twin on another instance may take the lock: it answers 409 (KeyInUse), or this write
         does, and the client's retry then replays whichever committed."""
-        await session.rollback()
+        await self._session.rollback()
         self._locked_in = None
 
     async def lock(self, session: AsyncSession) -> None:
@@ -152,7 +153,7 @@ class Idempotency:
                 await session.rollback()  # ends the transaction, and with it the lock
                 return earlier
             try:
-                result = await work(Claim(attempt, status, self.ttl, session.sync_session.get_transaction()))
+                result = await work(Claim(attempt, status, self.ttl, session))
             except (Conflict, IntegrityError):
                 # lost a race to a twin on another instance (a sign-up's name taken by itself): answer as it did
                 await session.rollback()

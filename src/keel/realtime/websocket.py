@@ -311,18 +311,23 @@ async def _publish(realtime: Realtime, scope: Any, socket: Socket, claims: Claim
         attempt = realtime.idempotency.attempt(
             scope="user:" + claims.subject, operation=service.POST_MESSAGE, key=frame.idempotency_key, request=request
         )
-    async with hub.publishing(), hub.session() as session:
 
-        async def post(claim: Claim | None) -> MessageRead:
-            if claim is not None:
-                await claim.hold(session)  # the batch's transaction records it; this one's connection goes back
-            draft = service.Draft(Author(claims.user_id, claims.username), frame.body, claim)
-            return await realtime.committer.publish(frame.channel, draft)
+    async def post(claim: Claim | None) -> MessageRead:
+        if claim is not None:
+            await claim.hold()  # the batch's transaction records it; the claim's connection goes back
+        draft = service.Draft(Author(claims.user_id, claims.username), frame.body, claim)
+        return await realtime.committer.publish(frame.channel, draft)
 
-        try:
-            result = await realtime.idempotency.run(session, attempt, post)
-        except (KeyReused, KeyInUse) as exc:  # §7 has no code of their own: `invalid`, the detail says which
-            raise frames.FrameError("invalid", f"{exc.code}: {exc.detail}", frame.ref) from None
+    result: MessageRead | Outcome
+    async with hub.publishing():
+        if attempt is None:
+            result = await post(None)  # nothing to guard, so no session (as the REST post, keel.realtime.router)
+        else:
+            try:
+                async with hub.session() as session:
+                    result = await realtime.idempotency.run(session, attempt, post)
+            except (KeyReused, KeyInUse) as exc:  # §7 has no code of their own: `invalid`, the detail says which
+                raise frames.FrameError("invalid", f"{exc.code}: {exc.detail}", frame.ref) from None
     if isinstance(result, Outcome):  # a replay: the message went out the first time, it is not sent again
         message = _message_decoder.decode(result.body)
     else:
