@@ -24,6 +24,7 @@ class RecordingTransport(asyncio.Transport):
     def __init__(self) -> None:
         super().__init__()
         self.written = bytearray()
+        self.writes: list[bytes] = []  # each write, for the count of sends a response takes
         self.closed = False
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
@@ -31,6 +32,7 @@ class RecordingTransport(asyncio.Transport):
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.written += data
+        self.writes.append(bytes(data))
 
     def is_closing(self) -> bool:
         return self.closed
@@ -294,3 +296,95 @@ def test_keels_connection_state_leaves_uvicorns_instance_dict_as_small_as_uvicor
         assert sys.getsizeof(ours.__dict__) == sys.getsizeof(plain.__dict__)
     finally:
         loop.close()
+
+
+def connect_app(loop: asyncio.AbstractEventLoop, app: Any) -> tuple[KeelHttpToolsProtocol, RecordingTransport]:
+    config = Config(app=app, http=KeelHttpToolsProtocol, lifespan="off", log_config=None, timeout_keep_alive=5)
+    protocol = KeelHttpToolsProtocol(config, ServerState(), {}, loop)
+    transport = RecordingTransport()
+    protocol.connection_made(transport)
+    return protocol, transport
+
+
+async def finished(protocol: KeelHttpToolsProtocol) -> None:
+    for _ in range(200):  # the app runs as a task
+        if protocol.cycle is not None and protocol.cycle.response_complete:
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("the response did not complete")
+
+
+async def test_a_response_goes_out_in_one_write_head_and_body_together() -> None:
+    protocol, transport = connect(asyncio.get_running_loop())
+    protocol.data_received(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabc")
+    await finished(protocol)
+    [write] = transport.writes
+    assert write.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert write.endswith(b"\r\n\r\n3")
+
+
+async def test_a_streamed_response_sends_its_head_with_the_first_chunk_then_each_chunk_as_it_comes() -> None:
+    async def streaming(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"one", "more_body": True})
+        await asyncio.sleep(0.01)
+        await send({"type": "http.response.body", "body": b"two", "more_body": False})
+
+    protocol, transport = connect_app(asyncio.get_running_loop(), streaming)
+    protocol.data_received(head())
+    await finished(protocol)
+    first, second = transport.writes
+    assert first.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"transfer-encoding: chunked\r\n" in first
+    assert first.endswith(b"\r\n\r\n3\r\none\r\n")
+    assert second == b"3\r\ntwo\r\n0\r\n\r\n"
+
+
+async def test_a_head_request_and_an_interim_100_continue_are_written_at_once() -> None:
+    protocol, transport = connect(asyncio.get_running_loop())
+    protocol.data_received(b"HEAD / HTTP/1.1\r\nhost: x\r\n\r\n")  # no body follows a HEAD's head: not held
+    await finished(protocol)
+    [write] = transport.writes
+    assert write.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert write.endswith(b"\r\n\r\n")
+
+    protocol, transport = connect(asyncio.get_running_loop())
+    protocol.data_received(b"POST / HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 3\r\n\r\n")
+    for _ in range(100):  # the app asks for the body: the client is told to send it, now
+        if transport.writes:
+            break
+        await asyncio.sleep(0.001)
+    assert transport.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
+    protocol.data_received(b"abc")
+    await finished(protocol)
+    assert len(transport.writes) == 2
+    assert transport.writes[1].endswith(b"\r\n\r\n3")
+
+
+async def test_an_app_that_fails_after_its_head_still_gets_the_head_out_before_the_close() -> None:
+    async def failing(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"10")]})
+        raise RuntimeError("mid-response")
+
+    protocol, transport = connect_app(asyncio.get_running_loop(), failing)
+    protocol.data_received(head())
+    for _ in range(100):
+        if transport.closed:
+            break
+        await asyncio.sleep(0.001)
+    assert transport.closed
+    [write] = transport.writes
+    assert write.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert write.endswith(b"content-length: 10\r\n\r\n")
+
+
+def test_uvicorn_still_writes_a_response_as_the_joined_writes_expect() -> None:
+    """_JoinedWrites relies on uvicorn's response cycle writing through `self.transport`: the head in one write, each
+    body message in one write (none for a HEAD), 100 Continue before the head, and a close after a failure."""
+    used = set(re.findall(r"self\.transport\.(\w+)", inspect.getsource(RequestResponseCycle)))
+    assert used == {"write", "close", "is_closing"}  # all that _JoinedWrites answers
+    send = inspect.getsource(RequestResponseCycle.send)
+    assert send.count("self.transport.write(") == 3  # the head, a chunked body's chunk, a sized body
+    assert 'if self.scope["method"] == "HEAD":' in send
+    assert 'self.transport.write(b"HTTP/1.1 100 Continue' in inspect.getsource(RequestResponseCycle.receive)
+    assert "self.transport.close()" in inspect.getsource(RequestResponseCycle.run_asgi)

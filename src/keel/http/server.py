@@ -5,7 +5,8 @@ uvicorn bounds neither the size nor the time of a request head, and httptools gr
 many reads by concatenation, so one 128 MiB header costs seconds of event loop and stalls every other client.
 This subclass counts head bytes as reads arrive (before the parser concatenates them) and refuses past
 `HEAD_LIMIT` with 431; a head not complete within `HEAD_TIMEOUT` of its first byte (or of the connection, for
-the first request) has its connection closed. WebSocket upgrades start here too, so they are covered.
+the first request) has its connection closed. WebSocket upgrades start here too, so they are covered. A response
+goes out in one write, its head joined to its body (`_JoinedWrites`).
 
 Everything overridden here is uvicorn's private API: pyproject pins uvicorn to one minor version and
 tests/http/test_server.py fails when the methods relied on change.
@@ -59,6 +60,41 @@ _NO_PIPELINE: Final[deque[Any]] = deque()
 
 class _HeadTooLarge(Exception):
     """Raised in a parser callback to stop httptools at once; feed_data reports it as a callback error."""
+
+
+class _JoinedWrites:
+    """The transport of one response's cycle: the head is held until the first body write and goes out with it, one
+    send() a response instead of two (`/api/v1/public` served: ~2 % less server CPU a request, BENCHMARKS.md
+    2026-12-06 04:45). A streamed body's later chunks go out as they come; a response whose app sends its head and
+    then waits has its head sent with the first chunk, or when uvicorn closes the connection.
+
+    uvicorn's RequestResponseCycle writes through `self.transport`: tests/http/test_server.py holds it to that."""
+
+    __slots__ = ("_held", "_transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._held: bytes | None = b""  # b"": nothing written yet; None: the head went out
+
+    def write(self, data: bytes) -> None:
+        if self._held is None:
+            self._transport.write(data)
+        elif self._held:  # the first body write: the head goes with it
+            data, self._held = self._held + data, None
+            self._transport.write(data)
+        elif data.startswith(b"HTTP/1.1 100 "):  # an interim 100 Continue is what lets the client send its body
+            self._transport.write(data)
+        else:  # the head
+            self._held = data
+
+    def close(self) -> None:
+        if self._held:
+            self._transport.write(self._held)
+            self._held = None
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
 
 
 class KeelHttpToolsProtocol(HttpToolsProtocol):
@@ -169,6 +205,9 @@ class KeelHttpToolsProtocol(HttpToolsProtocol):
             cycle.message_event = ListEvent()
             if scope["path"] in DIRECT_PATHS and scope["method"] == "GET":
                 DirectBody.attach(scope, cycle)
+            elif scope["method"] != "HEAD":  # a HEAD's head is its last write: nothing to join it to
+                # duck-typed: the cycle only writes, closes and asks is_closing (tests/http/test_server.py)
+                cycle.transport = _JoinedWrites(self.transport)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         self._is_idle = True
