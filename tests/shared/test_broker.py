@@ -217,7 +217,7 @@ async def test_publish_raises_backend_unavailable_when_redis_is_down(open_instan
 async def test_close_ends_the_reader_when_a_cancel_is_lost(
     redis_url: str, open_instance: OpenBackends, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # a cancel that lands as redis-py's read times out comes out of the read as that timeout: here the read loses
+    # a cancel lost inside the reader's redis-py calls (what a rare shutdown hang pointed to): here the read loses
     # the first cancel outright, and close() must still end the reader rather than wait for it for ever
     original = PubSub.get_message
     lost: list[None] = []

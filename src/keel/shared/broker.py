@@ -212,9 +212,10 @@ class RedisBroker:
             return
         self._is_closed = True
         if (reader := self._reader) is not None:
-            # Cancelled again until it ends: a cancel can be lost inside redis-py's read (one that lands as the
-            # read's own timeout expires comes out as that timeout, which the reader reconnects after), and one
-            # await of the reader then waited for ever: a lifespan shutdown hung here about once in 45 test runs.
+            # Cancelled again until it ends. A lifespan shutdown hung in Backends.close about once in 45 test runs,
+            # and this was its one wait without a bound: one await of the reader after one cancel, so the cancel
+            # was lost somewhere in the reader's redis-py calls (which path, not pinned down). A lost cancel now
+            # costs CLOSE_RECANCEL seconds, not the shutdown.
             while not reader.done():
                 reader.cancel()
                 await asyncio.wait([reader], timeout=CLOSE_RECANCEL)
