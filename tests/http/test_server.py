@@ -59,8 +59,10 @@ async def echo_length(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def connect(loop: asyncio.AbstractEventLoop) -> tuple[KeelHttpToolsProtocol, RecordingTransport]:
-    config = Config(app=echo_length, http=KeelHttpToolsProtocol, lifespan="off", log_config=None, timeout_keep_alive=5)
+def connect(
+    loop: asyncio.AbstractEventLoop, app: Any = echo_length
+) -> tuple[KeelHttpToolsProtocol, RecordingTransport]:
+    config = Config(app=app, http=KeelHttpToolsProtocol, lifespan="off", log_config=None, timeout_keep_alive=5)
     protocol = KeelHttpToolsProtocol(config, ServerState(), {}, loop)
     transport = RecordingTransport()
     protocol.connection_made(transport)
@@ -298,14 +300,6 @@ def test_keels_connection_state_leaves_uvicorns_instance_dict_as_small_as_uvicor
         loop.close()
 
 
-def connect_app(loop: asyncio.AbstractEventLoop, app: Any) -> tuple[KeelHttpToolsProtocol, RecordingTransport]:
-    config = Config(app=app, http=KeelHttpToolsProtocol, lifespan="off", log_config=None, timeout_keep_alive=5)
-    protocol = KeelHttpToolsProtocol(config, ServerState(), {}, loop)
-    transport = RecordingTransport()
-    protocol.connection_made(transport)
-    return protocol, transport
-
-
 async def finished(protocol: KeelHttpToolsProtocol) -> None:
     for _ in range(200):  # the app runs as a task
         if protocol.cycle is not None and protocol.cycle.response_complete:
@@ -330,7 +324,7 @@ async def test_a_streamed_response_sends_its_head_with_the_first_chunk_then_each
         await asyncio.sleep(0.01)
         await send({"type": "http.response.body", "body": b"two", "more_body": False})
 
-    protocol, transport = connect_app(asyncio.get_running_loop(), streaming)
+    protocol, transport = connect(asyncio.get_running_loop(), streaming)
     protocol.data_received(head())
     await finished(protocol)
     first, second = transport.writes
@@ -366,7 +360,7 @@ async def test_an_app_that_fails_after_its_head_still_gets_the_head_out_before_t
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"10")]})
         raise RuntimeError("mid-response")
 
-    protocol, transport = connect_app(asyncio.get_running_loop(), failing)
+    protocol, transport = connect(asyncio.get_running_loop(), failing)
     protocol.data_received(head())
     for _ in range(100):
         if transport.closed:
